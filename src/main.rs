@@ -1,0 +1,70 @@
+//! `tandem`: the one binary. Every subcommand lives in its own module under `cmd/`; this
+//! file only parses the command line, sets up logging and dispatches.
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Options every subcommand understands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// The cluster configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "/etc/tandem/cluster.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "A high-availability stack for two Linux servers"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, import and show the cluster configuration.
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+    /// Build and drive lab clusters in network namespaces (root).
+    Lab(cmd::lab::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Config(c) => cmd::config::run(&cli.global, c),
+        Command::Lab(a) => cmd::lab::run(&cli.global, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tandem: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` picks the level (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
