@@ -23,3 +23,39 @@ pub mod units;
 
 pub use diag::{Diagnostic, Diagnostics, Severity, Warning};
 pub use model::*;
+pub mod key;
+pub mod native;
+
+use std::path::Path;
+
+impl Config {
+    /// Reads, parses and validates the native file at `path`, including the key file's
+    /// permissions. Warnings are dropped; use [`Config::load_with_warnings`] to show them.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        Self::load_with_warnings(path).map(|(c, _)| c)
+    }
+
+    /// As [`Config::load`], also returning warnings (e.g. no fence device configured).
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<Warning>), Diagnostics> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: name.clone(),
+                line: 1,
+                col: 1,
+                severity: Severity::Error,
+                message: format!("cannot read configuration: {e}"),
+            }])
+        })?;
+        native::parse(&name, &text, native::FileChecks::On)
+    }
+
+    /// Parses and validates native TOML `text` named `name` in messages, without touching
+    /// the file system (the key file is not checked).
+    pub fn parse_str(name: &str, text: &str) -> Result<(Config, Vec<Warning>), Diagnostics> {
+        native::parse(name, text, native::FileChecks::Off)
+    }
+}
+pub mod emit;
+
+pub use emit::to_toml;
