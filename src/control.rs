@@ -118,7 +118,11 @@ fn serve_one(stream: UnixStream, handle: &dyn Fn(Request, Peer) -> Response) -> 
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let response = if peer.uid != 0 {
-        tracing::warn!(uid = peer.uid, pid = peer.pid, "control request refused: not root");
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "control request refused: not root"
+        );
         Response::error("only root may talk to the tandem agent")
     } else {
         match serde_json::from_str::<Request>(&line) {
@@ -180,8 +184,7 @@ pub fn request(path: &Path, request: &Request) -> anyhow::Result<serde_json::Val
     (&stream).write_all(&out)?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let response: Response =
-        serde_json::from_str(&line).context("read the agent's answer")?;
+    let response: Response = serde_json::from_str(&line).context("read the agent's answer")?;
     match response.error {
         Some(error) => bail!("{error}"),
         None => Ok(response.body),

@@ -90,9 +90,15 @@ mod tests {
         let dir = tempdir();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("incarnation"), "garbage").unwrap();
-        let err = StateDir::open(&dir).unwrap().bump_incarnation().unwrap_err();
+        let err = StateDir::open(&dir)
+            .unwrap()
+            .bump_incarnation()
+            .unwrap_err();
         assert!(format!("{err:#}").contains("expected a decimal incarnation number"));
-        assert_eq!(fs::read_to_string(dir.join("incarnation")).unwrap(), "garbage");
+        assert_eq!(
+            fs::read_to_string(dir.join("incarnation")).unwrap(),
+            "garbage"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

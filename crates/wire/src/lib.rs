@@ -6,9 +6,11 @@
 //! - [`packet`]: the membership packet (heartbeat, reliable message, ack): a fixed
 //!   48-byte header, a typed body and an HMAC-SHA256 trailer, plus the derivation of the
 //!   32-byte HMAC key from a native key file or a Heartbeat `authkeys` entry.
+//! - [`serial`]: SLIP framing that carries packets over a serial heartbeat link.
 #![warn(missing_docs)]
 
 pub mod packet;
+pub mod serial;
 
 pub use packet::{
     AckBody, Body, DecodeError, EncodeError, HEADER_LEN, Header, HeartbeatBody, KeyError, MAC_LEN,
