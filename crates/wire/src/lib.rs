@@ -3,3 +3,5 @@
 //! Pure encoding and decoding, no I/O. Every decoder returns an error for bad bytes and
 //! never panics; each has a fuzz target.
 #![warn(missing_docs)]
+
+pub mod frame;
