@@ -6,9 +6,11 @@
 //! - [`packet`]: the membership packet (heartbeat, reliable message, ack): a fixed
 //!   48-byte header, a typed body and an HMAC-SHA256 trailer, plus the derivation of the
 //!   32-byte HMAC key from a native key file or a Heartbeat `authkeys` entry.
+//! - [`serial`]: framing of those packets on a serial line (COBS + CRC-32).
 #![warn(missing_docs)]
 
 pub mod packet;
+pub mod serial;
 
 pub use packet::{
     AckBody, Body, DecodeError, EncodeError, HEADER_LEN, Header, HeartbeatBody, KeyError, MAC_LEN,
