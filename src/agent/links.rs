@@ -8,7 +8,7 @@
 //! | ucast   | UDP bound to the port on the interface (SO_BINDTODEVICE)  | every listed peer address that is not one of ours (Heartbeat's rule) |
 //! | bcast   | UDP with SO_BROADCAST, bound to the port on the interface | the interface's broadcast address |
 //! | mcast   | UDP joined to the group on the interface, TTL and loop set | the group |
-//! | serial  | the tty in raw mode at the configured speed               | the other end of the line (SLIP-framed) |
+//! | serial  | the tty in raw mode at the configured speed               | the other end of the line (COBS-framed with a CRC) |
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 use tandem_config::LinkKind;
-use tandem_wire::serial::{SlipDecoder, slip_encode};
+use tandem_wire::serial::{FrameDecoder, encode_frame};
 
 /// Largest datagram read from a socket; anything longer is truncated and the core drops it.
 const DATAGRAM_BYTES_MAX: usize = 2048;
@@ -37,7 +37,7 @@ enum Medium {
     },
     Serial {
         tty: std::fs::File,
-        decoder: SlipDecoder,
+        decoder: FrameDecoder,
     },
 }
 
@@ -102,7 +102,7 @@ impl LinkIo {
             }
             LinkKind::Serial { device, baud } => Medium::Serial {
                 tty: open_tty(device, *baud).with_context(|| format!("link {name}"))?,
-                decoder: SlipDecoder::new(),
+                decoder: FrameDecoder::new(),
             },
         };
         Ok(Self {
@@ -135,7 +135,7 @@ impl LinkIo {
                 }
                 result
             }
-            Medium::Serial { tty, .. } => tty.write_all(&slip_encode(bytes)),
+            Medium::Serial { tty, .. } => tty.write_all(&encode_frame(bytes)),
         }
     }
 
@@ -157,7 +157,16 @@ impl LinkIo {
                 loop {
                     match tty.read(&mut buf) {
                         Ok(0) => return Ok(()),
-                        Ok(n) => decoder.push(&buf[..n], &mut f),
+                        Ok(n) => {
+                            // Frames that fail their CRC are line noise: dropped here,
+                            // before the MAC is computed, and logged at debug level.
+                            for frame in decoder.push(&buf[..n]) {
+                                match frame {
+                                    Ok(packet) => f(&packet),
+                                    Err(err) => tracing::debug!("serial frame dropped: {err}"),
+                                }
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                         Err(e) => return Err(e),
                     }

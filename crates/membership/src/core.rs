@@ -130,9 +130,11 @@ pub enum Event {
 /// What became of a received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Authentic and fresh: it counted as a sign of life.
+    /// Authentic and fresh: it counted as a sign of life. (If it carried a message the
+    /// reliable layer discarded — another node's, a stale stream's — that is counted in
+    /// the link's drops under `other_destination`, `stale` or `out_of_window`.)
     Accepted,
-    /// Dropped (and counted) for this reason.
+    /// Dropped (and counted) for this reason; it did not count as a sign of life.
     Dropped(DropReason),
 }
 
@@ -489,7 +491,10 @@ impl Membership {
             self.peers[pi].links[li].replay.check_and_set(header.seq);
         }
         self.note_alive(pi, li, inc, now);
-        match body {
+        // From here the packet has proved the sender alive, whatever becomes of its
+        // content: a message the reliable layer discards is counted under its reason
+        // but the verdict stays `Accepted`.
+        let content = match body {
             Body::Heartbeat(hb) => {
                 let p = &mut self.peers[pi];
                 if hb.config_digest != self.cfg.config_digest
@@ -502,7 +507,11 @@ impl Membership {
             }
             Body::Message(m) => self.on_message(pi, &header, m),
             Body::Ack(a) => self.on_ack(pi, &header, a),
+        };
+        if let Err(reason) = content {
+            self.links[li].drops.add(reason);
         }
+        Ok(())
     }
 
     /// Resets what belonged to the peer's previous life.
