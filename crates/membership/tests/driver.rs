@@ -335,3 +335,117 @@ fn serial_link_over_a_pty_pair_carries_heartbeats_alone() {
     a.stop().unwrap();
     b.stop().unwrap();
 }
+
+/// Runs `ip`/`sysctl` inside the calling thread's network namespace (a child process
+/// inherits the namespace of the thread that spawns it).
+fn sh(cmd: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root (network namespace, veth) and CI=true");
+        }
+        eprintln!("skipped: needs root for a network namespace and a veth pair");
+        return;
+    }
+    // The namespace belongs to this thread only and is anonymous: it, the veth pair and
+    // every socket in it vanish when the thread ends, whatever happens in between.
+    std::thread::spawn(|| {
+        // SAFETY: unshare affects only the calling thread's namespaces.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        sh("ip link set lo up \
+            && ip link add tdm-a type veth peer name tdm-b \
+            && ip addr add 10.99.0.1/24 dev tdm-a && ip addr add 10.99.0.2/24 dev tdm-b \
+            && ip link set tdm-a up && ip link set tdm-b up");
+        // Both ends live in this one namespace, so each sees the other's source address
+        // as local: allow that (a lab with one namespace per host does not need it).
+        for dev in ["all", "tdm-a", "tdm-b"] {
+            sh(&format!(
+                "sysctl -qw net.ipv4.conf.{dev}.accept_local=1 net.ipv4.conf.{dev}.rp_filter=0"
+            ));
+        }
+        let links = [(0, "bcast"), (1, "mcast")];
+        let group = "239.192.0.94".parse().unwrap();
+        let spec = |dev: &str, ip: &str| {
+            vec![
+                LinkSpec {
+                    id: 0,
+                    medium: Medium::Bcast {
+                        bind: "0.0.0.0:6940".parse().unwrap(),
+                        broadcast: "10.99.0.255:6940".parse().unwrap(),
+                        device: Some(dev.into()),
+                    },
+                },
+                LinkSpec {
+                    id: 1,
+                    medium: Medium::Mcast {
+                        group,
+                        port: 6941,
+                        interface: ip.parse().unwrap(),
+                        ttl: 1,
+                        loopback: true,
+                        device: Some(dev.into()),
+                    },
+                },
+            ]
+        };
+        let a = Driver::start(core(1, 1, &links), spec("tdm-a", "10.99.0.1")).unwrap();
+        let b = Driver::start(core(2, 1, &links), spec("tdm-b", "10.99.0.2")).unwrap();
+        let (mut sa, mut sb) = (vec![], vec![]);
+        for link in [0, 1] {
+            wait_for(&a, &mut sa, "A hears B", |e| {
+                *e == Event::LinkUp { node: 2, link }
+            });
+            wait_for(&b, &mut sb, "B hears A", |e| {
+                *e == Event::LinkUp { node: 1, link }
+            });
+        }
+        let id = a.send_message(2, b"over bcast and mcast".to_vec()).unwrap();
+        wait_for(&a, &mut sa, "ack", |e| {
+            *e == Event::MessageAcked { to: 2, id }
+        });
+        let delivered = wait_for(&b, &mut sb, "delivery", |e| {
+            matches!(e, Event::Message { .. })
+        });
+        assert_eq!(
+            delivered.event,
+            Event::Message {
+                from: 1,
+                payload: b"over bcast and mcast".to_vec()
+            }
+        );
+        std::thread::sleep(DEADTIME);
+        let st = a.status().unwrap();
+        assert!(st.nodes[1].links.iter().all(|l| l.up && l.packets > 0));
+        // Looped-back own packets are counted apart, never as a sign of life.
+        assert_eq!(st.links[0].drops.get(DropReason::BadMac), 0);
+        assert!(
+            st.links[1].drops.get(DropReason::OwnPacket) > 0,
+            "{:?}",
+            st.links[1].drops
+        );
+        assert!(
+            !sb.iter()
+                .chain(&sa)
+                .any(|e| matches!(e, Event::Message { from: 2, .. })),
+            "a node delivered its own message"
+        );
+        a.stop().unwrap();
+        b.stop().unwrap();
+    })
+    .join()
+    .unwrap();
+}
