@@ -234,6 +234,8 @@ struct Peer {
     last_heard: Option<Instant>,
     late_count: u64,
     config_digest: Option<[u8; 32]>,
+    /// What its last heartbeat said about this node: (state, links-up mask).
+    view_of_us: Option<(ViewState, u32)>,
     links: Vec<PeerLink>,
     out: OutStream,
     inbound: InStream,
@@ -299,6 +301,7 @@ impl Membership {
                 last_heard: None,
                 late_count: 0,
                 config_digest: None,
+                view_of_us: None,
                 links: vec![PeerLink::default(); links.len()],
                 out: OutStream {
                     epoch: 1,
@@ -503,6 +506,12 @@ impl Membership {
                     self.events.push_back(Event::ConfigMismatch { node: p.id });
                 }
                 p.config_digest = Some(hb.config_digest);
+                let local = self.cfg.local_node;
+                p.view_of_us = hb
+                    .view
+                    .iter()
+                    .find(|e| e.node == local)
+                    .map(|e| (e.state, e.links_up_mask));
                 Ok(())
             }
             Body::Message(m) => self.on_message(pi, &header, m),
@@ -905,6 +914,7 @@ impl Membership {
                     last_heard_ms_ago: Some(0),
                     late_count: 0,
                     config_matches: Some(true),
+                    hears_us: None,
                     links: self
                         .links
                         .iter()
@@ -912,6 +922,7 @@ impl Membership {
                             id: l.id,
                             name: l.name.clone(),
                             up: !l.down_hint,
+                            hears_us: None,
                             packets: l.packets_sent,
                             late_count: 0,
                             last_heard_ms_ago: None,
@@ -932,6 +943,7 @@ impl Membership {
                 last_heard_ms_ago: ago(p.last_heard),
                 late_count: p.late_count,
                 config_matches: p.config_digest.map(|d| d == self.cfg.config_digest),
+                hears_us: p.view_of_us.map(|(state, _)| state == ViewState::Up),
                 links: p
                     .links
                     .iter()
@@ -940,6 +952,9 @@ impl Membership {
                         id: l.id,
                         name: l.name.clone(),
                         up: pl.up,
+                        hears_us: p
+                            .view_of_us
+                            .map(|(_, mask)| l.id < 32 && mask & (1 << l.id) != 0),
                         packets: pl.packets,
                         late_count: pl.late_count,
                         last_heard_ms_ago: ago(pl.last_heard),
