@@ -353,14 +353,14 @@ fn value<'s>(src: &Source<'_>, sink: &mut Sink, s: &'s Stmt, hint: &str) -> Opti
             );
             None
         }
-        [_, extra, ..] => {
+        [v, extra, ..] => {
             err(
                 src,
                 sink,
                 extra,
                 &format!(
-                    "unexpected `{}`: `{}` takes one value ({hint})",
-                    extra.text, s.key.text
+                    "expected `;` after `{} {}`, found `{}` (`{}` takes one value: {hint})",
+                    s.key.text, v.text, extra.text, s.key.text
                 ),
             );
             None
@@ -725,7 +725,8 @@ fn host(
     };
     let block = expect_block(src, sink, s, "on HOST")?;
     let errors_before = error_count(sink);
-    let known = nodes.contains(&host.text);
+    let known = nodes.is_empty() || nodes.contains(&host.text);
+    // With no ha.cf nodes at all, that error was already reported once.
     if !known {
         err(
             src,

@@ -110,7 +110,7 @@ pub fn parse(
     src: &Source<'_>,
     sink: &mut Sink,
     nodes: &[String],
-    disks: &[String],
+    disks: Option<&[String]>,
     resource_d: Option<&Path>,
 ) -> Vec<RawGroup> {
     let mut groups = Vec::new();
@@ -118,7 +118,7 @@ pub fn parse(
         let Some((home, rest)) = line.split_first() else {
             continue;
         };
-        if !nodes.contains(&home.text) {
+        if !nodes.contains(&home.text) && !nodes.is_empty() {
             sink.push(src.error(home.at..home.at, format!(
                 "group's home `{}` is not a node: expected one of the ha.cf nodes ({}) as the first word of the line",
                 home.text,
@@ -158,7 +158,7 @@ fn resource(
     src: &Source<'_>,
     sink: &mut Sink,
     w: &Word,
-    disks: &[String],
+    disks: Option<&[String]>,
     resource_d: Option<&Path>,
 ) -> Option<Resource> {
     let parts: Vec<&str> = w.text.split("::").collect();
@@ -208,7 +208,8 @@ fn resource(
                     ));
                     return None;
                 };
-                if !disks.iter().any(|d| d == disk) {
+                // `None`: drbd.conf had errors of its own; do not repeat them here.
+                if let Some(disks) = disks.filter(|d| !d.iter().any(|d| d == disk)) {
                     let known = if disks.is_empty() {
                         "none: pass --drbd-conf".to_string()
                     } else {

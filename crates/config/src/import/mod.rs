@@ -75,17 +75,19 @@ pub fn import(files: &HaFiles) -> Result<(Config, Vec<Warning>), Diagnostics> {
     }
     timing_checks(&ha_src, &mut sink, &hacf);
 
+    let errors_before = error_count(&sink);
     let disks = match &drbd {
         Some((name, text)) => drbd::parse(&Source::new(name, text), &mut sink, &node_names),
         None => Vec::new(),
     };
+    let drbd_ok = error_count(&sink) == errors_before;
     let disk_names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
     let har_src = Source::new(&har_name, &har_text);
     let raw_groups = haresources::parse(
         &har_src,
         &mut sink,
         &node_names,
-        &disk_names,
+        drbd_ok.then_some(disk_names.as_slice()),
         files.resource_d.as_deref(),
     );
 
@@ -212,14 +214,19 @@ pub fn import(files: &HaFiles) -> Result<(Config, Vec<Warning>), Diagnostics> {
     let text = crate::emit::to_toml(&config);
     match crate::native::parse("<imported>", &text, crate::native::FileChecks::Off) {
         Ok((back, native_warnings)) => {
-            let mut warnings = sink.finish()?;
             // Native warnings duplicate the importer's (fencing, links); keep ours.
             drop(native_warnings);
-            warnings.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-            Ok((back, warnings))
+            Ok((back, sink.finish()?))
         }
         Err(d) => Err(d),
     }
+}
+
+fn error_count(sink: &Sink) -> usize {
+    sink.items
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count()
 }
 
 fn file_error(p: &Path, message: String) -> Diagnostic {
