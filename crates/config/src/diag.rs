@@ -154,10 +154,18 @@ impl Sink {
     }
 
     /// Splits into `Err(errors)` if any error was recorded, else `Ok(warnings)`.
-    /// Errors are sorted by file and position so output reads top to bottom.
+    /// Files keep the order in which they were first reported on (the order they were
+    /// read); within a file, messages are sorted by position so output reads top to
+    /// bottom.
     pub fn finish(mut self) -> Result<Vec<Warning>, Diagnostics> {
-        self.items
-            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        let mut files: Vec<String> = Vec::new();
+        for d in &self.items {
+            if !files.contains(&d.file) {
+                files.push(d.file.clone());
+            }
+        }
+        let rank = |f: &str| files.iter().position(|x| x == f).unwrap_or(usize::MAX);
+        self.items.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         if self.has_errors() {
             Err(Diagnostics(
                 self.items

@@ -181,7 +181,15 @@ impl<'s> Walker<'s> {
     /// Reports keys of `t` that are not in `allowed`.
     fn check_keys(&mut self, t: &Tbl<'_, '_>, allowed: &[&str]) {
         for (k, _) in t.t.iter() {
-            if !allowed.contains(&k.get_ref().as_ref()) {
+            if t.what == "the top level" && !allowed.contains(&k.get_ref().as_ref()) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "unknown table `{}`; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
+                        k.get_ref()
+                    ),
+                );
+            } else if !allowed.contains(&k.get_ref().as_ref()) {
                 self.err(
                     k.span(),
                     format!(
@@ -925,6 +933,10 @@ impl<'s> Walker<'s> {
     ) -> bool {
         if nodes.contains_key(name) {
             return true;
+        }
+        if nodes.is_empty() {
+            // "no [[node]] defined" was reported once; naming each reference adds noise.
+            return false;
         }
         let mut known: Vec<&str> = nodes.keys().map(String::as_str).collect();
         known.sort_unstable();
