@@ -322,7 +322,10 @@ fn down_by_name_cleans_a_lab_whose_owner_forgot_it() {
     let waiter = std::thread::spawn(move || p.wait().map(|s| s.success()));
     let report = tandem_lab::down(&name).unwrap();
     assert!(report.killed >= 2, "{report:?}");
-    assert!(!waiter.join().unwrap().unwrap(), "the killed sleeper cannot exit 0");
+    assert!(
+        !waiter.join().unwrap().unwrap(),
+        "the killed sleeper cannot exit 0"
+    );
     assert!(!netns_list().contains(&format!("tl-{name}-")));
     drop(lab);
     assert!(matches!(
