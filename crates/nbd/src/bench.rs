@@ -116,11 +116,18 @@ pub struct BenchConfig {
     pub runtime_s: u64,
     /// Jobs to run.
     pub jobs: Vec<FioJob>,
+    /// Rounds; each round runs every job against every server, and the median round is
+    /// reported (the machine is shared, so single runs are noisy).
+    pub rounds: u32,
+    /// Servers to run (`tandem-nbd`, `qemu-nbd`, `nbdkit`); `qemu-nbd` is the baseline.
+    pub targets: Vec<String>,
 }
 
 impl BenchConfig {
-    /// Defaults: 1 GiB files, 5 s per job; `TANDEM_BENCH_RUNTIME_S` and
-    /// `TANDEM_BENCH_SIZE_MIB` override them.
+    /// Defaults: 1 GiB files, 5 s per job, 1 round, all servers and jobs;
+    /// `TANDEM_BENCH_RUNTIME_S`, `TANDEM_BENCH_SIZE_MIB`, `TANDEM_BENCH_ROUNDS`,
+    /// `TANDEM_BENCH_TARGETS` (comma-separated) and `TANDEM_BENCH_JOBS` (substring of a job
+    /// name) override them.
     pub fn from_env(work_dir: PathBuf) -> Self {
         let env = |k: &str, d: u64| {
             std::env::var(k)
@@ -132,7 +139,16 @@ impl BenchConfig {
             work_dir,
             file_size_bytes: env("TANDEM_BENCH_SIZE_MIB", 1024) << 20,
             runtime_s: env("TANDEM_BENCH_RUNTIME_S", 5).max(1),
-            jobs: standard_jobs(),
+            jobs: standard_jobs()
+                .into_iter()
+                .filter(|j| {
+                    std::env::var("TANDEM_BENCH_JOBS").map_or(true, |f| j.name.contains(&f))
+                })
+                .collect(),
+            rounds: env("TANDEM_BENCH_ROUNDS", 1).clamp(1, 100) as u32,
+            targets: std::env::var("TANDEM_BENCH_TARGETS")
+                .map(|t| t.split(',').map(str::to_string).collect())
+                .unwrap_or_else(|_| TARGETS.iter().map(|t| t.to_string()).collect()),
         }
     }
 }
@@ -322,15 +338,28 @@ pub fn baseline_commands(file: &str, socket: &str) -> Vec<String> {
     ]
 }
 
-/// Run the standard comparison; returns every measured row (tandem-nbd, qemu-nbd,
-/// nbdkit per job).
+/// The servers [`run_nbd_bench`] knows.
+pub const TARGETS: [&str; 3] = ["qemu-nbd", "tandem-nbd", "nbdkit"];
+
+/// Median (by throughput) of several rows of one job and target.
+fn median(mut rows: Vec<BenchRow>) -> Option<BenchRow> {
+    rows.sort_by(|a, b| a.bytes_per_s.total_cmp(&b.bytes_per_s));
+    let mid = rows.len() / 2;
+    rows.into_iter().nth(mid)
+}
+
+/// Run the standard comparison; returns one row per job and server (the median round).
 pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
     std::fs::create_dir_all(&cfg.work_dir)
         .map_err(io_err(format!("create {}", cfg.work_dir.display())))?;
     let file = |n: &str| cfg.work_dir.join(format!("{n}.img"));
     let sock = |n: &str| cfg.work_dir.join(format!("{n}.nbd"));
-    let names = ["qemu-nbd", "tandem-nbd", "nbdkit"];
-    for n in names {
+    let names: Vec<&str> = TARGETS
+        .into_iter()
+        .filter(|t| cfg.targets.iter().any(|c| c == t))
+        .collect();
+    let wanted = |n: &str| names.contains(&n);
+    for &n in &names {
         preallocated_file(&file(n), cfg.file_size_bytes)?;
         let _ = std::fs::remove_file(sock(n));
     }
@@ -338,25 +367,31 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
 
     // qemu-nbd: writeback cache and its thread pool, as qemu-nbd defaults to.
     let (qf, qs) = (path_str(file("qemu-nbd")), path_str(sock("qemu-nbd")));
-    let _qemu = spawn(
-        "qemu-nbd",
-        &[
-            "-f",
-            "raw",
-            "-x",
-            "bench",
-            "-k",
-            &qs,
-            "-t",
-            "-e",
-            "16",
-            "--cache=writeback",
-            "--aio=threads",
-            &qf,
-        ],
-    )?;
+    let _qemu = wanted("qemu-nbd")
+        .then(|| {
+            spawn(
+                "qemu-nbd",
+                &[
+                    "-f",
+                    "raw",
+                    "-x",
+                    "bench",
+                    "-k",
+                    &qs,
+                    "-t",
+                    "-e",
+                    "16",
+                    "--cache=writeback",
+                    "--aio=threads",
+                    &qf,
+                ],
+            )
+        })
+        .transpose()?;
     let (kf, ks) = (path_str(file("nbdkit")), path_str(sock("nbdkit")));
-    let _nbdkit = spawn("nbdkit", &["-f", "-U", &ks, "file", &kf])?;
+    let _nbdkit = wanted("nbdkit")
+        .then(|| spawn("nbdkit", &["-f", "-U", &ks, "file", &kf]))
+        .transpose()?;
 
     // tandem-nbd in this process, on its own runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -381,21 +416,25 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
         })?;
     runtime.spawn(server.clone().serve_unix(listener, Some("bench".into())));
 
-    for n in names {
+    for &n in &names {
         wait_listening(n, &sock(n))?;
     }
     let mut rows = Vec::new();
     for job in &cfg.jobs {
-        for n in names {
-            let uri = format!("nbd+unix:///bench?socket={}", sock(n).display());
-            let row = run_fio_job(n, &uri, job, cfg.file_size_bytes, cfg.runtime_s)?;
-            tracing::info!(target = n, job = %job.name, mib_per_s = row.bytes_per_s / 1048576.0, iops = row.iops, "fio job done");
-            rows.push(row);
+        let mut samples: Vec<Vec<BenchRow>> = vec![Vec::new(); names.len()];
+        for _ in 0..cfg.rounds {
+            for (i, &n) in names.iter().enumerate() {
+                let uri = format!("nbd+unix:///bench?socket={}", sock(n).display());
+                let row = run_fio_job(n, &uri, job, cfg.file_size_bytes, cfg.runtime_s)?;
+                tracing::info!(target = n, job = %job.name, mib_per_s = row.bytes_per_s / 1048576.0, iops = row.iops, "fio job done");
+                samples[i].push(row);
+            }
         }
+        rows.extend(samples.into_iter().filter_map(median));
     }
     server.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(5));
-    for n in names {
+    for &n in &names {
         let _ = std::fs::remove_file(file(n));
         let _ = std::fs::remove_file(sock(n));
     }

@@ -16,6 +16,12 @@ use crate::device::{BlockDevice, BufResult, DeviceError, DeviceFuture, check_ran
 /// Zero-filled chunk used when the file system cannot zero a range by itself.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Reads and non-FUA writes up to this size are first tried on the calling thread with
+/// `RWF_NOWAIT`: a page-cache copy of a few KiB is cheaper than a hand-off to the blocking
+/// pool and back, and `RWF_NOWAIT` makes the kernel refuse (instead of wait) whenever the
+/// disk would be involved, in which case the request goes to the pool after all.
+pub const DEFAULT_INLINE_MAX_BYTES: usize = 64 * 1024;
+
 const FALLOC_UNKNOWN: u8 = 0;
 const FALLOC_YES: u8 = 1;
 const FALLOC_NO: u8 = 2;
@@ -27,6 +33,8 @@ struct Inner {
     opened_read_only: bool,
     /// Whether `pwritev2(RWF_DSYNC)` works here (otherwise FUA falls back to fdatasync).
     dsync_write: AtomicU8,
+    nowait_read: AtomicU8,
+    nowait_write: AtomicU8,
     punch_hole: AtomicU8,
     zero_range: AtomicU8,
 }
@@ -36,6 +44,7 @@ struct Inner {
 pub struct FileDevice {
     inner: Arc<Inner>,
     writable: Arc<AtomicBool>,
+    inline_max_bytes: usize,
 }
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, length: u64) -> io::Result<()> {
@@ -84,6 +93,78 @@ fn pwrite_dsync(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()>
         offset += n as u64;
     }
     Ok(())
+}
+
+/// Outcome of a non-blocking attempt.
+enum Nowait {
+    /// Completed (fully) or failed for good.
+    Done(io::Result<()>),
+    /// Would block (not cached, dirty throttling, short transfer): use the pool.
+    WouldBlock,
+    /// The file system does not support `RWF_NOWAIT` here.
+    Unsupported,
+}
+
+/// Try `f` unless `RWF_NOWAIT` is known to be unsupported; `None` means "use the pool".
+fn nowait(flag: &AtomicU8, f: impl FnOnce() -> Nowait) -> Option<io::Result<()>> {
+    if flag.load(Ordering::Relaxed) == FALLOC_NO {
+        return None;
+    }
+    match f() {
+        Nowait::Done(r) => Some(r),
+        Nowait::WouldBlock => None,
+        Nowait::Unsupported => {
+            flag.store(FALLOC_NO, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+fn classify(n: isize, want: usize) -> Nowait {
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Nowait::WouldBlock,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Nowait::Unsupported,
+            _ => Nowait::Done(Err(e)),
+        };
+    }
+    if n as usize == want {
+        Nowait::Done(Ok(()))
+    } else {
+        // A short transfer (partly cached) is finished by the blocking path from scratch.
+        Nowait::WouldBlock
+    }
+}
+
+/// `preadv2(RWF_NOWAIT)`: succeeds only when the whole range is in the page cache, so
+/// the calling (async) thread never waits for a disk.
+fn preadv2_nowait(file: &File, buf: &mut [u8], offset: u64) -> Nowait {
+    let Ok(off) = i64::try_from(offset) else {
+        return Nowait::Done(Err(io::Error::from_raw_os_error(libc::EINVAL)));
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is exclusively borrowed for the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    classify(n, buf.len())
+}
+
+/// `pwritev2(RWF_NOWAIT)`: a buffered write that fails with `EAGAIN` instead of waiting
+/// (for locks, block allocation or dirty-page throttling).
+fn pwritev2_nowait(file: &File, data: &[u8], offset: u64) -> Nowait {
+    let Ok(off) = i64::try_from(offset) else {
+        return Nowait::Done(Err(io::Error::from_raw_os_error(libc::EINVAL)));
+    };
+    let iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: `iov` points into `data`, which outlives the call; the kernel only reads it.
+    let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    classify(n, data.len())
 }
 
 impl Inner {
@@ -211,11 +292,21 @@ impl FileDevice {
                 size_bytes,
                 opened_read_only: read_only,
                 dsync_write: AtomicU8::new(FALLOC_UNKNOWN),
+                nowait_read: AtomicU8::new(FALLOC_UNKNOWN),
+                nowait_write: AtomicU8::new(FALLOC_UNKNOWN),
                 punch_hole: AtomicU8::new(FALLOC_UNKNOWN),
                 zero_range: AtomicU8::new(FALLOC_UNKNOWN),
             }),
             writable: Arc::new(AtomicBool::new(!read_only)),
+            inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
         })
+    }
+
+    /// Largest read or non-FUA write tried on the calling thread (0 sends everything to
+    /// the blocking pool).
+    pub fn with_inline_max_bytes(mut self, bytes: usize) -> Self {
+        self.inline_max_bytes = bytes;
+        self
     }
 
     /// Accept or refuse writes from now on (primary / secondary). Has no effect on a device
@@ -255,6 +346,15 @@ impl BlockDevice for FileDevice {
         if let Err(e) = check_range(offset, buf.len() as u64, self.inner.size_bytes) {
             return Box::pin(std::future::ready((buf, Err(e))));
         }
+        if buf.len() <= self.inline_max_bytes {
+            match nowait(&self.inner.nowait_read, || {
+                preadv2_nowait(&self.inner.file, &mut buf, offset)
+            }) {
+                Some(Ok(())) => return Box::pin(std::future::ready((buf, Ok(())))),
+                Some(Err(e)) => return Box::pin(std::future::ready((buf, Err(e.into())))),
+                None => {}
+            }
+        }
         let inner = self.inner.clone();
         Box::pin(blocking(
             move || {
@@ -270,6 +370,23 @@ impl BlockDevice for FileDevice {
             .and_then(|()| check_range(offset, data.len() as u64, self.inner.size_bytes))
         {
             return Box::pin(std::future::ready((data, Err(e))));
+        }
+        if !fua && data.len() <= self.inline_max_bytes {
+            // Where buffered RWF_NOWAIT writes are unsupported (ext4 on many kernels), a
+            // small buffered write is still done here: it only copies into the page cache
+            // and can at worst be throttled like the client's own writes would be.
+            let inline = if self.inner.nowait_write.load(Ordering::Relaxed) == FALLOC_NO {
+                Some(self.inner.file.write_all_at(&data, offset))
+            } else {
+                nowait(&self.inner.nowait_write, || {
+                    pwritev2_nowait(&self.inner.file, &data, offset)
+                })
+            };
+            match inline {
+                Some(Ok(())) => return Box::pin(std::future::ready((data, Ok(())))),
+                Some(Err(e)) => return Box::pin(std::future::ready((data, Err(e.into())))),
+                None => {}
+            }
         }
         let inner = self.inner.clone();
         Box::pin(blocking(

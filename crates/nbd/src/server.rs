@@ -13,6 +13,7 @@
 //! over a lock.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -543,7 +544,13 @@ impl Server {
                 handle,
                 permits: (slot, byte_permit),
             };
-            tokio::spawn(job.run(cmd, write_data));
+            // Devices that complete at once (page-cache hits, memory) are answered without
+            // a task hop; anything still pending is handed to its own task.
+            let mut fut = Box::pin(job.run(cmd, write_data));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if fut.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(fut);
+            }
         };
         // NBD_CMD_DISC, shutdown or a broken stream: let in-flight requests finish and
         // their replies drain, then close the socket.

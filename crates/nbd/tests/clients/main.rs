@@ -358,3 +358,28 @@ fn demotion_mid_connection_turns_writes_into_eperm() {
     assert_eq!(c.reply(), (0, 3));
     assert_eq!(c.read_n(4), b"abcd");
 }
+
+#[test]
+fn tcp_listener_serves_qemu_io_and_nbdinfo() {
+    if !have_tool("qemu-io") || !have_tool("nbdinfo") {
+        return;
+    }
+    let dev = Arc::new(MemoryDevice::new(4 * MIB as usize));
+    let h = Harness::start(vec![("tcpdisk", dev.clone() as Arc<dyn BlockDevice>)]);
+    let port = h.listen_tcp("tcpdisk");
+    let uri = format!("nbd://127.0.0.1:{port}/tcpdisk");
+    assert_clean(&qemu_io(
+        &uri,
+        &["write -P 0x3c 512k 128k", "read -P 0x3c 512k 128k", "flush"],
+    ));
+    assert!(
+        dev.snapshot()[512 * 1024..640 * 1024]
+            .iter()
+            .all(|&b| b == 0x3c)
+    );
+    let size = run(Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(
+        String::from_utf8_lossy(&size.stdout).trim(),
+        (4 * MIB).to_string()
+    );
+}

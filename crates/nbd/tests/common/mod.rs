@@ -51,6 +51,21 @@ impl Harness {
         }
     }
 
+    /// Also listen on TCP at 127.0.0.1 (a free port); returns the port.
+    pub fn listen_tcp(&self, default_export: &str) -> u16 {
+        let rt = self.runtime.as_ref().expect("runtime");
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind tcp");
+        let port = l.local_addr().expect("local addr").port();
+        rt.spawn(
+            self.server
+                .clone()
+                .serve_tcp(l, Some(default_export.to_string())),
+        );
+        port
+    }
+
     pub fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
     }
