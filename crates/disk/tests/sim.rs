@@ -378,7 +378,9 @@ impl Sim {
                                 self.fe.acked_replicated[s] = self.fe.acked_replicated[s].max(req);
                             }
                         }
-                        if !ack.replicated {
+                        // Written while apart: acknowledged without the peer, and the
+                        // link is not replicating (not merely a resync in progress).
+                        if !ack.replicated && !self.core(i).connection().replicating() {
                             self.wrote_apart[i] = true;
                         }
                     }
