@@ -297,6 +297,13 @@ impl Sim {
             c.handle(now, input);
             c.validate();
             let after = (c.connection(), c.disk_state(), c.role());
+            if before.0 == ConnState::Handshaking && after.0 != ConnState::Handshaking {
+                // A handshake decided: was it between two sides that both wrote apart?
+                if self.wrote_apart[0] && self.wrote_apart[1] {
+                    self.split_brain_expected = true;
+                }
+                self.wrote_apart = [false, false];
+            }
             if before != after || was_connected {
                 let st = c.status();
                 self.log.push(format!(
@@ -459,10 +466,6 @@ impl Sim {
         }
         self.link_up = true;
         self.log.push(format!("step {} link up", self.step));
-        if self.wrote_apart[0] && self.wrote_apart[1] {
-            self.split_brain_expected = true;
-        }
-        self.wrote_apart = [false, false];
         let first = self.rng.below(2) as usize;
         self.feed(first, Input::Connected);
         self.feed(1 - first, Input::Connected);
