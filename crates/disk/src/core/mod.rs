@@ -366,7 +366,11 @@ pub enum Output {
         /// Answer with `IoDone { io }`.
         io: IoId,
     },
-    /// Make a metadata block durable. Issued one at a time, in order.
+    /// Make a metadata block durable. Issued one at a time, in order. Contract: first
+    /// flush the data device (every data write completed so far becomes durable), then
+    /// write the block durably — as DRBD's activity-log writes do. The activity log and
+    /// the generation rules rely on it: an extent leaves the log, or a new generation
+    /// is recorded, only once the data it covers is on stable storage.
     PersistMeta {
         /// Answer with `IoDone { io }`.
         io: IoId,
@@ -456,8 +460,13 @@ struct PeerInfo {
 enum PeerLeg {
     /// Not replicated (local only): bits were set.
     None,
-    /// Sent; waiting for acks.
-    Sent { received: bool, written: bool },
+    /// Sent; waiting for acks. `protected`: the peer's disk was up to date, so its copy
+    /// can stand in for ours.
+    Sent {
+        received: bool,
+        written: bool,
+        protected: bool,
+    },
     /// The link went down before the ack: bits were set.
     Lost,
 }
@@ -1226,6 +1235,11 @@ impl Core {
                 let w = &self.writes[&req];
                 (w.data.clone(), w.fua)
             };
+            let protected = replicate && self.peer.is_some_and(|p| p.disk == DiskState::UpToDate);
+            // Protocol C promises the write survives any single failure. When no
+            // up-to-date peer holds a copy (disconnected, or the peer is a sync target),
+            // our own disk must: the local write is forced durable.
+            let local_fua = fua || (self.cfg.protocol == Protocol::C && !protected);
             if replicate {
                 let wire_id = self.next_wire_id;
                 self.next_wire_id += 1;
@@ -1247,7 +1261,7 @@ impl Core {
                     io,
                     offset_bytes: offset,
                     data,
-                    fua,
+                    fua: local_fua,
                 });
             }
             if let Some(w) = self.writes.get_mut(&req) {
@@ -1257,6 +1271,7 @@ impl Core {
                     PeerLeg::Sent {
                         received: false,
                         written: false,
+                        protected,
                     }
                 } else {
                     PeerLeg::None
@@ -1298,9 +1313,13 @@ impl Core {
             return;
         }
         let local_ok = !w.local_needed || matches!(w.local_done, Some(Ok(())));
-        let (peer_ok, peer_pending) = match w.peer {
-            PeerLeg::None | PeerLeg::Lost => (false, false),
-            PeerLeg::Sent { received, written } => {
+        let (peer_ok, peer_pending, protected) = match w.peer {
+            PeerLeg::None | PeerLeg::Lost => (false, false, false),
+            PeerLeg::Sent {
+                received,
+                written,
+                protected,
+            } => {
                 let ok = if !w.local_needed {
                     // Without a local copy only the peer's disk holds it.
                     written
@@ -1311,14 +1330,14 @@ impl Core {
                         Protocol::C => written,
                     }
                 };
-                (ok, !ok)
+                (ok, !ok, protected)
             }
         };
         if peer_pending {
             return;
         }
-        let result = if peer_ok {
-            // A copy on the peer at the promised level exists.
+        let result = if peer_ok && protected {
+            // A copy on an up-to-date peer at the promised level exists.
             Ok(WriteAck { replicated: true })
         } else if local_ok {
             Ok(WriteAck { replicated: false })
@@ -2267,6 +2286,16 @@ impl Core {
         if full {
             self.bitmap.set_all();
             self.mark_bitmap_dirty(0, self.bitmap.blocks());
+        }
+        if dir == Direction::Source
+            && matches!(self.disk, DiskState::Consistent | DiskState::Outdated)
+        {
+            // The handshake chose our data: it is the newest.
+            self.disk = DiskState::UpToDate;
+            if self.flags.outdated {
+                self.flags.outdated = false;
+                self.persist_superblock();
+            }
         }
         self.conn = match dir {
             Direction::Source => ConnState::WaitBitmapSource,
