@@ -1,20 +1,18 @@
 //! `tandem agent`: the daemon of one node.
 //!
 //! ```text
-//!   config ──► membership core ◄──── heartbeat thread (poll: link sockets, timers)
-//!                   │ events              │ transmits
-//!                   ▼                     ▼
-//!              event history        link sockets / tty
-//!                   │
-//!   control socket ─┴─► status
+//!   config ──► membership driver thread (poll: link sockets, timers; SCHED_RR)
+//!                   │ timed events                ▲ status / messages
+//!                   ▼                             │
+//!              event thread ──► event history ──► control socket ◄── tandem status
 //! ```
 //!
-//! The heartbeat path runs on its own thread with locked memory and, when allowed,
-//! real-time priority: a busy machine, slow disk I/O or a long resource action must
-//! never delay a heartbeat or its processing, because a late heartbeat looks exactly
-//! like a dead node (Heartbeat ran the same way, `realtime on`).
+//! The heartbeat path runs on its own thread with locked memory and real-time
+//! priority: a busy machine, slow disk I/O or a long resource action must never delay a
+//! heartbeat or its processing, because a late heartbeat looks exactly like a dead node
+//! (Heartbeat ran the same way, `realtime on`).
 
-mod heartbeat;
+mod events;
 mod links;
 
 use std::collections::VecDeque;
@@ -26,6 +24,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use tandem_config::Config;
 use tandem_config::key::{HeartbeatMethod, KeySource};
+use tandem_membership::driver::{Driver, LinkSpec, Options};
 use tandem_membership::{LinkConfig, MembershipConfig, NodeConfig, RetransmitConfig};
 use tandem_wire::PacketKey;
 
@@ -35,6 +34,10 @@ use crate::state::StateDir;
 
 /// Events kept for `tandem status` (the newest ones).
 const EVENT_HISTORY_LEN: usize = 256;
+
+/// Real-time priority of the heartbeat thread (SCHED_RR, 1–99): above ordinary threads,
+/// below the kernel's watchdogs (99).
+const REALTIME_PRIORITY: i32 = 50;
 
 /// `tandem agent` arguments.
 #[derive(Debug, clap::Args)]
@@ -53,11 +56,9 @@ pub struct Args {
     pub no_realtime: bool,
 }
 
-/// What the heartbeat thread publishes for the control socket.
+/// What the event thread records for the control socket.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// The latest membership snapshot.
-    pub membership: Option<tandem_membership::Status>,
     /// Recent membership events, oldest first.
     pub events: VecDeque<EventRecord>,
 }
@@ -113,9 +114,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let listener = control::bind(&socket_path)?;
 
     let own_addresses = links::local_addresses()?;
-    let mut link_io = Vec::new();
-    for link in &config.links {
-        link_io.push(links::LinkIo::open(&link.name, &link.kind, &own_addresses)?);
+    let mut link_specs = Vec::new();
+    for (id, link) in config.links.iter().enumerate() {
+        link_specs.push(LinkSpec {
+            id: id as u16,
+            medium: links::medium(&link.name, &link.kind, &own_addresses)?,
+        });
     }
     if !args.no_realtime {
         lock_memory();
@@ -128,23 +132,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         control_socket = %socket_path.display(),
         "tandem agent starting"
     );
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let names = events::Names::new(&membership);
     let core = tandem_membership::Membership::new(membership, incarnation, crate::clock::now())
         .context("start the membership core")?;
-    heartbeat::spawn(core, link_io, Arc::clone(&shared), !args.no_realtime)?;
+    let options = Options {
+        realtime_priority: (!args.no_realtime).then_some(REALTIME_PRIORITY),
+    };
+    let driver = Arc::new(
+        Driver::start_with(core, link_specs, options).context("open the heartbeat links")?,
+    );
+    if let Err(why) = driver.realtime() {
+        tracing::warn!("{why}: heartbeats may be late on a busy machine");
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    events::spawn(Arc::clone(&driver), names, Arc::clone(&shared))?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
-        Request::Status => status_json(&local_name, &shared),
+        Request::Status => status_json(&local_name, &driver, &shared),
     });
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(local: &str, shared: &Mutex<Shared>) -> Response {
-    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(m) = &shared.membership else {
-        return Response::error("the agent is starting");
+fn status_json(local: &str, driver: &Driver, shared: &Mutex<Shared>) -> Response {
+    let m = match driver.status() {
+        Ok(m) => m,
+        Err(err) => return Response::error(format!("the heartbeat thread stopped: {err}")),
     };
+    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
     Response::ok(serde_json::json!({
         "node": local,
         "incarnation": m.incarnation,

@@ -159,13 +159,42 @@ pub struct Driver {
     thread: Option<JoinHandle<io::Result<()>>>,
     commands: mpsc::Sender<Command>,
     wake: OwnedFd,
-    events: mpsc::Receiver<TimedEvent>,
+    // Behind a mutex so that a `Driver` can be shared between threads (one of which
+    // waits for events while others ask for status or send messages).
+    events: std::sync::Mutex<mpsc::Receiver<TimedEvent>>,
+    realtime: Result<(), String>,
+}
+
+/// How the driver thread runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run the thread under SCHED_RR at this priority (1–99). Heartbeat ran its heartbeat
+    /// path the same way (`realtime on`): on a loaded machine an ordinary thread can wait
+    /// long enough for a live node to look dead. Best effort: see [`Driver::realtime`].
+    pub realtime_priority: Option<i32>,
 }
 
 /// The one clock read in this crate.
 fn clock() -> Instant {
     #[allow(clippy::disallowed_methods)]
     Instant::now()
+}
+
+/// Puts the calling thread under SCHED_RR at `priority`.
+fn set_realtime(priority: i32) -> Result<(), String> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: changes the calling thread's scheduling; `param` is valid for the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "SCHED_RR priority {priority}: {}",
+            io::Error::from_raw_os_error(rc)
+        ))
+    }
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -313,6 +342,15 @@ impl Driver {
     /// Opens every link (errors come back here, before anything runs), then starts the
     /// thread that runs `core`.
     pub fn start(core: Membership, links: Vec<LinkSpec>) -> io::Result<Driver> {
+        Self::start_with(core, links, Options::default())
+    }
+
+    /// As [`Driver::start`], with options.
+    pub fn start_with(
+        core: Membership,
+        links: Vec<LinkSpec>,
+        options: Options,
+    ) -> io::Result<Driver> {
         let links = links
             .into_iter()
             .map(open_link)
@@ -325,20 +363,33 @@ impl Driver {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
+        let (rt_tx, rt_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tandem-membership".into())
-            .spawn(move || run(core, links, wake_rx, cmd_rx, ev_tx))?;
+            .spawn(move || {
+                let _ = rt_tx.send(options.realtime_priority.map_or(Ok(()), set_realtime));
+                run(core, links, wake_rx, cmd_rx, ev_tx)
+            })?;
+        let realtime = rt_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the membership thread ended at start".into()));
         Ok(Driver {
             thread: Some(thread),
             commands: cmd_tx,
             wake: wake_tx,
-            events: ev_rx,
+            events: std::sync::Mutex::new(ev_rx),
+            realtime,
         })
     }
 
-    /// Events, in order, with the time the driver saw them.
-    pub fn events(&self) -> &mpsc::Receiver<TimedEvent> {
-        &self.events
+    /// Events, in order, with the time the driver saw them. One consumer at a time.
+    pub fn events(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<TimedEvent>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the real-time priority asked for in [`Options`] was granted (and why not).
+    pub fn realtime(&self) -> Result<(), &str> {
+        self.realtime.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     fn command(&self, c: Command) -> Result<(), DriverError> {
