@@ -2,9 +2,11 @@
 //! file only parses the command line, sets up logging and dispatches.
 
 mod agent;
+mod bench;
 mod clock;
 mod cmd;
 mod control;
+mod labcluster;
 mod state;
 
 use std::path::PathBuf;
@@ -49,6 +51,9 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show nodes, links and events as the local agent sees them.
     Status(cmd::status::Args),
+    /// Measure and print tables (root: runs in a lab).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(code) => code,
