@@ -3,7 +3,8 @@
 //! Every value here is already validated and has its default filled in: durations are
 //! [`Duration`]s, sizes are bytes, choices are enums, and cross references (a resource
 //! naming a disk, a disk host naming a node) are known to resolve. Nothing here keeps
-//! source positions; the loader reports errors before a `Config` exists.
+//! source positions; the loader reports errors before a `Config` exists. Durations are
+//! whole milliseconds (the finest unit the file format has).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

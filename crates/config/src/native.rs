@@ -634,7 +634,7 @@ impl<'s> Walker<'s> {
         // Heartbeat's rules: warntime defaults to half of deadtime when deadtime is set,
         // initdead to twice deadtime (and never below the default).
         let warntime_default = if t.get("deadtime").is_some() {
-            deadtime / 2
+            units::whole_ms(deadtime / 2)
         } else {
             defaults::WARNTIME
         };
@@ -1152,17 +1152,17 @@ impl<'s> Walker<'s> {
         // Keep file order (the toml map is sorted by key).
         hosts.sort_by_key(|(_, start)| *start);
         let hosts: Vec<DiskHost> = hosts.into_iter().map(|(h, _)| h).collect();
-        let defined = t.get("on").map(|v| match v.get_ref() {
-            DeValue::Table(on) => on.len(),
+        // Counted from the file, not from `hosts`: an unknown node was already reported
+        // and should not also read as a missing one.
+        let defined = match t.get("on").map(|v| v.get_ref()) {
+            Some(DeValue::Table(on)) => on.len(),
             _ => 0,
-        });
-        if let Some(n) = defined.or(Some(0)) {
-            if n != 2 && name.is_some() {
-                self.err(
-                    on_span,
-                    format!("disk `{disk_label}` is defined on {n} node(s): expected exactly two [disk.on.NODE] tables, one per node"),
-                );
-            }
+        };
+        if defined != 2 && name.is_some() {
+            self.err(
+                on_span,
+                format!("disk `{disk_label}` is defined on {defined} node(s): expected exactly two [disk.on.NODE] tables, one per node"),
+            );
         }
         Some((
             Disk {

@@ -174,13 +174,16 @@ fn resource(
         ));
         return None;
     }
-    let kind = if args.is_empty() && script.parse::<IpAddr>().is_ok()
-        || script.contains('/')
-            && script
-                .split('/')
-                .next()
-                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
-    {
+    // A word whose first `/` field is an address is the bare IPaddr shorthand.
+    let looks_like_ip = script
+        .split('/')
+        .next()
+        .is_some_and(|a| a.parse::<IpAddr>().is_ok());
+    let kind = if looks_like_ip {
+        if !args.is_empty() {
+            sink.push(src.error(at, format!("`{}`: an address takes no `::` arguments: expected IP[/PREFIX[/IFACE[/BROADCAST]]]", w.text)));
+            return None;
+        }
         ip_spec(src, sink, w, script, false)?
     } else {
         match *script {

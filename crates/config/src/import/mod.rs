@@ -273,7 +273,7 @@ fn timing(
     let keepalive = h.keepalive.map(|x| x.0).unwrap_or(defaults::KEEPALIVE);
     let deadtime = h.deadtime.map(|x| x.0).unwrap_or(defaults::DEADTIME);
     let warntime = h.warntime.map(|x| x.0).unwrap_or(if h.deadtime.is_some() {
-        deadtime / 2
+        crate::units::whole_ms(deadtime / 2)
     } else {
         defaults::WARNTIME
     });
