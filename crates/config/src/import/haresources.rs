@@ -164,6 +164,28 @@ fn resource(
     let parts: Vec<&str> = w.text.split("::").collect();
     let (script, args) = parts.split_first()?;
     let at = w.at..w.at;
+    // The address scripts take one spec that may itself contain `::` (IPv6), so for
+    // them everything after the first `::` is the spec.
+    if matches!(*script, "IPaddr" | "IPaddr2" | "IPv6addr") {
+        let spec = w.text.split_once("::").map(|(_, s)| s).unwrap_or("");
+        if spec.is_empty() {
+            sink.push(src.error(
+                at,
+                format!(
+                    "`{}`: expected `{script}::IP[/PREFIX[/IFACE[/BROADCAST]]]`",
+                    w.text
+                ),
+            ));
+            return None;
+        }
+        let kind = ip_spec(src, sink, w, spec, *script == "IPaddr")?;
+        return Some(Resource {
+            name: crate::native::derive_resource_name(&kind),
+            timeout: defaults::RESOURCE_TIMEOUT,
+            monitor_interval: Some(defaults::MONITOR_INTERVAL),
+            kind,
+        });
+    }
     if script.is_empty() || args.iter().any(|a| a.is_empty()) {
         sink.push(src.error(
             at,
@@ -187,19 +209,6 @@ fn resource(
         ip_spec(src, sink, w, script, false)?
     } else {
         match *script {
-            "IPaddr" | "IPaddr2" => {
-                let [spec] = args else {
-                    sink.push(src.error(
-                        at,
-                        format!(
-                            "`{}`: expected `{script}::IP[/PREFIX[/IFACE[/BROADCAST]]]`",
-                            w.text
-                        ),
-                    ));
-                    return None;
-                };
-                ip_spec(src, sink, w, spec, *script == "IPaddr")?
-            }
             "datadisk" | "drbddisk" => {
                 let [disk] = args else {
                     sink.push(src.error(
