@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod config;
 pub mod lab;
+pub mod status;
