@@ -440,6 +440,15 @@ impl Config {
         self.disks.iter().find(|d| d.name == name)
     }
 
+    /// The disk whose device on some node is `device` (e.g. `/dev/drbd1` → `r1`), so a
+    /// `filesystem` resource written against a DRBD path can be resolved to the disk
+    /// whose device tandem publishes.
+    pub fn disk_by_device(&self, device: &std::path::Path) -> Option<&Disk> {
+        self.disks
+            .iter()
+            .find(|d| d.hosts.iter().any(|h| h.device == device))
+    }
+
     /// The group called `name`.
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.iter().find(|g| g.name == name)

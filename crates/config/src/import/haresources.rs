@@ -110,9 +110,10 @@ pub fn parse(
     src: &Source<'_>,
     sink: &mut Sink,
     nodes: &[String],
-    disks: Option<&[String]>,
+    disks: Option<&[Disk]>,
     resource_d: Option<&Path>,
 ) -> Vec<RawGroup> {
+    let names: Option<Vec<String>> = disks.map(|d| d.iter().map(|d| d.name.clone()).collect());
     let mut groups = Vec::new();
     for line in logical_lines(src, sink) {
         let Some((home, rest)) = line.split_first() else {
@@ -136,10 +137,15 @@ pub fn parse(
             ));
             continue;
         }
-        let resources = rest
-            .iter()
-            .filter_map(|w| resource(src, sink, w, disks, resource_d))
-            .collect();
+        let mut resources = Vec::new();
+        let mut words = Vec::new();
+        for w in rest {
+            if let Some(r) = resource(src, sink, w, names.as_deref(), resource_d) {
+                resources.push(r);
+                words.push(w);
+            }
+        }
+        mount_order(src, sink, &resources, &words, disks.unwrap_or(&[]));
         groups.push(RawGroup {
             home: home.text.clone(),
             resources,
@@ -152,6 +158,44 @@ pub fn parse(
         ));
     }
     groups
+}
+
+/// A `Filesystem` on a drbd.conf device must follow the `datadisk` that promotes it;
+/// the same rule as the native check, reported here at the haresources word.
+fn mount_order(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    resources: &[Resource],
+    words: &[&Word],
+    disks: &[Disk],
+) {
+    for (i, r) in resources.iter().enumerate() {
+        let ResourceKind::Filesystem { device, .. } = &r.kind else {
+            continue;
+        };
+        let Some(disk) = disks.iter().find(|d| {
+            d.hosts
+                .iter()
+                .any(|h| h.device.as_os_str() == device.as_str())
+        }) else {
+            continue;
+        };
+        let at = words[i].at..words[i].at;
+        let promoter = resources
+            .iter()
+            .position(|x| matches!(&x.kind, ResourceKind::Disk { disk: n } if *n == disk.name));
+        match promoter {
+            Some(j) if j < i => {}
+            Some(j) => sink.push(src.error(at, format!(
+                "`{}` mounts {device}, the device of disk `{}`, before `{}` promotes it: expected `{}` earlier on the line",
+                words[i].text, disk.name, words[j].text, words[j].text
+            ))),
+            None => sink.push(src.warning(at, format!(
+                "`{}` mounts {device}, the device of disk `{}`, but this group has no `datadisk::{}`: the disk must already be primary when the group starts",
+                words[i].text, disk.name, disk.name
+            ))),
+        }
+    }
 }
 
 fn resource(

@@ -97,13 +97,12 @@ pub fn import_texts(
         None => Vec::new(),
     };
     let drbd_ok = error_count(&sink) == errors_before;
-    let disk_names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
     let har_src = Source::new(&har_name, har_text);
     let raw_groups = haresources::parse(
         &har_src,
         &mut sink,
         &node_names,
-        drbd_ok.then_some(disk_names.as_slice()),
+        drbd_ok.then_some(disks.as_slice()),
         files.resource_d.as_deref(),
     );
 
