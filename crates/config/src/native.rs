@@ -185,17 +185,19 @@ impl<'s> Walker<'s> {
                 self.err(
                     k.span(),
                     format!(
-                        "unknown table `{}`; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
-                        k.get_ref()
+                        "unknown table `{}`{}; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
+                        k.get_ref(),
+                        crate::diag::did_you_mean(k.get_ref(), allowed)
                     ),
                 );
             } else if !allowed.contains(&k.get_ref().as_ref()) {
                 self.err(
                     k.span(),
                     format!(
-                        "unknown key `{}` in {}; expected one of: {}",
+                        "unknown key `{}` in {}{}; expected one of: {}",
                         k.get_ref(),
                         t.what,
+                        crate::diag::did_you_mean(k.get_ref(), allowed),
                         allowed.join(", ")
                     ),
                 );
