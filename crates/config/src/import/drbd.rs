@@ -431,8 +431,9 @@ fn unknown(src: &Source<'_>, sink: &mut Sink, s: &Stmt, section: &str, expected:
         sink,
         &s.key,
         &format!(
-            "unknown option `{}` in `{section}`: expected one of {}",
+            "unknown option `{}` in `{section}`{}: expected one of {}",
             s.key.text,
+            crate::diag::did_you_mean(&s.key.text, expected),
             expected.join(", ")
         ),
     );

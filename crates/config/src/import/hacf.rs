@@ -509,7 +509,8 @@ fn directive_line(
                 sink.push(src.error(
                     at(p0),
                     format!(
-                        "unknown ha.cf directive `{other}`: expected one of {}",
+                        "unknown ha.cf directive `{other}`{}: expected one of {}",
+                        crate::diag::did_you_mean(other, DIRECTIVES),
                         DIRECTIVES.join(", ")
                     ),
                 ));

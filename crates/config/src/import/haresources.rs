@@ -110,9 +110,10 @@ pub fn parse(
     src: &Source<'_>,
     sink: &mut Sink,
     nodes: &[String],
-    disks: Option<&[String]>,
+    disks: Option<&[Disk]>,
     resource_d: Option<&Path>,
 ) -> Vec<RawGroup> {
+    let names: Option<Vec<String>> = disks.map(|d| d.iter().map(|d| d.name.clone()).collect());
     let mut groups = Vec::new();
     for line in logical_lines(src, sink) {
         let Some((home, rest)) = line.split_first() else {
@@ -136,10 +137,15 @@ pub fn parse(
             ));
             continue;
         }
-        let resources = rest
-            .iter()
-            .filter_map(|w| resource(src, sink, w, disks, resource_d))
-            .collect();
+        let mut resources = Vec::new();
+        let mut words = Vec::new();
+        for w in rest {
+            if let Some(r) = resource(src, sink, w, names.as_deref(), resource_d) {
+                resources.push(r);
+                words.push(w);
+            }
+        }
+        mount_order(src, sink, &resources, &words, disks.unwrap_or(&[]));
         groups.push(RawGroup {
             home: home.text.clone(),
             resources,
@@ -154,6 +160,44 @@ pub fn parse(
     groups
 }
 
+/// A `Filesystem` on a drbd.conf device must follow the `datadisk` that promotes it;
+/// the same rule as the native check, reported here at the haresources word.
+fn mount_order(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    resources: &[Resource],
+    words: &[&Word],
+    disks: &[Disk],
+) {
+    for (i, r) in resources.iter().enumerate() {
+        let ResourceKind::Filesystem { device, .. } = &r.kind else {
+            continue;
+        };
+        let Some(disk) = disks.iter().find(|d| {
+            d.hosts
+                .iter()
+                .any(|h| h.device.as_os_str() == device.as_str())
+        }) else {
+            continue;
+        };
+        let at = words[i].at..words[i].at;
+        let promoter = resources
+            .iter()
+            .position(|x| matches!(&x.kind, ResourceKind::Disk { disk: n } if *n == disk.name));
+        match promoter {
+            Some(j) if j < i => {}
+            Some(j) => sink.push(src.error(at, format!(
+                "`{}` mounts {device}, the device of disk `{}`, before `{}` promotes it: expected `{}` earlier on the line",
+                words[i].text, disk.name, words[j].text, words[j].text
+            ))),
+            None => sink.push(src.warning(at, format!(
+                "`{}` mounts {device}, the device of disk `{}`, but this group has no `datadisk::{}`: the disk must already be primary when the group starts",
+                words[i].text, disk.name, disk.name
+            ))),
+        }
+    }
+}
+
 fn resource(
     src: &Source<'_>,
     sink: &mut Sink,
@@ -164,6 +208,28 @@ fn resource(
     let parts: Vec<&str> = w.text.split("::").collect();
     let (script, args) = parts.split_first()?;
     let at = w.at..w.at;
+    // The address scripts take one spec that may itself contain `::` (IPv6), so for
+    // them everything after the first `::` is the spec.
+    if matches!(*script, "IPaddr" | "IPaddr2" | "IPv6addr") {
+        let spec = w.text.split_once("::").map(|(_, s)| s).unwrap_or("");
+        if spec.is_empty() {
+            sink.push(src.error(
+                at,
+                format!(
+                    "`{}`: expected `{script}::IP[/PREFIX[/IFACE[/BROADCAST]]]`",
+                    w.text
+                ),
+            ));
+            return None;
+        }
+        let kind = ip_spec(src, sink, w, spec, *script == "IPaddr")?;
+        return Some(Resource {
+            name: crate::native::derive_resource_name(&kind),
+            timeout: defaults::RESOURCE_TIMEOUT,
+            monitor_interval: Some(defaults::MONITOR_INTERVAL),
+            kind,
+        });
+    }
     if script.is_empty() || args.iter().any(|a| a.is_empty()) {
         sink.push(src.error(
             at,
@@ -174,29 +240,19 @@ fn resource(
         ));
         return None;
     }
-    let kind = if args.is_empty() && script.parse::<IpAddr>().is_ok()
-        || script.contains('/')
-            && script
-                .split('/')
-                .next()
-                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
-    {
+    // A word whose first `/` field is an address is the bare IPaddr shorthand.
+    let looks_like_ip = script
+        .split('/')
+        .next()
+        .is_some_and(|a| a.parse::<IpAddr>().is_ok());
+    let kind = if looks_like_ip {
+        if !args.is_empty() {
+            sink.push(src.error(at, format!("`{}`: an address takes no `::` arguments: expected IP[/PREFIX[/IFACE[/BROADCAST]]]", w.text)));
+            return None;
+        }
         ip_spec(src, sink, w, script, false)?
     } else {
         match *script {
-            "IPaddr" | "IPaddr2" => {
-                let [spec] = args else {
-                    sink.push(src.error(
-                        at,
-                        format!(
-                            "`{}`: expected `{script}::IP[/PREFIX[/IFACE[/BROADCAST]]]`",
-                            w.text
-                        ),
-                    ));
-                    return None;
-                };
-                ip_spec(src, sink, w, spec, *script == "IPaddr")?
-            }
             "datadisk" | "drbddisk" => {
                 let [disk] = args else {
                     sink.push(src.error(

@@ -55,17 +55,33 @@ fn read(path: &Path) -> Result<String, Diagnostics> {
 
 /// Imports the files into a validated [`Config`] and the warnings to show.
 pub fn import(files: &HaFiles) -> Result<(Config, Vec<Warning>), Diagnostics> {
-    let ha_cf_name = files.ha_cf.display().to_string();
     let ha_cf_text = read(&files.ha_cf)?;
-    let har_name = files.haresources.display().to_string();
     let har_text = read(&files.haresources)?;
-    let drbd = match &files.drbd_conf {
-        Some(p) => Some((p.display().to_string(), read(p)?)),
+    let drbd_text = match &files.drbd_conf {
+        Some(p) => Some(read(p)?),
         None => None,
+    };
+    import_texts(files, &ha_cf_text, &har_text, drbd_text.as_deref())
+}
+
+/// As [`import`], with ha.cf, haresources and drbd.conf already read (`files` still
+/// names them in messages; the authkeys file, if any, is read and checked here).
+pub fn import_texts(
+    files: &HaFiles,
+    ha_cf_text: &str,
+    har_text: &str,
+    drbd_text: Option<&str>,
+) -> Result<(Config, Vec<Warning>), Diagnostics> {
+    let ha_cf_name = files.ha_cf.display().to_string();
+    let har_name = files.haresources.display().to_string();
+    let drbd = match (&files.drbd_conf, drbd_text) {
+        (Some(p), Some(t)) => Some((p.display().to_string(), t)),
+        (None, Some(t)) => Some(("drbd.conf".to_string(), t)),
+        _ => None,
     };
 
     let mut sink = Sink::default();
-    let ha_src = Source::new(&ha_cf_name, &ha_cf_text);
+    let ha_src = Source::new(&ha_cf_name, ha_cf_text);
     let hacf = hacf::parse(&ha_src, &mut sink);
     let node_names: Vec<String> = hacf.nodes.iter().map(|(n, _)| n.clone()).collect();
     for (from, p) in &hacf.stonith_hosts {
@@ -81,13 +97,12 @@ pub fn import(files: &HaFiles) -> Result<(Config, Vec<Warning>), Diagnostics> {
         None => Vec::new(),
     };
     let drbd_ok = error_count(&sink) == errors_before;
-    let disk_names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
-    let har_src = Source::new(&har_name, &har_text);
+    let har_src = Source::new(&har_name, har_text);
     let raw_groups = haresources::parse(
         &har_src,
         &mut sink,
         &node_names,
-        drbd_ok.then_some(disk_names.as_slice()),
+        drbd_ok.then_some(disks.as_slice()),
         files.resource_d.as_deref(),
     );
 
@@ -161,16 +176,9 @@ pub fn import(files: &HaFiles) -> Result<(Config, Vec<Warning>), Diagnostics> {
     if fence_devices.is_empty() {
         sink.push(ha_src.warning(0..0, "ha.cf configures no stonith device: fencing stays required, so takeover of shared data waits for `tandem fence confirm NODE`; add a [[fence_device]] (e.g. fence_apc for the whitepaper's power switch)"));
     }
-    if drbd.is_some() {
-        let with_cmd = disks.len();
-        if with_cmd > 0 && drbd_has_incon_degr(drbd.as_ref().map(|(_, t)| t.as_str()).unwrap_or(""))
-        {
-            let (name, text) = drbd
-                .as_ref()
-                .map(|(n, t)| (n.as_str(), t.as_str()))
-                .unwrap_or(("", ""));
+    if let Some((name, text)) = &drbd {
+        if let Some(at) = first_incon_degr_cmd(text) {
             let src = Source::new(name, text);
-            let at = text.find("incon-degr-cmd").unwrap_or(0);
             sink.push(src.warning(at..at, "incon-degr-cmd is not imported: tandem refuses to become primary on inconsistent data unless an operator forces it, instead of running a command"));
         }
     }
@@ -239,9 +247,17 @@ fn file_error(p: &Path, message: String) -> Diagnostic {
     }
 }
 
-fn drbd_has_incon_degr(text: &str) -> bool {
-    text.lines()
-        .any(|l| l.split('#').next().unwrap_or("").contains("incon-degr-cmd"))
+/// Byte offset of the first `incon-degr-cmd` outside a comment.
+fn first_incon_degr_cmd(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let code = line.split('#').next().unwrap_or("");
+        if let Some(i) = code.find("incon-degr-cmd") {
+            return Some(offset + i);
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// Timing with Heartbeat's relations filled in for what ha.cf leaves out.
@@ -256,7 +272,7 @@ fn timing(
     let keepalive = h.keepalive.map(|x| x.0).unwrap_or(defaults::KEEPALIVE);
     let deadtime = h.deadtime.map(|x| x.0).unwrap_or(defaults::DEADTIME);
     let warntime = h.warntime.map(|x| x.0).unwrap_or(if h.deadtime.is_some() {
-        deadtime / 2
+        crate::units::whole_ms(deadtime / 2)
     } else {
         defaults::WARNTIME
     });
