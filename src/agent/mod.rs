@@ -95,14 +95,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let config_bytes = std::fs::read(&global.config)
-        .with_context(|| format!("read {}", global.config.display()))?;
     let local = match args.node {
         Some(node) => node,
         None => hostname()?,
     };
     let key = load_key(&config)?;
-    let membership = membership_config(&config, &local, key, &config_bytes)?;
+    let membership = membership_config(&config, &local, key)?;
 
     let state_dir = args
         .state_dir
@@ -198,7 +196,6 @@ pub fn membership_config(
     config: &Config,
     local: &str,
     key: PacketKey,
-    config_bytes: &[u8],
 ) -> anyhow::Result<MembershipConfig> {
     let nodes: Vec<NodeConfig> = config
         .nodes
@@ -234,7 +231,9 @@ pub fn membership_config(
         warntime: config.cluster.warntime,
         initdead: config.cluster.initdead,
         key,
-        config_digest: tandem_wire::sha256(config_bytes),
+        // The canonical rendering, so comments, key order and spelling do not count as
+        // a difference between the nodes' files; only the meaning does.
+        config_digest: tandem_wire::sha256(tandem_config::to_toml(config).as_bytes()),
         retransmit: RetransmitConfig::for_keepalive(config.cluster.keepalive),
     })
 }
