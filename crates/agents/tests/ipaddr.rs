@@ -66,6 +66,7 @@ fn ipv4_and_ipv6_added_announced_monitored_and_removed() {
         assert_eq!(r.exit, Some(OcfExit::NotRunning), "{r}");
     }
     for r in &started {
+        println!("start: {r}");
         assert!(r.is_success(), "{r}");
         assert!(!r.reason.contains("failed"), "{r}");
     }

@@ -49,6 +49,7 @@ fn installed(agent: &str) -> bool {
 
 fn expect(agent: &Agent, action: Action, exit: OcfExit) {
     let r = agent.run(action, &opts());
+    println!("{action}: {r}");
     assert_eq!(r.exit, Some(exit), "{action}: {r}\n{}", r.output);
 }
 
