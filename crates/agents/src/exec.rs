@@ -162,6 +162,25 @@ impl<R: Read + AsRawFd> Sink<R> {
     }
 }
 
+/// Spawns, retrying briefly on `ETXTBSY`: a script that was just written can be "busy"
+/// for a moment because another thread's fork inherited the writer's descriptor until
+/// its exec (close-on-exec only closes it at exec).
+fn spawn_retrying_busy_text(
+    cmd: &mut Command,
+    deadline: Instant,
+) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 && now() < deadline => {
+                tries += 1;
+                sleep_until(now() + Duration::from_millis(10), None);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `spec` to completion or until `timeout` / `cancel`, whichever comes first.
 pub(crate) fn run(spec: &CommandSpec, timeout: Duration, cancel: Option<&Cancel>) -> ProcessRun {
     let started = now();
@@ -174,7 +193,7 @@ pub(crate) fn run(spec: &CommandSpec, timeout: Duration, cancel: Option<&Cancel>
         .stderr(Stdio::piped())
         // Own process group: a timeout kills the agent's whole tree with one killpg.
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn_retrying_busy_text(&mut cmd, deadline) {
         Ok(c) => c,
         Err(e) => {
             return ProcessRun {

@@ -278,6 +278,14 @@ impl FilesystemAgent {
         e.source == self.device || fs::canonicalize(&path).is_ok_and(|p| Path::new(&e.source) == p)
     }
 
+    /// True when the mount is read-only but was not asked to be.
+    pub fn went_read_only(&self, e: &MountEntry) -> bool {
+        let wanted_ro = parse_mount_options(self.options.as_deref().unwrap_or(""))
+            .is_ok_and(|o| o.flags & libc::MS_RDONLY != 0);
+        let is_ro = |opts: &str| opts.split(',').any(|o| o == "ro");
+        !wanted_ro && (is_ro(&e.options) || is_ro(&e.super_options))
+    }
+
     /// Looks the mount point up in a mount table.
     pub fn state_in(&self, table: &[MountEntry]) -> MountState {
         let mp = self.mount_point();
@@ -338,6 +346,17 @@ impl FilesystemAgent {
             }
         };
         match self.state_in(&table) {
+            // ext4 `errors=remount-ro` (and xfs shutdowns) leave a mount that looks
+            // present but cannot serve writes: that is a failed resource.
+            MountState::Mounted(e) if self.went_read_only(&e) => ActionResult::done(
+                OcfExit::Generic,
+                format!(
+                    "{} on {} is read-only although mounted read-write (file-system errors?)",
+                    e.source,
+                    e.mount_point.display()
+                ),
+                Duration::ZERO,
+            ),
             MountState::Mounted(e) => ActionResult::done(
                 OcfExit::Success,
                 format!("{} mounted on {}", e.source, e.mount_point.display()),

@@ -354,6 +354,16 @@ pub fn check_resource(resource: &Resource, paths: &Paths) -> Vec<CheckIssue> {
     out
 }
 
+/// Checks every resource of every group ([`check_resource`] for each).
+pub fn check_config(config: &tandem_config::Config, paths: &Paths) -> Vec<CheckIssue> {
+    config
+        .groups
+        .iter()
+        .flat_map(|g| g.resources.iter())
+        .flat_map(|r| check_resource(r, paths))
+        .collect()
+}
+
 /// Runs an OCF agent's `meta-data` and parses it.
 pub fn ocf_meta_data(a: &OcfAgent) -> Result<MetaData, String> {
     let (r, xml) = a.run_with_stdout(Action::MetaData, &RunOptions::new(META_DATA_TIMEOUT));

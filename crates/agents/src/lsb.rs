@@ -110,7 +110,8 @@ impl ScriptAgent {
             ("status", ScriptStyle::Heartbeat) => {
                 let mut r = result_from_run(&run, &spec.program, |_| OcfExit::Success);
                 if r.exec_status == ExecStatus::Done {
-                    let text = format!("{}{}", run.stdout, run.stderr);
+                    // Heartbeat's lrmd read the script's stdout only.
+                    let text = run.stdout.clone();
                     let running = heartbeat_status_running(&text);
                     r.exit = Some(if running {
                         OcfExit::Success

@@ -68,6 +68,27 @@ pub fn is_active_exit(stdout: &str) -> (OcfExit, String) {
     }
 }
 
+/// The `systemctl show` arguments that print a unit's load state (`loaded`,
+/// `not-found`, `masked`, …), for the configuration check.
+pub fn load_state_args(unit: &str) -> Vec<String> {
+    ["show", "--property=LoadState", "--value", "--", unit]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Reads `systemctl show --property=LoadState --value`: `Some(problem)` when the unit
+/// cannot be started here.
+pub fn load_state_problem(stdout: &str) -> Option<String> {
+    match stdout.lines().next().unwrap_or("").trim() {
+        "loaded" => None,
+        "not-found" => Some("unit not found".to_string()),
+        "masked" => Some("unit is masked".to_string()),
+        "" => Some("systemctl printed no load state".to_string()),
+        other => Some(format!("unit load state is {other}")),
+    }
+}
+
 /// True when a unit name is acceptable to pass to systemctl.
 pub fn valid_unit_name(unit: &str) -> bool {
     !unit.is_empty()
@@ -78,6 +99,23 @@ pub fn valid_unit_name(unit: &str) -> bool {
 }
 
 impl SystemdAgent {
+    /// Config check where systemd runs: `Some(problem)` when the unit cannot be loaded.
+    pub fn check_unit(&self) -> Option<String> {
+        let spec = CommandSpec {
+            program: self.systemctl.clone(),
+            args: load_state_args(&self.unit)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            env: Vec::new(),
+        };
+        let run = exec::run(&spec, Duration::from_secs(10), None);
+        match run.end {
+            exec::ProcessEnd::Exited(_) => load_state_problem(&run.stdout),
+            other => Some(format!("systemctl show failed: {other:?}")),
+        }
+    }
+
     /// Runs one action.
     pub fn run(&self, action: Action, opts: &RunOptions) -> ActionResult {
         if !systemd_running(&self.run_dir) {
@@ -151,6 +189,22 @@ mod tests {
         assert_eq!(is_active_exit("activating\n").0, OcfExit::Generic);
         assert_eq!(is_active_exit("").0, OcfExit::Generic);
         assert_eq!(is_active_exit("\u{0}garbage").0, OcfExit::Generic);
+    }
+
+    #[test]
+    fn load_state() {
+        assert_eq!(
+            load_state_args("a.service"),
+            ["show", "--property=LoadState", "--value", "--", "a.service"]
+        );
+        assert_eq!(load_state_problem("loaded\n"), None);
+        assert!(
+            load_state_problem("not-found\n")
+                .unwrap()
+                .contains("not found")
+        );
+        assert!(load_state_problem("masked").is_some());
+        assert!(load_state_problem("").is_some());
     }
 
     #[test]

@@ -146,3 +146,40 @@ fn errors_are_classified_and_nothing_is_stacked() {
     assert!(good.run(Action::Stop, &opts()).is_success());
     assert!(!fs.mounted());
 }
+
+#[test]
+fn monitor_fails_when_the_file_system_went_read_only() {
+    if !require_root("monitor_fails_when_the_file_system_went_read_only") {
+        return;
+    }
+    let fs = LoopExt4::new();
+    let agent = Agent::new(
+        &fs_resource(&fs.device, fs.mount_point.clone(), None),
+        &Paths::default(),
+    )
+    .unwrap();
+    assert!(agent.run(Action::Start, &opts()).is_success());
+    assert_eq!(
+        agent.run(Action::Monitor, &opts()).exit,
+        Some(OcfExit::Success)
+    );
+    // What ext4's errors=remount-ro does after an I/O error.
+    common::sh(&format!("mount -o remount,ro {}", fs.mount_point.display()));
+    let r = agent.run(Action::Monitor, &opts());
+    assert_eq!(r.exit, Some(OcfExit::Generic), "{r}");
+    assert!(r.reason.contains("read-only"), "{r}");
+    assert!(agent.run(Action::Stop, &opts()).is_success());
+    assert!(!fs.mounted());
+    // Asked for read-only: then read-only is fine.
+    let ro = Agent::new(
+        &fs_resource(&fs.device, fs.mount_point.clone(), Some("ro")),
+        &Paths::default(),
+    )
+    .unwrap();
+    assert!(ro.run(Action::Start, &opts()).is_success());
+    assert_eq!(
+        ro.run(Action::Monitor, &opts()).exit,
+        Some(OcfExit::Success)
+    );
+    assert!(ro.run(Action::Stop, &opts()).is_success());
+}

@@ -174,12 +174,16 @@ pub fn announce(link: &Link, address: IpAddr) -> std::io::Result<()> {
 }
 
 impl IpAddrAgent {
+    /// Our address on the configured interface (any interface when none is named; none
+    /// at all when the named interface does not exist).
     fn ours<'a>(&self, addrs: &'a [Address], links: &[Link]) -> Vec<&'a Address> {
-        let want_index = self
-            .interface
-            .as_ref()
-            .and_then(|n| links.iter().find(|l| &l.name == n))
-            .map(|l| l.index);
+        let want_index = match &self.interface {
+            Some(n) => match links.iter().find(|l| &l.name == n) {
+                Some(l) => Some(l.index),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
         addrs
             .iter()
             .filter(|a| a.addr == self.address && want_index.is_none_or(|i| i == a.index))
