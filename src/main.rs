@@ -51,6 +51,12 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show nodes, links and events as the local agent sees them.
     Status(cmd::status::Args),
+    /// Hand this node's groups to the peer (Heartbeat's hb_standby).
+    Standby(cmd::operator::ScopeArgs),
+    /// Take groups over from the peer (Heartbeat's hb_takeover).
+    Takeover(cmd::operator::ScopeArgs),
+    /// Stop or resume managing resources, without starting or stopping anything.
+    Maintenance(cmd::operator::MaintenanceArgs),
     /// Measure and print tables (root: runs in a lab).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -65,6 +71,9 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Standby(a) => cmd::operator::standby(&cli.global, a),
+        Command::Takeover(a) => cmd::operator::takeover(&cli.global, a),
+        Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
     };
     match result {
         Ok(code) => code,

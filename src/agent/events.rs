@@ -1,12 +1,14 @@
 //! The event thread: turns the membership driver's events into log lines and the event
 //! history that `tandem status` shows.
 
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tandem_membership::driver::{Driver, TimedEvent};
 use tandem_membership::{Event, LinkId, MembershipConfig, NodeId};
 
+use super::manager::Input;
 use super::{EVENT_HISTORY_LEN, EventRecord, Shared};
 use crate::clock;
 
@@ -48,14 +50,24 @@ impl Names {
     }
 }
 
-/// Starts the thread; it ends when the driver stops.
-pub fn spawn(driver: Arc<Driver>, names: Names, shared: Arc<Mutex<Shared>>) -> anyhow::Result<()> {
+/// Starts the thread; it ends when the driver stops. Every event also goes to the
+/// resource manager, when there is one.
+pub fn spawn(
+    driver: Arc<Driver>,
+    names: Names,
+    shared: Arc<Mutex<Shared>>,
+    manager: Option<Sender<Input>>,
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("events".into())
         .spawn(move || {
             let events = driver.events();
             while let Ok(timed) = events.recv() {
-                let Some(record) = record(&names, &timed) else {
+                let record = record(&names, &timed);
+                if let Some(manager) = &manager {
+                    let _ = manager.send(Input::Membership(timed.event));
+                }
+                let Some(record) = record else {
                     continue;
                 };
                 let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());

@@ -14,6 +14,8 @@
 
 mod events;
 mod links;
+mod manager;
+mod messages;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -31,6 +33,9 @@ use tandem_wire::PacketKey;
 use crate::Global;
 use crate::control::{self, Request, Response};
 use crate::state::StateDir;
+use manager::{Input, Operator};
+use std::sync::mpsc::Sender;
+use tandem_policy::RequestKind;
 
 /// Events kept for `tandem status` (the newest ones).
 const EVENT_HISTORY_LEN: usize = 256;
@@ -83,6 +88,7 @@ pub struct EventRecord {
 
 /// Runs the agent in the foreground until it is killed.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let stop_signals = block_stop_signals();
     let config = match Config::load_with_warnings(&global.config) {
         Ok((config, warnings)) => {
             for w in warnings {
@@ -143,28 +149,144 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         tracing::warn!("{why}: heartbeats may be late on a busy machine");
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
-    events::spawn(Arc::clone(&driver), names, Arc::clone(&shared))?;
+    let config = Arc::new(config);
+    let manager = if config.groups.is_empty() {
+        None
+    } else {
+        let (tx, rx) = manager::channel();
+        let peer_id = peer_id(&config, &local)?;
+        let m = manager::Manager::new(
+            Arc::clone(&config),
+            &local,
+            peer_id,
+            Arc::clone(&driver),
+            tx.clone(),
+        )?;
+        manager::spawn(m, rx)?;
+        Some(tx)
+    };
+    events::spawn(
+        Arc::clone(&driver),
+        names,
+        Arc::clone(&shared),
+        manager.clone(),
+    )?;
+    handle_signals(stop_signals, manager.clone())?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
-        Request::Status => status_json(&local_name, &driver, &shared),
+        Request::Status => status_json(&local_name, &driver, &shared, manager.as_ref()),
+        Request::Standby { scope } => operator(
+            manager.as_ref(),
+            Operator::Request(RequestKind::Standby, scope),
+        ),
+        Request::Takeover { scope } => operator(
+            manager.as_ref(),
+            Operator::Request(RequestKind::Takeover, scope),
+        ),
+        Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
     });
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(local: &str, driver: &Driver, shared: &Mutex<Shared>) -> Response {
+fn status_json(
+    local: &str,
+    driver: &Driver,
+    shared: &Mutex<Shared>,
+    manager: Option<&Sender<Input>>,
+) -> Response {
     let m = match driver.status() {
         Ok(m) => m,
         Err(err) => return Response::error(format!("the heartbeat thread stopped: {err}")),
     };
-    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    Response::ok(serde_json::json!({
-        "node": local,
-        "incarnation": m.incarnation,
-        "nodes": m.nodes,
-        "links": m.links,
-        "events": shared.events,
-    }))
+    let mut body = {
+        let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "node": local,
+            "incarnation": m.incarnation,
+            "nodes": m.nodes,
+            "links": m.links,
+            "events": shared.events,
+            "groups": [],
+        })
+    };
+    if manager.is_some() {
+        match operator(manager, Operator::Status) {
+            Response {
+                error: None,
+                body: resources,
+            } => {
+                if let (Some(b), Some(r)) = (body.as_object_mut(), resources.as_object()) {
+                    for (k, v) in r {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            err => return err,
+        }
+    }
+    Response::ok(body)
+}
+
+/// Hands an operator request to the resource manager and waits for its answer.
+fn operator(manager: Option<&Sender<Input>>, op: Operator) -> Response {
+    let Some(manager) = manager else {
+        return Response::error("this cluster has no resource groups");
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if manager.send(Input::Operator(op, tx)).is_err() {
+        return Response::error("the resource manager stopped");
+    }
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Ok(body)) => Response::ok(body),
+        Ok(Err(why)) => Response::error(why),
+        Err(_) => Response::error("the resource manager did not answer"),
+    }
+}
+
+fn peer_id(config: &Config, local: &str) -> anyhow::Result<tandem_membership::NodeId> {
+    config
+        .nodes
+        .iter()
+        .position(|n| n.name != local)
+        .map(|i| i as u32 + 1)
+        .context("the configuration names no peer")
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it spawns
+/// afterwards: call it before any thread exists, so that only the signal thread takes
+/// them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local sigset_t, then a change of this
+    // thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// SIGTERM and SIGINT stop the node cleanly: the manager stops every group and says
+/// goodbye, so the peer takes over without fencing. Signals are blocked in every thread
+/// (the mask is inherited) and taken by one thread with sigwait.
+fn handle_signals(set: libc::sigset_t, manager: Option<Sender<Input>>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: waits for one of the blocked signals in `set`.
+            unsafe { libc::sigwait(&set, &mut signal) };
+            tracing::info!(signal, "stop requested");
+            match manager {
+                Some(m) if m.send(Input::Shutdown).is_ok() => {}
+                _ => std::process::exit(0),
+            }
+        })
+        .context("start the signal thread")?;
+    Ok(())
 }
 
 /// The HMAC key for heartbeats, from the native key file or a Heartbeat authkeys file.

@@ -4,4 +4,5 @@ pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod lab;
+pub mod operator;
 pub mod status;
