@@ -45,9 +45,13 @@ enum LabCommand {
     Down {
         /// The lab to take down.
         name: Option<String>,
-        /// Every lab found (state, namespaces, cgroups, data directories).
+        /// Every lab found (state, namespaces, cgroups, data directories), except labs
+        /// owned by a live process (a running test).
         #[arg(long, conflicts_with = "name")]
         all: bool,
+        /// With --all: also labs whose owner is alive.
+        #[arg(long, requires = "all")]
+        force: bool,
     },
     /// Show hosts, networks, addresses, power and freeze state.
     Status {
@@ -113,6 +117,13 @@ enum LabCommand {
     },
     /// Build a lab, check networks, partition, power and freeze, take it down.
     Smoke,
+    /// Serve a lab's power switch on its socket (started by `up`; internal).
+    #[command(hide = true)]
+    Switchd {
+        /// The lab.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+    },
     /// The lab's power switch as a fence-agents program: options as name=value lines on
     /// stdin (action, plug or port, lab or ipaddr), or as --action/--plug/--lab flags.
     FenceAgent {
@@ -181,18 +192,26 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             };
             let mut lab = Lab::up(&name, topo)?;
             lab.keep();
+            if let Err(e) = start_switchd(&mut lab) {
+                let _ = lab.down();
+                return Err(e.context("start the lab's power switch"));
+            }
             print_status(&lab.status()?);
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Down { name, all } => {
+        LabCommand::Down { name, all, force } => {
             let reports = if all {
-                tandem_lab::down_all()?
+                tandem_lab::down_all(force)?
             } else {
                 let name = pick(&Which { name })?;
                 vec![tandem_lab::down(&name)?]
             };
             let mut ok = true;
             for r in &reports {
+                if let Some(why) = &r.skipped {
+                    println!("lab {}: left alone, {why}", r.name);
+                    continue;
+                }
                 println!(
                     "lab {}: killed {} processes, removed {} namespaces, {} mounts, {} loop devices",
                     r.name,
@@ -284,8 +303,41 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Smoke => smoke(),
+        LabCommand::Switchd { name } => {
+            Lab::open(&name)?.serve_power_switch()?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::FenceAgent { action, plug, lab } => fence_agent(action, plug, lab),
     }
+}
+
+/// Leaves `tandem lab switchd` running in the background (its own session, output in the
+/// lab's state dir) and waits until its socket answers, so fencing works right away.
+fn start_switchd(lab: &mut Lab) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("find the tandem binary")?;
+    let sock = tandem_lab::switch_socket(lab.name());
+    let log_path = sock.with_file_name("switchd.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("create {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["lab", "switchd", "--name", lab.name()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().context("spawn tandem lab switchd")?;
+    lab.record_switch_daemon(child.id())?;
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "the power switch did not open {} within 5 s",
+        sock.display()
+    )
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
@@ -501,39 +553,38 @@ fn fence_agent(
         println!("{FENCE_METADATA}");
         return Ok(ExitCode::SUCCESS);
     }
-    let which = Which { name: lab_name };
-    let mut lab = open(&which)?;
+    let name = pick(&Which { name: lab_name })?;
     let need_plug = || plug.clone().context("no plug (port) given");
-    match action.as_str() {
-        "off" => lab.power_off(&need_plug()?)?,
-        "on" => lab.power_on(&need_plug()?)?,
-        "reboot" => {
-            let host = need_plug()?;
-            lab.power_off(&host)?;
-            std::thread::sleep(Duration::from_millis(100));
-            lab.power_on(&host)?;
+    use tandem_lab::SwitchRequest as R;
+    let req = match action.as_str() {
+        "off" => R::Off(need_plug()?),
+        "on" => R::On(need_plug()?),
+        "reboot" => R::Reboot(need_plug()?),
+        "status" => R::Status(need_plug()?),
+        "list" | "list-status" | "monitor" => R::List,
+        other => {
+            bail!("unknown action {other:?} (on, off, reboot, status, list, monitor, metadata)")
         }
+    };
+    // The switch is a device on its own socket: this works from inside a lab host.
+    let reply = tandem_lab::switch_request(&name, &req)?;
+    match action.as_str() {
         "status" => {
-            let on = lab.is_powered(&need_plug()?)?;
+            let on = reply == "on";
             println!("Status: {}", if on { "ON" } else { "OFF" });
             return Ok(ExitCode::from(if on { 0 } else { 2 }));
         }
         "list" | "list-status" => {
-            for h in &lab.topology().hosts {
-                let on = lab.is_powered(&h.name)?;
+            for l in reply.lines().filter(|l| *l != "end") {
+                let (h, st) = l.split_once(' ').unwrap_or((l, "unknown"));
                 if action == "list" {
-                    println!("{},{}", h.name, h.name);
+                    println!("{h},{h}");
                 } else {
-                    println!("{},{},{}", h.name, h.name, if on { "on" } else { "off" });
+                    println!("{h},{h},{st}");
                 }
             }
         }
-        "monitor" => {
-            lab.status()?;
-        }
-        other => {
-            bail!("unknown action {other:?} (on, off, reboot, status, list, monitor, metadata)")
-        }
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,13 @@ struct State {
     hosts: BTreeMap<String, HostState>,
     #[serde(default)]
     partitions: Vec<Partition>,
+    /// The `tandem lab switchd` daemon serving this lab's power switch, if any.
+    #[serde(default)]
+    switch_pid: Option<u32>,
+    /// The process whose `Lab` handle owns the lab (tears it down when dropped), with
+    /// its start time; `down --all` leaves labs of live owners alone.
+    #[serde(default)]
+    owner: Option<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,6 +236,8 @@ pub struct TeardownReport {
     pub netns: Vec<String>,
     /// Problems met on the way (teardown carries on past them).
     pub problems: Vec<String>,
+    /// Why the lab was left alone (`down --all` and a live owner).
+    pub skipped: Option<String>,
 }
 
 /// Fails unless we run as root.
@@ -252,7 +261,7 @@ fn check_lab_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-fn state_dir(name: &str) -> PathBuf {
+pub(crate) fn state_dir(name: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(name)
 }
 fn data_dir(name: &str) -> PathBuf {
@@ -411,6 +420,8 @@ impl Lab {
             topology,
             hosts,
             partitions: Vec::new(),
+            switch_pid: None,
+            owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
         };
         // Record the lab before building anything, so `down` finds a half-built one.
         save_state(&state)?;
@@ -453,9 +464,32 @@ impl Lab {
         })
     }
 
-    /// Keeps the lab up after this handle is dropped (the CLI's `up`).
+    /// A second, non-owning handle sharing this one's list of spawned processes.
+    pub(crate) fn handle(&self) -> Lab {
+        Lab {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            owned: false,
+            children: Arc::clone(&self.children),
+        }
+    }
+
+    /// Keeps the lab up after this handle is dropped (the CLI's `up`): the lab then
+    /// belongs to nobody, and `down --all` takes it down like any leftover.
     pub fn keep(&mut self) {
         self.owned = false;
+        if let Ok(_g) = self.refresh() {
+            self.state.owner = None;
+            let _ = save_state(&self.state);
+        }
+    }
+
+    /// Records the PID of a daemon serving this lab's power switch (`tandem lab
+    /// switchd`), so that teardown stops it.
+    pub fn record_switch_daemon(&mut self, pid: u32) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        self.state.switch_pid = Some(pid);
+        save_state(&self.state)
     }
 
     /// The lab's name.
@@ -1211,9 +1245,19 @@ pub fn down(name: &str) -> Result<TeardownReport, LabError> {
     })
 }
 
-/// Takes down every lab found: state directories, `tl-*` namespaces, lab cgroups and
-/// data directories, whatever a killed run left.
-pub fn down_all() -> Result<Vec<TeardownReport>, LabError> {
+/// The live process that owns a lab through a `Lab` handle, if any.
+pub fn lab_owner(name: &str) -> Option<u32> {
+    let (pid, start) = load_state(name).ok()?.owner?;
+    match sys::proc_stat(pid) {
+        Some((info, s)) if s == start && info.state != 'Z' => Some(pid),
+        _ => None,
+    }
+}
+
+/// Takes down every lab found — state directories, `tl-*` namespaces, lab cgroups and
+/// data directories, whatever a killed run left — except labs whose owning process is
+/// still alive (a test running right now), unless `force`.
+pub fn down_all(force: bool) -> Result<Vec<TeardownReport>, LabError> {
     require_root()?;
     let mut names = std::collections::BTreeSet::new();
     for root in [STATE_ROOT, DATA_ROOT] {
@@ -1246,6 +1290,14 @@ pub fn down_all() -> Result<Vec<TeardownReport>, LabError> {
         if check_lab_name(&n).is_err() {
             continue;
         }
+        if let (false, Some(pid)) = (force, lab_owner(&n)) {
+            out.push(TeardownReport {
+                name: n,
+                skipped: Some(format!("in use by live process {pid} (use --force)")),
+                ..Default::default()
+            });
+            continue;
+        }
         out.push(down(&n)?);
     }
     Ok(out)
@@ -1266,6 +1318,14 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
         name: name.to_string(),
         ..Default::default()
     };
+    // 0. The power-switch daemon, if `tandem lab up` left one (checked by its command
+    //    line, so a reused PID is left alone).
+    if let Some(pid) = load_state(name).ok().and_then(|s| s.switch_pid) {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("switchd") {
+            sys::kill(pid, libc::SIGTERM);
+        }
+    }
     // 1. Processes: kill every host cgroup, wait until empty and reaped (bounded).
     let lab_rel = lab_cgroup_rel(name);
     let lab_cg = cg_path(&lab_rel);

@@ -333,3 +333,43 @@ fn down_by_name_cleans_a_lab_whose_owner_forgot_it() {
         Err(tandem_lab::LabError::NoSuchLab(_))
     ));
 }
+
+#[test]
+fn power_switch_serves_fencing_from_inside_a_host() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up_auto(two_hosts()).unwrap();
+    assert_eq!(tandem_lab::lab_owner(lab.name()), Some(std::process::id()));
+    let switch = lab.power_switch().unwrap();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000");
+    let victim = lab.spawn("a", cmd).unwrap();
+    // Host b talks to the switch over its socket, as a fence agent in b would.
+    let sock = switch.path().display().to_string();
+    let ask = |line: &str| -> String {
+        let script = format!(
+            "import socket; s=socket.socket(socket.AF_UNIX); s.connect('{sock}'); \
+             s.sendall(b'{line}\\n'); print(s.makefile().read().strip())"
+        );
+        lab.run("b", &["python3", "-c", &script])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(ask("status a"), "on");
+    assert_eq!(ask("off a"), "ok");
+    assert!(
+        !pid_alive(victim.pid()),
+        "the switch's power-off left the process"
+    );
+    assert!(victim.try_wait().unwrap().is_some());
+    assert_eq!(ask("status a"), "off");
+    assert!(ask("explode a").starts_with("error: unknown verb"));
+    assert_eq!(ask("list"), "a off\nb on\nend");
+    assert_eq!(ask("on a"), "ok");
+    assert!(ping(&lab, "b", lab.address("a", "hb").unwrap()));
+    // The client side of the library says the same.
+    let st = tandem_lab::switch_request(lab.name(), &tandem_lab::SwitchRequest::Status("a".into()));
+    assert_eq!(st.unwrap(), "on");
+}
