@@ -1377,11 +1377,30 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
         }
     }
     // 3. Loop devices backed by the lab's files (after the unmounts that held them).
-    for (dev, _) in sys::loop_devices_under(&dirs) {
-        match sys::run("losetup", &["-d", &dev]) {
-            Ok(_) => rep.loop_devices.push(dev),
-            Err(e) => rep.problems.push(e.to_string()),
+    //    A loop device set up by `mount -o loop` inside a host clears itself once the
+    //    host's mount namespace is gone, which the kernel finishes asynchronously: keep
+    //    detaching for a moment rather than racing it.
+    let start = sys::now();
+    loop {
+        let left = sys::loop_devices_under(&dirs);
+        if left.is_empty() {
+            break;
         }
+        if start.elapsed() > Duration::from_millis(3000) {
+            for (dev, file) in left {
+                rep.problems.push(format!(
+                    "loop device {dev} ({}) could not be detached",
+                    file.display()
+                ));
+            }
+            break;
+        }
+        for (dev, _) in left {
+            if sys::run("losetup", &["-d", &dev]).is_ok() && !rep.loop_devices.contains(&dev) {
+                rep.loop_devices.push(dev);
+            }
+        }
+        sys::pause_ms(50);
     }
     // 4. Namespaces (hosts and the switch): their veths and bridges go with them.
     let nss: Vec<String> = lab_netns(name).collect();

@@ -373,3 +373,94 @@ fn power_switch_serves_fencing_from_inside_a_host() {
     let st = tandem_lab::switch_request(lab.name(), &tandem_lab::SwitchRequest::Status("a".into()));
     assert_eq!(st.unwrap(), "on");
 }
+
+/// Not a test on its own: `leftovers_of_a_killed_run_are_removed` runs this in a child
+/// process and kills it with SIGKILL while the lab is up.
+#[test]
+#[ignore]
+fn helper_build_lab_then_hang() {
+    let Ok(name) = std::env::var("TANDEM_LAB_HELPER") else {
+        return;
+    };
+    let lab = Lab::up(&name, two_hosts()).unwrap();
+    let img = lab.data_dir().join("disk.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(16 << 20).unwrap();
+    drop(f);
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", img.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A loop mount inside host a, and a daemon in host b.
+    lab.run("a", &["mount", "-o", "loop", img.to_str().unwrap(), "/mnt"])
+        .unwrap();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000");
+    let _daemon = lab.spawn("b", cmd).unwrap();
+    std::fs::write(lab.data_dir().join("ready"), b"").unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_removed() {
+    if !root() {
+        return;
+    }
+    let name = format!("k{:x}", std::process::id());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_build_lab_then_hang"])
+        .env("TANDEM_LAB_HELPER", &name)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = std::path::Path::new(tandem_lab::DATA_ROOT)
+        .join(&name)
+        .join("ready");
+    let mut waited_ms = 0;
+    while !ready.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the helper died before the lab was up"
+        );
+        assert!(waited_ms < 60_000, "the helper's lab never came up");
+        std::thread::sleep(Duration::from_millis(20));
+        waited_ms += 20;
+    }
+    assert_eq!(tandem_lab::lab_owner(&name), Some(child.id()));
+    let loops = |n: &str| {
+        let o = Command::new("losetup").arg("-a").output().unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(n)
+    };
+    assert!(loops(&name), "the helper's loop device is missing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        tandem_lab::lab_owner(&name),
+        None,
+        "a dead owner is no owner"
+    );
+
+    let report = tandem_lab::down(&name).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(report.killed >= 2, "{report:?}");
+    assert!(!netns_list().contains(&format!("tl-{name}-")));
+    assert!(!loops(&name), "loop device left behind");
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(&name)
+    );
+    assert!(
+        !std::path::Path::new(tandem_lab::DATA_ROOT)
+            .join(&name)
+            .exists()
+    );
+    assert!(
+        !std::path::Path::new(tandem_lab::STATE_ROOT)
+            .join(&name)
+            .exists()
+    );
+}
