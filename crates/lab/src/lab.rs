@@ -67,18 +67,12 @@ pub struct Partition {
     pub hosts: Vec<String>,
 }
 
-struct Registered {
-    host: String,
-    child: Arc<Mutex<Child>>,
-}
-
 /// A handle on one lab. Created by [`Lab::up`] (tears the lab down when dropped, unless
 /// [`Lab::keep`] was called) or [`Lab::open`] (leaves the lab alone when dropped).
 pub struct Lab {
     name: String,
     state: State,
     owned: bool,
-    children: Arc<Mutex<Vec<Registered>>>,
 }
 
 /// A process running inside a lab host. Its stdio handles can be taken; waiting is safe
@@ -429,7 +423,6 @@ impl Lab {
             name: name.to_string(),
             state,
             owned: true,
-            children: Arc::new(Mutex::new(Vec::new())),
         };
         if let Err(e) = lab.build() {
             let _ = lab.teardown();
@@ -460,17 +453,15 @@ impl Lab {
             name: name.to_string(),
             state,
             owned: false,
-            children: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// A second, non-owning handle sharing this one's list of spawned processes.
+    /// A second, non-owning handle on the same lab.
     pub(crate) fn handle(&self) -> Lab {
         Lab {
             name: self.name.clone(),
             state: self.state.clone(),
             owned: false,
-            children: Arc::clone(&self.children),
         }
     }
 
@@ -700,6 +691,7 @@ impl Lab {
             mounts,
         };
         let started = sys::start_init(&plan)?;
+        crate::reaper::register_keeper(started.keeper_pid);
         let hs = self.state.hosts.entry(host.to_string()).or_default();
         hs.init_pid = Some(started.init_pid);
         hs.init_start = started.init_start;
@@ -757,16 +749,7 @@ impl Lab {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let child = Arc::new(Mutex::new(child));
-        let mut reg = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget handles of processes that are gone, so the list stays short.
-        reg.retain(|r| {
-            let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-            !matches!(c.try_wait(), Ok(Some(_)))
-        });
-        reg.push(Registered {
-            host: host.to_string(),
-            child: Arc::clone(&child),
-        });
+        crate::reaper::register_child(Arc::clone(&child));
         Ok(HostProcess {
             host: host.to_string(),
             pid,
@@ -902,7 +885,7 @@ impl Lab {
         let start = sys::now();
         let mut last_kill = sys::now();
         loop {
-            self.reap_registered(host);
+            crate::reaper::sweep();
             if let Some(k) = keeper {
                 sys::try_reap(k);
             }
@@ -936,14 +919,6 @@ impl Lab {
                 });
             }
             sys::pause_ms(5);
-        }
-    }
-
-    fn reap_registered(&self, host: &str) {
-        let reg = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        for r in reg.iter().filter(|r| r.host == host) {
-            let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = c.try_wait();
         }
     }
 
@@ -1195,13 +1170,8 @@ impl Lab {
             .values()
             .filter_map(|h| h.keeper_pid)
             .collect();
-        let children = Arc::clone(&self.children);
         let reap = move || {
-            let reg = children.lock().unwrap_or_else(|p| p.into_inner());
-            for r in reg.iter() {
-                let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = c.try_wait();
-            }
+            crate::reaper::sweep();
             for k in &keepers {
                 sys::try_reap(*k);
             }

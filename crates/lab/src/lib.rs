@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod lab;
+mod reaper;
 mod switch;
 mod sys;
 pub mod topology;

@@ -126,8 +126,7 @@ fn bind(path: &PathBuf) -> Result<UnixListener, LabError> {
 }
 
 impl Lab {
-    /// Starts the lab's power switch in a thread of this process. It shares this
-    /// handle's list of spawned processes, so a power-off it performs reaps them too.
+    /// Starts the lab's power switch in a thread of this process.
     pub fn power_switch(&self) -> Result<PowerSwitch, LabError> {
         let path = switch_socket(self.name());
         let listener = bind(&path)?;

@@ -464,3 +464,50 @@ fn leftovers_of_a_killed_run_are_removed() {
             .exists()
     );
 }
+
+/// Not a test on its own: serves a lab's power switch from a separate process, as
+/// `tandem lab switchd` does, for `power_off_from_another_process_reaps_our_children`.
+#[test]
+#[ignore]
+fn helper_serve_switch() {
+    let Ok(name) = std::env::var("TANDEM_LAB_SWITCH") else {
+        return;
+    };
+    Lab::open(&name).unwrap().serve_power_switch().unwrap();
+}
+
+#[test]
+fn power_off_from_another_process_reaps_our_children() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up_auto(two_hosts()).unwrap();
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_serve_switch"])
+        .env("TANDEM_LAB_SWITCH", lab.name())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited_ms = 0;
+    while std::os::unix::net::UnixStream::connect(tandem_lab::switch_socket(lab.name())).is_err() {
+        assert!(waited_ms < 30_000, "the switch process never listened");
+        std::thread::sleep(Duration::from_millis(20));
+        waited_ms += 20;
+    }
+    // Our children in host a: only this process can reap them, yet the power-off is
+    // done by the other process, which waits until they are reaped.
+    let mut procs = Vec::new();
+    for _ in 0..5 {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("1000");
+        procs.push(lab.spawn("a", cmd).unwrap());
+    }
+    let off = tandem_lab::SwitchRequest::Off("a".into());
+    assert_eq!(tandem_lab::switch_request(lab.name(), &off).unwrap(), "ok");
+    for p in &procs {
+        assert!(!pid_alive(p.pid()), "pid {} survived power-off", p.pid());
+        assert!(p.try_wait().unwrap().is_some());
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
