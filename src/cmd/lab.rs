@@ -328,6 +328,7 @@ fn start_switchd(lab: &mut Lab) -> anyhow::Result<()> {
         .process_group(0);
     let child = cmd.spawn().context("spawn tandem lab switchd")?;
     lab.record_switch_daemon(child.id())?;
+    lab.write_fence_agent(&std::env::current_exe()?)?;
     for _ in 0..500 {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             return Ok(());
@@ -351,6 +352,12 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
 
 fn print_status(s: &LabStatus) {
     println!("lab {} (switch namespace {})", s.name, s.switch_netns);
+    if let Some(p) = s.owner_pid {
+        println!("  owned by process {p} (a test): `down --all` leaves it alone");
+    }
+    if let Some(sock) = &s.power_switch {
+        println!("  power switch on {sock}");
+    }
     for h in &s.hosts {
         let power = if h.powered { "on" } else { "OFF" };
         let frozen = if h.frozen { ", FROZEN" } else { "" };

@@ -200,6 +200,10 @@ pub struct LabStatus {
     pub hosts: Vec<HostStatus>,
     /// Networks.
     pub nets: Vec<NetStatus>,
+    /// The live process owning the lab through a `Lab` handle (none: built by the CLI).
+    pub owner_pid: Option<u32>,
+    /// The power switch's socket, when something serves it.
+    pub power_switch: Option<String>,
 }
 
 /// One entry of a host's neighbour (ARP) table.
@@ -792,15 +796,52 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Reads a file as the host sees it (through its init's root: the host's mounts).
-    pub fn read_file(&self, host: &str, path: &str) -> Result<Vec<u8>, LabError> {
-        let hs = self.host_state(host)?;
+    /// The machine-side path of `path` as the host sees it: through its init's root
+    /// (`/proc/INIT/root/…`), so the host's own mounts and private directories apply.
+    /// Works for files and for Unix sockets (e.g. an NBD socket under the host's
+    /// private `/run/tandem`), while the host is powered on.
+    pub fn host_path(&self, host: &str, path: &str) -> Result<PathBuf, LabError> {
+        let hs = load_state(&self.name)?
+            .hosts
+            .get(host)
+            .cloned()
+            .ok_or_else(|| LabError::UnknownHost {
+                lab: self.name.clone(),
+                host: host.to_string(),
+            })?;
         let init = match (hs.powered, hs.init_pid) {
             (true, Some(p)) => p,
             _ => return Err(LabError::PoweredOff(host.to_string())),
         };
-        let p = format!("/proc/{init}/root/{}", path.trim_start_matches('/'));
+        Ok(PathBuf::from(format!(
+            "/proc/{init}/root/{}",
+            path.trim_start_matches('/')
+        )))
+    }
+
+    /// Reads a file as the host sees it (see [`Lab::host_path`]).
+    pub fn read_file(&self, host: &str, path: &str) -> Result<Vec<u8>, LabError> {
+        let p = self.host_path(host, path)?;
         fs::read(&p).map_err(io_err(format!("read {path} in host {host}")))
+    }
+
+    /// Writes `/run/tandem-lab/NAME/fence_lab`, a fence-agents program for this lab's
+    /// power switch (`exec TANDEM lab fence-agent --lab NAME "$@"`), and returns its
+    /// path: fencing configuration can name it like any `fence_*` agent, from inside
+    /// any lab host. `tandem` is the tandem binary to run.
+    pub fn write_fence_agent(&self, tandem: &Path) -> Result<PathBuf, LabError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = state_dir(&self.name).join("fence_lab");
+        let quoted = tandem.display().to_string().replace('\'', "'\\''");
+        let text = format!(
+            "#!/bin/sh\n# The power switch of lab {name} (fence-agents protocol).\n\
+             exec '{quoted}' lab fence-agent --lab {name} \"$@\"\n",
+            name = self.name
+        );
+        fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+        Ok(path)
     }
 
     /// The host's neighbour (ARP) table, from `ip -j neigh` run in its network namespace
@@ -1146,11 +1187,15 @@ impl Lab {
                     .collect(),
             })
             .collect();
+        let sock = crate::switch::switch_socket(&self.name);
+        let serving = std::os::unix::net::UnixStream::connect(&sock).is_ok();
         Ok(LabStatus {
             name: self.name.clone(),
             switch_netns: sw,
             hosts,
             nets,
+            owner_pid: lab_owner(&self.name),
+            power_switch: serving.then(|| sock.display().to_string()),
         })
     }
 

@@ -248,6 +248,31 @@ fn mounts_inside_a_host_stay_inside() {
         !outside.contains(&tag),
         "host mount leaked into the machine"
     );
+    // A Unix socket on that host-only mount is reachable from outside by host_path
+    // (how a test reaches an NBD server's socket in a host's private /run/tandem).
+    let mut server = Command::new("python3");
+    server.args([
+        "-c",
+        "import socket; s=socket.socket(socket.AF_UNIX); s.bind('/mnt/s.sock'); s.listen(); \
+         c,_=s.accept(); c.sendall(b'hello from a'); c.close()",
+    ]);
+    let server = lab.spawn("a", server).unwrap();
+    let sock = lab.host_path("a", "/mnt/s.sock").unwrap();
+    let mut waited_ms = 0;
+    let mut conn = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(waited_ms < 20_000, "cannot connect {}: {e}", sock.display());
+                std::thread::sleep(Duration::from_millis(20));
+                waited_ms += 20;
+            }
+        }
+    };
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
+    assert_eq!(got, "hello from a");
+    assert!(server.wait().unwrap().success());
     // Host b does not see it either.
     let b = String::from_utf8(lab.read_file("b", "/proc/1/mounts").unwrap()).unwrap();
     assert!(!b.contains(&tag));
