@@ -536,3 +536,64 @@ fn power_off_from_another_process_reaps_our_children() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn multicast_and_broadcast_cross_the_bridge_until_partitioned() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::up_auto(two_hosts()).unwrap();
+    let b_hb = lab.address("b", "hb").unwrap();
+    let a_hb = lab.address("a", "hb").unwrap();
+    // b listens for one multicast and one broadcast datagram (Heartbeat's mcast and
+    // bcast media), printing what arrives or "timeout".
+    let receive = |lab: &Lab| {
+        let script = format!(
+            "import socket,struct\n\
+             m=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             m.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); m.bind(('',6940))\n\
+             m.setsockopt(socket.IPPROTO_IP,socket.IP_ADD_MEMBERSHIP,\
+             struct.pack('4s4s',socket.inet_aton('239.1.2.3'),socket.inet_aton('{b_hb}')))\n\
+             b=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             b.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); b.bind(('',6941))\n\
+             print('ready',flush=True)\n\
+             for s in (m,b):\n  s.settimeout(2)\n  try: print(s.recv(100).decode(),flush=True)\n  \
+             except socket.timeout: print('timeout',flush=True)\n"
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &script]).stdout(Stdio::piped());
+        let mut p = lab.spawn("b", cmd).unwrap();
+        let mut out = std::io::BufReader::new(p.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        (p, out)
+    };
+    let send = |lab: &Lab| {
+        let script = format!(
+            "import socket\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton('{a_hb}'))\n\
+             s.sendto(b'mcast',('239.1.2.3',6940))\n\
+             b=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             b.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1)\n\
+             b.setsockopt(socket.SOL_SOCKET,socket.SO_BINDTODEVICE,b'eth1')\n\
+             b.sendto(b'bcast',('255.255.255.255',6941))\n"
+        );
+        lab.run("a", &["python3", "-c", &script]).unwrap();
+    };
+    let rest = |p: tandem_lab::HostProcess, out: std::io::BufReader<std::process::ChildStdout>| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out.into_inner(), &mut text).unwrap();
+        assert!(p.wait().unwrap().success());
+        text
+    };
+    let (p, out) = receive(&lab);
+    send(&lab);
+    assert_eq!(rest(p, out), "mcast\nbcast\n");
+
+    lab.partition("hb", &["a"]).unwrap();
+    let (p, out) = receive(&lab);
+    send(&lab);
+    assert_eq!(rest(p, out), "timeout\ntimeout\n");
+}
