@@ -210,7 +210,7 @@ fn freeze_stops_processes_and_thaw_resumes_them() {
         "-c",
         "i=0; while :; do i=$((i+1)); echo $i > /mnt/tmp; mv /mnt/tmp /mnt/count; done",
     ]);
-    let _counter = lab.spawn("a", cmd).unwrap();
+    let counter = lab.spawn("a", cmd).unwrap();
     let count = |lab: &Lab| -> u64 {
         let b = lab.read_file("a", "/mnt/count").unwrap();
         String::from_utf8_lossy(&b).trim().parse().unwrap_or(0)
@@ -230,6 +230,16 @@ fn freeze_stops_processes_and_thaw_resumes_them() {
         count(&lab) > frozen_at,
         "the counter did not resume after thaw"
     );
+
+    // A frozen host can be powered off (a hung node gets fenced), and a later thaw
+    // changes nothing: its processes are gone for good.
+    lab.freeze("a").unwrap();
+    lab.power_off("a").unwrap();
+    assert!(!pid_alive(counter.pid()));
+    assert!(lab.processes("a").unwrap().is_empty());
+    lab.thaw("a").unwrap();
+    assert!(!lab.is_frozen("a").unwrap());
+    assert!(lab.processes("a").unwrap().is_empty());
 }
 
 #[test]
