@@ -875,6 +875,38 @@ impl Lab {
         Ok(out)
     }
 
+    /// The host's IPv4 addresses per interface (`("eth0", "192.168.1.160/24")`), read
+    /// from its network namespace without entering the host: cheap enough to sample
+    /// every few milliseconds (e.g. "never both nodes hold the VIP"), and it works
+    /// while the host is frozen or off.
+    pub fn addresses(&self, host: &str) -> Result<Vec<(String, String)>, LabError> {
+        let ns = self.netns(host)?;
+        let text = sys::run("ip", &["-n", &ns, "-j", "-4", "addr", "show"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| LabError::Command {
+                cmd: format!("ip -n {ns} -j -4 addr show"),
+                detail: format!("unexpected output: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            let ifname = link.get("ifname").and_then(|x| x.as_str()).unwrap_or("");
+            for a in link
+                .get("addr_info")
+                .and_then(|x| x.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(local), Some(len)) = (
+                    a.get("local").and_then(|x| x.as_str()),
+                    a.get("prefixlen").and_then(|x| x.as_u64()),
+                ) {
+                    out.push((ifname.to_string(), format!("{local}/{len}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Live processes of a host (PIDs in the machine's namespace).
     pub fn processes(&self, host: &str) -> Result<Vec<u32>, LabError> {
         self.check_host(host)?;

@@ -154,10 +154,13 @@ fn power_off_kills_and_reaps_every_process_and_downs_links() {
     assert_eq!(procs.len(), 1, "only the new init runs: {procs:?}");
     lab.run("a", &["ip", "addr", "add", "10.77.1.99/24", "dev", "eth0"])
         .unwrap();
+    let vip = ("eth0".to_string(), "10.77.1.99/24".to_string());
+    assert!(lab.addresses("a").unwrap().contains(&vip));
     lab.power_off("a").unwrap();
     lab.power_on("a").unwrap();
-    let addrs = lab.run("a", &["ip", "-4", "addr"]).unwrap();
-    assert!(!addrs.contains("10.77.1.99"), "{addrs}");
+    let addrs = lab.addresses("a").unwrap();
+    assert!(!addrs.contains(&vip), "{addrs:?}");
+    assert!(addrs.contains(&("eth1".to_string(), "10.77.2.1/24".to_string())));
     assert_eq!(lab.mac("a", "lan").unwrap(), {
         let l = lab
             .run("a", &["cat", "/sys/class/net/eth0/address"])
