@@ -39,6 +39,13 @@ struct State {
     hosts: BTreeMap<String, HostState>,
     #[serde(default)]
     partitions: Vec<Partition>,
+    /// The `tandem lab switchd` daemon serving this lab's power switch, if any.
+    #[serde(default)]
+    switch_pid: Option<u32>,
+    /// The process whose `Lab` handle owns the lab (tears it down when dropped), with
+    /// its start time; `down --all` leaves labs of live owners alone.
+    #[serde(default)]
+    owner: Option<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,18 +67,12 @@ pub struct Partition {
     pub hosts: Vec<String>,
 }
 
-struct Registered {
-    host: String,
-    child: Arc<Mutex<Child>>,
-}
-
 /// A handle on one lab. Created by [`Lab::up`] (tears the lab down when dropped, unless
 /// [`Lab::keep`] was called) or [`Lab::open`] (leaves the lab alone when dropped).
 pub struct Lab {
     name: String,
     state: State,
     owned: bool,
-    children: Arc<Mutex<Vec<Registered>>>,
 }
 
 /// A process running inside a lab host. Its stdio handles can be taken; waiting is safe
@@ -199,6 +200,10 @@ pub struct LabStatus {
     pub hosts: Vec<HostStatus>,
     /// Networks.
     pub nets: Vec<NetStatus>,
+    /// The live process owning the lab through a `Lab` handle (none: built by the CLI).
+    pub owner_pid: Option<u32>,
+    /// The power switch's socket, when something serves it.
+    pub power_switch: Option<String>,
 }
 
 /// One entry of a host's neighbour (ARP) table.
@@ -229,6 +234,8 @@ pub struct TeardownReport {
     pub netns: Vec<String>,
     /// Problems met on the way (teardown carries on past them).
     pub problems: Vec<String>,
+    /// Why the lab was left alone (`down --all` and a live owner).
+    pub skipped: Option<String>,
 }
 
 /// Fails unless we run as root.
@@ -252,7 +259,7 @@ fn check_lab_name(name: &str) -> Result<(), LabError> {
     }
 }
 
-fn state_dir(name: &str) -> PathBuf {
+pub(crate) fn state_dir(name: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(name)
 }
 fn data_dir(name: &str) -> PathBuf {
@@ -411,6 +418,8 @@ impl Lab {
             topology,
             hosts,
             partitions: Vec::new(),
+            switch_pid: None,
+            owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
         };
         // Record the lab before building anything, so `down` finds a half-built one.
         save_state(&state)?;
@@ -418,7 +427,6 @@ impl Lab {
             name: name.to_string(),
             state,
             owned: true,
-            children: Arc::new(Mutex::new(Vec::new())),
         };
         if let Err(e) = lab.build() {
             let _ = lab.teardown();
@@ -449,13 +457,34 @@ impl Lab {
             name: name.to_string(),
             state,
             owned: false,
-            children: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// Keeps the lab up after this handle is dropped (the CLI's `up`).
+    /// A second, non-owning handle on the same lab.
+    pub(crate) fn handle(&self) -> Lab {
+        Lab {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            owned: false,
+        }
+    }
+
+    /// Keeps the lab up after this handle is dropped (the CLI's `up`): the lab then
+    /// belongs to nobody, and `down --all` takes it down like any leftover.
     pub fn keep(&mut self) {
         self.owned = false;
+        if let Ok(_g) = self.refresh() {
+            self.state.owner = None;
+            let _ = save_state(&self.state);
+        }
+    }
+
+    /// Records the PID of a daemon serving this lab's power switch (`tandem lab
+    /// switchd`), so that teardown stops it.
+    pub fn record_switch_daemon(&mut self, pid: u32) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        self.state.switch_pid = Some(pid);
+        save_state(&self.state)
     }
 
     /// The lab's name.
@@ -666,6 +695,7 @@ impl Lab {
             mounts,
         };
         let started = sys::start_init(&plan)?;
+        crate::reaper::register_keeper(started.keeper_pid);
         let hs = self.state.hosts.entry(host.to_string()).or_default();
         hs.init_pid = Some(started.init_pid);
         hs.init_start = started.init_start;
@@ -723,16 +753,7 @@ impl Lab {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let child = Arc::new(Mutex::new(child));
-        let mut reg = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget handles of processes that are gone, so the list stays short.
-        reg.retain(|r| {
-            let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-            !matches!(c.try_wait(), Ok(Some(_)))
-        });
-        reg.push(Registered {
-            host: host.to_string(),
-            child: Arc::clone(&child),
-        });
+        crate::reaper::register_child(Arc::clone(&child));
         Ok(HostProcess {
             host: host.to_string(),
             pid,
@@ -775,15 +796,52 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Reads a file as the host sees it (through its init's root: the host's mounts).
-    pub fn read_file(&self, host: &str, path: &str) -> Result<Vec<u8>, LabError> {
-        let hs = self.host_state(host)?;
+    /// The machine-side path of `path` as the host sees it: through its init's root
+    /// (`/proc/INIT/root/…`), so the host's own mounts and private directories apply.
+    /// Works for files and for Unix sockets (e.g. an NBD socket under the host's
+    /// private `/run/tandem`), while the host is powered on.
+    pub fn host_path(&self, host: &str, path: &str) -> Result<PathBuf, LabError> {
+        let hs = load_state(&self.name)?
+            .hosts
+            .get(host)
+            .cloned()
+            .ok_or_else(|| LabError::UnknownHost {
+                lab: self.name.clone(),
+                host: host.to_string(),
+            })?;
         let init = match (hs.powered, hs.init_pid) {
             (true, Some(p)) => p,
             _ => return Err(LabError::PoweredOff(host.to_string())),
         };
-        let p = format!("/proc/{init}/root/{}", path.trim_start_matches('/'));
+        Ok(PathBuf::from(format!(
+            "/proc/{init}/root/{}",
+            path.trim_start_matches('/')
+        )))
+    }
+
+    /// Reads a file as the host sees it (see [`Lab::host_path`]).
+    pub fn read_file(&self, host: &str, path: &str) -> Result<Vec<u8>, LabError> {
+        let p = self.host_path(host, path)?;
         fs::read(&p).map_err(io_err(format!("read {path} in host {host}")))
+    }
+
+    /// Writes `/run/tandem-lab/NAME/fence_lab`, a fence-agents program for this lab's
+    /// power switch (`exec TANDEM lab fence-agent --lab NAME "$@"`), and returns its
+    /// path: fencing configuration can name it like any `fence_*` agent, from inside
+    /// any lab host. `tandem` is the tandem binary to run.
+    pub fn write_fence_agent(&self, tandem: &Path) -> Result<PathBuf, LabError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = state_dir(&self.name).join("fence_lab");
+        let quoted = tandem.display().to_string().replace('\'', "'\\''");
+        let text = format!(
+            "#!/bin/sh\n# The power switch of lab {name} (fence-agents protocol).\n\
+             exec '{quoted}' lab fence-agent --lab {name} \"$@\"\n",
+            name = self.name
+        );
+        fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+        Ok(path)
     }
 
     /// The host's neighbour (ARP) table, from `ip -j neigh` run in its network namespace
@@ -813,6 +871,38 @@ impl Lab {
                     })
                     .unwrap_or_default(),
             });
+        }
+        Ok(out)
+    }
+
+    /// The host's IPv4 addresses per interface (`("eth0", "192.168.1.160/24")`), read
+    /// from its network namespace without entering the host: cheap enough to sample
+    /// every few milliseconds (e.g. "never both nodes hold the VIP"), and it works
+    /// while the host is frozen or off.
+    pub fn addresses(&self, host: &str) -> Result<Vec<(String, String)>, LabError> {
+        let ns = self.netns(host)?;
+        let text = sys::run("ip", &["-n", &ns, "-j", "-4", "addr", "show"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| LabError::Command {
+                cmd: format!("ip -n {ns} -j -4 addr show"),
+                detail: format!("unexpected output: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            let ifname = link.get("ifname").and_then(|x| x.as_str()).unwrap_or("");
+            for a in link
+                .get("addr_info")
+                .and_then(|x| x.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(local), Some(len)) = (
+                    a.get("local").and_then(|x| x.as_str()),
+                    a.get("prefixlen").and_then(|x| x.as_u64()),
+                ) {
+                    out.push((ifname.to_string(), format!("{local}/{len}")));
+                }
+            }
         }
         Ok(out)
     }
@@ -868,7 +958,7 @@ impl Lab {
         let start = sys::now();
         let mut last_kill = sys::now();
         loop {
-            self.reap_registered(host);
+            crate::reaper::sweep();
             if let Some(k) = keeper {
                 sys::try_reap(k);
             }
@@ -902,14 +992,6 @@ impl Lab {
                 });
             }
             sys::pause_ms(5);
-        }
-    }
-
-    fn reap_registered(&self, host: &str) {
-        let reg = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        for r in reg.iter().filter(|r| r.host == host) {
-            let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = c.try_wait();
         }
     }
 
@@ -1137,11 +1219,15 @@ impl Lab {
                     .collect(),
             })
             .collect();
+        let sock = crate::switch::switch_socket(&self.name);
+        let serving = std::os::unix::net::UnixStream::connect(&sock).is_ok();
         Ok(LabStatus {
             name: self.name.clone(),
             switch_netns: sw,
             hosts,
             nets,
+            owner_pid: lab_owner(&self.name),
+            power_switch: serving.then(|| sock.display().to_string()),
         })
     }
 
@@ -1161,13 +1247,8 @@ impl Lab {
             .values()
             .filter_map(|h| h.keeper_pid)
             .collect();
-        let children = Arc::clone(&self.children);
         let reap = move || {
-            let reg = children.lock().unwrap_or_else(|p| p.into_inner());
-            for r in reg.iter() {
-                let mut c = r.child.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = c.try_wait();
-            }
+            crate::reaper::sweep();
             for k in &keepers {
                 sys::try_reap(*k);
             }
@@ -1211,9 +1292,19 @@ pub fn down(name: &str) -> Result<TeardownReport, LabError> {
     })
 }
 
-/// Takes down every lab found: state directories, `tl-*` namespaces, lab cgroups and
-/// data directories, whatever a killed run left.
-pub fn down_all() -> Result<Vec<TeardownReport>, LabError> {
+/// The live process that owns a lab through a `Lab` handle, if any.
+pub fn lab_owner(name: &str) -> Option<u32> {
+    let (pid, start) = load_state(name).ok()?.owner?;
+    match sys::proc_stat(pid) {
+        Some((info, s)) if s == start && info.state != 'Z' => Some(pid),
+        _ => None,
+    }
+}
+
+/// Takes down every lab found — state directories, `tl-*` namespaces, lab cgroups and
+/// data directories, whatever a killed run left — except labs whose owning process is
+/// still alive (a test running right now), unless `force`.
+pub fn down_all(force: bool) -> Result<Vec<TeardownReport>, LabError> {
     require_root()?;
     let mut names = std::collections::BTreeSet::new();
     for root in [STATE_ROOT, DATA_ROOT] {
@@ -1246,6 +1337,14 @@ pub fn down_all() -> Result<Vec<TeardownReport>, LabError> {
         if check_lab_name(&n).is_err() {
             continue;
         }
+        if let (false, Some(pid)) = (force, lab_owner(&n)) {
+            out.push(TeardownReport {
+                name: n,
+                skipped: Some(format!("in use by live process {pid} (use --force)")),
+                ..Default::default()
+            });
+            continue;
+        }
         out.push(down(&n)?);
     }
     Ok(out)
@@ -1266,6 +1365,14 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
         name: name.to_string(),
         ..Default::default()
     };
+    // 0. The power-switch daemon, if `tandem lab up` left one (checked by its command
+    //    line, so a reused PID is left alone).
+    if let Some(pid) = load_state(name).ok().and_then(|s| s.switch_pid) {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("switchd") {
+            sys::kill(pid, libc::SIGTERM);
+        }
+    }
     // 1. Processes: kill every host cgroup, wait until empty and reaped (bounded).
     let lab_rel = lab_cgroup_rel(name);
     let lab_cg = cg_path(&lab_rel);
@@ -1317,11 +1424,30 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
         }
     }
     // 3. Loop devices backed by the lab's files (after the unmounts that held them).
-    for (dev, _) in sys::loop_devices_under(&dirs) {
-        match sys::run("losetup", &["-d", &dev]) {
-            Ok(_) => rep.loop_devices.push(dev),
-            Err(e) => rep.problems.push(e.to_string()),
+    //    A loop device set up by `mount -o loop` inside a host clears itself once the
+    //    host's mount namespace is gone, which the kernel finishes asynchronously: keep
+    //    detaching for a moment rather than racing it.
+    let start = sys::now();
+    loop {
+        let left = sys::loop_devices_under(&dirs);
+        if left.is_empty() {
+            break;
         }
+        if start.elapsed() > Duration::from_millis(3000) {
+            for (dev, file) in left {
+                rep.problems.push(format!(
+                    "loop device {dev} ({}) could not be detached",
+                    file.display()
+                ));
+            }
+            break;
+        }
+        for (dev, _) in left {
+            if sys::run("losetup", &["-d", &dev]).is_ok() && !rep.loop_devices.contains(&dev) {
+                rep.loop_devices.push(dev);
+            }
+        }
+        sys::pause_ms(50);
     }
     // 4. Namespaces (hosts and the switch): their veths and bridges go with them.
     let nss: Vec<String> = lab_netns(name).collect();

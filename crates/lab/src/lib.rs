@@ -27,13 +27,16 @@
 #![warn(missing_docs)]
 
 mod lab;
+mod reaper;
+mod switch;
 mod sys;
 pub mod topology;
 
 pub use lab::{
     DATA_ROOT, HostProcess, HostStatus, InterfaceStatus, Lab, LabStatus, Neighbor, NetStatus,
-    Partition, STATE_ROOT, TeardownReport, down, down_all, list_labs, require_root,
+    Partition, STATE_ROOT, TeardownReport, down, down_all, lab_owner, list_labs, require_root,
 };
+pub use switch::{PowerSwitch, SwitchRequest, switch_request, switch_socket};
 pub use topology::{Attachment, HostSpec, NetSpec, Topology};
 
 /// Everything that can go wrong in the lab.

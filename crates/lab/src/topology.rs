@@ -382,7 +382,8 @@ hosts = { n1 = "10.9.0.1", n2 = "10.9.0.2" }
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let c = b"[]=\"\n hostnetsubname/.0123456789{}:,"[(x % 36) as usize];
+                let alphabet = b"[]=\"\n hostnetsubname/.0123456789{}:,";
+                let c = alphabet[(x % alphabet.len() as u64) as usize];
                 s.push(c as char);
             }
             let _ = Topology::from_toml(&s);
