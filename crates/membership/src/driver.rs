@@ -160,6 +160,64 @@ pub struct Driver {
     commands: mpsc::Sender<Command>,
     wake: OwnedFd,
     events: mpsc::Receiver<TimedEvent>,
+    tid: libc::pid_t,
+}
+
+/// How the heartbeat thread runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run the heartbeat thread under `SCHED_RR` at this priority (1–99), like
+    /// Heartbeat's `realtime on`, so a CPU hog cannot delay heartbeats into a false
+    /// "dead". Needs CAP_SYS_NICE; `start_with` fails if it cannot be set. (Locking
+    /// memory with `mlockall` is process-wide and left to the agent.)
+    pub realtime_priority: Option<u8>,
+}
+
+fn set_round_robin(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority as libc::c_int,
+    };
+    // SAFETY: sets the calling thread's policy from a valid parameter struct.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR, &param) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Reads, bumps and durably stores this node's incarnation in `path` (a decimal
+/// number), returning the new value. The result is also at least the wall-clock time in
+/// milliseconds since the Unix epoch, so that losing the state file (a replaced disk)
+/// cannot make peers refuse this node as an old incarnation. A file that exists but
+/// does not hold a number is an error, not a reset.
+pub fn bump_incarnation(path: &std::path::Path) -> io::Result<u64> {
+    use std::io::Write;
+    let stored = match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not an incarnation number: {e}", path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    #[allow(clippy::disallowed_methods)] // the driver is where the clock may be read
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let next = stored.saturating_add(1).max(wall_ms);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{next}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(next)
 }
 
 /// The one clock read in this crate.
@@ -311,8 +369,17 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
 
 impl Driver {
     /// Opens every link (errors come back here, before anything runs), then starts the
-    /// thread that runs `core`.
+    /// thread that runs `core`, with default [`Options`].
     pub fn start(core: Membership, links: Vec<LinkSpec>) -> io::Result<Driver> {
+        Self::start_with(core, links, Options::default())
+    }
+
+    /// Like [`Driver::start`], with options.
+    pub fn start_with(
+        core: Membership,
+        links: Vec<LinkSpec>,
+        options: Options,
+    ) -> io::Result<Driver> {
         let links = links
             .into_iter()
             .map(open_link)
@@ -325,15 +392,43 @@ impl Driver {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tandem-membership".into())
-            .spawn(move || run(core, links, wake_rx, cmd_rx, ev_tx))?;
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                let set = match options.realtime_priority {
+                    Some(p) => set_round_robin(p),
+                    None => Ok(()),
+                };
+                let failed = set.is_err();
+                let _ = ready_tx.send(set.map(|()| tid));
+                if failed {
+                    return Ok(());
+                }
+                run(core, links, wake_rx, cmd_rx, ev_tx)
+            })?;
+        let tid = match ready_rx.recv() {
+            Ok(Ok(tid)) => tid,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("membership thread died at start")),
+        };
         Ok(Driver {
             thread: Some(thread),
             commands: cmd_tx,
             wake: wake_tx,
             events: ev_rx,
+            tid,
         })
+    }
+
+    /// The kernel thread id of the heartbeat thread (for `chrt -p`, cgroups, tests).
+    pub fn thread_id(&self) -> libc::pid_t {
+        self.tid
     }
 
     /// Events, in order, with the time the driver saw them.

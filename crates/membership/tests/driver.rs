@@ -449,3 +449,55 @@ fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn incarnation_is_bumped_durably_and_never_goes_back() {
+    let dir = std::env::temp_dir().join(format!("tandem-inc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("incarnation");
+    let first = tandem_membership::driver::bump_incarnation(&path).unwrap();
+    let second = tandem_membership::driver::bump_incarnation(&path).unwrap();
+    assert!(second > first);
+    // Far-future value stored (clock was ahead once): still strictly increasing.
+    std::fs::write(&path, format!("{}\n", u64::MAX / 2)).unwrap();
+    assert_eq!(
+        tandem_membership::driver::bump_incarnation(&path).unwrap(),
+        u64::MAX / 2 + 1
+    );
+    std::fs::write(&path, "garbage").unwrap();
+    assert!(tandem_membership::driver::bump_incarnation(&path).is_err());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "garbage");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn heartbeat_thread_can_run_round_robin() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root (SCHED_RR) and CI=true");
+        }
+        eprintln!("skipped: needs root for SCHED_RR");
+        return;
+    }
+    let links = [(0, "lo")];
+    let d = tandem_membership::driver::Driver::start_with(
+        core(1, 1, &links),
+        vec![LinkSpec {
+            id: 0,
+            medium: Medium::Ucast {
+                bind: free("127.0.0.31"),
+                peers: vec![free("127.0.0.32")],
+                device: None,
+            },
+        }],
+        tandem_membership::driver::Options {
+            realtime_priority: Some(10),
+        },
+    )
+    .unwrap();
+    // SAFETY: queries the policy of a thread id that exists while `d` runs.
+    let policy = unsafe { libc::sched_getscheduler(d.thread_id()) };
+    assert_eq!(policy, libc::SCHED_RR);
+    d.stop().unwrap();
+}
