@@ -1,7 +1,13 @@
 //! `tandem`: the one binary. Every subcommand lives in its own module under `cmd/`; this
 //! file only parses the command line, sets up logging and dispatches.
 
+mod agent;
+mod bench;
+mod clock;
 mod cmd;
+mod control;
+mod labcluster;
+mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +47,13 @@ enum Command {
     Config(cmd::config::Command),
     /// Build and drive lab clusters in network namespaces (root).
     Lab(cmd::lab::Args),
+    /// Run this node's daemon in the foreground.
+    Agent(cmd::agent::Args),
+    /// Show nodes, links and events as the local agent sees them.
+    Status(cmd::status::Args),
+    /// Measure and print tables (root: runs in a lab).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +62,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(&cli.global, c),
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
+        Command::Agent(a) => cmd::agent::run(&cli.global, a),
+        Command::Status(a) => cmd::status::run(&cli.global, a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(code) => code,
@@ -65,6 +81,7 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

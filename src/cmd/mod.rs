@@ -1,4 +1,7 @@
 //! One module per subcommand.
 
+pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod lab;
+pub mod status;

@@ -159,71 +159,43 @@ pub struct Driver {
     thread: Option<JoinHandle<io::Result<()>>>,
     commands: mpsc::Sender<Command>,
     wake: OwnedFd,
-    events: mpsc::Receiver<TimedEvent>,
+    // Behind a mutex so that a `Driver` can be shared between threads (one of which
+    // waits for events while others ask for status or send messages).
+    events: std::sync::Mutex<mpsc::Receiver<TimedEvent>>,
+    realtime: Result<(), String>,
     tid: libc::pid_t,
 }
 
-/// How the heartbeat thread runs.
+/// How the driver thread runs.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Run the heartbeat thread under `SCHED_RR` at this priority (1–99), like
-    /// Heartbeat's `realtime on`, so a CPU hog cannot delay heartbeats into a false
-    /// "dead". Needs CAP_SYS_NICE; `start_with` fails if it cannot be set. (Locking
-    /// memory with `mlockall` is process-wide and left to the agent.)
-    pub realtime_priority: Option<u8>,
-}
-
-fn set_round_robin(priority: u8) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority as libc::c_int,
-    };
-    // SAFETY: sets the calling thread's policy from a valid parameter struct.
-    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR, &param) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
-/// Reads, bumps and durably stores this node's incarnation in `path` (a decimal
-/// number), returning the new value. The result is also at least the wall-clock time in
-/// milliseconds since the Unix epoch, so that losing the state file (a replaced disk)
-/// cannot make peers refuse this node as an old incarnation. A file that exists but
-/// does not hold a number is an error, not a reset.
-pub fn bump_incarnation(path: &std::path::Path) -> io::Result<u64> {
-    use std::io::Write;
-    let stored = match std::fs::read_to_string(path) {
-        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: not an incarnation number: {e}", path.display()),
-            )
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
-    #[allow(clippy::disallowed_methods)] // the driver is where the clock may be read
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let next = stored.saturating_add(1).max(wall_ms);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{next}")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(next)
+    /// Run the thread under SCHED_RR at this priority (1–99). Heartbeat ran its heartbeat
+    /// path the same way (`realtime on`): on a loaded machine an ordinary thread can wait
+    /// long enough for a live node to look dead. Best effort: see [`Driver::realtime`].
+    pub realtime_priority: Option<i32>,
 }
 
 /// The one clock read in this crate.
 fn clock() -> Instant {
     #[allow(clippy::disallowed_methods)]
     Instant::now()
+}
+
+/// Puts the calling thread under SCHED_RR at `priority`.
+fn set_realtime(priority: i32) -> Result<(), String> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: changes the calling thread's scheduling; `param` is valid for the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "SCHED_RR priority {priority}: {}",
+            io::Error::from_raw_os_error(rc)
+        ))
+    }
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -369,12 +341,12 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
 
 impl Driver {
     /// Opens every link (errors come back here, before anything runs), then starts the
-    /// thread that runs `core`, with default [`Options`].
+    /// thread that runs `core`.
     pub fn start(core: Membership, links: Vec<LinkSpec>) -> io::Result<Driver> {
         Self::start_with(core, links, Options::default())
     }
 
-    /// Like [`Driver::start`], with options.
+    /// As [`Driver::start`], with options.
     pub fn start_with(
         core: Membership,
         links: Vec<LinkSpec>,
@@ -392,38 +364,32 @@ impl Driver {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let (rt_tx, rt_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("tandem-membership".into())
             .spawn(move || {
                 // SAFETY: gettid has no preconditions.
                 let tid = unsafe { libc::gettid() };
-                let set = match options.realtime_priority {
-                    Some(p) => set_round_robin(p),
-                    None => Ok(()),
-                };
-                let failed = set.is_err();
-                let _ = ready_tx.send(set.map(|()| tid));
-                if failed {
-                    return Ok(());
-                }
+                let rt = options.realtime_priority.map_or(Ok(()), set_realtime);
+                let _ = rt_tx.send((rt, tid));
                 run(core, links, wake_rx, cmd_rx, ev_tx)
             })?;
-        let tid = match ready_rx.recv() {
-            Ok(Ok(tid)) => tid,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => return Err(io::Error::other("membership thread died at start")),
-        };
+        let (realtime, tid) = rt_rx
+            .recv()
+            .unwrap_or_else(|_| (Err("the membership thread ended at start".into()), 0));
         Ok(Driver {
             thread: Some(thread),
             commands: cmd_tx,
             wake: wake_tx,
-            events: ev_rx,
+            events: std::sync::Mutex::new(ev_rx),
+            realtime,
             tid,
         })
+    }
+
+    /// Events, in order, with the time the driver saw them. One consumer at a time.
+    pub fn events(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<TimedEvent>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The kernel thread id of the heartbeat thread (for `chrt -p`, cgroups, tests).
@@ -431,9 +397,9 @@ impl Driver {
         self.tid
     }
 
-    /// Events, in order, with the time the driver saw them.
-    pub fn events(&self) -> &mpsc::Receiver<TimedEvent> {
-        &self.events
+    /// Whether the real-time priority asked for in [`Options`] was granted (and why not).
+    pub fn realtime(&self) -> Result<(), &str> {
+        self.realtime.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     fn command(&self, c: Command) -> Result<(), DriverError> {

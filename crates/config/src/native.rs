@@ -1,0 +1,1635 @@
+//! The native TOML file: syntax, types, defaults and semantic checks.
+//!
+//! The text is parsed into toml's spanned document tree (every key and value keeps its
+//! byte range), then walked by hand rather than through serde, so that every complaint —
+//! an unknown key, a bad unit, a node nobody defined — points at the exact token, says
+//! what was expected, and all of them are reported in one run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostics, Sink, Source, Warning};
+use crate::model::*;
+use crate::units;
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+/// Keys allowed in `[cluster]`.
+const CLUSTER_KEYS: &[&str] = &[
+    "name",
+    "keepalive",
+    "deadtime",
+    "warntime",
+    "initdead",
+    "auto_failback",
+    "udpport",
+    "key_file",
+    "fencing",
+    "state_dir",
+    "control_socket",
+    "ping",
+    "ping_group",
+    "deadping",
+];
+const LOG_KEYS: &[&str] = &["syslog_facility", "file", "debug_file"];
+const NODE_KEYS: &[&str] = &["name", "address"];
+const LINK_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "interface",
+    "peers",
+    "port",
+    "group",
+    "ttl",
+    "loop",
+    "device",
+    "baud",
+];
+const FENCE_KEYS: &[&str] = &[
+    "name", "agent", "params", "plugs", "run_on", "level", "timeout",
+];
+const DISK_KEYS: &[&str] = &[
+    "name",
+    "protocol",
+    "rate",
+    "resync_group",
+    "al_extents",
+    "on_io_error",
+    "wfc_timeout",
+    "degr_wfc_timeout",
+    "net_timeout",
+    "connect_interval",
+    "ping_interval",
+    "after_sb_0pri",
+    "after_sb_1pri",
+    "after_sb_2pri",
+    "port",
+    "on",
+];
+const DISK_HOST_KEYS: &[&str] = &["device", "backing", "address", "meta", "meta_index"];
+const GROUP_KEYS: &[&str] = &["name", "home", "resource"];
+const RESOURCE_COMMON_KEYS: &[&str] = &["type", "name", "timeout", "monitor_interval"];
+const TOP_KEYS: &[&str] = &[
+    "cluster",
+    "log",
+    "node",
+    "link",
+    "fence_device",
+    "disk",
+    "group",
+];
+
+/// Type-specific resource keys.
+fn resource_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "ipaddr" => &[
+            "address",
+            "interface",
+            "broadcast",
+            "garp_count",
+            "garp_interval",
+        ],
+        "disk" => &["disk"],
+        "filesystem" => &["device", "directory", "fstype", "options"],
+        "ocf" => &["provider", "agent", "params"],
+        "lsb" => &["script", "args", "heartbeat"],
+        "systemd" => &["unit"],
+        _ => &[],
+    }
+}
+
+/// Whether file-system checks (the key file) run while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChecks {
+    /// Check the key file's permissions and syntax if it exists (what `load` does).
+    On,
+    /// Skip: the text is checked on another machine than the one it will run on.
+    Off,
+}
+
+/// Parses and validates native TOML `text` read from the file called `name`.
+pub fn parse(
+    name: &str,
+    text: &str,
+    checks: FileChecks,
+) -> Result<(Config, Vec<Warning>), Diagnostics> {
+    let src = Source::new(name, text);
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            return Err(Diagnostics(vec![
+                src.error(span, format!("invalid TOML: {}", e.message().trim_end())),
+            ]));
+        }
+    };
+    let mut w = Walker {
+        src: &src,
+        sink: Sink::default(),
+    };
+    let config = w.document(doc.get_ref(), checks);
+    let warnings = w.sink.finish()?;
+    Ok((config, warnings))
+}
+
+/// A table being read: its entries, where it starts, and how to name it in messages.
+struct Tbl<'a, 'i> {
+    t: &'a DeTable<'i>,
+    span: Range<usize>,
+    what: String,
+}
+
+impl<'a, 'i> Tbl<'a, 'i> {
+    fn get(&self, key: &str) -> Option<&'a Val<'i>> {
+        self.t.get(key)
+    }
+}
+
+struct Walker<'s> {
+    src: &'s Source<'s>,
+    sink: Sink,
+}
+
+/// Spans kept for the cross checks that run once everything is read.
+#[derive(Default)]
+struct Spans {
+    keepalive: Option<Range<usize>>,
+    deadtime: Option<Range<usize>>,
+    warntime: Option<Range<usize>>,
+    initdead: Option<Range<usize>>,
+    key_file: Option<Range<usize>>,
+    cluster: Range<usize>,
+}
+
+impl<'s> Walker<'s> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.src.error(span, msg);
+        self.sink.push(d);
+    }
+
+    fn warn(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.src.warning(span, msg);
+        self.sink.push(d);
+    }
+
+    /// Reports keys of `t` that are not in `allowed`.
+    fn check_keys(&mut self, t: &Tbl<'_, '_>, allowed: &[&str]) {
+        for (k, _) in t.t.iter() {
+            if t.what == "the top level" && !allowed.contains(&k.get_ref().as_ref()) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "unknown table `{}`{}; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
+                        k.get_ref(),
+                        crate::diag::did_you_mean(k.get_ref(), allowed)
+                    ),
+                );
+            } else if !allowed.contains(&k.get_ref().as_ref()) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "unknown key `{}` in {}{}; expected one of: {}",
+                        k.get_ref(),
+                        t.what,
+                        crate::diag::did_you_mean(k.get_ref(), allowed),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn table<'a, 'i>(&mut self, v: &'a Val<'i>, what: String) -> Option<Tbl<'a, 'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Tbl {
+                t,
+                span: v.span(),
+                what,
+            }),
+            other => {
+                self.err(
+                    v.span(),
+                    format!("{what} must be a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[[what]]` entries: an array of tables (absent = empty).
+    fn array_of_tables<'a, 'i>(
+        &mut self,
+        parent: &Tbl<'a, 'i>,
+        key: &str,
+        what: &str,
+    ) -> Vec<Tbl<'a, 'i>> {
+        let Some(v) = parent.get(key) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.err(
+                v.span(),
+                format!("`{key}` must be an array of tables written [[{what}]]"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(t) = self.table(item, format!("[[{what}]] #{}", i + 1)) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    fn required<'a, 'i>(&mut self, t: &Tbl<'a, 'i>, key: &str, hint: &str) -> Option<&'a Val<'i>> {
+        let v = t.get(key);
+        if v.is_none() {
+            self.err(
+                t.span.clone(),
+                format!("missing key `{key}` in {}: expected {hint}", t.what),
+            );
+        }
+        v
+    }
+
+    fn type_err(&mut self, v: &Val<'_>, key: &str, expected: &str) {
+        self.err(
+            v.span(),
+            format!(
+                "`{key}` must be {expected}, found {}",
+                v.get_ref().type_str()
+            ),
+        );
+    }
+
+    fn string(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.type_err(v, key, "a string");
+                None
+            }
+        }
+    }
+
+    /// A non-empty string without whitespace, usable as a name.
+    fn name(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        let s = self.string(v, key)?;
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.err(
+                v.span(),
+                format!("`{key}` = {s:?}: expected a non-empty name without spaces"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn opt_string(&mut self, t: &Tbl<'_, '_>, key: &str) -> Option<String> {
+        let v = t.get(key)?;
+        self.string(v, key)
+    }
+
+    fn integer(&mut self, v: &Val<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.type_err(v, key, "an integer");
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.err(
+                    v.span(),
+                    format!("`{key}` is out of range: expected an integer from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_integer(&mut self, t: &Tbl<'_, '_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let v = t.get(key)?;
+        self.integer(v, key, min, max)
+    }
+
+    fn boolean(&mut self, t: &Tbl<'_, '_>, key: &str, default: bool) -> bool {
+        match t.get(key) {
+            None => default,
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                _ => {
+                    self.type_err(v, key, "true or false");
+                    default
+                }
+            },
+        }
+    }
+
+    /// A duration: a string with a unit, or a bare number of seconds.
+    fn duration_val(&mut self, v: &Val<'_>, key: &str) -> Option<Duration> {
+        let text = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(i) => i.as_str().to_string(),
+            DeValue::Float(f) => f.as_str().to_string(),
+            _ => {
+                self.type_err(v, key, "a duration such as \"500ms\" or \"2s\"");
+                return None;
+            }
+        };
+        match units::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                self.err(v.span(), format!("`{key}`: {msg}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &Tbl<'_, '_>, key: &str, default: Duration) -> Duration {
+        t.get(key)
+            .and_then(|v| self.duration_val(v, key))
+            .unwrap_or(default)
+    }
+
+    /// A duration where 0 means "never/forever": `None`.
+    fn duration_or_zero(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        match t.get(key) {
+            None => default,
+            Some(v) => match self.duration_val(v, key) {
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+                None => default,
+            },
+        }
+    }
+
+    /// One of a fixed set of words.
+    fn choice<T: Copy>(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(v) = t.get(key) else {
+            return default;
+        };
+        let Some(s) = self.string(v, key) else {
+            return default;
+        };
+        if let Some((_, val)) = options.iter().find(|(n, _)| *n == s) {
+            return *val;
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.err(
+            v.span(),
+            format!(
+                "invalid value {s:?} for `{key}`: expected one of {}",
+                names.join(", ")
+            ),
+        );
+        default
+    }
+
+    fn ip_val(&mut self, v: &Val<'_>, key: &str) -> Option<IpAddr> {
+        let s = self.string(v, key)?;
+        match s.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(
+                    v.span(),
+                    format!("`{key}` = {s:?} is not an IP address: expected e.g. \"192.168.1.10\" or \"fd00::1\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, v: &Val<'_>, key: &str) -> Vec<(String, Range<usize>)> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_err(v, key, "an array of strings");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            if let Some(s) = self.string(item, key) {
+                out.push((s, item.span()));
+            }
+        }
+        out
+    }
+
+    fn ips(&mut self, v: &Val<'_>, key: &str) -> Vec<IpAddr> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_err(v, key, "an array of IP addresses");
+            return Vec::new();
+        };
+        items.iter().filter_map(|i| self.ip_val(i, key)).collect()
+    }
+
+    /// An absolute path.
+    fn path(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        key: &str,
+        default: &str,
+    ) -> (PathBuf, Option<Range<usize>>) {
+        let Some(v) = t.get(key) else {
+            return (PathBuf::from(default), None);
+        };
+        match self.string(v, key) {
+            Some(s) if s.starts_with('/') => (PathBuf::from(s), Some(v.span())),
+            Some(s) => {
+                self.err(
+                    v.span(),
+                    format!("`{key}` = {s:?}: expected an absolute path (starting with /)"),
+                );
+                (PathBuf::from(default), None)
+            }
+            None => (PathBuf::from(default), None),
+        }
+    }
+
+    /// A table of string values (agent parameters). Numbers and booleans are accepted
+    /// and written as text, since agents receive text anyway.
+    fn string_map(&mut self, v: &Val<'_>, key: &str) -> BTreeMap<String, (String, Range<usize>)> {
+        let mut out = BTreeMap::new();
+        let DeValue::Table(t) = v.get_ref() else {
+            self.type_err(v, key, "a table of strings");
+            return out;
+        };
+        for (k, val) in t.iter() {
+            let text = match val.get_ref() {
+                DeValue::String(s) => s.to_string(),
+                DeValue::Integer(i) => i.as_str().to_string(),
+                DeValue::Float(f) => f.as_str().to_string(),
+                DeValue::Boolean(b) => b.to_string(),
+                _ => {
+                    self.type_err(val, &format!("{key}.{}", k.get_ref()), "a string");
+                    continue;
+                }
+            };
+            out.insert(k.get_ref().to_string(), (text, k.span()));
+        }
+        out
+    }
+
+    /// Reports a duplicate name; returns whether `name` was new.
+    fn unique(
+        &mut self,
+        seen: &mut HashMap<String, Range<usize>>,
+        name: &str,
+        span: Range<usize>,
+        what: &str,
+    ) -> bool {
+        if let Some(first) = seen.get(name) {
+            let (line, col) = self.src.position(first.start);
+            self.err(
+                span,
+                format!("duplicate {what} name `{name}`: already defined at line {line}, column {col}; names must be unique"),
+            );
+            false
+        } else {
+            seen.insert(name.to_string(), span);
+            true
+        }
+    }
+
+    fn document(&mut self, doc: &DeTable<'_>, checks: FileChecks) -> Config {
+        let root = Tbl {
+            t: doc,
+            span: 0..0,
+            what: "the top level".to_string(),
+        };
+        self.check_keys(&root, TOP_KEYS);
+        let mut spans = Spans::default();
+        let cluster = match root.get("cluster") {
+            Some(v) => match self.table(v, "[cluster]".to_string()) {
+                Some(t) => self.cluster(&t, &mut spans),
+                None => self.cluster(&empty_table("[cluster]"), &mut spans),
+            },
+            None => {
+                self.err(
+                    0..0,
+                    "missing table [cluster]: expected at least `name = \"...\"`",
+                );
+                self.cluster(&empty_table("[cluster]"), &mut spans)
+            }
+        };
+        let log = match root
+            .get("log")
+            .and_then(|v| self.table(v, "[log]".to_string()))
+        {
+            Some(t) => self.log(&t),
+            None => Log::default(),
+        };
+
+        let mut node_names = HashMap::new();
+        let mut nodes = Vec::new();
+        for t in self.array_of_tables(&root, "node", "node") {
+            if let Some((node, span)) = self.node(&t) {
+                if self.unique(&mut node_names, &node.name, span, "node") {
+                    nodes.push(node);
+                }
+            }
+        }
+        if nodes.is_empty() && !root.t.contains_key("node") {
+            self.err(0..0, "no [[node]] defined: expected one [[node]] table per cluster node (name and address)");
+        }
+        if nodes.len() > 2 {
+            self.warn(0..0, format!("{} nodes defined: tandem's built-in heartbeat membership supports two; more nodes need the corosync backend", nodes.len()));
+        }
+
+        let mut seen = HashMap::new();
+        let mut links = Vec::new();
+        for t in self.array_of_tables(&root, "link", "link") {
+            if let Some((link, span)) = self.link(&t, cluster.udp_port) {
+                if self.unique(&mut seen, &link.name, span, "link") {
+                    links.push(link);
+                }
+            }
+        }
+        if links.is_empty() && !nodes.is_empty() {
+            self.warn(0..0, "no [[link]] defined: nodes cannot hear each other; add at least one heartbeat link (two are better)");
+        }
+
+        let mut seen = HashMap::new();
+        let mut fence_devices = Vec::new();
+        for t in self.array_of_tables(&root, "fence_device", "fence_device") {
+            if let Some((dev, span)) = self.fence_device(&t, &node_names) {
+                if self.unique(&mut seen, &dev.name, span, "fence_device") {
+                    fence_devices.push(dev);
+                }
+            }
+        }
+        if cluster.fencing == FencingPolicy::Required && fence_devices.is_empty() {
+            self.warn(spans.cluster.clone(), "fencing = \"required\" but no [[fence_device]] is defined: takeover of shared data will wait for an operator to run `tandem fence confirm NODE`");
+        }
+
+        let mut seen = HashMap::new();
+        let mut disks = Vec::new();
+        for t in self.array_of_tables(&root, "disk", "disk") {
+            if let Some((disk, span)) = self.disk(&t, &node_names) {
+                if self.unique(&mut seen, &disk.name, span, "disk") {
+                    disks.push(disk);
+                }
+            }
+        }
+        self.disk_conflicts(&root, &disks);
+
+        let disk_names: HashSet<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let mut seen = HashMap::new();
+        let mut resource_names = HashMap::new();
+        let mut groups = Vec::new();
+        for t in self.array_of_tables(&root, "group", "group") {
+            if let Some((group, span)) =
+                self.group(&t, &node_names, &disks, &disk_names, &mut resource_names)
+            {
+                if self.unique(&mut seen, &group.name, span, "group") {
+                    groups.push(group);
+                }
+            }
+        }
+
+        self.timing(&cluster, &spans);
+        if checks == FileChecks::On {
+            let span = spans.key_file.clone().unwrap_or(spans.cluster.clone());
+            self.key_file(&cluster.key_file, span);
+        }
+
+        Config {
+            cluster,
+            log,
+            nodes,
+            links,
+            fence_devices,
+            disks,
+            groups,
+        }
+    }
+
+    fn cluster(&mut self, t: &Tbl<'_, '_>, spans: &mut Spans) -> Cluster {
+        self.check_keys(t, CLUSTER_KEYS);
+        spans.cluster = t.span.clone();
+        let name = self
+            .required(t, "name", "the cluster name (a string)")
+            .and_then(|v| self.name(v, "name"))
+            .unwrap_or_default();
+        spans.keepalive = t.get("keepalive").map(|v| v.span());
+        spans.deadtime = t.get("deadtime").map(|v| v.span());
+        spans.warntime = t.get("warntime").map(|v| v.span());
+        spans.initdead = t.get("initdead").map(|v| v.span());
+        let keepalive = self.duration(t, "keepalive", defaults::KEEPALIVE);
+        let deadtime = self.duration(t, "deadtime", defaults::DEADTIME);
+        // Heartbeat's rules: warntime defaults to half of deadtime when deadtime is set,
+        // initdead to twice deadtime (and never below the default).
+        let warntime_default = if t.get("deadtime").is_some() {
+            units::whole_ms(deadtime / 2)
+        } else {
+            defaults::WARNTIME
+        };
+        let warntime = self.duration(t, "warntime", warntime_default);
+        let initdead_default = if t.get("deadtime").is_some() {
+            (deadtime * 2).max(defaults::INITDEAD)
+        } else {
+            defaults::INITDEAD
+        };
+        let initdead = self.duration(t, "initdead", initdead_default);
+        let auto_failback = self.choice(
+            t,
+            "auto_failback",
+            &[
+                ("on", AutoFailback::On),
+                ("off", AutoFailback::Off),
+                ("legacy", AutoFailback::Legacy),
+            ],
+            AutoFailback::Off,
+        );
+        let udp_port = self
+            .opt_integer(t, "udpport", 1, 65535)
+            .map(|p| p as u16)
+            .unwrap_or(defaults::UDP_PORT);
+        let (key_file, key_span) = self.path(t, "key_file", defaults::KEY_FILE);
+        spans.key_file = key_span;
+        let fencing = self.choice(
+            t,
+            "fencing",
+            &[
+                ("required", FencingPolicy::Required),
+                ("none", FencingPolicy::None),
+            ],
+            FencingPolicy::Required,
+        );
+        let (state_dir, _) = self.path(t, "state_dir", defaults::STATE_DIR);
+        let (control_socket, _) = self.path(t, "control_socket", defaults::CONTROL_SOCKET);
+        let ping = t
+            .get("ping")
+            .map(|v| self.ips(v, "ping"))
+            .unwrap_or_default();
+        let mut ping_groups = Vec::new();
+        if let Some(v) = t.get("ping_group") {
+            let mut seen = HashMap::new();
+            match v.get_ref() {
+                DeValue::Table(groups) => {
+                    for (k, members) in groups.iter() {
+                        let name = k.get_ref().to_string();
+                        if self.unique(&mut seen, &name, k.span(), "ping_group") {
+                            let addresses = self.ips(members, &format!("ping_group.{name}"));
+                            ping_groups.push(PingGroup { name, addresses });
+                        }
+                    }
+                }
+                _ => self.type_err(v, "ping_group", "a table of NAME = [addresses]"),
+            }
+        }
+        let deadping = self.duration(t, "deadping", defaults::DEADPING);
+        Cluster {
+            name,
+            keepalive,
+            deadtime,
+            warntime,
+            initdead,
+            auto_failback,
+            udp_port,
+            key_file,
+            fencing,
+            state_dir,
+            control_socket,
+            ping,
+            ping_groups,
+            deadping,
+        }
+    }
+
+    fn timing(&mut self, c: &Cluster, spans: &Spans) {
+        let at = |s: &Option<Range<usize>>| s.clone().unwrap_or(spans.cluster.clone());
+        let f = units::format_duration;
+        if c.keepalive.is_zero() {
+            self.err(at(&spans.keepalive), "`keepalive` must be greater than 0");
+        }
+        if c.deadtime <= c.keepalive * 2 {
+            let span = spans.deadtime.clone().or(spans.keepalive.clone());
+            self.err(
+                span.unwrap_or(spans.cluster.clone()),
+                format!(
+                    "deadtime ({}) must be greater than 2 × keepalive ({}): expected deadtime > {}",
+                    f(c.deadtime),
+                    f(c.keepalive),
+                    f(c.keepalive * 2)
+                ),
+            );
+        }
+        if c.initdead < c.deadtime {
+            let span = spans.initdead.clone().or(spans.deadtime.clone());
+            self.err(
+                span.unwrap_or(spans.cluster.clone()),
+                format!(
+                    "initdead ({}) must not be less than deadtime ({}): expected initdead >= {}",
+                    f(c.initdead),
+                    f(c.deadtime),
+                    f(c.deadtime)
+                ),
+            );
+        }
+        if c.warntime >= c.deadtime {
+            let span = spans.warntime.clone().or(spans.deadtime.clone());
+            self.err(
+                span.unwrap_or(spans.cluster.clone()),
+                format!(
+                    "warntime ({}) must be less than deadtime ({}): a late-heartbeat warning after the node is already dead warns nobody",
+                    f(c.warntime),
+                    f(c.deadtime)
+                ),
+            );
+        }
+    }
+
+    fn key_file(&mut self, path: &Path, span: Range<usize>) {
+        match crate::key::check_file(path) {
+            Ok((_, warnings)) => warnings.into_iter().for_each(|w| self.sink.push(w)),
+            Err(crate::key::KeyFileError::Invalid(d)) => d.0.into_iter().for_each(|e| self.sink.push(e)),
+            Err(crate::key::KeyFileError::Missing) => self.warn(
+                span,
+                format!(
+                    "key file {} does not exist yet: the agent will not start without it (create it with mode 0600)",
+                    path.display()
+                ),
+            ),
+            Err(e) => self.err(span, e.to_string()),
+        }
+    }
+
+    fn log(&mut self, t: &Tbl<'_, '_>) -> Log {
+        self.check_keys(t, LOG_KEYS);
+        let syslog_facility = self.opt_string(t, "syslog_facility");
+        let file = t.get("file").map(|_| self.path(t, "file", "/").0);
+        let debug_file = t
+            .get("debug_file")
+            .map(|_| self.path(t, "debug_file", "/").0);
+        Log {
+            syslog_facility,
+            file,
+            debug_file,
+        }
+    }
+
+    fn node(&mut self, t: &Tbl<'_, '_>) -> Option<(Node, Range<usize>)> {
+        self.check_keys(t, NODE_KEYS);
+        let v = self.required(t, "name", "the node's host name (uname -n)")?;
+        let name = self.name(v, "name")?;
+        let address = t.get("address").and_then(|a| self.ip_val(a, "address"));
+        Some((Node { name, address }, v.span()))
+    }
+
+    fn link(&mut self, t: &Tbl<'_, '_>, udp_port: u16) -> Option<(Link, Range<usize>)> {
+        self.check_keys(t, LINK_KEYS);
+        let type_v = self.required(t, "type", "the link type: ucast, bcast, mcast or serial");
+        let kind = type_v.and_then(|v| self.string(v, "type"));
+        let allowed: &[&str] = match kind.as_deref() {
+            Some("ucast") => &["interface", "peers", "port"],
+            Some("bcast") => &["interface", "port"],
+            Some("mcast") => &["interface", "group", "port", "ttl", "loop"],
+            Some("serial") => &["device", "baud"],
+            Some(other) => {
+                let other = other.to_string();
+                self.err(
+                    type_v.map(|v| v.span()).unwrap_or(t.span.clone()),
+                    format!(
+                        "invalid link type {other:?}: expected one of ucast, bcast, mcast, serial"
+                    ),
+                );
+                return None;
+            }
+            None => return None,
+        };
+        let kind = kind.unwrap_or_default();
+        self.type_specific(t, &kind, allowed, &["name", "type"], "link");
+        let port = self
+            .opt_integer(t, "port", 1, 65535)
+            .map(|p| p as u16)
+            .unwrap_or(udp_port);
+        let interface = |w: &mut Self| -> Option<String> {
+            let v = w.required(t, "interface", "the network interface (e.g. \"eth1\")")?;
+            w.name(v, "interface")
+        };
+        let link_kind = match kind.as_str() {
+            "ucast" => {
+                let interface = interface(self);
+                let peers = match self.required(
+                    t,
+                    "peers",
+                    "the peer addresses, e.g. [\"192.168.180.10\", \"192.168.180.20\"]",
+                ) {
+                    Some(v) => self.ips(v, "peers"),
+                    None => Vec::new(),
+                };
+                LinkKind::Ucast {
+                    interface: interface?,
+                    peers,
+                    port,
+                }
+            }
+            "bcast" => LinkKind::Bcast {
+                interface: interface(self)?,
+                port,
+            },
+            "mcast" => {
+                let interface = interface(self);
+                let group = self
+                    .required(t, "group", "the multicast group address, e.g. \"239.0.0.1\"")
+                    .and_then(|v| {
+                        let ip = self.ip_val(v, "group")?;
+                        if !ip.is_multicast() {
+                            self.err(v.span(), format!("`group` = \"{ip}\" is not a multicast address: expected 224.0.0.0/4 or ff00::/8"));
+                            return None;
+                        }
+                        Some(ip)
+                    });
+                let ttl = self
+                    .opt_integer(t, "ttl", 1, 255)
+                    .map(|n| n as u8)
+                    .unwrap_or(defaults::MCAST_TTL);
+                let multicast_loop = self.boolean(t, "loop", false);
+                LinkKind::Mcast {
+                    interface: interface?,
+                    group: group?,
+                    port,
+                    ttl,
+                    multicast_loop,
+                }
+            }
+            _ => {
+                let device = self
+                    .required(t, "device", "the tty device, e.g. \"/dev/ttyS0\"")
+                    .and_then(|v| self.string(v, "device"));
+                let baud = self
+                    .opt_integer(t, "baud", 300, 4_000_000)
+                    .map(|n| n as u32)
+                    .unwrap_or(defaults::BAUD);
+                LinkKind::Serial {
+                    device: PathBuf::from(device?),
+                    baud,
+                }
+            }
+        };
+        let (name, span) = match t.get("name") {
+            Some(v) => (self.name(v, "name")?, v.span()),
+            None => (derive_link_name(&link_kind), t.span.clone()),
+        };
+        Some((
+            Link {
+                name,
+                kind: link_kind,
+            },
+            span,
+        ))
+    }
+
+    /// Keys of a typed table that belong to another type get a message naming the type.
+    fn type_specific(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        kind: &str,
+        allowed: &[&str],
+        common: &[&str],
+        what: &str,
+    ) {
+        for (k, _) in t.t.iter() {
+            let key = k.get_ref().as_ref();
+            if common.contains(&key) || allowed.contains(&key) {
+                continue;
+            }
+            self.err(
+                k.span(),
+                format!(
+                    "key `{key}` is not valid for a {what} of type {kind}; expected one of: {}",
+                    common
+                        .iter()
+                        .chain(allowed)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+
+    fn node_ref(
+        &mut self,
+        nodes: &HashMap<String, Range<usize>>,
+        name: &str,
+        span: Range<usize>,
+        what: &str,
+    ) -> bool {
+        if nodes.contains_key(name) {
+            return true;
+        }
+        if nodes.is_empty() {
+            // "no [[node]] defined" was reported once; naming each reference adds noise.
+            return false;
+        }
+        let mut known: Vec<&str> = nodes.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        self.err(
+            span,
+            format!(
+                "{what} names unknown node `{name}`: expected one of the [[node]] names ({})",
+                known.join(", ")
+            ),
+        );
+        false
+    }
+
+    fn fence_device(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        nodes: &HashMap<String, Range<usize>>,
+    ) -> Option<(FenceDevice, Range<usize>)> {
+        self.check_keys(t, FENCE_KEYS);
+        let name_v = self.required(t, "name", "the device name (a string)");
+        let name = name_v.and_then(|v| self.name(v, "name"));
+        let agent = self
+            .required(t, "agent", "\"fence_NAME\", \"external/NAME\" or \"manual\"")
+            .and_then(|v| {
+                let s = self.string(v, "agent")?;
+                let agent = if s == "manual" {
+                    Some(FenceAgent::Manual)
+                } else if let Some(n) = s.strip_prefix("external/").filter(|n| valid_word(n)) {
+                    Some(FenceAgent::External(n.to_string()))
+                } else if s.starts_with("fence_") && valid_word(&s) {
+                    Some(FenceAgent::FenceAgents(s.clone()))
+                } else {
+                    None
+                };
+                if agent.is_none() {
+                    self.err(v.span(), format!("invalid fence agent {s:?}: expected \"fence_NAME\" (fence-agents), \"external/NAME\" (Heartbeat plugin) or \"manual\""));
+                }
+                agent
+            });
+        let params = t
+            .get("params")
+            .map(|v| self.string_map(v, "params"))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect();
+        let mut plugs = BTreeMap::new();
+        if let Some(v) = t.get("plugs") {
+            for (node, (plug, span)) in self.string_map(v, "plugs") {
+                if self.node_ref(nodes, &node, span, "`plugs`") {
+                    plugs.insert(node, plug);
+                }
+            }
+        }
+        let mut run_on = Vec::new();
+        if let Some(v) = t.get("run_on") {
+            for (node, span) in self.strings(v, "run_on") {
+                if self.node_ref(nodes, &node, span, "`run_on`") {
+                    run_on.push(node);
+                }
+            }
+        }
+        let level = self
+            .opt_integer(t, "level", 1, 9)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::FENCE_LEVEL);
+        let timeout = self.duration(t, "timeout", defaults::FENCE_TIMEOUT);
+        Some((
+            FenceDevice {
+                name: name?,
+                agent: agent?,
+                params,
+                plugs,
+                run_on,
+                level,
+                timeout,
+            },
+            name_v?.span(),
+        ))
+    }
+
+    fn disk(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        nodes: &HashMap<String, Range<usize>>,
+    ) -> Option<(Disk, Range<usize>)> {
+        self.check_keys(t, DISK_KEYS);
+        let name_v = self.required(t, "name", "the disk name, e.g. \"r0\"");
+        let name = name_v.and_then(|v| self.name(v, "name"));
+        let protocol = self.choice(
+            t,
+            "protocol",
+            &[("A", Protocol::A), ("B", Protocol::B), ("C", Protocol::C)],
+            Protocol::C,
+        );
+        let rate_bytes_per_s = match t.get("rate") {
+            None => None,
+            Some(v) => match v.get_ref() {
+                DeValue::String(s) if s.as_ref() == "unlimited" => None,
+                DeValue::String(s) => match units::parse_size(s) {
+                    Ok(0) => {
+                        self.err(
+                            v.span(),
+                            "`rate` must be greater than 0: use \"unlimited\" for no limit",
+                        );
+                        None
+                    }
+                    Ok(n) => Some(n),
+                    Err(msg) => {
+                        self.err(
+                            v.span(),
+                            format!("`rate`: {msg} (bytes per second), or \"unlimited\""),
+                        );
+                        None
+                    }
+                },
+                DeValue::Integer(_) => self.integer(v, "rate", 1, i64::MAX).map(|n| n as u64),
+                _ => {
+                    self.type_err(
+                        v,
+                        "rate",
+                        "a size per second such as \"5M\", or \"unlimited\"",
+                    );
+                    None
+                }
+            },
+        };
+        let resync_group = self
+            .opt_integer(t, "resync_group", 0, 1000)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::RESYNC_GROUP);
+        let al_extents = self
+            .opt_integer(t, "al_extents", 7, 6433)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::AL_EXTENTS);
+        let on_io_error = self.choice(
+            t,
+            "on_io_error",
+            &[
+                ("detach", OnIoError::Detach),
+                ("pass_on", OnIoError::PassOn),
+                ("panic", OnIoError::Panic),
+            ],
+            OnIoError::Detach,
+        );
+        let wfc_timeout = self.duration_or_zero(t, "wfc_timeout", None);
+        let degr_wfc_timeout =
+            self.duration_or_zero(t, "degr_wfc_timeout", Some(defaults::DEGR_WFC_TIMEOUT));
+        let net_timeout = self.duration(t, "net_timeout", defaults::NET_TIMEOUT);
+        let connect_interval = self.duration(t, "connect_interval", defaults::CONNECT_INTERVAL);
+        let ping_interval = self.duration(t, "ping_interval", defaults::PING_INTERVAL);
+        let after_sb_0pri = self.choice(
+            t,
+            "after_sb_0pri",
+            &[
+                ("disconnect", AfterSb0Pri::Disconnect),
+                (
+                    "discard-younger-primary",
+                    AfterSb0Pri::DiscardYoungerPrimary,
+                ),
+                ("discard-older-primary", AfterSb0Pri::DiscardOlderPrimary),
+                ("discard-zero-changes", AfterSb0Pri::DiscardZeroChanges),
+                ("discard-least-changes", AfterSb0Pri::DiscardLeastChanges),
+            ],
+            AfterSb0Pri::Disconnect,
+        );
+        let after_sb_1pri = self.choice(
+            t,
+            "after_sb_1pri",
+            &[
+                ("disconnect", AfterSb1Pri::Disconnect),
+                ("consensus", AfterSb1Pri::Consensus),
+                ("discard-secondary", AfterSb1Pri::DiscardSecondary),
+            ],
+            AfterSb1Pri::Disconnect,
+        );
+        let after_sb_2pri = self.choice(
+            t,
+            "after_sb_2pri",
+            &[("disconnect", AfterSb2Pri::Disconnect)],
+            AfterSb2Pri::Disconnect,
+        );
+        let port = self
+            .opt_integer(t, "port", 1, 65535)
+            .map(|p| p as u16)
+            .unwrap_or(defaults::DISK_PORT);
+        let disk_label = name.clone().unwrap_or_default();
+        let mut hosts = Vec::new();
+        let mut on_span = t.span.clone();
+        match t.get("on") {
+            None => {}
+            Some(v) => match v.get_ref() {
+                DeValue::Table(on) => {
+                    on_span = v.span();
+                    for (k, hv) in on.iter() {
+                        let node = k.get_ref().to_string();
+                        let known =
+                            self.node_ref(nodes, &node, k.span(), &format!("disk `{disk_label}`"));
+                        let what = format!("[disk.on.{node}]");
+                        let Some(ht) = self.table(hv, what) else {
+                            continue;
+                        };
+                        if let Some(h) = self.disk_host(&ht, &node, port) {
+                            if known {
+                                hosts.push((h, ht.span.start));
+                            }
+                        }
+                    }
+                }
+                _ => self.type_err(v, "on", "a table of [disk.on.NODE] tables"),
+            },
+        }
+        // Keep file order (the toml map is sorted by key).
+        hosts.sort_by_key(|(_, start)| *start);
+        let hosts: Vec<DiskHost> = hosts.into_iter().map(|(h, _)| h).collect();
+        // Counted from the file, not from `hosts`: an unknown node was already reported
+        // and should not also read as a missing one.
+        let defined = match t.get("on").map(|v| v.get_ref()) {
+            Some(DeValue::Table(on)) => on.len(),
+            _ => 0,
+        };
+        if defined != 2 && name.is_some() {
+            self.err(
+                on_span,
+                format!("disk `{disk_label}` is defined on {defined} node(s): expected exactly two [disk.on.NODE] tables, one per node"),
+            );
+        }
+        Some((
+            Disk {
+                name: name?,
+                protocol,
+                rate_bytes_per_s,
+                resync_group,
+                al_extents,
+                on_io_error,
+                wfc_timeout,
+                degr_wfc_timeout,
+                net_timeout,
+                connect_interval,
+                ping_interval,
+                after_sb_0pri,
+                after_sb_1pri,
+                after_sb_2pri,
+                hosts,
+            },
+            name_v?.span(),
+        ))
+    }
+
+    fn disk_host(&mut self, t: &Tbl<'_, '_>, node: &str, port: u16) -> Option<DiskHost> {
+        self.check_keys(t, DISK_HOST_KEYS);
+        let device = self
+            .required(t, "device", "the device path, e.g. \"/dev/drbd0\"")
+            .and_then(|v| self.string(v, "device"));
+        let backing = self
+            .required(
+                t,
+                "backing",
+                "the backing device or file, e.g. \"/dev/sdb1\"",
+            )
+            .and_then(|v| self.string(v, "backing"));
+        let address = self
+            .required(t, "address", "the replication address, e.g. \"192.168.180.20:7788\"")
+            .and_then(|v| {
+                let s = self.string(v, "address")?;
+                match parse_socket_addr(&s, port) {
+                    Some(a) => Some(a),
+                    None => {
+                        self.err(v.span(), format!("`address` = {s:?}: expected IP:PORT (e.g. \"192.168.180.20:7788\") or an IP address"));
+                        None
+                    }
+                }
+            });
+        let meta = match t.get("meta") {
+            None => Meta::Internal,
+            Some(v) => match self.string(v, "meta").as_deref() {
+                None | Some("internal") => Meta::Internal,
+                Some(p) if p.starts_with('/') => Meta::External {
+                    path: PathBuf::from(p),
+                    index: self
+                        .opt_integer(t, "meta_index", 0, 1_000_000)
+                        .map(|n| n as u32),
+                },
+                Some(p) => {
+                    let p = p.to_string();
+                    self.err(
+                        v.span(),
+                        format!("`meta` = {p:?}: expected \"internal\" or an absolute path"),
+                    );
+                    Meta::Internal
+                }
+            },
+        };
+        if t.get("meta_index").is_some() && meta == Meta::Internal {
+            if let Some(v) = t.get("meta_index") {
+                self.err(v.span(), "`meta_index` needs an external `meta` path");
+            }
+        }
+        Some(DiskHost {
+            node: node.to_string(),
+            device: PathBuf::from(device?),
+            backing: PathBuf::from(backing?),
+            address: address?,
+            meta,
+        })
+    }
+
+    /// Two disks on one node must not share a device, backing store or address.
+    fn disk_conflicts(&mut self, root: &Tbl<'_, '_>, disks: &[Disk]) {
+        let mut seen: HashMap<(String, String), String> = HashMap::new();
+        for d in disks {
+            for h in &d.hosts {
+                for (what, value) in [
+                    ("device", h.device.display().to_string()),
+                    ("backing", h.backing.display().to_string()),
+                    ("address", h.address.to_string()),
+                ] {
+                    let key = (h.node.clone(), format!("{what}={value}"));
+                    if let Some(other) = seen.get(&key) {
+                        let span = host_key_span(root, &d.name, &h.node, what);
+                        self.err(span, format!("disks `{other}` and `{}` both use {what} {value} on node `{}`: expected each disk to have its own", d.name, h.node));
+                    } else {
+                        seen.insert(key, d.name.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn group(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        nodes: &HashMap<String, Range<usize>>,
+        all_disks: &[Disk],
+        disks: &HashSet<String>,
+        resource_names: &mut HashMap<String, Range<usize>>,
+    ) -> Option<(Group, Range<usize>)> {
+        self.check_keys(t, GROUP_KEYS);
+        let name_v = self.required(t, "name", "the group name (a string)");
+        let name = name_v.and_then(|v| self.name(v, "name"));
+        let home = self
+            .required(t, "home", "the node the group prefers")
+            .and_then(|v| {
+                let h = self.name(v, "home")?;
+                self.node_ref(nodes, &h, v.span(), "`home`").then_some(h)
+            });
+        let mut resources = Vec::new();
+        let entries = self.array_of_tables(t, "resource", "group.resource");
+        if entries.is_empty() {
+            self.warn(
+                t.span.clone(),
+                "group has no [[group.resource]]: it will do nothing",
+            );
+        }
+        let mut pending_derived = Vec::new();
+        let mut table_spans = Vec::new();
+        for rt in entries {
+            if let Some((r, explicit_span)) = self.resource(&rt, disks) {
+                match explicit_span {
+                    Some(span) => {
+                        if self.unique(resource_names, &r.name, span, "resource") {
+                            resources.push(r);
+                            table_spans.push(rt.span.clone());
+                        }
+                    }
+                    None => {
+                        pending_derived.push(resources.len());
+                        resources.push(r);
+                        table_spans.push(rt.span.clone());
+                    }
+                }
+            }
+        }
+        self.mount_order(&resources, &table_spans, all_disks);
+        // Derived names take a numeric suffix when they would collide, so two
+        // `postfix` scripts in different groups still get distinct names.
+        for i in pending_derived {
+            let base = resources[i].name.clone();
+            let mut candidate = base.clone();
+            let mut n = 2;
+            while resource_names.contains_key(&candidate) {
+                candidate = format!("{base}-{n}");
+                n += 1;
+            }
+            resource_names.insert(candidate.clone(), t.span.clone());
+            resources[i].name = candidate;
+        }
+        Some((
+            Group {
+                name: name?,
+                home: home?,
+                resources,
+            },
+            name_v?.span(),
+        ))
+    }
+
+    /// A filesystem on a replicated disk's device must come after the `disk` resource
+    /// that promotes it: mounting a secondary fails, and on stop the unmount has to
+    /// happen before the demote.
+    fn mount_order(&mut self, resources: &[Resource], spans: &[Range<usize>], disks: &[Disk]) {
+        for (i, r) in resources.iter().enumerate() {
+            let ResourceKind::Filesystem { device, .. } = &r.kind else {
+                continue;
+            };
+            let Some(disk) = disks.iter().find(|d| {
+                d.hosts
+                    .iter()
+                    .any(|h| h.device.as_os_str() == device.as_str())
+            }) else {
+                continue;
+            };
+            let promoter = resources
+                .iter()
+                .position(|x| matches!(&x.kind, ResourceKind::Disk { disk: n } if *n == disk.name));
+            match promoter {
+                Some(j) if j < i => {}
+                Some(j) => self.err(
+                    spans[i].clone(),
+                    format!(
+                        "filesystem `{}` on {device} would start before disk `{}` is promoted (resource `{}` comes later): expected the disk resource before the filesystem",
+                        r.name, disk.name, resources[j].name
+                    ),
+                ),
+                None => self.warn(
+                    spans[i].clone(),
+                    format!(
+                        "filesystem `{}` is on {device}, the device of disk `{}`, but its group has no `disk` resource for `{}`: the disk must already be primary when the group starts",
+                        r.name, disk.name, disk.name
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// Returns the resource and, when its name was written out, the name's span.
+    fn resource(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        disks: &HashSet<String>,
+    ) -> Option<(Resource, Option<Range<usize>>)> {
+        let type_v = self.required(
+            t,
+            "type",
+            "the resource type: ipaddr, disk, filesystem, ocf, lsb or systemd",
+        );
+        let Some(type_v) = type_v else {
+            self.check_keys(t, RESOURCE_COMMON_KEYS);
+            return None;
+        };
+        let kind_name = self.string(type_v, "type")?;
+        let allowed = resource_keys(&kind_name);
+        if allowed.is_empty() {
+            self.err(type_v.span(), format!("invalid resource type {kind_name:?}: expected one of ipaddr, disk, filesystem, ocf, lsb, systemd"));
+            return None;
+        }
+        self.type_specific(t, &kind_name, allowed, RESOURCE_COMMON_KEYS, "resource");
+        let timeout = self.duration(t, "timeout", defaults::RESOURCE_TIMEOUT);
+        if timeout.is_zero() {
+            if let Some(v) = t.get("timeout") {
+                self.err(v.span(), "`timeout` must be greater than 0");
+            }
+        }
+        let monitor_interval =
+            self.duration_or_zero(t, "monitor_interval", Some(defaults::MONITOR_INTERVAL));
+        let req_str = |w: &mut Self, key: &str, hint: &str| -> Option<String> {
+            let v = w.required(t, key, hint)?;
+            let s = w.string(v, key)?;
+            if s.is_empty() {
+                w.err(
+                    v.span(),
+                    format!("`{key}` must not be empty: expected {hint}"),
+                );
+                return None;
+            }
+            Some(s)
+        };
+        let kind = match kind_name.as_str() {
+            "ipaddr" => {
+                let v = self.required(t, "address", "the address, \"IP\" or \"IP/PREFIX\"")?;
+                let s = self.string(v, "address")?;
+                let (address, prefix_len) = match parse_ip_prefix(&s) {
+                    Some(x) => x,
+                    None => {
+                        self.err(v.span(), format!("`address` = {s:?}: expected \"IP\" or \"IP/PREFIX\", e.g. \"192.168.1.160/24\""));
+                        return None;
+                    }
+                };
+                let interface = self.opt_string(t, "interface");
+                let broadcast = t.get("broadcast").and_then(|b| self.ip_val(b, "broadcast"));
+                let garp_count = self
+                    .opt_integer(t, "garp_count", 0, 100)
+                    .map(|n| n as u32)
+                    .unwrap_or(defaults::GARP_COUNT);
+                let garp_interval = self.duration(t, "garp_interval", defaults::GARP_INTERVAL);
+                ResourceKind::IpAddr {
+                    address,
+                    prefix_len,
+                    interface,
+                    broadcast,
+                    garp_count,
+                    garp_interval,
+                }
+            }
+            "disk" => {
+                let v = self.required(t, "disk", "the name of a [[disk]]")?;
+                let d = self.string(v, "disk")?;
+                if !disks.contains(&d) {
+                    let mut known: Vec<&str> = disks.iter().map(String::as_str).collect();
+                    known.sort_unstable();
+                    self.err(v.span(), format!("resource names unknown disk `{d}`: expected one of the [[disk]] names ({})", known.join(", ")));
+                    return None;
+                }
+                ResourceKind::Disk { disk: d }
+            }
+            "filesystem" => {
+                let device = req_str(self, "device", "the device to mount, e.g. \"/dev/drbd1\"");
+                let directory =
+                    req_str(self, "directory", "the mount point, e.g. \"/var/lib/ldap\"");
+                let fstype = req_str(self, "fstype", "the filesystem type, e.g. \"ext4\"");
+                let options = self.opt_string(t, "options");
+                ResourceKind::Filesystem {
+                    device: device?,
+                    directory: PathBuf::from(directory?),
+                    fstype: fstype?,
+                    options,
+                }
+            }
+            "ocf" => {
+                let provider = req_str(self, "provider", "the OCF provider, e.g. \"heartbeat\"");
+                let agent = req_str(self, "agent", "the OCF agent, e.g. \"IPaddr2\"");
+                let params = t
+                    .get("params")
+                    .map(|v| self.string_map(v, "params"))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, (v, _))| (k, v))
+                    .collect();
+                ResourceKind::Ocf {
+                    provider: provider?,
+                    agent: agent?,
+                    params,
+                }
+            }
+            "lsb" => {
+                let script = req_str(self, "script", "the init script name, e.g. \"postfix\"");
+                let args = t
+                    .get("args")
+                    .map(|v| {
+                        self.strings(v, "args")
+                            .into_iter()
+                            .map(|(s, _)| s)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let heartbeat = self.boolean(t, "heartbeat", false);
+                ResourceKind::Lsb {
+                    script: script?,
+                    args,
+                    heartbeat,
+                }
+            }
+            _ => {
+                let unit = req_str(
+                    self,
+                    "unit",
+                    "the systemd unit, e.g. \"postgresql.service\"",
+                )?;
+                ResourceKind::Systemd { unit }
+            }
+        };
+        let (name, span) = match t.get("name") {
+            Some(v) => (self.name(v, "name")?, Some(v.span())),
+            None => (derive_resource_name(&kind), None),
+        };
+        Some((
+            Resource {
+                name,
+                timeout,
+                monitor_interval,
+                kind,
+            },
+            span,
+        ))
+    }
+}
+
+fn empty_table(what: &str) -> Tbl<'static, 'static> {
+    static EMPTY: std::sync::OnceLock<DeTable<'static>> = std::sync::OnceLock::new();
+    Tbl {
+        t: EMPTY.get_or_init(DeTable::new),
+        span: 0..0,
+        what: what.to_string(),
+    }
+}
+
+/// The span of `key` in `[disk.on.NODE]` of disk `disk`, for conflict messages.
+fn host_key_span(root: &Tbl<'_, '_>, disk: &str, node: &str, key: &str) -> Range<usize> {
+    let find = || -> Option<Range<usize>> {
+        let DeValue::Array(disks) = root.get("disk")?.get_ref() else {
+            return None;
+        };
+        for d in disks.iter() {
+            let DeValue::Table(dt) = d.get_ref() else {
+                continue;
+            };
+            if dt.get("name").and_then(|n| n.get_ref().as_str()) != Some(disk) {
+                continue;
+            }
+            let DeValue::Table(on) = dt.get("on")?.get_ref() else {
+                return None;
+            };
+            let DeValue::Table(h) = on.get(node)?.get_ref() else {
+                return None;
+            };
+            return h.get(key).map(|v| v.span());
+        }
+        None
+    };
+    find().unwrap_or(0..0)
+}
+
+fn valid_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (then `default_port`).
+pub(crate) fn parse_socket_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    s.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, default_port))
+}
+
+/// `IP` or `IP/PREFIX` with a prefix valid for the address family.
+pub(crate) fn parse_ip_prefix(s: &str) -> Option<(IpAddr, Option<u8>)> {
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => None,
+        Some(p) => {
+            let n: u8 = p.parse().ok()?;
+            if n > max {
+                return None;
+            }
+            Some(n)
+        }
+    };
+    Some((ip, prefix))
+}
+
+/// A link's name when none is written: `TYPE-INTERFACE` (or the tty's base name).
+pub(crate) fn derive_link_name(kind: &LinkKind) -> String {
+    match kind {
+        LinkKind::Ucast { interface, .. } => format!("ucast-{interface}"),
+        LinkKind::Bcast { interface, .. } => format!("bcast-{interface}"),
+        LinkKind::Mcast { interface, .. } => format!("mcast-{interface}"),
+        LinkKind::Serial { device, .. } => format!(
+            "serial-{}",
+            device
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "tty".to_string())
+        ),
+    }
+}
+
+/// A resource's name when none is written: derived from its main value.
+pub(crate) fn derive_resource_name(kind: &ResourceKind) -> String {
+    match kind {
+        ResourceKind::IpAddr { address, .. } => format!("ip-{address}"),
+        ResourceKind::Disk { disk } => format!("disk-{disk}"),
+        ResourceKind::Filesystem { directory, .. } => {
+            let path = directory.display().to_string();
+            let trimmed = path.trim_matches('/').replace('/', "-");
+            if trimmed.is_empty() {
+                "fs-root".to_string()
+            } else {
+                format!("fs-{trimmed}")
+            }
+        }
+        ResourceKind::Ocf { agent, .. } => agent.clone(),
+        ResourceKind::Lsb { script, .. } => script.rsplit('/').next().unwrap_or(script).to_string(),
+        ResourceKind::Systemd { unit } => unit.strip_suffix(".service").unwrap_or(unit).to_string(),
+    }
+}

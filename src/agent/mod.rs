@@ -1,0 +1,260 @@
+//! `tandem agent`: the daemon of one node.
+//!
+//! ```text
+//!   config ──► membership driver thread (poll: link sockets, timers; SCHED_RR)
+//!                   │ timed events                ▲ status / messages
+//!                   ▼                             │
+//!              event thread ──► event history ──► control socket ◄── tandem status
+//! ```
+//!
+//! The heartbeat path runs on its own thread with locked memory and real-time
+//! priority: a busy machine, slow disk I/O or a long resource action must never delay a
+//! heartbeat or its processing, because a late heartbeat looks exactly like a dead node
+//! (Heartbeat ran the same way, `realtime on`).
+
+mod events;
+mod links;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tandem_config::Config;
+use tandem_config::key::{HeartbeatMethod, KeySource};
+use tandem_membership::driver::{Driver, LinkSpec, Options};
+use tandem_membership::{LinkConfig, MembershipConfig, NodeConfig, RetransmitConfig};
+use tandem_wire::PacketKey;
+
+use crate::Global;
+use crate::control::{self, Request, Response};
+use crate::state::StateDir;
+
+/// Events kept for `tandem status` (the newest ones).
+const EVENT_HISTORY_LEN: usize = 256;
+
+/// Real-time priority of the heartbeat thread (SCHED_RR, 1–99): above ordinary threads,
+/// below the kernel's watchdogs (99).
+const REALTIME_PRIORITY: i32 = 50;
+
+/// `tandem agent` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This node's name in the configuration (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// State directory (default: `cluster.state_dir`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Control socket (default: `cluster.control_socket`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Do not ask for real-time scheduling and locked memory (for unprivileged runs).
+    #[arg(long)]
+    pub no_realtime: bool,
+}
+
+/// What the event thread records for the control socket.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Recent membership events, oldest first.
+    pub events: VecDeque<EventRecord>,
+}
+
+/// One membership event, as status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `node_up`, `node_dead`, `link_down`, …
+    pub event: &'static str,
+    /// The node concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The link concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Anything else worth knowing (incarnations, the gap of a late heartbeat).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Runs the agent in the foreground until it is killed.
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let config = match Config::load_with_warnings(&global.config) {
+        Ok((config, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            config
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let local = match args.node {
+        Some(node) => node,
+        None => hostname()?,
+    };
+    let key = load_key(&config)?;
+    let membership = membership_config(&config, &local, key)?;
+
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| config.cluster.state_dir.clone());
+    let incarnation = StateDir::open(&state_dir)?.bump_incarnation()?;
+    let socket_path = args
+        .control_socket
+        .unwrap_or_else(|| config.cluster.control_socket.clone());
+    let listener = control::bind(&socket_path)?;
+
+    let own_addresses = links::local_addresses()?;
+    let mut link_specs = Vec::new();
+    for (id, link) in config.links.iter().enumerate() {
+        link_specs.push(LinkSpec {
+            id: id as u16,
+            medium: links::medium(&link.name, &link.kind, &own_addresses)?,
+        });
+    }
+    if !args.no_realtime {
+        lock_memory();
+    }
+
+    tracing::info!(
+        node = %local,
+        incarnation,
+        links = config.links.len(),
+        control_socket = %socket_path.display(),
+        "tandem agent starting"
+    );
+    let names = events::Names::new(&membership);
+    let core = tandem_membership::Membership::new(membership, incarnation, crate::clock::now())
+        .context("start the membership core")?;
+    let options = Options {
+        realtime_priority: (!args.no_realtime).then_some(REALTIME_PRIORITY),
+    };
+    let driver = Arc::new(
+        Driver::start_with(core, link_specs, options).context("open the heartbeat links")?,
+    );
+    if let Err(why) = driver.realtime() {
+        tracing::warn!("{why}: heartbeats may be late on a busy machine");
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    events::spawn(Arc::clone(&driver), names, Arc::clone(&shared))?;
+
+    let local_name = local.clone();
+    control::serve(listener, move |request, _peer| match request {
+        Request::Status => status_json(&local_name, &driver, &shared),
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(local: &str, driver: &Driver, shared: &Mutex<Shared>) -> Response {
+    let m = match driver.status() {
+        Ok(m) => m,
+        Err(err) => return Response::error(format!("the heartbeat thread stopped: {err}")),
+    };
+    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+    Response::ok(serde_json::json!({
+        "node": local,
+        "incarnation": m.incarnation,
+        "nodes": m.nodes,
+        "links": m.links,
+        "events": shared.events,
+    }))
+}
+
+/// The HMAC key for heartbeats, from the native key file or a Heartbeat authkeys file.
+fn load_key(config: &Config) -> anyhow::Result<PacketKey> {
+    let path = &config.cluster.key_file;
+    let (key, warnings) = tandem_config::key::check_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let derived = match key.source {
+        KeySource::Native => PacketKey::from_native_key_file(&key.secret),
+        KeySource::Heartbeat { method, .. } => {
+            let method = match method {
+                HeartbeatMethod::Sha1 => "sha1",
+                HeartbeatMethod::Md5 => "md5",
+                HeartbeatMethod::Crc => "crc",
+            };
+            PacketKey::from_authkeys(method, &String::from_utf8_lossy(&key.secret))
+        }
+    };
+    derived.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Maps the native configuration onto the membership core's. Node ids are positions in
+/// `[[node]]` order and link ids positions in `[[link]]` order: the file is identical on
+/// every node (its digest travels in every heartbeat), so every node derives the same ids.
+pub fn membership_config(
+    config: &Config,
+    local: &str,
+    key: PacketKey,
+) -> anyhow::Result<MembershipConfig> {
+    let nodes: Vec<NodeConfig> = config
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeConfig {
+            id: i as u32 + 1,
+            name: n.name.clone(),
+        })
+        .collect();
+    let Some(local_node) = nodes.iter().find(|n| n.name == local).map(|n| n.id) else {
+        bail!("this node is {local:?}, which the configuration does not list (use --node NAME)");
+    };
+    let links = config
+        .links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LinkConfig {
+            id: i as u16,
+            name: l.name.clone(),
+        })
+        .collect();
+    let cluster_digest = tandem_wire::sha256(config.cluster.name.as_bytes());
+    let mut cluster_id = [0u8; 8];
+    cluster_id.copy_from_slice(&cluster_digest[..8]);
+    Ok(MembershipConfig {
+        cluster_id: u64::from_be_bytes(cluster_id),
+        local_node,
+        nodes,
+        links,
+        keepalive: config.cluster.keepalive,
+        deadtime: config.cluster.deadtime,
+        warntime: config.cluster.warntime,
+        initdead: config.cluster.initdead,
+        key,
+        // The canonical rendering, so comments, key order and spelling do not count as
+        // a difference between the nodes' files; only the meaning does.
+        config_digest: tandem_wire::sha256(tandem_config::to_toml(config).as_bytes()),
+        retransmit: RetransmitConfig::for_keepalive(config.cluster.keepalive),
+    })
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for writes of its length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("gethostname");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// Keeps the daemon's pages in memory so a heartbeat never waits for a page fault.
+fn lock_memory() {
+    // SAFETY: mlockall has no memory-safety preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        tracing::warn!(
+            "mlockall failed ({}): heartbeats may wait for page faults under memory pressure",
+            std::io::Error::last_os_error()
+        );
+    }
+}

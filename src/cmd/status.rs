@@ -1,0 +1,127 @@
+//! `tandem status [--json]`: what the local agent knows, from its control socket.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::Global;
+use crate::control::{self, Request};
+
+/// `tandem status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the stable JSON document (see docs/status.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's control socket (default: `cluster.control_socket` of the configuration).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+/// Runs `tandem status`.
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let socket = control_socket(global, args.socket);
+    let status = control::request(&socket, &Request::Status)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The socket to talk to: the flag, else the configuration's, else the default.
+pub fn control_socket(global: &Global, flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| {
+        tandem_config::Config::load(&global.config)
+            .map(|c| c.cluster.control_socket)
+            .unwrap_or_else(|_| PathBuf::from("/run/tandem/tandem.sock"))
+    })
+}
+
+fn render(status: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "node {} (incarnation {})",
+        s(&status["node"]),
+        s(&status["incarnation"])
+    );
+    let _ = writeln!(out, "\nNODE        STATE    INCARNATION  LAST HEARD  LINKS");
+    for n in status["nodes"].as_array().into_iter().flatten() {
+        let heard = n["last_heard_ms_ago"]
+            .as_u64()
+            .map_or("-".into(), |ms| format!("{ms} ms ago"));
+        let links: Vec<String> = n["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                let up = if l["up"].as_bool() == Some(true) {
+                    "up"
+                } else {
+                    "DOWN"
+                };
+                format!(
+                    "{}:{} ({} pkts, {} late)",
+                    s(&l["name"]),
+                    up,
+                    s(&l["packets"]),
+                    s(&l["late_count"])
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<11} {:<8} {:<12} {:<11} {}",
+            s(&n["name"]),
+            s(&n["state"]),
+            s(&n["incarnation"]),
+            heard,
+            links.join("  ")
+        );
+    }
+    let _ = writeln!(out, "\nLINK        SENT      RECEIVED  DROPPED");
+    for l in status["links"].as_array().into_iter().flatten() {
+        let drops: Vec<String> = l["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<11} {:<9} {:<9} {}",
+            s(&l["name"]),
+            s(&l["packets_sent"]),
+            s(&l["packets_received"]),
+            if drops.is_empty() {
+                "0".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    let events = status["events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        let _ = writeln!(out, "\nRECENT EVENTS");
+        for e in events.iter().rev().take(10).rev() {
+            let _ = writeln!(
+                out,
+                "  {} {} {} {} {}",
+                s(&e["time_ms"]),
+                s(&e["event"]),
+                e["node"].as_str().unwrap_or(""),
+                e["link"].as_str().unwrap_or(""),
+                e["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
+    out
+}

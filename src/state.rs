@@ -1,0 +1,120 @@
+//! The agent's state directory: what must survive a restart of `tandem agent`.
+//!
+//! Today that is the incarnation number. It is bumped and made durable *before* the
+//! agent sends its first heartbeat, so that a peer can always tell a restarted agent
+//! (new incarnation) from one that returns after a partition (same incarnation).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The state directory of one agent.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (and creates, mode 0700) the state directory.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("create state directory {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Reads the last incarnation, adds one, and stores the result durably
+    /// (write to a temporary file, fsync, rename, fsync the directory).
+    pub fn bump_incarnation(&self) -> anyhow::Result<u64> {
+        let file = self.path.join("incarnation");
+        let previous = match fs::read_to_string(&file) {
+            Ok(text) => text.trim().parse::<u64>().with_context(|| {
+                format!("{}: expected a decimal incarnation number", file.display())
+            })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(err) => return Err(err).with_context(|| format!("read {}", file.display())),
+        };
+        let Some(next) = previous.checked_add(1) else {
+            bail!("{}: incarnation overflow", file.display());
+        };
+        self.write_durably("incarnation", format!("{next}\n").as_bytes())?;
+        Ok(next)
+    }
+
+    /// Replaces `name` in the state directory atomically and durably.
+    pub fn write_durably(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let target = self.path.join(name);
+        let temporary = self.path.join(format!(".{name}.tmp"));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temporary)
+            .with_context(|| format!("create {}", temporary.display()))?;
+        out.write_all(bytes)
+            .and_then(|()| out.sync_all())
+            .with_context(|| format!("write {}", temporary.display()))?;
+        fs::rename(&temporary, &target)
+            .with_context(|| format!("rename {} to {}", temporary.display(), target.display()))?;
+        File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("sync {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incarnation_increases_across_opens_and_survives_restart() {
+        let dir = tempdir();
+        let first = StateDir::open(&dir).unwrap().bump_incarnation().unwrap();
+        let second = StateDir::open(&dir).unwrap().bump_incarnation().unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(second, 2);
+        assert_eq!(fs::read_to_string(dir.join("incarnation")).unwrap(), "2\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_incarnation_is_an_error_not_a_reset() {
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("incarnation"), "garbage").unwrap();
+        let err = StateDir::open(&dir)
+            .unwrap()
+            .bump_incarnation()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("expected a decimal incarnation number"));
+        assert_eq!(
+            fs::read_to_string(dir.join("incarnation")).unwrap(),
+            "garbage"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-state-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
