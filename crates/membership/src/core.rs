@@ -993,13 +993,10 @@ impl Membership {
             let who = &p.name;
             match p.state {
                 NodeState::Up => {
-                    let (Some(h), Some(_)) = (p.last_heard, p.incarnation) else {
+                    // Whether it is overdue depends on the driver calling handle_timeout
+                    // in time, so that is checked by the simulator, not here.
+                    if p.last_heard.is_none() || p.incarnation.is_none() {
                         return Err(format!("{who}: up but never heard"));
-                    };
-                    if self.now >= h + self.cfg.deadtime + self.cfg.keepalive * 100 {
-                        // Only handle_timeout moves a node to dead; between inputs a node
-                        // may be overdue, but never by far if the driver keeps timers.
-                        return Err(format!("{who}: up long after deadtime"));
                     }
                 }
                 NodeState::Unknown => {

@@ -163,6 +163,7 @@ pub struct Driver {
     // waits for events while others ask for status or send messages).
     events: std::sync::Mutex<mpsc::Receiver<TimedEvent>>,
     realtime: Result<(), String>,
+    tid: libc::pid_t,
 }
 
 /// How the driver thread runs.
@@ -367,24 +368,33 @@ impl Driver {
         let thread = std::thread::Builder::new()
             .name("tandem-membership".into())
             .spawn(move || {
-                let _ = rt_tx.send(options.realtime_priority.map_or(Ok(()), set_realtime));
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                let rt = options.realtime_priority.map_or(Ok(()), set_realtime);
+                let _ = rt_tx.send((rt, tid));
                 run(core, links, wake_rx, cmd_rx, ev_tx)
             })?;
-        let realtime = rt_rx
+        let (realtime, tid) = rt_rx
             .recv()
-            .unwrap_or_else(|_| Err("the membership thread ended at start".into()));
+            .unwrap_or_else(|_| (Err("the membership thread ended at start".into()), 0));
         Ok(Driver {
             thread: Some(thread),
             commands: cmd_tx,
             wake: wake_tx,
             events: std::sync::Mutex::new(ev_rx),
             realtime,
+            tid,
         })
     }
 
     /// Events, in order, with the time the driver saw them. One consumer at a time.
     pub fn events(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<TimedEvent>> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kernel thread id of the heartbeat thread (for `chrt -p`, cgroups, tests).
+    pub fn thread_id(&self) -> libc::pid_t {
+        self.tid
     }
 
     /// Whether the real-time priority asked for in [`Options`] was granted (and why not).

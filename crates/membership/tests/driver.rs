@@ -449,3 +449,124 @@ fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn heartbeat_thread_can_run_round_robin() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root (SCHED_RR) and CI=true");
+        }
+        eprintln!("skipped: needs root for SCHED_RR");
+        return;
+    }
+    let links = [(0, "lo")];
+    let d = tandem_membership::driver::Driver::start_with(
+        core(1, 1, &links),
+        vec![LinkSpec {
+            id: 0,
+            medium: Medium::Ucast {
+                bind: free("127.0.0.31"),
+                peers: vec![free("127.0.0.32")],
+                device: None,
+            },
+        }],
+        tandem_membership::driver::Options {
+            realtime_priority: Some(10),
+        },
+    )
+    .unwrap();
+    assert_eq!(d.realtime(), Ok(()));
+    // SAFETY: queries the policy of a thread id that exists while `d` runs.
+    let policy = unsafe { libc::sched_getscheduler(d.thread_id()) };
+    assert_eq!(policy, libc::SCHED_RR);
+    d.stop().unwrap();
+}
+
+/// Benchmark, not a pass/fail timing test: false verdicts between two local agents
+/// while stress-ng loads every CPU, with and without SCHED_RR.
+/// `TANDEM_HOG_SECS=60 cargo test -p tandem-membership --test driver -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: loads every CPU with stress-ng"]
+fn cpu_hog_false_dead_benchmark() {
+    let secs: u64 = std::env::var("TANDEM_HOG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let links = [(0, "lo-a"), (1, "lo-b")];
+    let mk = |local: u32| {
+        let mut c = config(local, &links);
+        c.keepalive = Duration::from_millis(100);
+        c.deadtime = Duration::from_millis(500);
+        c.warntime = Duration::from_millis(250);
+        c.initdead = Duration::from_millis(1000);
+        c.retransmit = RetransmitConfig::for_keepalive(c.keepalive);
+        Membership::new(c, 1, now()).unwrap()
+    };
+    for (i, rt) in [None, Some(10)].into_iter().enumerate() {
+        let ip = |n: u8| free(&format!("127.0.{}.{n}", 50 + i));
+        let (a0, b0, a1, b1) = (ip(1), ip(2), ip(3), ip(4));
+        let spec = |x: SocketAddr, y: SocketAddr, p: SocketAddr, q: SocketAddr| {
+            vec![
+                LinkSpec {
+                    id: 0,
+                    medium: Medium::Ucast {
+                        bind: x,
+                        peers: vec![y],
+                        device: None,
+                    },
+                },
+                LinkSpec {
+                    id: 1,
+                    medium: Medium::Ucast {
+                        bind: p,
+                        peers: vec![q],
+                        device: None,
+                    },
+                },
+            ]
+        };
+        let opts = tandem_membership::driver::Options {
+            realtime_priority: rt,
+        };
+        let a = Driver::start_with(mk(1), spec(a0, b0, a1, b1), opts.clone()).unwrap();
+        let b = Driver::start_with(mk(2), spec(b0, a0, b1, a1), opts).unwrap();
+        let (mut sa, mut sb) = (vec![], vec![]);
+        wait_for(&a, &mut sa, "A up", |e| matches!(e, Event::NodeUp { .. }));
+        wait_for(&b, &mut sb, "B up", |e| matches!(e, Event::NodeUp { .. }));
+        let mut hog = std::process::Command::new("stress-ng")
+            .args(["--cpu", "0", "--cpu-method", "matrixprod", "--timeout"])
+            .arg(format!("{secs}s"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stress-ng");
+        let (mut dead, mut late, mut max_gap) = (0, 0, Duration::ZERO);
+        let end = now() + Duration::from_secs(secs);
+        while now() < end {
+            for d in [&a, &b] {
+                while let Ok(e) = d.events().try_recv() {
+                    match e.event {
+                        Event::NodeDead { .. } => dead += 1,
+                        Event::NodeLate { gap, .. } => {
+                            late += 1;
+                            max_gap = max_gap.max(gap);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = hog.wait();
+        println!(
+            "cpu hog {secs}s, keepalive 100 ms, deadtime 500 ms, {}: {dead} false dead, {late} late heartbeats (largest gap {max_gap:?})",
+            match rt {
+                Some(p) => format!("SCHED_RR {p}"),
+                None => "normal scheduling".into(),
+            }
+        );
+        a.stop().unwrap();
+        b.stop().unwrap();
+    }
+}

@@ -333,6 +333,7 @@ impl Aggregate {
         t.restarted += s.restarted;
         t.messages_delivered += s.messages_delivered;
         t.messages_acked += s.messages_acked;
+        t.other_destination += s.other_destination;
         t.dead_latencies.extend(s.dead_latencies);
         self.seeds += 1;
     }

@@ -24,6 +24,9 @@ pub struct Params {
     pub nodes: usize,
     /// Links between every pair of nodes.
     pub links: usize,
+    /// Link 0 is a shared medium (a broadcast segment): every node receives every
+    /// packet sent on it, including messages and acks addressed to another node.
+    pub shared_medium: bool,
     /// Heartbeat interval.
     pub keepalive: Duration,
     /// Dead after this much silence.
@@ -40,6 +43,7 @@ impl Params {
         Params {
             nodes: 2,
             links: 2,
+            shared_medium: false,
             keepalive: Duration::from_millis(100),
             deadtime: Duration::from_millis(500),
             warntime: Duration::from_millis(250),
@@ -54,6 +58,7 @@ impl Params {
         Params {
             nodes: rng.range(2, 3) as usize,
             links: rng.range(1, 3) as usize,
+            shared_medium: rng.below(2) == 0,
             keepalive,
             deadtime,
             warntime: deadtime / 2,
@@ -242,6 +247,9 @@ pub struct Summary {
     pub restarted: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
+    /// Messages and acks seen by a node they were not addressed to (shared medium),
+    /// counted by the cores running at the end.
+    pub other_destination: u64,
     /// Messages acknowledged.
     pub messages_acked: u64,
     /// Time from the last accepted packet to a dead verdict, minus deadtime (cases
@@ -361,6 +369,17 @@ impl Sim {
         s.messages_delivered = self.messages.delivered_count;
         s.messages_acked = self.messages.acked;
         s.dead_latencies = self.dead_timing.latencies.clone();
+        s.other_destination = (0..self.nodes.len())
+            .map(|i| {
+                self.nodes[i]
+                    .core
+                    .status(self.local_now(i))
+                    .links
+                    .iter()
+                    .map(|l| l.drops.get(tandem_membership::DropReason::OtherDestination))
+                    .sum::<u64>()
+            })
+            .sum();
         s
     }
 
@@ -633,8 +652,8 @@ impl Sim {
             }
             self.recent.push_back((link, t.bytes.clone()));
             let targets: Vec<usize> = match t.to {
-                Some(id) => vec![id as usize - 1],
-                None => (0..self.nodes.len()).filter(|&j| j != i).collect(),
+                Some(id) if !(link == 0 && self.params.shared_medium) => vec![id as usize - 1],
+                _ => (0..self.nodes.len()).filter(|&j| j != i).collect(),
             };
             for to in targets {
                 self.send(i, to, link, t.bytes.clone());

@@ -20,7 +20,8 @@ fn report(name: &str, agg: &Aggregate) {
     println!(
         "{name}: {} seeds, {} packets sent ({} lost, {} duplicated), {} accepted, {} dropped, \
          {} forgeries refused, {} dead verdicts (beyond deadtime after the last packet: p50 {} max {}), \
-         {} returned, {} restarted, {} messages delivered, {} acked",
+         {} returned, {} restarted, {} messages delivered, {} acked, \
+         {} messages/acks seen by another node on a shared medium",
         agg.seeds,
         t.packets_sent,
         t.packets_lost,
@@ -35,6 +36,7 @@ fn report(name: &str, agg: &Aggregate) {
         t.restarted,
         t.messages_delivered,
         t.messages_acked,
+        t.other_destination,
     );
 }
 
