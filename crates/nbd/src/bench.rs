@@ -121,13 +121,15 @@ pub struct BenchConfig {
     pub rounds: u32,
     /// Servers to run (`tandem-nbd`, `qemu-nbd`, `nbdkit`); `qemu-nbd` is the baseline.
     pub targets: Vec<String>,
+    /// Override of [`FileDevice::with_inline_max_bytes`] for the tandem-nbd target.
+    pub tandem_inline_max_bytes: Option<usize>,
 }
 
 impl BenchConfig {
     /// Defaults: 1 GiB files, 5 s per job, 1 round, all servers and jobs;
     /// `TANDEM_BENCH_RUNTIME_S`, `TANDEM_BENCH_SIZE_MIB`, `TANDEM_BENCH_ROUNDS`,
     /// `TANDEM_BENCH_TARGETS` (comma-separated) and `TANDEM_BENCH_JOBS` (substring of a job
-    /// name) override them.
+    /// name) and `TANDEM_BENCH_INLINE_MAX_BYTES` override them.
     pub fn from_env(work_dir: PathBuf) -> Self {
         let env = |k: &str, d: u64| {
             std::env::var(k)
@@ -149,6 +151,9 @@ impl BenchConfig {
             targets: std::env::var("TANDEM_BENCH_TARGETS")
                 .map(|t| t.split(',').map(str::to_string).collect())
                 .unwrap_or_else(|_| TARGETS.iter().map(|t| t.to_string()).collect()),
+            tandem_inline_max_bytes: std::env::var("TANDEM_BENCH_INLINE_MAX_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -402,6 +407,10 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
     let server = Server::new(ServerConfig::default());
     let dev = FileDevice::open(&file("tandem-nbd"), false)
         .map_err(io_err("open tandem-nbd backing file"))?;
+    let dev = match cfg.tandem_inline_max_bytes {
+        Some(n) => dev.with_inline_max_bytes(n),
+        None => dev,
+    };
     if let Err(e) = server.add_export("bench", "benchmark", Arc::new(dev)) {
         return Err(BenchError::Io {
             context: "add export".into(),
