@@ -103,6 +103,9 @@ pub struct BenchRow {
     pub bytes_per_s: f64,
     /// Operations per second.
     pub iops: f64,
+    /// Server CPU time (user + system, all threads) per I/O, when the server's PID was
+    /// given: unlike throughput, this barely moves when other work shares the machine.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 /// Parameters of [`run_nbd_bench`].
@@ -112,7 +115,7 @@ pub struct BenchConfig {
     pub work_dir: PathBuf,
     /// Size of each backing file.
     pub file_size_bytes: u64,
-    /// Measured seconds per job (after a one-second ramp).
+    /// Measured seconds per job.
     pub runtime_s: u64,
     /// Jobs to run.
     pub jobs: Vec<FioJob>,
@@ -121,13 +124,15 @@ pub struct BenchConfig {
     pub rounds: u32,
     /// Servers to run (`tandem-nbd`, `qemu-nbd`, `nbdkit`); `qemu-nbd` is the baseline.
     pub targets: Vec<String>,
+    /// Override of [`FileDevice::with_inline_max_bytes`] for the tandem-nbd target.
+    pub tandem_inline_max_bytes: Option<usize>,
 }
 
 impl BenchConfig {
     /// Defaults: 1 GiB files, 5 s per job, 1 round, all servers and jobs;
     /// `TANDEM_BENCH_RUNTIME_S`, `TANDEM_BENCH_SIZE_MIB`, `TANDEM_BENCH_ROUNDS`,
     /// `TANDEM_BENCH_TARGETS` (comma-separated) and `TANDEM_BENCH_JOBS` (substring of a job
-    /// name) override them.
+    /// name) and `TANDEM_BENCH_INLINE_MAX_BYTES` override them.
     pub fn from_env(work_dir: PathBuf) -> Self {
         let env = |k: &str, d: u64| {
             std::env::var(k)
@@ -149,18 +154,38 @@ impl BenchConfig {
             targets: std::env::var("TANDEM_BENCH_TARGETS")
                 .map(|t| t.split(',').map(str::to_string).collect())
                 .unwrap_or_else(|_| TARGETS.iter().map(|t| t.to_string()).collect()),
+            tandem_inline_max_bytes: std::env::var("TANDEM_BENCH_INLINE_MAX_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
 
-/// Run one fio job with the nbd engine against `uri`.
+/// CPU time (user + system) consumed so far by process `pid`, all threads.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
+}
+
+/// Run one fio job with the nbd engine against `uri`; with `server_pid`, also measure the
+/// server's CPU time per I/O.
 pub fn run_fio_job(
     target: &str,
     uri: &str,
     job: &FioJob,
     size_bytes: u64,
     runtime_s: u64,
+    server_pid: Option<u32>,
 ) -> Result<BenchRow, BenchError> {
+    let cpu_before = server_pid.and_then(process_cpu_time);
     let fail = |detail: String| BenchError::Fio {
         job: job.name.clone(),
         target: target.into(),
@@ -176,7 +201,6 @@ pub fn run_fio_job(
             &format!("--iodepth={}", job.iodepth),
             &format!("--size={size_bytes}"),
             "--time_based",
-            "--ramp_time=1",
             &format!("--runtime={runtime_s}"),
             "--randrepeat=1",
             "--output-format=json",
@@ -216,11 +240,18 @@ pub fn run_fio_job(
     let iops = j[dir]["iops"]
         .as_f64()
         .ok_or_else(|| fail("no iops".into()))?;
+    let cpu_after = server_pid.and_then(process_cpu_time);
+    let ios = j[dir]["total_ios"].as_f64().unwrap_or(0.0);
+    let server_cpu_us_per_op = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if ios > 0.0 => Some((a - b).as_secs_f64() * 1e6 / ios),
+        _ => None,
+    };
     Ok(BenchRow {
         target: target.into(),
         job: job.name.clone(),
         bytes_per_s,
         iops,
+        server_cpu_us_per_op,
     })
 }
 
@@ -234,12 +265,14 @@ pub fn format_table(rows: &[BenchRow], baseline: &str) -> String {
         }
     }
     let mut s = format!(
-        "| {:<20} | {:<12} | {:>9} | {:>9} | {:>11} |\n|{:-<22}|{:-<14}|{:->11}|{:->11}|{:->13}|\n",
+        "| {:<20} | {:<12} | {:>9} | {:>9} | {:>11} | {:>14} |\n|{:-<22}|{:-<14}|{:->11}|{:->11}|{:->13}|{:->16}|\n",
         "job",
         "server",
         "MiB/s",
         "IOPS",
         format!("x {baseline}"),
+        "server CPU/op",
+        "",
         "",
         "",
         "",
@@ -256,13 +289,17 @@ pub fn format_table(rows: &[BenchRow], baseline: &str) -> String {
                 Some(b) if b > 0.0 => format!("{:.2}", r.bytes_per_s / b),
                 _ => "-".into(),
             };
+            let cpu = r
+                .server_cpu_us_per_op
+                .map_or("-".to_string(), |c| format!("{c:.1} us"));
             s.push_str(&format!(
-                "| {:<20} | {:<12} | {:>9.1} | {:>9.0} | {:>11} |\n",
+                "| {:<20} | {:<12} | {:>9.1} | {:>9.0} | {:>11} | {:>14} |\n",
                 r.job,
                 r.target,
                 r.bytes_per_s / (1024.0 * 1024.0),
                 r.iops,
-                ratio
+                ratio,
+                cpu
             ));
         }
     }
@@ -367,7 +404,7 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
 
     // qemu-nbd: writeback cache and its thread pool, as qemu-nbd defaults to.
     let (qf, qs) = (path_str(file("qemu-nbd")), path_str(sock("qemu-nbd")));
-    let _qemu = wanted("qemu-nbd")
+    let qemu_child = wanted("qemu-nbd")
         .then(|| {
             spawn(
                 "qemu-nbd",
@@ -389,7 +426,7 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
         })
         .transpose()?;
     let (kf, ks) = (path_str(file("nbdkit")), path_str(sock("nbdkit")));
-    let _nbdkit = wanted("nbdkit")
+    let nbdkit_child = wanted("nbdkit")
         .then(|| spawn("nbdkit", &["-f", "-U", &ks, "file", &kf]))
         .transpose()?;
 
@@ -402,6 +439,10 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
     let server = Server::new(ServerConfig::default());
     let dev = FileDevice::open(&file("tandem-nbd"), false)
         .map_err(io_err("open tandem-nbd backing file"))?;
+    let dev = match cfg.tandem_inline_max_bytes {
+        Some(n) => dev.with_inline_max_bytes(n),
+        None => dev,
+    };
     if let Err(e) = server.add_export("bench", "benchmark", Arc::new(dev)) {
         return Err(BenchError::Io {
             context: "add export".into(),
@@ -425,7 +466,13 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
         for _ in 0..cfg.rounds {
             for (i, &n) in names.iter().enumerate() {
                 let uri = format!("nbd+unix:///bench?socket={}", sock(n).display());
-                let row = run_fio_job(n, &uri, job, cfg.file_size_bytes, cfg.runtime_s)?;
+                let pid = match n {
+                    "qemu-nbd" => qemu_child.as_ref().map(|c| c.0.id()),
+                    "nbdkit" => nbdkit_child.as_ref().map(|c| c.0.id()),
+                    // In process: fio is a child, so this process's CPU is the server's.
+                    _ => Some(std::process::id()),
+                };
+                let row = run_fio_job(n, &uri, job, cfg.file_size_bytes, cfg.runtime_s, pid)?;
                 tracing::info!(target = n, job = %job.name, mib_per_s = row.bytes_per_s / 1048576.0, iops = row.iops, "fio job done");
                 samples[i].push(row);
             }
@@ -453,12 +500,14 @@ mod tests {
                 job: "j".into(),
                 bytes_per_s: 100.0 * 1048576.0,
                 iops: 100.0,
+                server_cpu_us_per_op: None,
             },
             BenchRow {
                 target: "tandem-nbd".into(),
                 job: "j".into(),
                 bytes_per_s: 150.0 * 1048576.0,
                 iops: 150.0,
+                server_cpu_us_per_op: Some(2.0),
             },
         ];
         let t = format_table(&rows, "qemu-nbd");

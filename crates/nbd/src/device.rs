@@ -110,6 +110,13 @@ impl Default for Capabilities {
 ///   stable storage.
 /// - Several calls run concurrently (requests are pipelined and several connections may
 ///   be open); overlapping writes have no defined order, as on a real disk.
+///
+/// How the server drives the futures: on one connection, methods are called and their
+/// futures polled for the first time in request arrival order, on the connection's reader
+/// task, before the next request is read. A future that is ready at once is answered
+/// without spawning; a pending one continues as its own task. So the first poll must not
+/// block (submit work and return `Pending`), and a device may rely on that order, e.g. to
+/// number writes for replication.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes (read when a client negotiates; fixed for that connection).
     fn size_bytes(&self) -> u64;

@@ -71,6 +71,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// Payload buffers kept for reuse per connection at most (enough for 1 MiB requests at
+/// depth 16); idle connections thus hold little memory.
+const MAX_POOLED_BYTES: usize = 16 * 1024 * 1024;
+
 /// Bytes per permit of the in-flight byte budget.
 const BYTE_PERMIT_UNIT: usize = 4096;
 
@@ -447,7 +451,7 @@ impl Server {
         let bytes = Arc::new(Semaphore::new(byte_permits));
         let pool = Arc::new(BufferPool::new(
             cfg.max_requests_in_flight * 2,
-            cfg.max_bytes_in_flight,
+            cfg.max_bytes_in_flight.min(MAX_POOLED_BYTES),
         ));
         // Every queued reply holds a slot permit, so the channel never holds more than
         // max_requests_in_flight entries and sends never wait.
