@@ -802,7 +802,13 @@ impl Sim {
         let b = self.nodes[1].disk.read(0, self.size as usize);
         if a != b {
             let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
-            self.fail(&format!("disks differ after resync, first at byte {first}"));
+            let sec = first / SECTOR;
+            let va = version_of(&a[sec * SECTOR..(sec + 1) * SECTOR], sec as u64);
+            let vb = version_of(&b[sec * SECTOR..(sec + 1) * SECTOR], sec as u64);
+            self.fail(&format!(
+                "disks differ after resync, first at byte {first} (sector {sec}: node 0 has {va:?}, node 1 has {vb:?}; issued there: {:?})",
+                self.fe.issued[sec]
+            ));
         }
         for (k, chunk) in a.chunks(SECTOR).enumerate() {
             let v = version_of(chunk, k as u64).unwrap_or_else(|e| self.fail(&e));

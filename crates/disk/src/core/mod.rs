@@ -284,6 +284,12 @@ pub enum AdminError {
     /// A sync target cannot be promoted while its resync runs.
     #[error("resync in progress")]
     Resyncing,
+    /// This node crashed as primary and has not seen its peer since: under protocols B
+    /// and C the peer may hold acknowledged writes this disk's cache lost.
+    #[error(
+        "crashed as primary and not resynced: the peer may hold newer acknowledged writes (use --force to override)"
+    )]
+    CrashedPrimary,
 }
 
 /// Something that happened, for the frontend acknowledgement of a write.
@@ -619,8 +625,10 @@ pub struct Core {
     flushes: HashMap<u64, FlushReq>,
     epoch: u64,
     epoch_writes: u32,
-    /// Mirrored writes not yet covered by a barrier ack: (epoch, offset, len).
-    transfer_log: VecDeque<(u64, u64, u64)>,
+    /// Mirrored writes not yet covered by a barrier ack: (epoch, offset, len, extents).
+    /// Each holds its activity-log extents: if this primary crashes before the peer
+    /// flushed them, those extents are what gets resynced.
+    transfer_log: VecDeque<(u64, u64, u64, Option<std::ops::RangeInclusive<u32>>)>,
 
     // Secondary side.
     peer_ops: VecDeque<PeerOp>,
@@ -872,6 +880,14 @@ impl Core {
             return Err(AdminError::Resyncing);
         }
         let replicating = self.conn.replicating();
+        if self.flags.crashed_primary
+            && !replicating
+            && !force
+            && self.cfg.protocol != Protocol::A
+            && self.disk != DiskState::Inconsistent
+        {
+            return Err(AdminError::CrashedPrimary);
+        }
         match self.disk {
             DiskState::UpToDate => {}
             // Alone after a restart: consistent, and no peer says otherwise.
@@ -1194,7 +1210,14 @@ impl Core {
             if local_needed && self.writes[&req].al_extents.is_none() {
                 let ext = ActivityLog::extents_of(offset, len);
                 match self.al.begin(ext.clone()) {
-                    Begin::Busy => return,
+                    Begin::Busy => {
+                        // Extents may be held by writes waiting for the peer's flush:
+                        // close the epoch so the barrier ack releases them.
+                        if self.conn.replicating() && self.epoch_writes > 0 {
+                            self.close_epoch();
+                        }
+                        return;
+                    }
                     Begin::Hot => {}
                     Begin::Transaction {
                         transaction,
@@ -1252,7 +1275,11 @@ impl Core {
                     data: data.clone(),
                 });
                 self.sent_bytes += len;
-                self.transfer_log.push_back((self.epoch, offset, len));
+                let held = self.writes.get(&req).and_then(|w| w.al_extents.clone());
+                if let Some(ext) = &held {
+                    self.al.hold(ext.clone());
+                }
+                self.transfer_log.push_back((self.epoch, offset, len, held));
                 self.epoch_writes += 1;
             }
             if local_needed {
@@ -1778,10 +1805,13 @@ impl Core {
         self.last_disconnect_reason = Some(reason.to_string());
         let was_primary = self.role == Role::Primary;
         // Everything the peer may not have made durable becomes dirty.
-        let tl: Vec<(u64, u64, u64)> = self.transfer_log.drain(..).collect();
-        for (_, o, l) in tl {
+        let tl: Vec<_> = self.transfer_log.drain(..).collect();
+        for (_, o, l, held) in tl {
             let (f, n) = blocks_touched(o, l);
             self.set_bits(f, n);
+            if let Some(ext) = held {
+                self.al.end(ext);
+            }
         }
         let reqs: Vec<u64> = self.write_order.iter().copied().collect();
         for r in &reqs {
@@ -1924,7 +1954,9 @@ impl Core {
             }
             Frame::BarrierAck { epoch } => {
                 while self.transfer_log.front().is_some_and(|t| t.0 <= epoch) {
-                    self.transfer_log.pop_front();
+                    if let Some((_, _, _, Some(ext))) = self.transfer_log.pop_front() {
+                        self.al.end(ext);
+                    }
                 }
                 let fl: Vec<u64> = self
                     .flushes
