@@ -385,9 +385,15 @@ impl Sim {
                                 self.fe.acked_replicated[s] = self.fe.acked_replicated[s].max(req);
                             }
                         }
-                        // Written while apart: acknowledged without the peer, and the
-                        // link is not replicating (not merely a resync in progress).
-                        if !ack.replicated && !self.core(i).connection().replicating() {
+                        // Written while apart: acknowledged without the peer while the
+                        // link is down (not during a resync or a handshake, whose
+                        // decision already covers it).
+                        if !ack.replicated
+                            && matches!(
+                                self.core(i).connection(),
+                                ConnState::Connecting | ConnState::StandAlone
+                            )
+                        {
                             self.wrote_apart[i] = true;
                         }
                     }

@@ -631,7 +631,10 @@ pub struct Core {
     transfer_log: VecDeque<(u64, u64, u64, Option<std::ops::RangeInclusive<u32>>)>,
 
     // Secondary side.
-    peer_ops: VecDeque<PeerOp>,
+    /// Received writes, barriers and resync data in arrival order, with the link they
+    /// came on. They are applied even after that link dies (the primary counts on
+    /// "received" under protocol B), but never answered on a newer link.
+    peer_ops: VecDeque<(PeerOp, u64)>,
     peer_writes_inflight: Vec<(u64, u64)>,
     peer_flush_inflight: bool,
 
@@ -1327,6 +1330,7 @@ impl Core {
         self.resync_reads_inflight
             .iter()
             .any(|(o, l)| *o < end && offset < o + l)
+            || self.peer_busy(offset, len)
     }
 
     fn try_complete_write(&mut self, req: u64) {
@@ -1416,6 +1420,29 @@ impl Core {
         self.next_io += 1;
         self.ios.insert(id, (kind, self.link_gen));
         id
+    }
+
+    fn io_on_link(&mut self, kind: Io, link_gen: u64) -> IoId {
+        let id = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(id, (kind, link_gen));
+        id
+    }
+
+    /// Whether replicated or resync writes from the peer touch this range (queued or in
+    /// flight): local writes and resync reads of the range must wait for them.
+    fn peer_busy(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        self.peer_writes_inflight
+            .iter()
+            .any(|(o, l)| *o < end && offset < o + l)
+            || self.peer_ops.iter().any(|(op, _)| match op {
+                PeerOp::Write {
+                    offset: o, data, ..
+                }
+                | PeerOp::Resync { offset: o, data } => *o < end && offset < o + data.len() as u64,
+                PeerOp::Barrier { .. } => false,
+            })
     }
 
     fn on_io_done(&mut self, io: IoId, result: Result<Option<Bytes>, IoFailure>) {
@@ -1838,7 +1865,6 @@ impl Core {
         self.planner = None;
         self.resync_reqs.clear();
         self.resync_reads_waiting.clear();
-        self.peer_ops.clear();
         self.verify_inflight = 0;
         self.peer = None;
         self.conn = ConnState::Connecting;
@@ -1916,18 +1942,22 @@ impl Core {
                 if self.disk == DiskState::Diskless {
                     return;
                 }
-                self.peer_ops.push_back(PeerOp::Write {
-                    id,
-                    offset,
-                    data,
-                    fua,
-                });
+                self.peer_ops.push_back((
+                    PeerOp::Write {
+                        id,
+                        offset,
+                        data,
+                        fua,
+                    },
+                    self.link_gen,
+                ));
             }
             Frame::Barrier { epoch } => {
                 if self.disk == DiskState::Diskless {
                     self.send(Frame::BarrierAck { epoch });
                 } else {
-                    self.peer_ops.push_back(PeerOp::Barrier { epoch });
+                    self.peer_ops
+                        .push_back((PeerOp::Barrier { epoch }, self.link_gen));
                 }
             }
             Frame::AckReceived { id } => {
@@ -2021,7 +2051,8 @@ impl Core {
                 }
                 self.received_bytes += data.len() as u64;
                 self.resync_moved_bytes += data.len() as u64;
-                self.peer_ops.push_back(PeerOp::Resync { offset, data });
+                self.peer_ops
+                    .push_back((PeerOp::Resync { offset, data }, self.link_gen));
             }
             Frame::ResyncAck { sector, len_bytes } => {
                 let offset = sector.saturating_mul(SECTOR_BYTES);
@@ -2419,7 +2450,7 @@ impl Core {
     }
 
     fn apply_peer_ops(&mut self) {
-        while let Some(op) = self.peer_ops.front() {
+        while let Some((op, _)) = self.peer_ops.front() {
             match op {
                 PeerOp::Write { offset, data, .. } | PeerOp::Resync { offset, data } => {
                     let (o, l) = (*offset, data.len() as u64);
@@ -2441,9 +2472,12 @@ impl Core {
                     }
                 }
             }
-            let Some(op) = self.peer_ops.pop_front() else {
+            let Some((op, gen_of_link)) = self.peer_ops.pop_front() else {
                 return;
             };
+            if self.disk == DiskState::Diskless {
+                continue;
+            }
             match op {
                 PeerOp::Write {
                     id,
@@ -2453,7 +2487,7 @@ impl Core {
                 } => {
                     let len = data.len() as u64;
                     self.peer_writes_inflight.push((offset, len));
-                    let io = self.io(Io::PeerWrite { id, offset, len });
+                    let io = self.io_on_link(Io::PeerWrite { id, offset, len }, gen_of_link);
                     self.outputs.push_back(Output::WriteLocal {
                         io,
                         offset_bytes: offset,
@@ -2464,7 +2498,7 @@ impl Core {
                 PeerOp::Resync { offset, data } => {
                     let len = data.len() as u64;
                     self.peer_writes_inflight.push((offset, len));
-                    let io = self.io(Io::ResyncWrite { offset, len });
+                    let io = self.io_on_link(Io::ResyncWrite { offset, len }, gen_of_link);
                     // FUA: the source clears its bits on our ack, so the data must
                     // survive a crash of ours from then on.
                     self.outputs.push_back(Output::WriteLocal {
@@ -2476,7 +2510,7 @@ impl Core {
                 }
                 PeerOp::Barrier { epoch } => {
                     self.peer_flush_inflight = true;
-                    let io = self.io(Io::PeerFlush { epoch });
+                    let io = self.io_on_link(Io::PeerFlush { epoch }, gen_of_link);
                     self.outputs.push_back(Output::FlushLocal { io });
                 }
             }
@@ -2497,7 +2531,7 @@ impl Core {
                     && w.offset < end
                     && offset < w.offset + w.data.len() as u64
             });
-            if busy {
+            if busy || self.peer_busy(offset, len) {
                 keep.push_back((id, offset, len));
                 continue;
             }
