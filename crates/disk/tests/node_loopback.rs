@@ -161,3 +161,92 @@ async fn a_wrong_secret_never_connects() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Figures for docs/disk.md (not a timed assertion):
+/// `cargo test --release -p tandem-disk --test node_loopback -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_loopback_throughput() {
+    let dir = TempDir::new("bench");
+    let (pa, pb) = (free_port(), free_port());
+    let mk = |name: &str, id| {
+        let p = dir.0.join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(264 << 20).unwrap();
+        MetaStore::create(&p, &MetaLocation::Internal, 257, id, false).unwrap();
+        p
+    };
+    let (fa, fb) = (mk("a.img", 1), mk("b.img", 2));
+    let cfg = |backing: &PathBuf, listen, peer| NodeConfig {
+        backing: backing.clone(),
+        meta: MetaLocation::Internal,
+        listen,
+        peer,
+        secret: b"s".to_vec(),
+        core: Config::default(),
+    };
+    let a = start(cfg(&fa, pa, pb)).await.unwrap();
+    let b = start(cfg(&fb, pb, pa)).await.unwrap();
+    wait_for(&a, "link", |s| s.connection == ConnState::Connected).await;
+    let size = a.size_bytes();
+    #[allow(clippy::disallowed_methods)]
+    let t = std::time::Instant::now();
+    a.promote(true).await.unwrap().unwrap();
+    wait_for(&b, "full sync", in_sync).await;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "full sync of {} MiB: {:.2} s = {:.0} MiB/s",
+        size >> 20,
+        secs,
+        (size >> 20) as f64 / secs
+    );
+    for (name, len, qd, total) in [
+        (
+            "1 MiB sequential writes, QD8",
+            1u64 << 20,
+            8u64,
+            256u64 << 20,
+        ),
+        ("4 KiB random writes, QD16", 4096, 16, 32 << 20),
+        ("4 KiB random writes, QD1", 4096, 1, 4 << 20),
+    ] {
+        #[allow(clippy::disallowed_methods)]
+        let t = std::time::Instant::now();
+        let per = total / len / qd;
+        let mut tasks = Vec::new();
+        for q in 0..qd {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut x: u64 = q * 7919 + 1;
+                for i in 0..per {
+                    let off = if len == 4096 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x % (size / 4096)) * 4096
+                    } else {
+                        ((q * per + i) * len) % size
+                    };
+                    a.write(off, Bytes::from(vec![q as u8; len as usize]), false)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let n = per * qd;
+        eprintln!(
+            "protocol C, {name}: {:.0} MiB/s, {:.0} IOPS",
+            (n * len) as f64 / secs / (1 << 20) as f64,
+            n as f64 / secs
+        );
+    }
+    a.flush().await.unwrap().unwrap();
+    assert_eq!(data_of(&fa, size), data_of(&fb, size));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
