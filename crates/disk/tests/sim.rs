@@ -517,6 +517,7 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.log.push(format!("step {} CRASH node {i}", self.step));
         self.crashes += 1;
+        let in_memory = self.nodes[i].core.as_ref().map(|c| c.generations());
         let node = &mut self.nodes[i];
         node.core = None;
         // A metadata write in flight may or may not have landed; if it did, so did the
@@ -530,6 +531,11 @@ impl Sim {
             }
         }
         node.disk.crash(&mut self.rng);
+        // Writes apart whose new generation never reached the superblock are forgotten
+        // with the crash: the node comes back as it was before them.
+        if in_memory.is_some_and(|g| g.current != node.meta.generations.current) {
+            self.wrote_apart[i] = false;
+        }
         node.crashed_at_step = Some(self.step);
         self.fe.inflight.retain(|_, (n, _, _)| *n != i);
         // The peer sees the link die.

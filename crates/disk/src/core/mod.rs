@@ -485,6 +485,11 @@ struct WriteReq {
     issued: bool,
     local_needed: bool,
     local_done: Option<Result<(), IoFailure>>,
+    /// The local write went out with FUA.
+    local_fua: bool,
+    /// Under C, a write whose peer copy was lost is flushed locally before its ack:
+    /// None = not needed yet, Some(false) = flush in flight, Some(true) = flushed.
+    lost_flush: Option<bool>,
     peer: PeerLeg,
     al_extents: Option<std::ops::RangeInclusive<u32>>,
     wait_meta: u64,
@@ -501,6 +506,7 @@ enum Io {
     AppWrite(u64),
     AppRead(u64),
     AppFlush(u64),
+    LostFlush(u64),
     PeerWrite {
         id: u64,
         offset: u64,
@@ -1076,6 +1082,8 @@ impl Core {
                 issued: false,
                 local_needed: false,
                 local_done: None,
+                local_fua: false,
+                lost_flush: None,
                 peer: PeerLeg::None,
                 al_extents: None,
                 wait_meta: 0,
@@ -1296,6 +1304,7 @@ impl Core {
             }
             if let Some(w) = self.writes.get_mut(&req) {
                 w.issued = true;
+                w.local_fua = local_fua;
                 w.local_needed = local_needed;
                 w.peer = if replicate {
                     PeerLeg::Sent {
@@ -1344,6 +1353,24 @@ impl Core {
             return;
         }
         let local_ok = !w.local_needed || matches!(w.local_done, Some(Ok(())));
+        if self.cfg.protocol == Protocol::C
+            && matches!(w.peer, PeerLeg::Lost)
+            && w.local_needed
+            && local_ok
+            && !w.local_fua
+            && w.lost_flush != Some(true)
+        {
+            // The peer's copy is gone and ours may sit in a volatile cache: make it
+            // durable before acknowledging under C.
+            if w.lost_flush.is_none() {
+                if let Some(w) = self.writes.get_mut(&req) {
+                    w.lost_flush = Some(false);
+                }
+                let io = self.io(Io::LostFlush(req));
+                self.outputs.push_back(Output::FlushLocal { io });
+            }
+            return;
+        }
         let (peer_ok, peer_pending, protected) = match w.peer {
             PeerLeg::None | PeerLeg::Lost => (false, false, false),
             PeerLeg::Sent {
@@ -1484,6 +1511,18 @@ impl Core {
                     }
                 }
             },
+            Io::LostFlush(req) => {
+                if failed {
+                    self.detach("flush failed");
+                }
+                if let Some(w) = self.writes.get_mut(&req) {
+                    w.lost_flush = Some(true);
+                    if failed {
+                        w.local_done = Some(Err(IoFailure("flush failed".into())));
+                    }
+                }
+                self.try_complete_write(req);
+            }
             Io::AppFlush(req) => {
                 if failed {
                     self.detach("flush failed");
