@@ -20,6 +20,8 @@ struct Node {
     disk: Vec<u8>,
     ios: VecDeque<Output>,
     done: Vec<(u64, bool)>,
+    reads: Vec<(u64, Bytes)>,
+    fail_writes: bool,
 }
 
 struct Pair {
@@ -48,6 +50,8 @@ impl Pair {
             disk: vec![0; SIZE as usize],
             ios: VecDeque::new(),
             done: Vec::new(),
+            reads: Vec::new(),
+            fail_writes: false,
         };
         let mut p = Pair {
             n: [mk(1), mk(2)],
@@ -76,7 +80,12 @@ impl Pair {
                 }
                 Output::WriteDone { req, result } => self.n[i].done.push((req, result.is_ok())),
                 Output::FlushDone { req, result } => self.n[i].done.push((req, result.is_ok())),
-                Output::ReadDone { req, result } => self.n[i].done.push((req, result.is_ok())),
+                Output::ReadDone { req, result } => {
+                    self.n[i].done.push((req, result.is_ok()));
+                    if let Ok(d) = result {
+                        self.n[i].reads.push((req, d));
+                    }
+                }
                 io => self.n[i].ios.push_back(io),
             }
         }
@@ -105,9 +114,13 @@ impl Pair {
                     data,
                     ..
                 } => {
-                    let o = offset_bytes as usize;
-                    self.n[i].disk[o..o + data.len()].copy_from_slice(&data);
-                    (io, Ok(None))
+                    if self.n[i].fail_writes {
+                        (io, Err(tandem_disk::core::IoFailure("EIO".into())))
+                    } else {
+                        let o = offset_bytes as usize;
+                        self.n[i].disk[o..o + data.len()].copy_from_slice(&data);
+                        (io, Ok(None))
+                    }
                 }
                 Output::ReadLocal {
                     io,
@@ -482,4 +495,58 @@ fn bad_requests_get_errors_not_panics() {
         }),
     );
     assert!(!p.link);
+}
+
+#[test]
+fn on_io_error_the_primary_detaches_and_serves_through_the_peer() {
+    let mut p = Pair::synced(Config::default());
+    p.write(1, 0, 4096, 5);
+    p.settle();
+    p.n[0].fail_writes = true;
+    p.write(2, 8192, 4096, 6);
+    p.settle();
+    assert!(p.acked(0, 2), "the peer's copy carries the write");
+    assert_eq!(p.n[0].core.disk_state(), DiskState::Diskless);
+    assert_eq!(
+        p.n[1].core.status().peer_disk_state,
+        Some(DiskState::Diskless)
+    );
+    // Diskless now: writes and reads go through the peer.
+    p.write(3, 4096, 4096, 7);
+    p.settle();
+    assert!(p.acked(0, 3));
+    assert_eq!(&p.n[1].disk[4096..8192], &[7u8; 4096][..]);
+    p.input(
+        0,
+        Input::Read {
+            req: 4,
+            offset_bytes: 0,
+            len_bytes: 12288,
+        },
+    );
+    p.settle();
+    let (_, data) = p.n[0]
+        .reads
+        .iter()
+        .find(|(r, _)| *r == 4)
+        .expect("read served");
+    assert_eq!(&data[..4096], &[5u8; 4096][..]);
+    assert_eq!(&data[4096..8192], &[7u8; 4096][..]);
+    assert_eq!(&data[8192..], &[6u8; 4096][..]);
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let p = Pair::synced(Config::default());
+    let v = serde_json::to_value(p.n[0].core.status().report()).unwrap();
+    assert_eq!(v["role"], "primary");
+    assert_eq!(v["peer_role"], "secondary");
+    assert_eq!(v["connection"], "connected");
+    assert_eq!(v["disk_state"], "up_to_date");
+    assert_eq!(v["peer_disk_state"], "up_to_date");
+    assert_eq!(v["out_of_sync_bytes"], 0);
+    for k in ["done_bytes", "total_bytes", "rate_bytes_per_s"] {
+        assert!(v["resync"][k].is_u64(), "{k}");
+    }
+    assert!(v["sent_bytes"].is_u64() && v["received_bytes"].is_u64());
 }

@@ -43,7 +43,8 @@ use policy::{AfterSplitBrain, Resolution, SplitBrainSide, resolve};
 use resync::{ResyncLimits, ResyncPlanner};
 
 /// Replication protocol: when a write is acknowledged to the frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// Local disk done and the data handed to the link.
     A,
@@ -64,7 +65,8 @@ impl Protocol {
 }
 
 /// A node's role for this disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Serves the frontend; its writes are replicated.
     Primary,
@@ -73,7 +75,8 @@ pub enum Role {
 }
 
 /// The replication link's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConnState {
     /// Not trying to connect (admin disconnect, split brain, unrelated data).
     StandAlone,
@@ -113,7 +116,8 @@ impl ConnState {
 }
 
 /// The state of a disk's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskState {
     /// No backing disk (detached after an I/O error, or not attached).
     Diskless,
@@ -557,7 +561,7 @@ enum PeerOp {
 }
 
 /// Status for `tandem disk status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     /// Our role.
     pub role: Role,
@@ -591,6 +595,61 @@ pub struct Status {
     pub verify_out_of_sync_blocks: u64,
     /// The last handshake's decision.
     pub last_decision: Option<SyncDecision>,
+}
+
+/// Resync progress as `tandem disk status --json` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ResyncReport {
+    /// Bytes resynced so far.
+    pub done_bytes: u64,
+    /// Bytes the resync has to move.
+    pub total_bytes: u64,
+    /// Average rate.
+    pub rate_bytes_per_s: u64,
+}
+
+/// The stable `--json` shape of a disk's status (docs/disk.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusReport {
+    /// Our role.
+    pub role: Role,
+    /// The peer's role, if connected.
+    pub peer_role: Option<Role>,
+    /// Link state.
+    pub connection: ConnState,
+    /// Our disk.
+    pub disk_state: DiskState,
+    /// The peer's disk, if connected.
+    pub peer_disk_state: Option<DiskState>,
+    /// Bytes marked out of sync.
+    pub out_of_sync_bytes: u64,
+    /// Resync progress.
+    pub resync: ResyncReport,
+    /// Data bytes sent to the peer.
+    pub sent_bytes: u64,
+    /// Data bytes received from the peer.
+    pub received_bytes: u64,
+}
+
+impl Status {
+    /// The `--json` shape.
+    pub fn report(&self) -> StatusReport {
+        StatusReport {
+            role: self.role,
+            peer_role: self.peer_role,
+            connection: self.connection,
+            disk_state: self.disk_state,
+            peer_disk_state: self.peer_disk_state,
+            out_of_sync_bytes: self.out_of_sync_bytes,
+            resync: ResyncReport {
+                done_bytes: self.resync_done_bytes,
+                total_bytes: self.resync_total_bytes,
+                rate_bytes_per_s: self.resync_rate_bytes_per_s,
+            },
+            sent_bytes: self.sent_bytes,
+            received_bytes: self.received_bytes,
+        }
+    }
 }
 
 /// The replication core of one disk resource. See the module docs.
