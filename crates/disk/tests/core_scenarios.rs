@@ -20,6 +20,8 @@ struct Node {
     disk: Vec<u8>,
     ios: VecDeque<Output>,
     done: Vec<(u64, bool)>,
+    reads: Vec<(u64, Bytes)>,
+    fail_writes: bool,
 }
 
 struct Pair {
@@ -48,6 +50,8 @@ impl Pair {
             disk: vec![0; SIZE as usize],
             ios: VecDeque::new(),
             done: Vec::new(),
+            reads: Vec::new(),
+            fail_writes: false,
         };
         let mut p = Pair {
             n: [mk(1), mk(2)],
@@ -76,7 +80,12 @@ impl Pair {
                 }
                 Output::WriteDone { req, result } => self.n[i].done.push((req, result.is_ok())),
                 Output::FlushDone { req, result } => self.n[i].done.push((req, result.is_ok())),
-                Output::ReadDone { req, result } => self.n[i].done.push((req, result.is_ok())),
+                Output::ReadDone { req, result } => {
+                    self.n[i].done.push((req, result.is_ok()));
+                    if let Ok(d) = result {
+                        self.n[i].reads.push((req, d));
+                    }
+                }
                 io => self.n[i].ios.push_back(io),
             }
         }
@@ -105,9 +114,13 @@ impl Pair {
                     data,
                     ..
                 } => {
-                    let o = offset_bytes as usize;
-                    self.n[i].disk[o..o + data.len()].copy_from_slice(&data);
-                    (io, Ok(None))
+                    if self.n[i].fail_writes {
+                        (io, Err(tandem_disk::core::IoFailure("EIO".into())))
+                    } else {
+                        let o = offset_bytes as usize;
+                        self.n[i].disk[o..o + data.len()].copy_from_slice(&data);
+                        (io, Ok(None))
+                    }
                 }
                 Output::ReadLocal {
                     io,
@@ -139,7 +152,7 @@ impl Pair {
 
     /// Runs everything to quiescence, ticking time forward.
     fn settle(&mut self) {
-        for _ in 0..100_000 {
+        for _ in 0..1_000_000 {
             let mut any = false;
             for i in 0..2 {
                 any |= self.complete_ios(i);
@@ -149,7 +162,20 @@ impl Pair {
                 self.now += 10;
                 self.input(0, Input::Tick);
                 self.input(1, Input::Tick);
-                if self.n.iter().all(|n| n.ios.is_empty()) && self.wire.iter().all(|w| w.is_empty())
+                let busy = self.n.iter().any(|n| {
+                    matches!(
+                        n.core.connection(),
+                        ConnState::SyncSource
+                            | ConnState::SyncTarget
+                            | ConnState::VerifySource
+                            | ConnState::Handshaking
+                            | ConnState::WaitBitmapSource
+                            | ConnState::WaitBitmapTarget
+                    )
+                });
+                if !busy
+                    && self.n.iter().all(|n| n.ios.is_empty())
+                    && self.wire.iter().all(|w| w.is_empty())
                 {
                     return;
                 }
@@ -482,4 +508,128 @@ fn bad_requests_get_errors_not_panics() {
         }),
     );
     assert!(!p.link);
+}
+
+#[test]
+fn on_io_error_the_primary_detaches_and_serves_through_the_peer() {
+    let mut p = Pair::synced(Config::default());
+    p.write(1, 0, 4096, 5);
+    p.settle();
+    p.n[0].fail_writes = true;
+    p.write(2, 8192, 4096, 6);
+    p.settle();
+    assert!(p.acked(0, 2), "the peer's copy carries the write");
+    assert_eq!(p.n[0].core.disk_state(), DiskState::Diskless);
+    assert_eq!(
+        p.n[1].core.status().peer_disk_state,
+        Some(DiskState::Diskless)
+    );
+    // Diskless now: writes and reads go through the peer.
+    p.write(3, 4096, 4096, 7);
+    p.settle();
+    assert!(p.acked(0, 3));
+    assert_eq!(&p.n[1].disk[4096..8192], &[7u8; 4096][..]);
+    p.input(
+        0,
+        Input::Read {
+            req: 4,
+            offset_bytes: 0,
+            len_bytes: 12288,
+        },
+    );
+    p.settle();
+    let (_, data) = p.n[0]
+        .reads
+        .iter()
+        .find(|(r, _)| *r == 4)
+        .expect("read served");
+    assert_eq!(&data[..4096], &[5u8; 4096][..]);
+    assert_eq!(&data[4096..8192], &[7u8; 4096][..]);
+    assert_eq!(&data[8192..], &[6u8; 4096][..]);
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let p = Pair::synced(Config::default());
+    let v = serde_json::to_value(p.n[0].core.status().report()).unwrap();
+    assert_eq!(v["role"], "primary");
+    assert_eq!(v["peer_role"], "secondary");
+    assert_eq!(v["connection"], "connected");
+    assert_eq!(v["disk_state"], "up_to_date");
+    assert_eq!(v["peer_disk_state"], "up_to_date");
+    assert_eq!(v["out_of_sync_bytes"], 0);
+    for k in ["done_bytes", "total_bytes", "rate_bytes_per_s"] {
+        assert!(v["resync"][k].is_u64(), "{k}");
+    }
+    assert!(v["sent_bytes"].is_u64() && v["received_bytes"].is_u64());
+}
+
+/// Dirties `n` scattered 4 KiB blocks on the primary while disconnected and reconnects.
+fn dirty_and_reconnect(p: &mut Pair, n: u64) -> u64 {
+    p.n[0].core.disconnect(p.now);
+    p.collect(0);
+    p.settle();
+    for k in 0..n {
+        p.write(1000 + k, k * 8192, 4096, 3);
+    }
+    p.settle();
+    assert_eq!(p.n[0].core.bitmap().count(), n);
+    p.n[0].core.connect(p.now, false);
+    p.collect(0);
+    p.connect();
+    n * 4096
+}
+
+#[test]
+fn a_rate_limited_resync_holds_its_rate() {
+    let rate = 1u64 << 20;
+    let mut p = Pair::synced(Config {
+        resync_rate_bytes_per_s: Some(rate),
+        resync_request_bytes: 64 << 10,
+        ..Config::default()
+    });
+    let bytes = dirty_and_reconnect(&mut p, 1024); // 4 MiB
+    let start = p.now;
+    p.settle();
+    let elapsed_ms = p.now - start;
+    let achieved = bytes * 1000 / elapsed_ms.max(1);
+    eprintln!("resync of {bytes} bytes at a limit of {rate} B/s: {achieved} B/s");
+    // Virtual time: the bucket starts full (one burst), then refills at the rate.
+    assert!(
+        achieved <= rate * 115 / 100 && achieved >= rate * 90 / 100,
+        "{achieved} bytes/s for a limit of {rate}"
+    );
+    assert_eq!(p.n[0].disk, p.n[1].disk);
+}
+
+#[test]
+fn an_interrupted_resync_resumes_where_it_stopped() {
+    let mut p = Pair::synced(Config {
+        resync_rate_bytes_per_s: Some(1 << 20),
+        resync_request_bytes: 64 << 10,
+        ..Config::default()
+    });
+    let bytes = dirty_and_reconnect(&mut p, 512); // 2 MiB
+    let moved_before = p.n[1].core.status().resync_moved_bytes;
+    // Let about half of it through, then cut the link.
+    while p.n[1].core.status().resync_moved_bytes - moved_before < bytes / 2 {
+        for i in 0..2 {
+            p.complete_ios(i);
+            p.deliver(i);
+        }
+        p.now += 10;
+        p.input(0, Input::Tick);
+        p.input(1, Input::Tick);
+    }
+    p.n[1].core.disconnect(p.now);
+    p.collect(1);
+    p.settle();
+    let left = p.n[0].core.bitmap().count() * 4096;
+    assert!(left > 0 && left < bytes, "{left} of {bytes} left");
+    p.n[1].core.connect(p.now, false);
+    p.connect();
+    p.settle();
+    let moved = p.n[1].core.status().resync_moved_bytes - moved_before;
+    assert!(moved <= bytes * 11 / 10, "moved {moved} for {bytes} dirty");
+    assert_eq!(p.n[0].disk, p.n[1].disk);
 }

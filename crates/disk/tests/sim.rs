@@ -385,9 +385,15 @@ impl Sim {
                                 self.fe.acked_replicated[s] = self.fe.acked_replicated[s].max(req);
                             }
                         }
-                        // Written while apart: acknowledged without the peer, and the
-                        // link is not replicating (not merely a resync in progress).
-                        if !ack.replicated && !self.core(i).connection().replicating() {
+                        // Written while apart: acknowledged without the peer while the
+                        // link is down (not during a resync or a handshake, whose
+                        // decision already covers it).
+                        if !ack.replicated
+                            && matches!(
+                                self.core(i).connection(),
+                                ConnState::Connecting | ConnState::StandAlone
+                            )
+                        {
                             self.wrote_apart[i] = true;
                         }
                     }
@@ -511,6 +517,7 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.log.push(format!("step {} CRASH node {i}", self.step));
         self.crashes += 1;
+        let in_memory = self.nodes[i].core.as_ref().map(|c| c.generations());
         let node = &mut self.nodes[i];
         node.core = None;
         // A metadata write in flight may or may not have landed; if it did, so did the
@@ -524,6 +531,11 @@ impl Sim {
             }
         }
         node.disk.crash(&mut self.rng);
+        // Writes apart whose new generation never reached the superblock are forgotten
+        // with the crash: the node comes back as it was before them.
+        if in_memory.is_some_and(|g| g.current != node.meta.generations.current) {
+            self.wrote_apart[i] = false;
+        }
         node.crashed_at_step = Some(self.step);
         self.fe.inflight.retain(|_, (n, _, _)| *n != i);
         // The peer sees the link die.
@@ -802,7 +814,13 @@ impl Sim {
         let b = self.nodes[1].disk.read(0, self.size as usize);
         if a != b {
             let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
-            self.fail(&format!("disks differ after resync, first at byte {first}"));
+            let sec = first / SECTOR;
+            let va = version_of(&a[sec * SECTOR..(sec + 1) * SECTOR], sec as u64);
+            let vb = version_of(&b[sec * SECTOR..(sec + 1) * SECTOR], sec as u64);
+            self.fail(&format!(
+                "disks differ after resync, first at byte {first} (sector {sec}: node 0 has {va:?}, node 1 has {vb:?}; issued there: {:?})",
+                self.fe.issued[sec]
+            ));
         }
         for (k, chunk) in a.chunks(SECTOR).enumerate() {
             let v = version_of(chunk, k as u64).unwrap_or_else(|e| self.fail(&e));

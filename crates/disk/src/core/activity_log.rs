@@ -153,6 +153,16 @@ impl ActivityLog {
         }
     }
 
+    /// Takes one more reference on extents that are already hot (a replicated write
+    /// keeps its extents in the log until the peer has flushed it).
+    pub fn hold(&mut self, extents: std::ops::RangeInclusive<u32>) {
+        for e in extents {
+            if let Some(s) = self.hot.get_mut(&e) {
+                s.users += 1;
+            }
+        }
+    }
+
     /// A write in `extents` completed.
     pub fn end(&mut self, extents: std::ops::RangeInclusive<u32>) {
         for e in extents {

@@ -18,7 +18,7 @@
 pub const JUST_CREATED: u64 = 4;
 
 /// The four generation identifiers of one disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Generations {
     /// The generation of the data on this disk now.
     pub current: u64,
@@ -91,7 +91,8 @@ impl Generations {
 }
 
 /// Which way data flows. `Source` means *this* side sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// This side is the sync source.
     Source,
@@ -110,7 +111,8 @@ impl Direction {
 }
 
 /// What the generations say about two disks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SyncDecision {
     /// Same data (or both empty): nothing to do.
     NoSync,

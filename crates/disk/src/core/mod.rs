@@ -43,7 +43,8 @@ use policy::{AfterSplitBrain, Resolution, SplitBrainSide, resolve};
 use resync::{ResyncLimits, ResyncPlanner};
 
 /// Replication protocol: when a write is acknowledged to the frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// Local disk done and the data handed to the link.
     A,
@@ -64,7 +65,8 @@ impl Protocol {
 }
 
 /// A node's role for this disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Serves the frontend; its writes are replicated.
     Primary,
@@ -73,7 +75,8 @@ pub enum Role {
 }
 
 /// The replication link's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConnState {
     /// Not trying to connect (admin disconnect, split brain, unrelated data).
     StandAlone,
@@ -113,7 +116,8 @@ impl ConnState {
 }
 
 /// The state of a disk's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskState {
     /// No backing disk (detached after an I/O error, or not attached).
     Diskless,
@@ -284,6 +288,12 @@ pub enum AdminError {
     /// A sync target cannot be promoted while its resync runs.
     #[error("resync in progress")]
     Resyncing,
+    /// This node crashed as primary and has not seen its peer since: under protocols B
+    /// and C the peer may hold acknowledged writes this disk's cache lost.
+    #[error(
+        "crashed as primary and not resynced: the peer may hold newer acknowledged writes (use --force to override)"
+    )]
+    CrashedPrimary,
 }
 
 /// Something that happened, for the frontend acknowledgement of a write.
@@ -479,6 +489,11 @@ struct WriteReq {
     issued: bool,
     local_needed: bool,
     local_done: Option<Result<(), IoFailure>>,
+    /// The local write went out with FUA.
+    local_fua: bool,
+    /// Under C, a write whose peer copy was lost is flushed locally before its ack:
+    /// None = not needed yet, Some(false) = flush in flight, Some(true) = flushed.
+    lost_flush: Option<bool>,
     peer: PeerLeg,
     al_extents: Option<std::ops::RangeInclusive<u32>>,
     wait_meta: u64,
@@ -495,6 +510,7 @@ enum Io {
     AppWrite(u64),
     AppRead(u64),
     AppFlush(u64),
+    LostFlush(u64),
     PeerWrite {
         id: u64,
         offset: u64,
@@ -545,7 +561,7 @@ enum PeerOp {
 }
 
 /// Status for `tandem disk status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     /// Our role.
     pub role: Role,
@@ -579,6 +595,61 @@ pub struct Status {
     pub verify_out_of_sync_blocks: u64,
     /// The last handshake's decision.
     pub last_decision: Option<SyncDecision>,
+}
+
+/// Resync progress as `tandem disk status --json` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ResyncReport {
+    /// Bytes resynced so far.
+    pub done_bytes: u64,
+    /// Bytes the resync has to move.
+    pub total_bytes: u64,
+    /// Average rate.
+    pub rate_bytes_per_s: u64,
+}
+
+/// The stable `--json` shape of a disk's status (docs/disk.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusReport {
+    /// Our role.
+    pub role: Role,
+    /// The peer's role, if connected.
+    pub peer_role: Option<Role>,
+    /// Link state.
+    pub connection: ConnState,
+    /// Our disk.
+    pub disk_state: DiskState,
+    /// The peer's disk, if connected.
+    pub peer_disk_state: Option<DiskState>,
+    /// Bytes marked out of sync.
+    pub out_of_sync_bytes: u64,
+    /// Resync progress.
+    pub resync: ResyncReport,
+    /// Data bytes sent to the peer.
+    pub sent_bytes: u64,
+    /// Data bytes received from the peer.
+    pub received_bytes: u64,
+}
+
+impl Status {
+    /// The `--json` shape.
+    pub fn report(&self) -> StatusReport {
+        StatusReport {
+            role: self.role,
+            peer_role: self.peer_role,
+            connection: self.connection,
+            disk_state: self.disk_state,
+            peer_disk_state: self.peer_disk_state,
+            out_of_sync_bytes: self.out_of_sync_bytes,
+            resync: ResyncReport {
+                done_bytes: self.resync_done_bytes,
+                total_bytes: self.resync_total_bytes,
+                rate_bytes_per_s: self.resync_rate_bytes_per_s,
+            },
+            sent_bytes: self.sent_bytes,
+            received_bytes: self.received_bytes,
+        }
+    }
 }
 
 /// The replication core of one disk resource. See the module docs.
@@ -619,11 +690,16 @@ pub struct Core {
     flushes: HashMap<u64, FlushReq>,
     epoch: u64,
     epoch_writes: u32,
-    /// Mirrored writes not yet covered by a barrier ack: (epoch, offset, len).
-    transfer_log: VecDeque<(u64, u64, u64)>,
+    /// Mirrored writes not yet covered by a barrier ack: (epoch, offset, len, extents).
+    /// Each holds its activity-log extents: if this primary crashes before the peer
+    /// flushed them, those extents are what gets resynced.
+    transfer_log: VecDeque<(u64, u64, u64, Option<std::ops::RangeInclusive<u32>>)>,
 
     // Secondary side.
-    peer_ops: VecDeque<PeerOp>,
+    /// Received writes, barriers and resync data in arrival order, with the link they
+    /// came on. They are applied even after that link dies (the primary counts on
+    /// "received" under protocol B), but never answered on a newer link.
+    peer_ops: VecDeque<(PeerOp, u64)>,
     peer_writes_inflight: Vec<(u64, u64)>,
     peer_flush_inflight: bool,
 
@@ -872,6 +948,14 @@ impl Core {
             return Err(AdminError::Resyncing);
         }
         let replicating = self.conn.replicating();
+        if self.flags.crashed_primary
+            && !replicating
+            && !force
+            && self.cfg.protocol != Protocol::A
+            && self.disk != DiskState::Inconsistent
+        {
+            return Err(AdminError::CrashedPrimary);
+        }
         match self.disk {
             DiskState::UpToDate => {}
             // Alone after a restart: consistent, and no peer says otherwise.
@@ -1057,6 +1141,8 @@ impl Core {
                 issued: false,
                 local_needed: false,
                 local_done: None,
+                local_fua: false,
+                lost_flush: None,
                 peer: PeerLeg::None,
                 al_extents: None,
                 wait_meta: 0,
@@ -1194,7 +1280,14 @@ impl Core {
             if local_needed && self.writes[&req].al_extents.is_none() {
                 let ext = ActivityLog::extents_of(offset, len);
                 match self.al.begin(ext.clone()) {
-                    Begin::Busy => return,
+                    Begin::Busy => {
+                        // Extents may be held by writes waiting for the peer's flush:
+                        // close the epoch so the barrier ack releases them.
+                        if self.conn.replicating() && self.epoch_writes > 0 {
+                            self.close_epoch();
+                        }
+                        return;
+                    }
                     Begin::Hot => {}
                     Begin::Transaction {
                         transaction,
@@ -1252,7 +1345,11 @@ impl Core {
                     data: data.clone(),
                 });
                 self.sent_bytes += len;
-                self.transfer_log.push_back((self.epoch, offset, len));
+                let held = self.writes.get(&req).and_then(|w| w.al_extents.clone());
+                if let Some(ext) = &held {
+                    self.al.hold(ext.clone());
+                }
+                self.transfer_log.push_back((self.epoch, offset, len, held));
                 self.epoch_writes += 1;
             }
             if local_needed {
@@ -1266,6 +1363,7 @@ impl Core {
             }
             if let Some(w) = self.writes.get_mut(&req) {
                 w.issued = true;
+                w.local_fua = local_fua;
                 w.local_needed = local_needed;
                 w.peer = if replicate {
                     PeerLeg::Sent {
@@ -1300,6 +1398,7 @@ impl Core {
         self.resync_reads_inflight
             .iter()
             .any(|(o, l)| *o < end && offset < o + l)
+            || self.peer_busy(offset, len)
     }
 
     fn try_complete_write(&mut self, req: u64) {
@@ -1313,6 +1412,24 @@ impl Core {
             return;
         }
         let local_ok = !w.local_needed || matches!(w.local_done, Some(Ok(())));
+        if self.cfg.protocol == Protocol::C
+            && matches!(w.peer, PeerLeg::Lost)
+            && w.local_needed
+            && local_ok
+            && !w.local_fua
+            && w.lost_flush != Some(true)
+        {
+            // The peer's copy is gone and ours may sit in a volatile cache: make it
+            // durable before acknowledging under C.
+            if w.lost_flush.is_none() {
+                if let Some(w) = self.writes.get_mut(&req) {
+                    w.lost_flush = Some(false);
+                }
+                let io = self.io(Io::LostFlush(req));
+                self.outputs.push_back(Output::FlushLocal { io });
+            }
+            return;
+        }
         let (peer_ok, peer_pending, protected) = match w.peer {
             PeerLeg::None | PeerLeg::Lost => (false, false, false),
             PeerLeg::Sent {
@@ -1391,6 +1508,29 @@ impl Core {
         id
     }
 
+    fn io_on_link(&mut self, kind: Io, link_gen: u64) -> IoId {
+        let id = self.next_io;
+        self.next_io += 1;
+        self.ios.insert(id, (kind, link_gen));
+        id
+    }
+
+    /// Whether replicated or resync writes from the peer touch this range (queued or in
+    /// flight): local writes and resync reads of the range must wait for them.
+    fn peer_busy(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        self.peer_writes_inflight
+            .iter()
+            .any(|(o, l)| *o < end && offset < o + l)
+            || self.peer_ops.iter().any(|(op, _)| match op {
+                PeerOp::Write {
+                    offset: o, data, ..
+                }
+                | PeerOp::Resync { offset: o, data } => *o < end && offset < o + data.len() as u64,
+                PeerOp::Barrier { .. } => false,
+            })
+    }
+
     fn on_io_done(&mut self, io: IoId, result: Result<Option<Bytes>, IoFailure>) {
         let Some((kind, link_gen)) = self.ios.remove(&io) else {
             return;
@@ -1430,6 +1570,18 @@ impl Core {
                     }
                 }
             },
+            Io::LostFlush(req) => {
+                if failed {
+                    self.detach("flush failed");
+                }
+                if let Some(w) = self.writes.get_mut(&req) {
+                    w.lost_flush = Some(true);
+                    if failed {
+                        w.local_done = Some(Err(IoFailure("flush failed".into())));
+                    }
+                }
+                self.try_complete_write(req);
+            }
             Io::AppFlush(req) => {
                 if failed {
                     self.detach("flush failed");
@@ -1778,10 +1930,13 @@ impl Core {
         self.last_disconnect_reason = Some(reason.to_string());
         let was_primary = self.role == Role::Primary;
         // Everything the peer may not have made durable becomes dirty.
-        let tl: Vec<(u64, u64, u64)> = self.transfer_log.drain(..).collect();
-        for (_, o, l) in tl {
+        let tl: Vec<_> = self.transfer_log.drain(..).collect();
+        for (_, o, l, held) in tl {
             let (f, n) = blocks_touched(o, l);
             self.set_bits(f, n);
+            if let Some(ext) = held {
+                self.al.end(ext);
+            }
         }
         let reqs: Vec<u64> = self.write_order.iter().copied().collect();
         for r in &reqs {
@@ -1808,7 +1963,6 @@ impl Core {
         self.planner = None;
         self.resync_reqs.clear();
         self.resync_reads_waiting.clear();
-        self.peer_ops.clear();
         self.verify_inflight = 0;
         self.peer = None;
         self.conn = ConnState::Connecting;
@@ -1886,18 +2040,22 @@ impl Core {
                 if self.disk == DiskState::Diskless {
                     return;
                 }
-                self.peer_ops.push_back(PeerOp::Write {
-                    id,
-                    offset,
-                    data,
-                    fua,
-                });
+                self.peer_ops.push_back((
+                    PeerOp::Write {
+                        id,
+                        offset,
+                        data,
+                        fua,
+                    },
+                    self.link_gen,
+                ));
             }
             Frame::Barrier { epoch } => {
                 if self.disk == DiskState::Diskless {
                     self.send(Frame::BarrierAck { epoch });
                 } else {
-                    self.peer_ops.push_back(PeerOp::Barrier { epoch });
+                    self.peer_ops
+                        .push_back((PeerOp::Barrier { epoch }, self.link_gen));
                 }
             }
             Frame::AckReceived { id } => {
@@ -1924,7 +2082,9 @@ impl Core {
             }
             Frame::BarrierAck { epoch } => {
                 while self.transfer_log.front().is_some_and(|t| t.0 <= epoch) {
-                    self.transfer_log.pop_front();
+                    if let Some((_, _, _, Some(ext))) = self.transfer_log.pop_front() {
+                        self.al.end(ext);
+                    }
                 }
                 let fl: Vec<u64> = self
                     .flushes
@@ -1989,7 +2149,8 @@ impl Core {
                 }
                 self.received_bytes += data.len() as u64;
                 self.resync_moved_bytes += data.len() as u64;
-                self.peer_ops.push_back(PeerOp::Resync { offset, data });
+                self.peer_ops
+                    .push_back((PeerOp::Resync { offset, data }, self.link_gen));
             }
             Frame::ResyncAck { sector, len_bytes } => {
                 let offset = sector.saturating_mul(SECTOR_BYTES);
@@ -2387,7 +2548,7 @@ impl Core {
     }
 
     fn apply_peer_ops(&mut self) {
-        while let Some(op) = self.peer_ops.front() {
+        while let Some((op, _)) = self.peer_ops.front() {
             match op {
                 PeerOp::Write { offset, data, .. } | PeerOp::Resync { offset, data } => {
                     let (o, l) = (*offset, data.len() as u64);
@@ -2409,9 +2570,12 @@ impl Core {
                     }
                 }
             }
-            let Some(op) = self.peer_ops.pop_front() else {
+            let Some((op, gen_of_link)) = self.peer_ops.pop_front() else {
                 return;
             };
+            if self.disk == DiskState::Diskless {
+                continue;
+            }
             match op {
                 PeerOp::Write {
                     id,
@@ -2421,7 +2585,7 @@ impl Core {
                 } => {
                     let len = data.len() as u64;
                     self.peer_writes_inflight.push((offset, len));
-                    let io = self.io(Io::PeerWrite { id, offset, len });
+                    let io = self.io_on_link(Io::PeerWrite { id, offset, len }, gen_of_link);
                     self.outputs.push_back(Output::WriteLocal {
                         io,
                         offset_bytes: offset,
@@ -2432,7 +2596,7 @@ impl Core {
                 PeerOp::Resync { offset, data } => {
                     let len = data.len() as u64;
                     self.peer_writes_inflight.push((offset, len));
-                    let io = self.io(Io::ResyncWrite { offset, len });
+                    let io = self.io_on_link(Io::ResyncWrite { offset, len }, gen_of_link);
                     // FUA: the source clears its bits on our ack, so the data must
                     // survive a crash of ours from then on.
                     self.outputs.push_back(Output::WriteLocal {
@@ -2444,7 +2608,7 @@ impl Core {
                 }
                 PeerOp::Barrier { epoch } => {
                     self.peer_flush_inflight = true;
-                    let io = self.io(Io::PeerFlush { epoch });
+                    let io = self.io_on_link(Io::PeerFlush { epoch }, gen_of_link);
                     self.outputs.push_back(Output::FlushLocal { io });
                 }
             }
@@ -2465,7 +2629,7 @@ impl Core {
                     && w.offset < end
                     && offset < w.offset + w.data.len() as u64
             });
-            if busy {
+            if busy || self.peer_busy(offset, len) {
                 keep.push_back((id, offset, len));
                 continue;
             }
