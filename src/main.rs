@@ -49,6 +49,8 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show nodes, links and events as the local agent sees them.
     Status(cmd::status::Args),
+    /// Print the transition the policy engine plans for a case file.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
+        Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod config;
 pub mod lab;
+pub mod simulate;
 pub mod status;
