@@ -93,7 +93,7 @@ pub fn check(config: &Config, view: &ClusterView, t: &Transition) -> Result<(), 
         PeerState::Up | PeerState::ReturnedAfterPartition
     ) && view.peer.reported;
     let peer_known_down =
-        view.peer.state == PeerState::LeftCleanly || view.fence_state(peer).is_down();
+        view.peer.state == PeerState::LeftCleanly || view.peer_fence_state(peer).is_down();
 
     for group in &config.groups {
         let g = group.name.as_str();
