@@ -60,6 +60,8 @@ enum Command {
     /// Measure and print tables (root: runs in a lab).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// Print the transition the policy engine plans for a case file.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Standby(a) => cmd::operator::standby(&cli.global, a),
         Command::Takeover(a) => cmd::operator::takeover(&cli.global, a),
         Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
+        Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

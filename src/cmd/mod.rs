@@ -5,4 +5,5 @@ pub mod bench;
 pub mod config;
 pub mod lab;
 pub mod operator;
+pub mod simulate;
 pub mod status;

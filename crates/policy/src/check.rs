@@ -70,9 +70,9 @@ pub enum Violation {
 /// - within a group, starts go left to right and stops right to left.
 pub fn check(config: &Config, view: &ClusterView, t: &Transition) -> Result<(), Violation> {
     for (i, a) in t.actions.iter().enumerate() {
-        let i32_ = u32::try_from(i).unwrap_or(u32::MAX);
-        if a.id != ActionId(i32_) || a.after.iter().any(|p| p.0 >= i32_) {
-            return Err(Violation::BadGraph(i32_));
+        let id = u32::try_from(i).unwrap_or(u32::MAX).saturating_add(1);
+        if a.id != ActionId(id) || a.after.iter().any(|p| p.0 == 0 || p.0 >= id) {
+            return Err(Violation::BadGraph(id));
         }
     }
     if view.maintenance && !t.actions.is_empty() {
@@ -93,7 +93,7 @@ pub fn check(config: &Config, view: &ClusterView, t: &Transition) -> Result<(), 
         PeerState::Up | PeerState::ReturnedAfterPartition
     ) && view.peer.reported;
     let peer_known_down =
-        view.peer.state == PeerState::LeftCleanly || view.fence_state(peer).is_down();
+        view.peer.state == PeerState::LeftCleanly || view.peer_fence_state(peer).is_down();
 
     for group in &config.groups {
         let g = group.name.as_str();

@@ -278,7 +278,7 @@ impl<'a> Planner<'a> {
             });
             return;
         }
-        self.peer_gate = match self.view.fence_state(peer) {
+        self.peer_gate = match self.view.peer_fence_state(peer) {
             FenceState::FencedOk | FenceState::ConfirmedByOperator => Gate::Open(Vec::new()),
             FenceState::InProgress => {
                 self.wait(WaitReason::Fencing {
@@ -684,7 +684,7 @@ impl<'a> Planner<'a> {
             && self.holds(group, self.peer);
         if self.fencing_none() && !self.peer_available {
             let gone = !matches!(self.view.peer.state, PeerState::LeftCleanly)
-                && !self.view.fence_state(self.peer).is_down();
+                && !self.view.peer_fence_state(self.peer).is_down();
             if gone {
                 self.unsafe_note(
                     name,

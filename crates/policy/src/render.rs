@@ -128,11 +128,11 @@ pub fn summary(config: &Config, view: &ClusterView, t: &Transition) -> String {
     let lines: Vec<String> = t.actions.iter().map(|a| describe(&a.kind)).collect();
     let w = lines.iter().map(|l| l.len()).max().unwrap_or(0);
     for (a, l) in t.actions.iter().zip(&lines) {
-        let id = format!("#{}", a.id.0 + 1);
+        let id = format!("#{}", a.id.0);
         if a.after.is_empty() {
             let _ = writeln!(o, "  {id:>3} {l}");
         } else {
-            let after: Vec<String> = a.after.iter().map(|p| format!("#{}", p.0 + 1)).collect();
+            let after: Vec<String> = a.after.iter().map(|p| format!("#{}", p.0)).collect();
             let _ = writeln!(o, "  {id:>3} {l:<w$}  after {}", after.join(", "));
         }
     }

@@ -8,7 +8,8 @@
 
 use serde::Serialize;
 
-/// Index of an action in [`Transition::actions`] (shown as `#1`, `#2`… in summaries).
+/// Id of an action: its 1-based position in [`Transition::actions`] (`#1`, `#2`… in
+/// summaries, the same number in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ActionId(pub u32);
 
@@ -29,7 +30,7 @@ pub struct Transition {
 /// One step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Action {
-    /// Its id (its index in [`Transition::actions`]).
+    /// Its id (its 1-based position in [`Transition::actions`]).
     pub id: ActionId,
     /// Actions that must have succeeded before this one runs.
     pub after: Vec<ActionId>,
@@ -138,7 +139,7 @@ pub enum WaitReason {
 
 /// Messages the planner asks the daemon to send to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "message", rename_all = "kebab-case")]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum PeerMessage {
     /// This node stopped `group` for the peer to start it.
     Released {
@@ -194,7 +195,11 @@ impl Transition {
 
     /// Appends an action and returns its id.
     pub fn push(&mut self, kind: ActionKind, after: Vec<ActionId>) -> ActionId {
-        let id = ActionId(u32::try_from(self.actions.len()).unwrap_or(u32::MAX));
+        let id = ActionId(
+            u32::try_from(self.actions.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
+        );
         let mut after = after;
         after.sort();
         after.dedup();
@@ -204,7 +209,7 @@ impl Transition {
 
     /// The action with id `id`.
     pub fn action(&self, id: ActionId) -> Option<&Action> {
-        self.actions.get(id.0 as usize)
+        self.actions.get((id.0 as usize).checked_sub(1)?)
     }
 
     /// Whether action `a` runs only after `b` (directly or through others).
@@ -217,7 +222,7 @@ impl Transition {
                 if p == b {
                     return true;
                 }
-                if let Some(s) = seen.get_mut(p.0 as usize) {
+                if let Some(s) = (p.0 as usize).checked_sub(1).and_then(|i| seen.get_mut(i)) {
                     if !*s {
                         *s = true;
                         stack.push(p);

@@ -337,4 +337,24 @@ impl ClusterView {
     pub fn fence_state(&self, node: &str) -> FenceState {
         self.fencing.get(node).copied().unwrap_or_default()
     }
+
+    /// Whether the peer is alive by membership (up, or back after a partition).
+    pub fn peer_alive(&self) -> bool {
+        matches!(
+            self.peer.state,
+            PeerState::Up | PeerState::ReturnedAfterPartition
+        )
+    }
+
+    /// The peer's fencing state as the planner uses it: "fenced" or "confirmed down"
+    /// from a peer that membership hears right now is stale (it came back, or the
+    /// operator confirmed the wrong node) and counts as `not-needed`.
+    pub fn peer_fence_state(&self, peer: &str) -> FenceState {
+        let s = self.fence_state(peer);
+        if s.is_down() && self.peer_alive() {
+            FenceState::NotNeeded
+        } else {
+            s
+        }
+    }
 }
