@@ -74,6 +74,27 @@ fn check(global: &Global) -> anyhow::Result<ExitCode> {
         Err(d) => return Ok(failed(&d)),
     };
     print_warnings(&warnings);
+    // Resource definitions are checked against this node's agents now, not at failover
+    // time: an unknown OCF type or a missing required parameter is an error here.
+    let issues = tandem_agents::check_config(&c, &tandem_agents::Paths::default());
+    if !issues.is_empty() {
+        let text = std::fs::read_to_string(&global.config).unwrap_or_default();
+        let mut errors = false;
+        for issue in &issues {
+            let (line, col) = locate_resource(&text, &c, &issue.resource);
+            let kind = if issue.error { "error" } else { "warning" };
+            errors |= issue.error;
+            eprintln!(
+                "{}:{line}:{col}: {kind}: resource {}: {}",
+                global.config.display(),
+                issue.resource,
+                issue.message
+            );
+        }
+        if errors {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
     let nodes: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
     let f = tandem_config::units::format_duration;
@@ -127,4 +148,39 @@ fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let text = render(&c, &files, &warnings);
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a resource is defined in the file: its `name = "…"` line if it has one, else
+/// the line of its agent or script (derived names come from them); 1:1 if neither.
+fn locate_resource(text: &str, config: &Config, resource: &str) -> (usize, usize) {
+    let mut needles = vec![format!("\"{resource}\"")];
+    if let Some(r) = config
+        .groups
+        .iter()
+        .flat_map(|g| g.resources.iter())
+        .find(|r| r.name == resource)
+    {
+        match &r.kind {
+            tandem_config::ResourceKind::Ocf { agent, .. } => needles.push(format!("\"{agent}\"")),
+            tandem_config::ResourceKind::Lsb { script, .. } => {
+                needles.push(format!("\"{script}\""))
+            }
+            tandem_config::ResourceKind::Systemd { unit } => needles.push(format!("\"{unit}\"")),
+            _ => {}
+        }
+    }
+    for needle in &needles {
+        for (i, line) in text.lines().enumerate() {
+            if let Some(at) = line.find(needle.as_str()) {
+                if line.trim_start().starts_with('#') {
+                    continue;
+                }
+                let key_at = line[..at]
+                    .rfind(|c: char| !c.is_whitespace() && c != '=')
+                    .map_or(at, |_| line.len() - line.trim_start().len());
+                return (i + 1, key_at + 1);
+            }
+        }
+    }
+    (1, 1)
 }
