@@ -331,3 +331,43 @@ script = "/nonexistent/tandem-test-missing-script""#;
         "ox1 kept the address of a failed group: {addrs}"
     );
 }
+
+#[test]
+fn a_killed_service_is_restarted_in_place_and_past_the_threshold_the_group_moves() {
+    if !root_or_skip("monitor failures") {
+        return;
+    }
+    let c = Cluster::start("off", DUMMY);
+    c.wait_owner("ox2", "ox1");
+    let failcount = |c: &Cluster| -> Option<u64> {
+        c.group("ox1")?["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == "httpd")?["failcount"]
+            .as_u64()
+    };
+    let kill_service = |c: &Cluster| {
+        c.lab
+            .run("ox1", &["sh", "-c", "kill -9 $(cat /run/tandem/web.pid)"])
+            .expect("kill the service on ox1");
+    };
+    // Below the migration threshold (3): each kill is detected by the monitor and the
+    // service is restarted where it was.
+    for n in 1..=2u64 {
+        kill_service(&c);
+        wait_for(Duration::from_secs(20), "monitor failure counted", || {
+            (failcount(&c)? == n).then_some(())
+        });
+        c.wait_owner("ox1", "ox1");
+        assert!(c.client_connects(), "service back on ox1 after kill {n}");
+    }
+    // The third failure reaches the threshold: the group moves to ox2.
+    kill_service(&c);
+    c.wait_owner("ox2", "ox2");
+    assert!(c.client_connects(), "service reachable on ox2");
+    let addrs = c
+        .lab
+        .run("ox1", &["ip", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(!addrs.contains(VIP), "ox1 kept the address: {addrs}");
+}

@@ -30,7 +30,9 @@ use tandem_policy::{
     PeerState, PeerView, Request, RequestKind, ResourceState, ResourceView, Scope, Transition,
 };
 
-use super::messages::{PeerMessage, state_code, state_from_code};
+use super::messages::{
+    PeerMessage, Reported, failure_code, failure_from_code, state_code, state_from_code,
+};
 use crate::clock;
 
 /// How often the manager looks at monitors and expiries when nothing else happens.
@@ -134,9 +136,11 @@ pub struct Manager {
     agents: BTreeMap<(String, String), Result<Agent, String>>,
     resources: BTreeMap<(String, String), LocalResource>,
     peer_state: PeerState,
-    peer_reported: bool,
+    /// Groups the peer's current incarnation has reported; its view is trusted once
+    /// every configured group has been (reports come one group per message).
+    peer_reported: BTreeSet<String>,
     peer_said_goodbye: bool,
-    peer_groups: BTreeMap<String, BTreeMap<String, ResourceState>>,
+    peer_groups: BTreeMap<String, BTreeMap<String, ResourceView>>,
     requests: Vec<Request>,
     maintenance: bool,
     fencing: BTreeMap<String, FenceState>,
@@ -195,7 +199,7 @@ impl Manager {
             agents,
             resources,
             peer_state: PeerState::Unknown,
-            peer_reported: false,
+            peer_reported: BTreeSet::new(),
             peer_said_goodbye: false,
             peer_groups: BTreeMap::new(),
             requests: Vec::new(),
@@ -269,14 +273,14 @@ impl Manager {
             }
             Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
                 self.peer_state = PeerState::ReturnedAfterPartition;
-                self.peer_reported = false;
+                self.peer_reported.clear();
                 self.send_report();
                 self.replan = true;
             }
             Event::NodeRestarted { node, .. } if node == self.peer_id => {
                 // A new incarnation has lost its state: it runs nothing until it reports.
                 self.peer_state = PeerState::Up;
-                self.peer_reported = false;
+                self.peer_reported.clear();
                 self.peer_said_goodbye = false;
                 self.peer_groups.clear();
                 self.fencing.remove(&self.peer.clone());
@@ -296,17 +300,27 @@ impl Manager {
     fn peer_message(&mut self, message: PeerMessage) {
         match message {
             PeerMessage::Report { g } => {
-                self.peer_groups = g
-                    .into_iter()
-                    .map(|(group, rs)| {
-                        let rs = rs
-                            .into_iter()
-                            .map(|(r, code)| (r, state_from_code(&code)))
-                            .collect();
-                        (group, rs)
-                    })
-                    .collect();
-                self.peer_reported = true;
+                // One report per group (so that a large cluster never outgrows one
+                // message); each replaces what was known of its group.
+                for (group, rs) in g {
+                    let rs = rs
+                        .into_iter()
+                        .map(|(r, reported)| {
+                            let view = ResourceView {
+                                state: state_from_code(&reported.s),
+                                failures: reported
+                                    .f
+                                    .chars()
+                                    .filter_map(failure_from_code)
+                                    .map(|op| Failure { op, expired: false })
+                                    .collect(),
+                            };
+                            (r, view)
+                        })
+                        .collect();
+                    self.peer_reported.insert(group.clone());
+                    self.peer_groups.insert(group, rs);
+                }
             }
             PeerMessage::Released { group } => {
                 tracing::info!(%group, peer = %self.peer, "peer released group");
@@ -326,7 +340,7 @@ impl Manager {
                 tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
                 self.peer_said_goodbye = true;
                 self.peer_groups.clear();
-                self.peer_reported = true;
+                self.peer_reported = self.config.groups.iter().map(|g| g.name.clone()).collect();
             }
         }
         self.replan = true;
@@ -376,6 +390,12 @@ impl Manager {
         let outcome = result.outcome(agent_action);
         let ok = matches!(outcome, Outcome::Ok | Outcome::NotRunning);
         let key = (group.to_string(), resource.to_string());
+        let interval = self
+            .config
+            .group(group)
+            .and_then(|g| g.resources.iter().find(|r| r.name == resource))
+            .and_then(|r| r.monitor_interval)
+            .filter(|d| !d.is_zero());
         if let Some(r) = self.resources.get_mut(&key) {
             r.state = match (op, outcome) {
                 (Op::Start | Op::Restart, Outcome::Ok) => ResourceState::Started,
@@ -412,6 +432,11 @@ impl Manager {
                 tracing::info!(%group, %resource, action = record.action, "{result}");
             } else {
                 tracing::error!(%group, %resource, action = record.action, "failed: {result}");
+            }
+            // A running resource is watched whatever becomes of the transition that
+            // started it (a new event may abandon it before its monitor step).
+            if r.state == ResourceState::Started && r.monitor.is_none() {
+                r.monitor = interval.map(|i| (i, now + i));
             }
             r.last = Some(record.clone());
             self.remember(record);
@@ -760,14 +785,8 @@ impl Manager {
                 .on
                 .entry(self.peer.clone())
                 .or_default();
-            for (resource, state) in rs {
-                on.insert(
-                    resource.clone(),
-                    ResourceView {
-                        state: *state,
-                        failures: Vec::new(),
-                    },
-                );
+            for (resource, view) in rs {
+                on.insert(resource.clone(), view.clone());
             }
         }
         let peer_state = match self.peer_state {
@@ -781,7 +800,11 @@ impl Manager {
             maintenance: self.maintenance,
             peer: PeerView {
                 state: peer_state,
-                reported: self.peer_reported,
+                reported: self
+                    .config
+                    .groups
+                    .iter()
+                    .all(|g| self.peer_reported.contains(&g.name)),
             },
             fencing: self.fencing.clone(),
             ping: BTreeMap::new(),
@@ -809,15 +832,35 @@ impl Manager {
     }
 
     fn send_report(&self) {
-        let mut g: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let now = clock::now();
+        let mut g: BTreeMap<String, BTreeMap<String, Reported>> = self
+            .config
+            .groups
+            .iter()
+            .map(|group| (group.name.clone(), BTreeMap::new()))
+            .collect();
         for ((group, resource), r) in &self.resources {
-            if r.state != ResourceState::Stopped {
-                g.entry(group.clone())
-                    .or_default()
-                    .insert(resource.clone(), state_code(r.state).to_string());
+            let f: String = r
+                .failures
+                .iter()
+                .filter(|(_, at)| now < *at + FAILURE_TIMEOUT)
+                .map(|(op, _)| failure_code(*op))
+                .collect();
+            if r.state != ResourceState::Stopped || !f.is_empty() {
+                g.entry(group.clone()).or_default().insert(
+                    resource.clone(),
+                    Reported {
+                        s: state_code(r.state).to_string(),
+                        f,
+                    },
+                );
             }
         }
-        self.send(&PeerMessage::Report { g });
+        for (group, rs) in g {
+            self.send(&PeerMessage::Report {
+                g: BTreeMap::from([(group, rs)]),
+            });
+        }
     }
 
     /// Clean shutdown: let in-flight actions finish, stop every local resource right to
@@ -930,8 +973,7 @@ impl Manager {
                 });
                 let peer_state = peer_states
                     .and_then(|p| p.get(&r.name))
-                    .copied()
-                    .unwrap_or(ResourceState::Stopped);
+                    .map_or(ResourceState::Stopped, |v| v.state);
                 resources.push(serde_json::json!({
                     "name": r.name,
                     "type": r.kind.type_name(),
@@ -946,7 +988,9 @@ impl Manager {
             let local_any = local_states.iter().any(|s| s.holds());
             let peer_all = !group.resources.is_empty()
                 && group.resources.iter().all(|r| {
-                    peer_states.and_then(|p| p.get(&r.name)) == Some(&ResourceState::Started)
+                    peer_states
+                        .and_then(|p| p.get(&r.name))
+                        .is_some_and(|v| v.state == ResourceState::Started)
                 });
             let owner = if local_all {
                 serde_json::Value::from(self.local.clone())

@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_policy::{RequestKind, ResourceState, Scope};
+use tandem_policy::{FailedOp, RequestKind, ResourceState, Scope};
 
 /// What one agent tells the other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "m", rename_all = "snake_case")]
 pub enum PeerMessage {
     /// The sender's resource states, group by group (sent whenever one changes, and
-    /// when the peer comes up). Only resources that are not stopped are listed.
+    /// when the peer comes up). Resources that are stopped with no current failure are
+    /// left out.
     Report {
-        /// Group → resource → state code (see [`state_code`]).
-        g: BTreeMap<String, BTreeMap<String, String>>,
+        /// Group → resource → its state and current failures.
+        g: BTreeMap<String, BTreeMap<String, Reported>>,
     },
     /// The sender stopped `group` so that the receiver can start it.
     Released {
@@ -57,6 +58,36 @@ impl PeerMessage {
     }
 }
 
+/// One resource in a [`PeerMessage::Report`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    /// State code (see [`state_code`]).
+    pub s: String,
+    /// Unexpired failures, one letter each: `s` start, `m` monitor, `t` stop. The peer's
+    /// planner needs them to know when this node may no longer run a group.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub f: String,
+}
+
+/// The letter of a failed operation in a report.
+pub fn failure_code(op: FailedOp) -> char {
+    match op {
+        FailedOp::Start => 's',
+        FailedOp::Monitor => 'm',
+        FailedOp::Stop => 't',
+    }
+}
+
+/// The operation a report letter names, if any.
+pub fn failure_from_code(c: char) -> Option<FailedOp> {
+    match c {
+        's' => Some(FailedOp::Start),
+        'm' => Some(FailedOp::Monitor),
+        't' => Some(FailedOp::Stop),
+        _ => None,
+    }
+}
+
 /// The short code of a resource state in reports.
 pub fn state_code(state: ResourceState) -> &'static str {
     match state {
@@ -95,7 +126,13 @@ mod tests {
         let report = PeerMessage::Report {
             g: BTreeMap::from([(
                 "ox".to_string(),
-                BTreeMap::from([("vip".to_string(), "started".to_string())]),
+                BTreeMap::from([(
+                    "vip".to_string(),
+                    Reported {
+                        s: "started".into(),
+                        f: "mm".into(),
+                    },
+                )]),
             )]),
         };
         for m in [
@@ -127,6 +164,9 @@ mod tests {
             ResourceState::Unknown,
         ] {
             assert_eq!(state_from_code(state_code(s)), s);
+        }
+        for op in [FailedOp::Start, FailedOp::Monitor, FailedOp::Stop] {
+            assert_eq!(failure_from_code(failure_code(op)), Some(op));
         }
     }
 }
