@@ -399,6 +399,14 @@ impl Lab {
                 "host name \"sw\" is reserved for the switch namespace".into(),
             ));
         }
+        // Leftovers of a killed run with this name (namespaces, cgroup, data) count as
+        // "exists" too: building over them would fail half-way or adopt them.
+        if data_dir(name).exists()
+            || cg_path(&lab_cgroup_rel(name)).exists()
+            || lab_netns(name).next().is_some()
+        {
+            return Err(LabError::Exists(name.to_string()));
+        }
         fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("create {STATE_ROOT}")))?;
         match fs::create_dir(state_dir(name)) {
             Ok(()) => {}
