@@ -10,6 +10,13 @@ use tandem_lab::{Lab, LabStatus, Topology};
 
 use crate::Global;
 
+/// `println!` that ignores a closed stdout (`tandem lab status | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `tandem lab` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -184,8 +191,7 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("read topology {}", path.display()))?;
-                    Topology::from_toml(&text)
-                        .with_context(|| format!("topology {}", path.display()))?
+                    Topology::from_toml(&text).with_context(|| path.display().to_string())?
                 }
                 None if !hosts.is_empty() => Topology::from_flags(&hosts, &nets)?,
                 None => Topology::whitepaper(),
@@ -209,10 +215,10 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             let mut ok = true;
             for r in &reports {
                 if let Some(why) = &r.skipped {
-                    println!("lab {}: left alone, {why}", r.name);
+                    out!("lab {}: left alone, {why}", r.name);
                     continue;
                 }
-                println!(
+                out!(
                     "lab {}: killed {} processes, removed {} namespaces, {} mounts, {} loop devices",
                     r.name,
                     r.killed,
@@ -226,7 +232,7 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
             if reports.is_empty() {
-                println!("no lab found");
+                out!("no lab found");
             }
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -245,7 +251,7 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 statuses.push(Lab::open(&n)?.status()?);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                out!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
                 for s in &statuses {
                     print_status(s);
@@ -351,12 +357,12 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
 }
 
 fn print_status(s: &LabStatus) {
-    println!("lab {} (switch namespace {})", s.name, s.switch_netns);
+    out!("lab {} (switch namespace {})", s.name, s.switch_netns);
     if let Some(p) = s.owner_pid {
-        println!("  owned by process {p} (a test): `down --all` leaves it alone");
+        out!("  owned by process {p} (a test): `down --all` leaves it alone");
     }
     if let Some(sock) = &s.power_switch {
-        println!("  power switch on {sock}");
+        out!("  power switch on {sock}");
     }
     for h in &s.hosts {
         let power = if h.powered { "on" } else { "OFF" };
@@ -365,12 +371,14 @@ fn print_status(s: &LabStatus) {
             .init_pid
             .map(|p| format!(", init pid {p}"))
             .unwrap_or_default();
-        println!(
+        out!(
             "  host {:<8} power {power}{frozen}, {} processes{init}, netns {}",
-            h.name, h.processes, h.netns
+            h.name,
+            h.processes,
+            h.netns
         );
         for i in &h.interfaces {
-            println!(
+            out!(
                 "    {:<5} {:<6} {:<20} {}  port {} {}",
                 i.ifname,
                 i.net,
@@ -387,7 +395,7 @@ fn print_status(s: &LabStatus) {
         } else {
             format!(", PARTITIONED: {}", n.partitioned.join(", "))
         };
-        println!("  net  {:<8} {} bridge {}{cut}", n.name, n.subnet, n.bridge);
+        out!("  net  {:<8} {} bridge {}{cut}", n.name, n.subnet, n.bridge);
     }
 }
 
@@ -400,16 +408,16 @@ fn now() -> std::time::Instant {
 }
 
 fn step<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    print!("{what} ... ");
+    let _ = write!(std::io::stdout(), "{what} ... ");
     let _ = std::io::stdout().flush();
     let start = now();
     match f() {
         Ok(v) => {
-            println!("ok ({} ms)", start.elapsed().as_millis());
+            out!("ok ({} ms)", start.elapsed().as_millis());
             Ok(v)
         }
         Err(e) => {
-            println!("FAILED");
+            out!("FAILED");
             Err(e.context(format!("smoke step: {what}")))
         }
     }
@@ -503,7 +511,7 @@ fn smoke() -> anyhow::Result<ExitCode> {
         let left = String::from_utf8_lossy(&out.stdout).contains(&format!("tl-{name}-"));
         expect(!left, "namespaces left behind")
     })?;
-    println!("smoke: all steps passed");
+    out!("smoke: all steps passed");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -557,7 +565,7 @@ fn fence_agent(
     }
     let action = action.unwrap_or_else(|| "reboot".to_string());
     if action == "metadata" {
-        println!("{FENCE_METADATA}");
+        out!("{FENCE_METADATA}");
         return Ok(ExitCode::SUCCESS);
     }
     let name = pick(&Which { name: lab_name })?;
@@ -578,16 +586,16 @@ fn fence_agent(
     match action.as_str() {
         "status" => {
             let on = reply == "on";
-            println!("Status: {}", if on { "ON" } else { "OFF" });
+            out!("Status: {}", if on { "ON" } else { "OFF" });
             return Ok(ExitCode::from(if on { 0 } else { 2 }));
         }
         "list" | "list-status" => {
             for l in reply.lines().filter(|l| *l != "end") {
                 let (h, st) = l.split_once(' ').unwrap_or((l, "unknown"));
                 if action == "list" {
-                    println!("{h},{h}");
+                    out!("{h},{h}");
                 } else {
-                    println!("{h},{h},{st}");
+                    out!("{h},{h},{st}");
                 }
             }
         }
