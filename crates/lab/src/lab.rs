@@ -960,7 +960,7 @@ impl Lab {
             return Ok(0);
         }
         let killed = sys::cg_procs(&cg).len();
-        sys::cg_write(&cg, "cgroup.kill", "1")?;
+        sys::cg_kill(&cg)?;
         // Frozen tasks die once thawed; a powered-off host must not boot frozen either.
         sys::cg_write(&cg, "cgroup.freeze", "0")?;
         let start = sys::now();
@@ -977,7 +977,7 @@ impl Lab {
             }
             if populated && last_kill.elapsed() > Duration::from_millis(200) {
                 // A fork that raced the first kill: kill again.
-                sys::cg_write(&cg, "cgroup.kill", "1")?;
+                sys::cg_kill(&cg)?;
                 last_kill = sys::now();
             }
             if start.elapsed() > Duration::from_millis(KILL_TIMEOUT_MS) {
@@ -1386,9 +1386,10 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
     let lab_cg = cg_path(&lab_rel);
     if lab_cg.exists() {
         rep.killed = sys::procs_in_cgroup(&lab_rel).len();
-        let _ = sys::cg_write(&lab_cg, "cgroup.kill", "1");
+        let _ = sys::cg_kill(&lab_cg);
         if let Ok(rd) = fs::read_dir(&lab_cg) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = sys::cg_kill(&e.path());
                 let _ = sys::cg_write(&e.path(), "cgroup.freeze", "0");
             }
         }
@@ -1398,9 +1399,17 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
             KILL_TIMEOUT_MS,
             || {
                 reap();
+                if sys::cg_event(&lab_cg, "populated")? {
+                    // Stragglers: forks that raced the kill, or no `cgroup.kill` at all.
+                    if let Ok(rd) = fs::read_dir(&lab_cg) {
+                        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                            let _ = sys::cg_kill(&e.path());
+                        }
+                    }
+                    return Ok(false);
+                }
                 // A zombie keeps its cgroup until reaped: wait for the scan to come up empty.
-                Ok(!sys::cg_event(&lab_cg, "populated")?
-                    && sys::procs_in_cgroup(&lab_rel).is_empty())
+                Ok(sys::procs_in_cgroup(&lab_rel).is_empty())
             },
         );
         if let Err(e) = r {
