@@ -423,6 +423,16 @@ fn step<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<
     }
 }
 
+/// A reply within three tries (a loaded machine may delay one ping process).
+fn reach(lab: &Lab, from: &str, to: &str, net: &str) -> anyhow::Result<bool> {
+    for _ in 0..3 {
+        if ping(lab, from, to, net)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn ping(lab: &Lab, from: &str, to: &str, net: &str) -> anyhow::Result<bool> {
     let addr = lab.address(to, net)?.to_string();
     let mut cmd = Command::new("ping");
@@ -461,11 +471,11 @@ fn smoke() -> anyhow::Result<ExitCode> {
     step("partition hb: hb silent, lan still works", || {
         lab.partition("hb", &[])?;
         expect(!ping(&lab, "ox1", "ox2", "hb")?, "hb still carries traffic")?;
-        expect(ping(&lab, "ox1", "ox2", "lan")?, "lan broke with hb")
+        expect(reach(&lab, "ox1", "ox2", "lan")?, "lan broke with hb")
     })?;
     step("heal hb", || {
         lab.heal(Some("hb"), &[])?;
-        expect(ping(&lab, "ox1", "ox2", "hb")?, "hb did not come back")
+        expect(reach(&lab, "ox1", "ox2", "hb")?, "hb did not come back")
     })?;
     let sleeper = step("start a daemon on ox2", || {
         let mut cmd = Command::new("sleep");
