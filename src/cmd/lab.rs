@@ -90,6 +90,17 @@ enum LabCommand {
         /// The host.
         host: String,
     },
+    /// Pull (down) or plug back (up) one host's cable on one network (carrier loss).
+    Link {
+        #[command(flatten)]
+        which: Which,
+        /// The host.
+        host: String,
+        /// The network.
+        net: String,
+        /// `up` or `down`.
+        state: LinkState,
+    },
     /// Freeze every process of a host (cgroup.freeze).
     Freeze {
         #[command(flatten)]
@@ -144,6 +155,12 @@ enum LabCommand {
         #[arg(short = 'a', long, alias = "ip")]
         lab: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LinkState {
+    Up,
+    Down,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -288,6 +305,15 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                     lab.power_on(&host)?;
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Link {
+            which,
+            host,
+            net,
+            state,
+        } => {
+            open(&which)?.set_link(&host, &net, matches!(state, LinkState::Up))?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Freeze { which, host } => {

@@ -46,6 +46,9 @@ struct State {
     /// its start time; `down --all` leaves labs of live owners alone.
     #[serde(default)]
     owner: Option<(u32, u64)>,
+    /// Cables pulled with `set_link` (host, net): they stay out across power cycles.
+    #[serde(default)]
+    links_down: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -428,6 +431,7 @@ impl Lab {
             partitions: Vec::new(),
             switch_pid: None,
             owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
+            links_down: Vec::new(),
         };
         // Record the lab before building anything, so `down` finds a half-built one.
         save_state(&state)?;
@@ -649,7 +653,14 @@ impl Lab {
                 self.mac_unchecked(host, &a.net)
             ));
             sw_lines.push(format!("link set {port} master {}", bridge_name(&a.net)));
-            sw_lines.push(format!("link set {port} up"));
+            let pulled = self
+                .state
+                .links_down
+                .iter()
+                .any(|(h, n)| h == host && *n == a.net);
+            if !pulled {
+                sw_lines.push(format!("link set {port} up"));
+            }
             host_lines.push(format!(
                 "addr add {}/{} dev {}",
                 a.address, a.prefix_len, a.ifname
@@ -1120,6 +1131,30 @@ impl Lab {
             Some(_) => !(hs.is_empty() || p.hosts == hs),
         });
         self.apply_partitions()?;
+        save_state(&self.state)
+    }
+
+    /// Pulls (`up` false) or plugs back (`up` true) one host's cable on one network:
+    /// the switch-side port goes down, so the host sees carrier loss on that interface
+    /// (unlike [`Lab::partition`], which drops frames silently). A pulled cable stays
+    /// pulled across power cycles.
+    pub fn set_link(&mut self, host: &str, net: &str, up: bool) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        let port = self.port(host, net)?;
+        let key = (host.to_string(), net.to_string());
+        self.state.links_down.retain(|k| *k != key);
+        if !up {
+            self.state.links_down.push(key);
+        }
+        let powered = self.host_state(host)?.powered;
+        // A powered-off host's ports stay down until power-on applies the cable state.
+        if powered || !up {
+            let state = if up { "up" } else { "down" };
+            sys::ip_batch(
+                Some(&switch_netns(&self.name)),
+                &[format!("link set {port} {state}")],
+            )?;
+        }
         save_state(&self.state)
     }
 

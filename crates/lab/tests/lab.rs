@@ -626,3 +626,27 @@ fn multicast_and_broadcast_cross_the_bridge_until_partitioned() {
     send(&lab);
     assert_eq!(rest(p, out), "timeout\ntimeout\n");
 }
+
+#[test]
+fn a_pulled_cable_is_carrier_loss_and_survives_a_power_cycle() {
+    if !root() {
+        return;
+    }
+    let mut lab = Lab::up_auto(two_hosts()).unwrap();
+    let carrier = |lab: &Lab| {
+        let c = lab.read_file("a", "/sys/class/net/eth1/carrier").unwrap();
+        String::from_utf8_lossy(&c).trim().to_string()
+    };
+    assert_eq!(carrier(&lab), "1");
+    lab.set_link("a", "hb", false).unwrap();
+    assert_eq!(carrier(&lab), "0", "host a should see no carrier on hb");
+    assert!(unreachable(&lab, "b", lab.address("a", "hb").unwrap()));
+    assert!(reachable(&lab, "b", lab.address("a", "lan").unwrap()));
+    lab.power_off("a").unwrap();
+    lab.power_on("a").unwrap();
+    assert_eq!(carrier(&lab), "0", "the cable came back with a reboot");
+    assert!(reachable(&lab, "b", lab.address("a", "lan").unwrap()));
+    lab.set_link("a", "hb", true).unwrap();
+    assert!(reachable(&lab, "b", lab.address("a", "hb").unwrap()));
+    assert_eq!(carrier(&lab), "1");
+}
