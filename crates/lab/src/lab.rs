@@ -46,6 +46,9 @@ struct State {
     /// its start time; `down --all` leaves labs of live owners alone.
     #[serde(default)]
     owner: Option<(u32, u64)>,
+    /// Cables pulled with `set_link` (host, net): they stay out across power cycles.
+    #[serde(default)]
+    links_down: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -399,6 +402,14 @@ impl Lab {
                 "host name \"sw\" is reserved for the switch namespace".into(),
             ));
         }
+        // Leftovers of a killed run with this name (namespaces, cgroup, data) count as
+        // "exists" too: building over them would fail half-way or adopt them.
+        if data_dir(name).exists()
+            || cg_path(&lab_cgroup_rel(name)).exists()
+            || lab_netns(name).next().is_some()
+        {
+            return Err(LabError::Exists(name.to_string()));
+        }
         fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("create {STATE_ROOT}")))?;
         match fs::create_dir(state_dir(name)) {
             Ok(()) => {}
@@ -420,6 +431,7 @@ impl Lab {
             partitions: Vec::new(),
             switch_pid: None,
             owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
+            links_down: Vec::new(),
         };
         // Record the lab before building anything, so `down` finds a half-built one.
         save_state(&state)?;
@@ -641,7 +653,14 @@ impl Lab {
                 self.mac_unchecked(host, &a.net)
             ));
             sw_lines.push(format!("link set {port} master {}", bridge_name(&a.net)));
-            sw_lines.push(format!("link set {port} up"));
+            let pulled = self
+                .state
+                .links_down
+                .iter()
+                .any(|(h, n)| h == host && *n == a.net);
+            if !pulled {
+                sw_lines.push(format!("link set {port} up"));
+            }
             host_lines.push(format!(
                 "addr add {}/{} dev {}",
                 a.address, a.prefix_len, a.ifname
@@ -952,7 +971,7 @@ impl Lab {
             return Ok(0);
         }
         let killed = sys::cg_procs(&cg).len();
-        sys::cg_write(&cg, "cgroup.kill", "1")?;
+        sys::cg_kill(&cg)?;
         // Frozen tasks die once thawed; a powered-off host must not boot frozen either.
         sys::cg_write(&cg, "cgroup.freeze", "0")?;
         let start = sys::now();
@@ -969,7 +988,7 @@ impl Lab {
             }
             if populated && last_kill.elapsed() > Duration::from_millis(200) {
                 // A fork that raced the first kill: kill again.
-                sys::cg_write(&cg, "cgroup.kill", "1")?;
+                sys::cg_kill(&cg)?;
                 last_kill = sys::now();
             }
             if start.elapsed() > Duration::from_millis(KILL_TIMEOUT_MS) {
@@ -1112,6 +1131,30 @@ impl Lab {
             Some(_) => !(hs.is_empty() || p.hosts == hs),
         });
         self.apply_partitions()?;
+        save_state(&self.state)
+    }
+
+    /// Pulls (`up` false) or plugs back (`up` true) one host's cable on one network:
+    /// the switch-side port goes down, so the host sees carrier loss on that interface
+    /// (unlike [`Lab::partition`], which drops frames silently). A pulled cable stays
+    /// pulled across power cycles.
+    pub fn set_link(&mut self, host: &str, net: &str, up: bool) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        let port = self.port(host, net)?;
+        let key = (host.to_string(), net.to_string());
+        self.state.links_down.retain(|k| *k != key);
+        if !up {
+            self.state.links_down.push(key);
+        }
+        let powered = self.host_state(host)?.powered;
+        // A powered-off host's ports stay down until power-on applies the cable state.
+        if powered || !up {
+            let state = if up { "up" } else { "down" };
+            sys::ip_batch(
+                Some(&switch_netns(&self.name)),
+                &[format!("link set {port} {state}")],
+            )?;
+        }
         save_state(&self.state)
     }
 
@@ -1378,9 +1421,10 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
     let lab_cg = cg_path(&lab_rel);
     if lab_cg.exists() {
         rep.killed = sys::procs_in_cgroup(&lab_rel).len();
-        let _ = sys::cg_write(&lab_cg, "cgroup.kill", "1");
+        let _ = sys::cg_kill(&lab_cg);
         if let Ok(rd) = fs::read_dir(&lab_cg) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = sys::cg_kill(&e.path());
                 let _ = sys::cg_write(&e.path(), "cgroup.freeze", "0");
             }
         }
@@ -1390,9 +1434,17 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
             KILL_TIMEOUT_MS,
             || {
                 reap();
+                if sys::cg_event(&lab_cg, "populated")? {
+                    // Stragglers: forks that raced the kill, or no `cgroup.kill` at all.
+                    if let Ok(rd) = fs::read_dir(&lab_cg) {
+                        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                            let _ = sys::cg_kill(&e.path());
+                        }
+                    }
+                    return Ok(false);
+                }
                 // A zombie keeps its cgroup until reaped: wait for the scan to come up empty.
-                Ok(!sys::cg_event(&lab_cg, "populated")?
-                    && sys::procs_in_cgroup(&lab_rel).is_empty())
+                Ok(sys::procs_in_cgroup(&lab_rel).is_empty())
             },
         );
         if let Err(e) = r {

@@ -95,6 +95,23 @@ pub fn cg_write(cg: &Path, file: &str, value: &str) -> Result<(), LabError> {
     fs::write(&p, value).map_err(io_err(format!("write {value:?} to {}", p.display())))
 }
 
+/// SIGKILLs every process of a cgroup: `cgroup.kill` (Linux 5.14+) does it atomically,
+/// forks included; without it, kill each listed PID (callers loop until empty).
+pub fn cg_kill(cg: &Path) -> Result<(), LabError> {
+    match fs::write(cg.join("cgroup.kill"), "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            for pid in cg_procs(cg) {
+                kill(pid, libc::SIGKILL);
+            }
+            Ok(())
+        }
+        Err(e) => Err(io_err(format!("write 1 to {}/cgroup.kill", cg.display()))(
+            e,
+        )),
+    }
+}
+
 /// Reads `key value` lines of `cgroup.events`.
 pub fn cg_event(cg: &Path, key: &str) -> Result<bool, LabError> {
     let p = cg.join("cgroup.events");
