@@ -26,16 +26,29 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// The whole status: nodes, links, and later groups, disks, fencing.
+    /// The whole status: nodes, links, events, groups.
     Status,
+    /// `tandem standby [all|local|foreign]` (Heartbeat's hb_standby).
+    Standby {
+        /// Which groups.
+        scope: tandem_policy::Scope,
+    },
+    /// `tandem takeover [all|local|foreign]` (Heartbeat's hb_takeover).
+    Takeover {
+        /// Which groups.
+        scope: tandem_policy::Scope,
+    },
+    /// `tandem maintenance on|off`.
+    Maintenance {
+        /// On or off.
+        on: bool,
+    },
 }
 
 impl Request {
     /// Whether this request changes the cluster's state (and must be logged).
     pub fn changes_state(&self) -> bool {
-        match self {
-            Request::Status => false,
-        }
+        !matches!(self, Request::Status)
     }
 }
 

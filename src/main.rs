@@ -2,9 +2,11 @@
 //! file only parses the command line, sets up logging and dispatches.
 
 mod agent;
+mod bench;
 mod clock;
 mod cmd;
 mod control;
+mod labcluster;
 mod state;
 
 use std::path::PathBuf;
@@ -49,6 +51,15 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show nodes, links and events as the local agent sees them.
     Status(cmd::status::Args),
+    /// Hand this node's groups to the peer (Heartbeat's hb_standby).
+    Standby(cmd::operator::ScopeArgs),
+    /// Take groups over from the peer (Heartbeat's hb_takeover).
+    Takeover(cmd::operator::ScopeArgs),
+    /// Stop or resume managing resources, without starting or stopping anything.
+    Maintenance(cmd::operator::MaintenanceArgs),
+    /// Measure and print tables (root: runs in a lab).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
     /// Print the transition the policy engine plans for a case file.
     Simulate(cmd::simulate::Args),
 }
@@ -61,6 +72,10 @@ fn main() -> ExitCode {
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Standby(a) => cmd::operator::standby(&cli.global, a),
+        Command::Takeover(a) => cmd::operator::takeover(&cli.global, a),
+        Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
     };
     match result {

@@ -1,21 +1,21 @@
 //! `tandem agent`: the daemon of one node.
 //!
 //! ```text
-//!   config ──► membership core ◄──── heartbeat thread (poll: link sockets, timers)
-//!                   │ events              │ transmits
-//!                   ▼                     ▼
-//!              event history        link sockets / tty
-//!                   │
-//!   control socket ─┴─► status
+//!   config ──► membership driver thread (poll: link sockets, timers; SCHED_RR)
+//!                   │ timed events                ▲ status / messages
+//!                   ▼                             │
+//!              event thread ──► event history ──► control socket ◄── tandem status
 //! ```
 //!
-//! The heartbeat path runs on its own thread with locked memory and, when allowed,
-//! real-time priority: a busy machine, slow disk I/O or a long resource action must
-//! never delay a heartbeat or its processing, because a late heartbeat looks exactly
-//! like a dead node (Heartbeat ran the same way, `realtime on`).
+//! The heartbeat path runs on its own thread with locked memory and real-time
+//! priority: a busy machine, slow disk I/O or a long resource action must never delay a
+//! heartbeat or its processing, because a late heartbeat looks exactly like a dead node
+//! (Heartbeat ran the same way, `realtime on`).
 
-mod heartbeat;
+mod events;
 mod links;
+mod manager;
+mod messages;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,15 +26,23 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use tandem_config::Config;
 use tandem_config::key::{HeartbeatMethod, KeySource};
+use tandem_membership::driver::{Driver, LinkSpec, Options};
 use tandem_membership::{LinkConfig, MembershipConfig, NodeConfig, RetransmitConfig};
 use tandem_wire::PacketKey;
 
 use crate::Global;
 use crate::control::{self, Request, Response};
 use crate::state::StateDir;
+use manager::{Input, Operator};
+use std::sync::mpsc::Sender;
+use tandem_policy::RequestKind;
 
 /// Events kept for `tandem status` (the newest ones).
 const EVENT_HISTORY_LEN: usize = 256;
+
+/// Real-time priority of the heartbeat thread (SCHED_RR, 1–99): above ordinary threads,
+/// below the kernel's watchdogs (99).
+const REALTIME_PRIORITY: i32 = 50;
 
 /// `tandem agent` arguments.
 #[derive(Debug, clap::Args)]
@@ -53,11 +61,9 @@ pub struct Args {
     pub no_realtime: bool,
 }
 
-/// What the heartbeat thread publishes for the control socket.
+/// What the event thread records for the control socket.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// The latest membership snapshot.
-    pub membership: Option<tandem_membership::Status>,
     /// Recent membership events, oldest first.
     pub events: VecDeque<EventRecord>,
 }
@@ -82,6 +88,7 @@ pub struct EventRecord {
 
 /// Runs the agent in the foreground until it is killed.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let stop_signals = block_stop_signals();
     let config = match Config::load_with_warnings(&global.config) {
         Ok((config, warnings)) => {
             for w in warnings {
@@ -94,14 +101,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let config_bytes = std::fs::read(&global.config)
-        .with_context(|| format!("read {}", global.config.display()))?;
     let local = match args.node {
         Some(node) => node,
         None => hostname()?,
     };
     let key = load_key(&config)?;
-    let membership = membership_config(&config, &local, key, &config_bytes)?;
+    let membership = membership_config(&config, &local, key)?;
 
     let state_dir = args
         .state_dir
@@ -113,9 +118,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let listener = control::bind(&socket_path)?;
 
     let own_addresses = links::local_addresses()?;
-    let mut link_io = Vec::new();
-    for link in &config.links {
-        link_io.push(links::LinkIo::open(&link.name, &link.kind, &own_addresses)?);
+    let mut link_specs = Vec::new();
+    for (id, link) in config.links.iter().enumerate() {
+        link_specs.push(LinkSpec {
+            id: id as u16,
+            medium: links::medium(&link.name, &link.kind, &own_addresses)?,
+        });
     }
     if !args.no_realtime {
         lock_memory();
@@ -128,30 +136,157 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         control_socket = %socket_path.display(),
         "tandem agent starting"
     );
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let names = events::Names::new(&membership);
     let core = tandem_membership::Membership::new(membership, incarnation, crate::clock::now())
         .context("start the membership core")?;
-    heartbeat::spawn(core, link_io, Arc::clone(&shared), !args.no_realtime)?;
+    let options = Options {
+        realtime_priority: (!args.no_realtime).then_some(REALTIME_PRIORITY),
+    };
+    let driver = Arc::new(
+        Driver::start_with(core, link_specs, options).context("open the heartbeat links")?,
+    );
+    if let Err(why) = driver.realtime() {
+        tracing::warn!("{why}: heartbeats may be late on a busy machine");
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let config = Arc::new(config);
+    let manager = if config.groups.is_empty() {
+        None
+    } else {
+        let (tx, rx) = manager::channel();
+        let peer_id = peer_id(&config, &local)?;
+        let m = manager::Manager::new(
+            Arc::clone(&config),
+            &local,
+            peer_id,
+            Arc::clone(&driver),
+            tx.clone(),
+        )?;
+        manager::spawn(m, rx)?;
+        Some(tx)
+    };
+    events::spawn(
+        Arc::clone(&driver),
+        names,
+        Arc::clone(&shared),
+        manager.clone(),
+    )?;
+    handle_signals(stop_signals, manager.clone())?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
-        Request::Status => status_json(&local_name, &shared),
+        Request::Status => status_json(&local_name, &driver, &shared, manager.as_ref()),
+        Request::Standby { scope } => operator(
+            manager.as_ref(),
+            Operator::Request(RequestKind::Standby, scope),
+        ),
+        Request::Takeover { scope } => operator(
+            manager.as_ref(),
+            Operator::Request(RequestKind::Takeover, scope),
+        ),
+        Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
     });
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(local: &str, shared: &Mutex<Shared>) -> Response {
-    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(m) = &shared.membership else {
-        return Response::error("the agent is starting");
+fn status_json(
+    local: &str,
+    driver: &Driver,
+    shared: &Mutex<Shared>,
+    manager: Option<&Sender<Input>>,
+) -> Response {
+    let m = match driver.status() {
+        Ok(m) => m,
+        Err(err) => return Response::error(format!("the heartbeat thread stopped: {err}")),
     };
-    Response::ok(serde_json::json!({
-        "node": local,
-        "incarnation": m.incarnation,
-        "nodes": m.nodes,
-        "links": m.links,
-        "events": shared.events,
-    }))
+    let mut body = {
+        let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "node": local,
+            "incarnation": m.incarnation,
+            "nodes": m.nodes,
+            "links": m.links,
+            "events": shared.events,
+            "groups": [],
+        })
+    };
+    if manager.is_some() {
+        match operator(manager, Operator::Status) {
+            Response {
+                error: None,
+                body: resources,
+            } => {
+                if let (Some(b), Some(r)) = (body.as_object_mut(), resources.as_object()) {
+                    for (k, v) in r {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            err => return err,
+        }
+    }
+    Response::ok(body)
+}
+
+/// Hands an operator request to the resource manager and waits for its answer.
+fn operator(manager: Option<&Sender<Input>>, op: Operator) -> Response {
+    let Some(manager) = manager else {
+        return Response::error("this cluster has no resource groups");
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if manager.send(Input::Operator(op, tx)).is_err() {
+        return Response::error("the resource manager stopped");
+    }
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Ok(body)) => Response::ok(body),
+        Ok(Err(why)) => Response::error(why),
+        Err(_) => Response::error("the resource manager did not answer"),
+    }
+}
+
+fn peer_id(config: &Config, local: &str) -> anyhow::Result<tandem_membership::NodeId> {
+    config
+        .nodes
+        .iter()
+        .position(|n| n.name != local)
+        .map(|i| i as u32 + 1)
+        .context("the configuration names no peer")
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it spawns
+/// afterwards: call it before any thread exists, so that only the signal thread takes
+/// them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local sigset_t, then a change of this
+    // thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// SIGTERM and SIGINT stop the node cleanly: the manager stops every group and says
+/// goodbye, so the peer takes over without fencing. Signals are blocked in every thread
+/// (the mask is inherited) and taken by one thread with sigwait.
+fn handle_signals(set: libc::sigset_t, manager: Option<Sender<Input>>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: waits for one of the blocked signals in `set`.
+            unsafe { libc::sigwait(&set, &mut signal) };
+            tracing::info!(signal, "stop requested");
+            match manager {
+                Some(m) if m.send(Input::Shutdown).is_ok() => {}
+                _ => std::process::exit(0),
+            }
+        })
+        .context("start the signal thread")?;
+    Ok(())
 }
 
 /// The HMAC key for heartbeats, from the native key file or a Heartbeat authkeys file.
@@ -183,7 +318,6 @@ pub fn membership_config(
     config: &Config,
     local: &str,
     key: PacketKey,
-    config_bytes: &[u8],
 ) -> anyhow::Result<MembershipConfig> {
     let nodes: Vec<NodeConfig> = config
         .nodes
@@ -219,7 +353,9 @@ pub fn membership_config(
         warntime: config.cluster.warntime,
         initdead: config.cluster.initdead,
         key,
-        config_digest: tandem_wire::sha256(config_bytes),
+        // The canonical rendering, so comments, key order and spelling do not count as
+        // a difference between the nodes' files; only the meaning does.
+        config_digest: tandem_wire::sha256(tandem_config::to_toml(config).as_bytes()),
         retransmit: RetransmitConfig::for_keepalive(config.cluster.keepalive),
     })
 }

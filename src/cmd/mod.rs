@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod lab;
+pub mod operator;
 pub mod simulate;
 pub mod status;

@@ -154,10 +154,18 @@ impl Sink {
     }
 
     /// Splits into `Err(errors)` if any error was recorded, else `Ok(warnings)`.
-    /// Errors are sorted by file and position so output reads top to bottom.
+    /// Files keep the order in which they were first reported on (the order they were
+    /// read); within a file, messages are sorted by position so output reads top to
+    /// bottom.
     pub fn finish(mut self) -> Result<Vec<Warning>, Diagnostics> {
-        self.items
-            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        let mut files: Vec<String> = Vec::new();
+        for d in &self.items {
+            if !files.contains(&d.file) {
+                files.push(d.file.clone());
+            }
+        }
+        let rank = |f: &str| files.iter().position(|x| x == f).unwrap_or(usize::MAX);
+        self.items.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         if self.has_errors() {
             Err(Diagnostics(
                 self.items
@@ -168,5 +176,63 @@ impl Sink {
         } else {
             Ok(self.items)
         }
+    }
+}
+
+/// `" (did you mean `x`?)"` when `word` is a likely typo of one of `candidates`
+/// (edit distance at most 2, and less than half the word), else an empty string.
+pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, c)) if d > 0 && d <= 2 && d * 2 < word.chars().count().max(2) => {
+            format!(" (did you mean `{c}`?)")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_only() {
+        assert_eq!(
+            did_you_mean("keepalve", &["keepalive", "deadtime"]),
+            " (did you mean `keepalive`?)"
+        );
+        assert_eq!(
+            did_you_mean("al-extent", &["rate", "group", "al-extents"]),
+            " (did you mean `al-extents`?)"
+        );
+        assert_eq!(did_you_mean("heartbeat_port", &["udpport", "node"]), "");
+        assert_eq!(did_you_mean("x", &["y"]), "");
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let s = Source::new("f", "ä = 1\nab\n");
+        assert_eq!(s.position(0), (1, 1));
+        assert_eq!(s.position(2), (1, 2));
+        assert_eq!(s.position(7), (2, 1));
+        assert_eq!(s.position(1000), (3, 1));
     }
 }

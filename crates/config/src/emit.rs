@@ -18,6 +18,9 @@ pub fn to_toml(config: &Config) -> String {
 pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
     let mut o = String::new();
     for line in header {
+        if line.is_empty() {
+            o.push_str("#\n");
+        }
         for l in line.lines() {
             if l.is_empty() {
                 o.push_str("#\n");

@@ -59,3 +59,4 @@ impl Config {
 pub mod emit;
 
 pub use emit::to_toml;
+pub mod import;

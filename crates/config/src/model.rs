@@ -3,7 +3,8 @@
 //! Every value here is already validated and has its default filled in: durations are
 //! [`Duration`]s, sizes are bytes, choices are enums, and cross references (a resource
 //! naming a disk, a disk host naming a node) are known to resolve. Nothing here keeps
-//! source positions; the loader reports errors before a `Config` exists.
+//! source positions; the loader reports errors before a `Config` exists. Durations are
+//! whole milliseconds (the finest unit the file format has).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -437,6 +438,15 @@ impl Config {
     /// The disk called `name`.
     pub fn disk(&self, name: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.name == name)
+    }
+
+    /// The disk whose device on some node is `device` (e.g. `/dev/drbd1` → `r1`), so a
+    /// `filesystem` resource written against a DRBD path can be resolved to the disk
+    /// whose device tandem publishes.
+    pub fn disk_by_device(&self, device: &std::path::Path) -> Option<&Disk> {
+        self.disks
+            .iter()
+            .find(|d| d.hosts.iter().any(|h| h.device == device))
     }
 
     /// The group called `name`.

@@ -181,13 +181,23 @@ impl<'s> Walker<'s> {
     /// Reports keys of `t` that are not in `allowed`.
     fn check_keys(&mut self, t: &Tbl<'_, '_>, allowed: &[&str]) {
         for (k, _) in t.t.iter() {
-            if !allowed.contains(&k.get_ref().as_ref()) {
+            if t.what == "the top level" && !allowed.contains(&k.get_ref().as_ref()) {
                 self.err(
                     k.span(),
                     format!(
-                        "unknown key `{}` in {}; expected one of: {}",
+                        "unknown table `{}`{}; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
+                        k.get_ref(),
+                        crate::diag::did_you_mean(k.get_ref(), allowed)
+                    ),
+                );
+            } else if !allowed.contains(&k.get_ref().as_ref()) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "unknown key `{}` in {}{}; expected one of: {}",
                         k.get_ref(),
                         t.what,
+                        crate::diag::did_you_mean(k.get_ref(), allowed),
                         allowed.join(", ")
                     ),
                 );
@@ -585,7 +595,7 @@ impl<'s> Walker<'s> {
         let mut groups = Vec::new();
         for t in self.array_of_tables(&root, "group", "group") {
             if let Some((group, span)) =
-                self.group(&t, &node_names, &disk_names, &mut resource_names)
+                self.group(&t, &node_names, &disks, &disk_names, &mut resource_names)
             {
                 if self.unique(&mut seen, &group.name, span, "group") {
                     groups.push(group);
@@ -626,7 +636,7 @@ impl<'s> Walker<'s> {
         // Heartbeat's rules: warntime defaults to half of deadtime when deadtime is set,
         // initdead to twice deadtime (and never below the default).
         let warntime_default = if t.get("deadtime").is_some() {
-            deadtime / 2
+            units::whole_ms(deadtime / 2)
         } else {
             defaults::WARNTIME
         };
@@ -926,6 +936,10 @@ impl<'s> Walker<'s> {
         if nodes.contains_key(name) {
             return true;
         }
+        if nodes.is_empty() {
+            // "no [[node]] defined" was reported once; naming each reference adds noise.
+            return false;
+        }
         let mut known: Vec<&str> = nodes.keys().map(String::as_str).collect();
         known.sort_unstable();
         self.err(
@@ -1140,17 +1154,17 @@ impl<'s> Walker<'s> {
         // Keep file order (the toml map is sorted by key).
         hosts.sort_by_key(|(_, start)| *start);
         let hosts: Vec<DiskHost> = hosts.into_iter().map(|(h, _)| h).collect();
-        let defined = t.get("on").map(|v| match v.get_ref() {
-            DeValue::Table(on) => on.len(),
+        // Counted from the file, not from `hosts`: an unknown node was already reported
+        // and should not also read as a missing one.
+        let defined = match t.get("on").map(|v| v.get_ref()) {
+            Some(DeValue::Table(on)) => on.len(),
             _ => 0,
-        });
-        if let Some(n) = defined.or(Some(0)) {
-            if n != 2 && name.is_some() {
-                self.err(
-                    on_span,
-                    format!("disk `{disk_label}` is defined on {n} node(s): expected exactly two [disk.on.NODE] tables, one per node"),
-                );
-            }
+        };
+        if defined != 2 && name.is_some() {
+            self.err(
+                on_span,
+                format!("disk `{disk_label}` is defined on {defined} node(s): expected exactly two [disk.on.NODE] tables, one per node"),
+            );
         }
         Some((
             Disk {
@@ -1258,6 +1272,7 @@ impl<'s> Walker<'s> {
         &mut self,
         t: &Tbl<'_, '_>,
         nodes: &HashMap<String, Range<usize>>,
+        all_disks: &[Disk],
         disks: &HashSet<String>,
         resource_names: &mut HashMap<String, Range<usize>>,
     ) -> Option<(Group, Range<usize>)> {
@@ -1279,21 +1294,25 @@ impl<'s> Walker<'s> {
             );
         }
         let mut pending_derived = Vec::new();
+        let mut table_spans = Vec::new();
         for rt in entries {
             if let Some((r, explicit_span)) = self.resource(&rt, disks) {
                 match explicit_span {
                     Some(span) => {
                         if self.unique(resource_names, &r.name, span, "resource") {
                             resources.push(r);
+                            table_spans.push(rt.span.clone());
                         }
                     }
                     None => {
                         pending_derived.push(resources.len());
                         resources.push(r);
+                        table_spans.push(rt.span.clone());
                     }
                 }
             }
         }
+        self.mount_order(&resources, &table_spans, all_disks);
         // Derived names take a numeric suffix when they would collide, so two
         // `postfix` scripts in different groups still get distinct names.
         for i in pending_derived {
@@ -1315,6 +1334,44 @@ impl<'s> Walker<'s> {
             },
             name_v?.span(),
         ))
+    }
+
+    /// A filesystem on a replicated disk's device must come after the `disk` resource
+    /// that promotes it: mounting a secondary fails, and on stop the unmount has to
+    /// happen before the demote.
+    fn mount_order(&mut self, resources: &[Resource], spans: &[Range<usize>], disks: &[Disk]) {
+        for (i, r) in resources.iter().enumerate() {
+            let ResourceKind::Filesystem { device, .. } = &r.kind else {
+                continue;
+            };
+            let Some(disk) = disks.iter().find(|d| {
+                d.hosts
+                    .iter()
+                    .any(|h| h.device.as_os_str() == device.as_str())
+            }) else {
+                continue;
+            };
+            let promoter = resources
+                .iter()
+                .position(|x| matches!(&x.kind, ResourceKind::Disk { disk: n } if *n == disk.name));
+            match promoter {
+                Some(j) if j < i => {}
+                Some(j) => self.err(
+                    spans[i].clone(),
+                    format!(
+                        "filesystem `{}` on {device} would start before disk `{}` is promoted (resource `{}` comes later): expected the disk resource before the filesystem",
+                        r.name, disk.name, resources[j].name
+                    ),
+                ),
+                None => self.warn(
+                    spans[i].clone(),
+                    format!(
+                        "filesystem `{}` is on {device}, the device of disk `{}`, but its group has no `disk` resource for `{}`: the disk must already be primary when the group starts",
+                        r.name, disk.name, disk.name
+                    ),
+                ),
+            }
+        }
     }
 
     /// Returns the resource and, when its name was written out, the name's span.

@@ -104,6 +104,12 @@ pub fn parse_size_with_unit(s: &str, bare_unit: u64) -> Result<u64, String> {
     })
 }
 
+/// `d` rounded down to whole milliseconds: every duration in a [`crate::Config`] is,
+/// so that what the emitter writes reads back to the same value.
+pub fn whole_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Writes a duration the way the parser reads it back, in the largest exact unit.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();

@@ -130,9 +130,11 @@ pub enum Event {
 /// What became of a received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Authentic and fresh: it counted as a sign of life.
+    /// Authentic and fresh: it counted as a sign of life. (If it carried a message the
+    /// reliable layer discarded — another node's, a stale stream's — that is counted in
+    /// the link's drops under `other_destination`, `stale` or `out_of_window`.)
     Accepted,
-    /// Dropped (and counted) for this reason.
+    /// Dropped (and counted) for this reason; it did not count as a sign of life.
     Dropped(DropReason),
 }
 
@@ -232,6 +234,8 @@ struct Peer {
     last_heard: Option<Instant>,
     late_count: u64,
     config_digest: Option<[u8; 32]>,
+    /// What its last heartbeat said about this node: (state, links-up mask).
+    view_of_us: Option<(ViewState, u32)>,
     links: Vec<PeerLink>,
     out: OutStream,
     inbound: InStream,
@@ -297,6 +301,7 @@ impl Membership {
                 last_heard: None,
                 late_count: 0,
                 config_digest: None,
+                view_of_us: None,
                 links: vec![PeerLink::default(); links.len()],
                 out: OutStream {
                     epoch: 1,
@@ -489,7 +494,10 @@ impl Membership {
             self.peers[pi].links[li].replay.check_and_set(header.seq);
         }
         self.note_alive(pi, li, inc, now);
-        match body {
+        // From here the packet has proved the sender alive, whatever becomes of its
+        // content: a message the reliable layer discards is counted under its reason
+        // but the verdict stays `Accepted`.
+        let content = match body {
             Body::Heartbeat(hb) => {
                 let p = &mut self.peers[pi];
                 if hb.config_digest != self.cfg.config_digest
@@ -498,11 +506,21 @@ impl Membership {
                     self.events.push_back(Event::ConfigMismatch { node: p.id });
                 }
                 p.config_digest = Some(hb.config_digest);
+                let local = self.cfg.local_node;
+                p.view_of_us = hb
+                    .view
+                    .iter()
+                    .find(|e| e.node == local)
+                    .map(|e| (e.state, e.links_up_mask));
                 Ok(())
             }
             Body::Message(m) => self.on_message(pi, &header, m),
             Body::Ack(a) => self.on_ack(pi, &header, a),
+        };
+        if let Err(reason) = content {
+            self.links[li].drops.add(reason);
         }
+        Ok(())
     }
 
     /// Resets what belonged to the peer's previous life.
@@ -896,6 +914,7 @@ impl Membership {
                     last_heard_ms_ago: Some(0),
                     late_count: 0,
                     config_matches: Some(true),
+                    hears_us: None,
                     links: self
                         .links
                         .iter()
@@ -903,6 +922,7 @@ impl Membership {
                             id: l.id,
                             name: l.name.clone(),
                             up: !l.down_hint,
+                            hears_us: None,
                             packets: l.packets_sent,
                             late_count: 0,
                             last_heard_ms_ago: None,
@@ -923,6 +943,7 @@ impl Membership {
                 last_heard_ms_ago: ago(p.last_heard),
                 late_count: p.late_count,
                 config_matches: p.config_digest.map(|d| d == self.cfg.config_digest),
+                hears_us: p.view_of_us.map(|(state, _)| state == ViewState::Up),
                 links: p
                     .links
                     .iter()
@@ -931,6 +952,9 @@ impl Membership {
                         id: l.id,
                         name: l.name.clone(),
                         up: pl.up,
+                        hears_us: p
+                            .view_of_us
+                            .map(|(_, mask)| l.id < 32 && mask & (1 << l.id) != 0),
                         packets: pl.packets,
                         late_count: pl.late_count,
                         last_heard_ms_ago: ago(pl.last_heard),
@@ -969,13 +993,10 @@ impl Membership {
             let who = &p.name;
             match p.state {
                 NodeState::Up => {
-                    let (Some(h), Some(_)) = (p.last_heard, p.incarnation) else {
+                    // Whether it is overdue depends on the driver calling handle_timeout
+                    // in time, so that is checked by the simulator, not here.
+                    if p.last_heard.is_none() || p.incarnation.is_none() {
                         return Err(format!("{who}: up but never heard"));
-                    };
-                    if self.now >= h + self.cfg.deadtime + self.cfg.keepalive * 100 {
-                        // Only handle_timeout moves a node to dead; between inputs a node
-                        // may be overdue, but never by far if the driver keeps timers.
-                        return Err(format!("{who}: up long after deadtime"));
                     }
                 }
                 NodeState::Unknown => {

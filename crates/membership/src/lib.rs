@@ -30,6 +30,8 @@
 
 mod config;
 mod core;
+#[cfg(feature = "driver")]
+pub mod driver;
 mod status;
 
 pub use config::{

@@ -182,6 +182,9 @@ pub struct NodeStatus {
     pub late_count: u64,
     /// Whether its configuration digest equals ours (`None` until heard).
     pub config_matches: Option<bool>,
+    /// Whether its last heartbeat said it holds *this* node up (`None` until heard):
+    /// `false` while we hear it shows a one-way failure.
+    pub hears_us: Option<bool>,
     /// Per link: whether we hear it there.
     pub links: Vec<NodeLinkStatus>,
 }
@@ -195,6 +198,8 @@ pub struct NodeLinkStatus {
     pub name: String,
     /// Heard on this link within deadtime (for the local node: the link is not down).
     pub up: bool,
+    /// Whether its last heartbeat said it hears this node on this link.
+    pub hears_us: Option<bool>,
     /// Authentic packets accepted from the node on this link.
     pub packets: u64,
     /// Late packets on this link.

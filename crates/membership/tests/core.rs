@@ -666,3 +666,21 @@ fn bad_configurations_are_refused() {
         Err(ConfigError::DuplicateLink(0))
     ));
 }
+
+#[test]
+fn status_shows_what_the_peer_hears_of_us() {
+    let mut p = Pair::new();
+    p.run(ms(300));
+    let st = p.a.status(p.at());
+    assert_eq!(st.nodes[1].hears_us, Some(true));
+    assert!(st.nodes[1].links.iter().all(|l| l.hears_us == Some(true)));
+    // a stops sending on link 1: after deadtime b no longer hears a there, and says so.
+    p.a.link_down(1, p.at());
+    p.run(DEADTIME + KEEPALIVE * 2);
+    let st = p.a.status(p.at());
+    assert_eq!(st.nodes[1].hears_us, Some(true));
+    assert_eq!(st.nodes[1].links[0].hears_us, Some(true));
+    assert_eq!(st.nodes[1].links[1].hears_us, Some(false));
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["nodes"][1]["links"][1]["hears_us"], false);
+}

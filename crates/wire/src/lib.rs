@@ -6,9 +6,12 @@
 //! - [`packet`]: the membership packet (heartbeat, reliable message, ack): a fixed
 //!   48-byte header, a typed body and an HMAC-SHA256 trailer, plus the derivation of the
 //!   32-byte HMAC key from a native key file or a Heartbeat `authkeys` entry.
-//! - [`serial`]: SLIP framing that carries packets over a serial heartbeat link.
+//! - [`serial`]: framing of those packets on a serial line (COBS + CRC-32).
+//! - [`frame`]: the replication frame of the disk link: a fixed checksummed header and
+//!   typed frames, with HMAC challenge/response for the handshake.
 #![warn(missing_docs)]
 
+pub mod frame;
 pub mod packet;
 pub mod serial;
 

@@ -1,0 +1,230 @@
+//! LSB init scripts (`/etc/init.d/NAME start|stop|status`) and Heartbeat's own
+//! `/etc/ha.d/resource.d` scripts (`NAME arg1 arg2 … start|stop|status`).
+//!
+//! LSB exit codes are mapped as Pacemaker maps them: for start/stop 0–7 mean what the
+//! OCF codes mean and anything above is a generic error; for `status`, 0 is running,
+//! 1, 2 and 3 are "not running" (dead with a pid file, dead with a lock file, stopped),
+//! 150 is "not installed", 151 "insufficient privilege", anything else a generic error.
+//!
+//! Heartbeat scripts' `status` exit codes were never specified; Heartbeat's lrmd
+//! (`raexechb`) read the *text*: output matching `*stopped*` or `*not*running*`
+//! (case-insensitive) means stopped, else `*running*` (case-insensitive) or `*OK*`
+//! (case-sensitive) means running, and anything else means stopped. tandem reads it
+//! the same way.
+//!
+//! Stopping a stopped service must succeed: a failed `stop` is confirmed with `status`,
+//! and if the service reports stopped the stop counts as done.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::RunOptions;
+use crate::exec::{self, CommandSpec};
+use crate::ocf::{DEFAULT_PATH, result_from_run};
+use crate::result::{Action, ActionResult, ExecStatus, OcfExit};
+
+/// Calling convention of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptStyle {
+    /// An LSB init script: exit codes per LSB.
+    Lsb,
+    /// A Heartbeat `resource.d` script: `status` read as text.
+    Heartbeat,
+}
+
+/// One script-based resource.
+#[derive(Debug, Clone)]
+pub struct ScriptAgent {
+    /// The script's path.
+    pub path: PathBuf,
+    /// Arguments placed before the action (Heartbeat's `Script::arg1::arg2`).
+    pub args: Vec<String>,
+    /// How to read the script's answers.
+    pub style: ScriptStyle,
+}
+
+/// Pacemaker's mapping of an LSB exit code for a non-status action.
+pub fn lsb_action_exit(code: i32) -> OcfExit {
+    if (0..=7).contains(&code) {
+        OcfExit::from_code(code)
+    } else {
+        OcfExit::Generic
+    }
+}
+
+/// Pacemaker's mapping of an LSB `status` exit code.
+pub fn lsb_status_exit(code: i32) -> OcfExit {
+    match code {
+        0 => OcfExit::Success,
+        1..=3 => OcfExit::NotRunning,
+        150 => OcfExit::NotInstalled,
+        151 => OcfExit::Perm,
+        _ => OcfExit::Generic,
+    }
+}
+
+/// Heartbeat's (cluster-glue `raexechb`) reading of a resource.d script's `status`
+/// output: true = running.
+pub fn heartbeat_status_running(output: &str) -> bool {
+    let lower = output.to_lowercase();
+    if lower.contains("stopped") || glob_not_running(&lower) {
+        return false;
+    }
+    lower.contains("running") || output.contains("OK")
+}
+
+/// `*not*running*`: "not" followed, anywhere later, by "running".
+fn glob_not_running(lower: &str) -> bool {
+    lower
+        .find("not")
+        .is_some_and(|i| lower[i + 3..].contains("running"))
+}
+
+impl ScriptAgent {
+    /// The command line for `verb` (`start`, `stop`, `status`).
+    pub fn command(&self, verb: &str) -> Vec<String> {
+        let mut v = vec![self.path.display().to_string()];
+        v.extend(self.args.iter().cloned());
+        v.push(verb.to_string());
+        v
+    }
+
+    fn spec(&self, verb: &str) -> CommandSpec {
+        let mut args: Vec<OsString> = self.args.iter().map(OsString::from).collect();
+        args.push(verb.into());
+        let mut env = Vec::new();
+        if std::env::var_os("PATH").is_none() {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        CommandSpec {
+            program: self.path.clone(),
+            args,
+            env,
+        }
+    }
+
+    fn invoke(&self, verb: &str, opts: &RunOptions) -> ActionResult {
+        let spec = self.spec(verb);
+        let run = exec::run(&spec, opts.timeout, opts.cancel.as_ref());
+        match (verb, self.style) {
+            ("status", ScriptStyle::Heartbeat) => {
+                let mut r = result_from_run(&run, &spec.program, |_| OcfExit::Success);
+                if r.exec_status == ExecStatus::Done {
+                    // Heartbeat's lrmd read the script's stdout only.
+                    let text = run.stdout.clone();
+                    let running = heartbeat_status_running(&text);
+                    r.exit = Some(if running {
+                        OcfExit::Success
+                    } else {
+                        OcfExit::NotRunning
+                    });
+                    r.reason = format!(
+                        "status output {:?} read as {}",
+                        text.trim().chars().take(80).collect::<String>(),
+                        if running { "running" } else { "stopped" }
+                    );
+                }
+                r
+            }
+            ("status", ScriptStyle::Lsb) => result_from_run(&run, &spec.program, lsb_status_exit),
+            _ => result_from_run(&run, &spec.program, lsb_action_exit),
+        }
+    }
+
+    /// Runs one action.
+    pub fn run(&self, action: Action, opts: &RunOptions) -> ActionResult {
+        match action {
+            Action::Start => self.invoke("start", opts),
+            Action::Monitor => self.invoke("status", opts),
+            Action::Stop => {
+                let r = self.invoke("stop", opts);
+                if r.exec_status != ExecStatus::Done || r.is_success() {
+                    return r;
+                }
+                // Many scripts answer "stop" on a stopped service with 1 or 7. LSB says
+                // that is success; confirm with status before accepting it.
+                if r.exit == Some(OcfExit::NotRunning) {
+                    let mut ok = r.clone();
+                    ok.exit = Some(OcfExit::Success);
+                    ok.reason = "stop answered 7 (not running): already stopped".into();
+                    return ok;
+                }
+                let status = self.invoke("status", opts);
+                if status.exec_status == ExecStatus::Done
+                    && status.exit == Some(OcfExit::NotRunning)
+                {
+                    let mut ok = r.clone();
+                    ok.exit = Some(OcfExit::Success);
+                    ok.reason = format!(
+                        "stop answered {} but status reports the service stopped",
+                        r.exit.map_or(-1, OcfExit::code)
+                    );
+                    ok.duration += status.duration;
+                    return ok;
+                }
+                r
+            }
+            Action::MetaData | Action::ValidateAll => ActionResult::done(
+                OcfExit::Unimplemented,
+                format!(
+                    "{} scripts have no {action} action",
+                    match self.style {
+                        ScriptStyle::Lsb => "LSB",
+                        ScriptStyle::Heartbeat => "Heartbeat",
+                    }
+                ),
+                std::time::Duration::ZERO,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsb_status_codes_map_as_pacemaker_maps_them() {
+        assert_eq!(lsb_status_exit(0), OcfExit::Success);
+        for stopped in 1..=3 {
+            assert_eq!(lsb_status_exit(stopped), OcfExit::NotRunning);
+        }
+        assert_eq!(lsb_status_exit(4), OcfExit::Generic);
+        assert_eq!(lsb_status_exit(150), OcfExit::NotInstalled);
+        assert_eq!(lsb_status_exit(151), OcfExit::Perm);
+        assert_eq!(lsb_action_exit(6), OcfExit::NotConfigured);
+        assert_eq!(lsb_action_exit(8), OcfExit::Generic);
+        assert_eq!(lsb_action_exit(-1), OcfExit::Generic);
+    }
+
+    #[test]
+    fn heartbeat_status_text_rule() {
+        assert!(heartbeat_status_running("slapd is running."));
+        assert!(heartbeat_status_running("Status: OK"));
+        assert!(heartbeat_status_running("RUNNING"));
+        assert!(!heartbeat_status_running("Status: ok")); // "OK" is case-sensitive
+        assert!(!heartbeat_status_running("slapd is not running"));
+        assert!(!heartbeat_status_running("NOT Running"));
+        assert!(!heartbeat_status_running("stopped (but OK)"));
+        assert!(!heartbeat_status_running(""));
+        assert!(!heartbeat_status_running("unknown"));
+    }
+
+    #[test]
+    fn heartbeat_arguments_come_before_the_action() {
+        let a = ScriptAgent {
+            path: "/etc/ha.d/resource.d/IPaddr".into(),
+            args: vec!["10.0.0.1/24".into(), "eth0".into()],
+            style: ScriptStyle::Heartbeat,
+        };
+        assert_eq!(
+            a.command("status"),
+            [
+                "/etc/ha.d/resource.d/IPaddr",
+                "10.0.0.1/24",
+                "eth0",
+                "status"
+            ]
+        );
+    }
+}

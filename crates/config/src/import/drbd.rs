@@ -1,0 +1,839 @@
+//! DRBD 0.7's `drbd.conf`: `resource NAME { … }` blocks of `keyword values… ;`
+//! statements and nested sections, `#` comments, quoted or bare words.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::diag::{Sink, Source};
+use crate::model::*;
+use crate::units;
+
+/// A token: its text (quotes removed) and byte offset.
+#[derive(Debug, Clone)]
+struct Tok {
+    text: String,
+    at: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Word,
+    Open,
+    Close,
+    Semi,
+}
+
+fn tokenize(src: &Source<'_>, sink: &mut Sink) -> Option<Vec<(Kind, Tok)>> {
+    let text = src.text;
+    let mut out = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '#' => {
+                for (_, c) in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '{' | '}' | ';' => {
+                let kind = match c {
+                    '{' => Kind::Open,
+                    '}' => Kind::Close,
+                    _ => Kind::Semi,
+                };
+                out.push((
+                    kind,
+                    Tok {
+                        text: c.to_string(),
+                        at: i,
+                    },
+                ));
+            }
+            '"' => {
+                let mut s = String::new();
+                let mut closed = false;
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        '\\' => {
+                            if let Some((_, n)) = chars.next() {
+                                s.push(n);
+                            }
+                        }
+                        '\n' => break,
+                        c => s.push(c),
+                    }
+                }
+                if !closed {
+                    sink.push(src.error(
+                        i..i,
+                        "unterminated string: expected a closing `\"` on the same line",
+                    ));
+                    return None;
+                }
+                out.push((Kind::Word, Tok { text: s, at: i }));
+            }
+            _ => {
+                let mut s = String::from(c);
+                while let Some(&(_, n)) = chars.peek() {
+                    if n.is_whitespace() || matches!(n, '{' | '}' | ';' | '"' | '#') {
+                        break;
+                    }
+                    s.push(n);
+                    chars.next();
+                }
+                out.push((Kind::Word, Tok { text: s, at: i }));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `keyword args… ;` or `keyword args… { stmts }`.
+#[derive(Debug, Clone)]
+struct Stmt {
+    key: Tok,
+    args: Vec<Tok>,
+    block: Option<Vec<Stmt>>,
+}
+
+struct Parser<'t> {
+    toks: &'t [(Kind, Tok)],
+    pos: usize,
+    end: usize,
+}
+
+impl Parser<'_> {
+    fn block(
+        &mut self,
+        src: &Source<'_>,
+        sink: &mut Sink,
+        opener: Option<&Tok>,
+    ) -> Option<Vec<Stmt>> {
+        let mut stmts = Vec::new();
+        loop {
+            let Some((kind, tok)) = self.toks.get(self.pos) else {
+                if let Some(o) = opener {
+                    let (line, col) = src.position(o.at);
+                    sink.push(src.error(self.end..self.end, format!("unexpected end of file: expected `}}` closing the block opened at line {line}, column {col}")));
+                    return None;
+                }
+                return Some(stmts);
+            };
+            match kind {
+                Kind::Close => {
+                    if opener.is_none() {
+                        sink.push(src.error(tok.at..tok.at, "unexpected `}`: no block is open"));
+                        return None;
+                    }
+                    self.pos += 1;
+                    return Some(stmts);
+                }
+                Kind::Semi => {
+                    // Empty statement: DRBD tolerates stray semicolons.
+                    self.pos += 1;
+                }
+                Kind::Open => {
+                    sink.push(src.error(
+                        tok.at..tok.at,
+                        "unexpected `{`: expected a keyword before it",
+                    ));
+                    return None;
+                }
+                Kind::Word => {
+                    let key = tok.clone();
+                    self.pos += 1;
+                    let mut args = Vec::new();
+                    loop {
+                        match self.toks.get(self.pos) {
+                            Some((Kind::Word, t)) => {
+                                args.push(t.clone());
+                                self.pos += 1;
+                            }
+                            Some((Kind::Semi, _)) => {
+                                self.pos += 1;
+                                stmts.push(Stmt {
+                                    key,
+                                    args,
+                                    block: None,
+                                });
+                                break;
+                            }
+                            Some((Kind::Open, t)) => {
+                                let t = t.clone();
+                                self.pos += 1;
+                                let inner = self.block(src, sink, Some(&t))?;
+                                stmts.push(Stmt {
+                                    key,
+                                    args,
+                                    block: Some(inner),
+                                });
+                                break;
+                            }
+                            Some((Kind::Close, t)) => {
+                                let mut words = vec![key.text.clone()];
+                                words.extend(args.iter().map(|a| a.text.clone()));
+                                sink.push(src.error(
+                                    t.at..t.at,
+                                    format!("expected `;` after `{}`, found `}}`", words.join(" ")),
+                                ));
+                                return None;
+                            }
+                            None => {
+                                sink.push(src.error(
+                                    self.end..self.end,
+                                    format!(
+                                        "unexpected end of file: expected `;` or `{{` after `{}`",
+                                        key.text
+                                    ),
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses drbd.conf into disks. `nodes` are the cluster's node names (from ha.cf), so
+/// an `on HOST` naming anything else is reported here, at the host name.
+pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<Disk> {
+    let Some(toks) = tokenize(src, sink) else {
+        return Vec::new();
+    };
+    let mut p = Parser {
+        toks: &toks,
+        pos: 0,
+        end: src.text.len(),
+    };
+    let Some(stmts) = p.block(src, sink, None) else {
+        return Vec::new();
+    };
+    let mut disks: Vec<Disk> = Vec::new();
+    let mut seen_global = false;
+    for s in &stmts {
+        match s.key.text.as_str() {
+            "global" => {
+                if seen_global {
+                    err(
+                        src,
+                        sink,
+                        &s.key,
+                        "a second `global` section: at most one is allowed",
+                    );
+                }
+                if !disks.is_empty() {
+                    err(
+                        src,
+                        sink,
+                        &s.key,
+                        "`global` after a resource: it must precede every `resource` section",
+                    );
+                }
+                seen_global = true;
+                let Some(block) = expect_block(src, sink, s, "global") else {
+                    continue;
+                };
+                for o in block {
+                    match o.key.text.as_str() {
+                        // Kernel-module settings with no meaning for tandem.
+                        "minor-count"
+                        | "dialog-refresh"
+                        | "disable-io-hints"
+                        | "disable-ip-verification"
+                        | "usage-count" => {}
+                        other => err(
+                            src,
+                            sink,
+                            &o.key,
+                            &format!(
+                                "unknown option `{other}` in `global`: expected minor-count, dialog-refresh or disable-io-hints"
+                            ),
+                        ),
+                    }
+                }
+            }
+            "resource" => {
+                if let Some(d) = resource(src, sink, s, nodes) {
+                    if let Some(first) = disks.iter().find(|x| x.name == d.name) {
+                        err(
+                            src,
+                            sink,
+                            &s.args[0],
+                            &format!(
+                                "duplicate resource name `{}`: names must be unique",
+                                first.name
+                            ),
+                        );
+                    } else {
+                        disks.push(d);
+                    }
+                }
+            }
+            other => err(
+                src,
+                sink,
+                &s.key,
+                &format!(
+                    "unknown section `{other}`: expected `global {{ … }}` or `resource NAME {{ … }}`"
+                ),
+            ),
+        }
+    }
+    if disks.is_empty() && error_count(sink) == 0 {
+        sink.push(src.warning(0..0, "drbd.conf defines no resource"));
+    }
+    disks
+}
+
+fn error_count(sink: &Sink) -> usize {
+    sink.items
+        .iter()
+        .filter(|d| d.severity == crate::diag::Severity::Error)
+        .count()
+}
+
+fn err(src: &Source<'_>, sink: &mut Sink, t: &Tok, msg: &str) {
+    sink.push(src.error(t.at..t.at, msg.to_string()));
+}
+
+fn expect_block<'s>(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    s: &'s Stmt,
+    what: &str,
+) -> Option<&'s [Stmt]> {
+    match &s.block {
+        Some(b) => Some(b),
+        None => {
+            err(
+                src,
+                sink,
+                &s.key,
+                &format!("`{what}` needs a block: expected `{what} {{ … }}`"),
+            );
+            None
+        }
+    }
+}
+
+/// The single value of `key value;`.
+fn value<'s>(src: &Source<'_>, sink: &mut Sink, s: &'s Stmt, hint: &str) -> Option<&'s Tok> {
+    if s.block.is_some() {
+        err(
+            src,
+            sink,
+            &s.key,
+            &format!(
+                "`{}` takes a value, not a block: expected `{} {hint};`",
+                s.key.text, s.key.text
+            ),
+        );
+        return None;
+    }
+    match s.args.as_slice() {
+        [v] => Some(v),
+        [] => {
+            err(
+                src,
+                sink,
+                &s.key,
+                &format!(
+                    "`{}` needs a value: expected `{} {hint};`",
+                    s.key.text, s.key.text
+                ),
+            );
+            None
+        }
+        [v, extra, ..] => {
+            err(
+                src,
+                sink,
+                extra,
+                &format!(
+                    "expected `;` after `{} {}`, found `{}` (`{}` takes one value: {hint})",
+                    s.key.text, v.text, extra.text, s.key.text
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn number(src: &Source<'_>, sink: &mut Sink, s: &Stmt, min: u64, max: u64) -> Option<u64> {
+    let v = value(src, sink, s, "NUMBER")?;
+    match v.text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            err(
+                src,
+                sink,
+                v,
+                &format!(
+                    "`{}`: `{}` is not a valid number: expected an integer from {min} to {max}",
+                    s.key.text, v.text
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn seconds(src: &Source<'_>, sink: &mut Sink, s: &Stmt, unit_ms: u64) -> Option<Duration> {
+    let v = value(src, sink, s, "SECONDS")?;
+    match units::parse_duration_with_unit(&v.text, unit_ms) {
+        Ok(d) => Some(d),
+        Err(msg) => {
+            err(src, sink, v, &format!("`{}`: {msg}", s.key.text));
+            None
+        }
+    }
+}
+
+fn choice<T: Copy>(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    s: &Stmt,
+    options: &[(&str, T)],
+) -> Option<T> {
+    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+    let v = value(src, sink, s, &names.join("|"))?;
+    match options.iter().find(|(n, _)| *n == v.text) {
+        Some((_, x)) => Some(*x),
+        None => {
+            err(
+                src,
+                sink,
+                v,
+                &format!(
+                    "`{}`: invalid value `{}`: expected one of {}",
+                    s.key.text,
+                    v.text,
+                    names.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn unknown(src: &Source<'_>, sink: &mut Sink, s: &Stmt, section: &str, expected: &[&str]) {
+    err(
+        src,
+        sink,
+        &s.key,
+        &format!(
+            "unknown option `{}` in `{section}`{}: expected one of {}",
+            s.key.text,
+            crate::diag::did_you_mean(&s.key.text, expected),
+            expected.join(", ")
+        ),
+    );
+}
+
+fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Option<Disk> {
+    let name = match s.args.as_slice() {
+        [n] => n.text.clone(),
+        [] => {
+            err(
+                src,
+                sink,
+                &s.key,
+                "`resource` needs a name: expected `resource NAME { … }`",
+            );
+            return None;
+        }
+        [_, extra, ..] => {
+            err(
+                src,
+                sink,
+                extra,
+                &format!(
+                    "unexpected `{}`: expected `resource NAME {{ … }}`",
+                    extra.text
+                ),
+            );
+            return None;
+        }
+    };
+    let block = expect_block(src, sink, s, "resource")?;
+    let errors_before = error_count(sink);
+    let mut d = Disk {
+        name: name.clone(),
+        protocol: Protocol::C,
+        // DRBD 0.7's syncer rate default: 250 KiB/s.
+        rate_bytes_per_s: Some(250 * 1024),
+        resync_group: defaults::RESYNC_GROUP,
+        al_extents: defaults::AL_EXTENTS,
+        // DRBD 0.7's default is pass_on (tandem's native default is detach): an imported
+        // resource without the option keeps DRBD's meaning.
+        on_io_error: OnIoError::PassOn,
+        wfc_timeout: None,
+        degr_wfc_timeout: Some(defaults::DEGR_WFC_TIMEOUT),
+        net_timeout: defaults::NET_TIMEOUT,
+        connect_interval: defaults::CONNECT_INTERVAL,
+        ping_interval: defaults::PING_INTERVAL,
+        after_sb_0pri: AfterSb0Pri::Disconnect,
+        after_sb_1pri: AfterSb1Pri::Disconnect,
+        after_sb_2pri: AfterSb2Pri::Disconnect,
+        hosts: Vec::new(),
+    };
+    for st in block {
+        match st.key.text.as_str() {
+            "protocol" => {
+                if let Some(p) = choice(
+                    src,
+                    sink,
+                    st,
+                    &[("A", Protocol::A), ("B", Protocol::B), ("C", Protocol::C)],
+                ) {
+                    d.protocol = p;
+                }
+            }
+            "incon-degr-cmd" => {
+                // Kept out of the model on purpose: tandem refuses to promote
+                // inconsistent data unless forced, instead of running a command.
+                value(src, sink, st, "\"COMMAND\"");
+            }
+            "startup" => {
+                for o in expect_block(src, sink, st, "startup").unwrap_or(&[]) {
+                    match o.key.text.as_str() {
+                        "wfc-timeout" => {
+                            if let Some(t) = seconds(src, sink, o, 1000) {
+                                d.wfc_timeout = (!t.is_zero()).then_some(t);
+                            }
+                        }
+                        "degr-wfc-timeout" => {
+                            if let Some(t) = seconds(src, sink, o, 1000) {
+                                d.degr_wfc_timeout = (!t.is_zero()).then_some(t);
+                            }
+                        }
+                        _ => unknown(
+                            src,
+                            sink,
+                            o,
+                            "startup",
+                            &["wfc-timeout", "degr-wfc-timeout"],
+                        ),
+                    }
+                }
+            }
+            "disk" if st.block.is_some() => {
+                for o in expect_block(src, sink, st, "disk").unwrap_or(&[]) {
+                    match o.key.text.as_str() {
+                        "on-io-error" => {
+                            if let Some(v) = choice(
+                                src,
+                                sink,
+                                o,
+                                &[
+                                    ("detach", OnIoError::Detach),
+                                    ("pass_on", OnIoError::PassOn),
+                                    ("panic", OnIoError::Panic),
+                                ],
+                            ) {
+                                d.on_io_error = v;
+                            }
+                        }
+                        // Size limits the device; tandem uses the whole backing store.
+                        "size" => {
+                            value(src, sink, o, "SIZE");
+                        }
+                        _ => unknown(src, sink, o, "disk", &["on-io-error", "size"]),
+                    }
+                }
+            }
+            "net" => {
+                for o in expect_block(src, sink, st, "net").unwrap_or(&[]) {
+                    match o.key.text.as_str() {
+                        // DRBD's `timeout` counts tenths of a second.
+                        "timeout" => {
+                            d.net_timeout = seconds(src, sink, o, 100).unwrap_or(d.net_timeout)
+                        }
+                        "connect-int" => {
+                            d.connect_interval =
+                                seconds(src, sink, o, 1000).unwrap_or(d.connect_interval)
+                        }
+                        "ping-int" => {
+                            d.ping_interval = seconds(src, sink, o, 1000).unwrap_or(d.ping_interval)
+                        }
+                        "after-sb-0pri" => {
+                            if let Some(v) = choice(
+                                src,
+                                sink,
+                                o,
+                                &[
+                                    ("disconnect", AfterSb0Pri::Disconnect),
+                                    (
+                                        "discard-younger-primary",
+                                        AfterSb0Pri::DiscardYoungerPrimary,
+                                    ),
+                                    ("discard-older-primary", AfterSb0Pri::DiscardOlderPrimary),
+                                    ("discard-zero-changes", AfterSb0Pri::DiscardZeroChanges),
+                                    ("discard-least-changes", AfterSb0Pri::DiscardLeastChanges),
+                                ],
+                            ) {
+                                d.after_sb_0pri = v;
+                            }
+                        }
+                        "after-sb-1pri" => {
+                            if let Some(v) = choice(
+                                src,
+                                sink,
+                                o,
+                                &[
+                                    ("disconnect", AfterSb1Pri::Disconnect),
+                                    ("consensus", AfterSb1Pri::Consensus),
+                                    ("discard-secondary", AfterSb1Pri::DiscardSecondary),
+                                ],
+                            ) {
+                                d.after_sb_1pri = v;
+                            }
+                        }
+                        "after-sb-2pri" => {
+                            if let Some(v) =
+                                choice(src, sink, o, &[("disconnect", AfterSb2Pri::Disconnect)])
+                            {
+                                d.after_sb_2pri = v;
+                            }
+                        }
+                        // Buffer and queue tuning: tandem sizes its own buffers.
+                        "sndbuf-size" | "max-buffers" | "max-epoch-size" | "ko-count"
+                        | "on-disconnect" | "unplug-watermark" => {
+                            value(src, sink, o, "VALUE");
+                        }
+                        _ => unknown(
+                            src,
+                            sink,
+                            o,
+                            "net",
+                            &[
+                                "timeout",
+                                "connect-int",
+                                "ping-int",
+                                "sndbuf-size",
+                                "max-buffers",
+                                "max-epoch-size",
+                                "ko-count",
+                                "on-disconnect",
+                                "after-sb-0pri",
+                                "after-sb-1pri",
+                                "after-sb-2pri",
+                            ],
+                        ),
+                    }
+                }
+            }
+            "syncer" => {
+                for o in expect_block(src, sink, st, "syncer").unwrap_or(&[]) {
+                    match o.key.text.as_str() {
+                        "rate" => {
+                            if let Some(v) = value(src, sink, o, "RATE") {
+                                // A bare number is KiB/s in drbd.conf.
+                                match units::parse_size_with_unit(&v.text, 1024) {
+                                    Ok(0) => err(src, sink, v, "`rate` must be greater than 0"),
+                                    Ok(n) => d.rate_bytes_per_s = Some(n),
+                                    Err(msg) => err(src, sink, v, &format!("`rate`: {msg}")),
+                                }
+                            }
+                        }
+                        "group" => {
+                            d.resync_group = number(src, sink, o, 0, 1000)
+                                .map(|n| n as u32)
+                                .unwrap_or(d.resync_group)
+                        }
+                        "al-extents" => {
+                            d.al_extents = number(src, sink, o, 7, 6433)
+                                .map(|n| n as u32)
+                                .unwrap_or(d.al_extents)
+                        }
+                        _ => unknown(src, sink, o, "syncer", &["rate", "group", "al-extents"]),
+                    }
+                }
+            }
+            "on" => {
+                if let Some(h) = host(src, sink, st, nodes, &name) {
+                    if d.hosts.iter().any(|x| x.node == h.node) {
+                        err(
+                            src,
+                            sink,
+                            &st.args[0],
+                            &format!(
+                                "`on {}` appears twice in resource `{name}`: expected one section per host",
+                                h.node
+                            ),
+                        );
+                    } else {
+                        d.hosts.push(h);
+                    }
+                }
+            }
+            _ => unknown(
+                src,
+                sink,
+                st,
+                &format!("resource {name}"),
+                &[
+                    "protocol",
+                    "incon-degr-cmd",
+                    "startup",
+                    "disk",
+                    "net",
+                    "syncer",
+                    "on",
+                ],
+            ),
+        }
+    }
+    if d.hosts.len() != 2 && error_count(sink) == errors_before {
+        err(
+            src,
+            sink,
+            &s.args[0],
+            &format!(
+                "resource `{name}` has {} `on HOST` section(s): expected exactly two, one per node",
+                d.hosts.len()
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn host(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    s: &Stmt,
+    nodes: &[String],
+    res: &str,
+) -> Option<DiskHost> {
+    let Some(host) = s.args.first() else {
+        err(
+            src,
+            sink,
+            &s.key,
+            "`on` needs a host name: expected `on HOST { … }`",
+        );
+        return None;
+    };
+    let block = expect_block(src, sink, s, "on HOST")?;
+    let errors_before = error_count(sink);
+    let known = nodes.is_empty() || nodes.contains(&host.text);
+    // With no ha.cf nodes at all, that error was already reported once.
+    if !known {
+        err(
+            src,
+            sink,
+            host,
+            &format!(
+                "`on {}` in resource `{res}` names unknown node `{}`: expected one of the ha.cf nodes ({})",
+                host.text,
+                host.text,
+                nodes.join(", ")
+            ),
+        );
+    }
+    let (mut device, mut backing, mut address, mut meta) = (None, None, None, None);
+    for o in block {
+        match o.key.text.as_str() {
+            "device" => device = value(src, sink, o, "/dev/drbdN").map(|v| PathBuf::from(&v.text)),
+            "disk" => backing = value(src, sink, o, "/dev/sdXN").map(|v| PathBuf::from(&v.text)),
+            "address" => {
+                if let Some(v) = value(src, sink, o, "IP:PORT") {
+                    match v.text.parse::<SocketAddr>() {
+                        Ok(a) => address = Some(a),
+                        Err(_) => err(
+                            src,
+                            sink,
+                            v,
+                            &format!(
+                                "`address`: `{}` is not IP:PORT: expected e.g. 192.168.180.20:7788",
+                                v.text
+                            ),
+                        ),
+                    }
+                }
+            }
+            "meta-disk" => {
+                let words: Vec<&str> = o.args.iter().map(|a| a.text.as_str()).collect();
+                let joined = words.concat();
+                meta = match joined.as_str() {
+                    "internal" => Some(Meta::Internal),
+                    "" => {
+                        err(src, sink, &o.key, "`meta-disk` needs a value: expected `meta-disk internal;` or `meta-disk DEVICE [INDEX];`");
+                        None
+                    }
+                    other => parse_meta(other).or_else(|| {
+                        err(src, sink, &o.args[0], &format!("`meta-disk`: `{}` is not valid: expected `internal` or `DEVICE [INDEX]` (e.g. /dev/sdc1 [0])", words.join(" ")));
+                        None
+                    }),
+                };
+            }
+            _ => unknown(
+                src,
+                sink,
+                o,
+                &format!("on {}", host.text),
+                &["device", "disk", "address", "meta-disk"],
+            ),
+        }
+    }
+    let mut missing = Vec::new();
+    if device.is_none() {
+        missing.push("device");
+    }
+    if backing.is_none() {
+        missing.push("disk");
+    }
+    if address.is_none() {
+        missing.push("address");
+    }
+    if meta.is_none() {
+        missing.push("meta-disk");
+    }
+    if !missing.is_empty() {
+        if error_count(sink) == errors_before {
+            err(
+                src,
+                sink,
+                host,
+                &format!(
+                    "`on {}` in resource `{res}` lacks {}: expected device, disk, address and meta-disk",
+                    host.text,
+                    missing.join(", ")
+                ),
+            );
+        }
+        return None;
+    }
+    known.then(|| DiskHost {
+        node: host.text.clone(),
+        device: device.unwrap_or_default(),
+        backing: backing.unwrap_or_default(),
+        address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        meta: meta.unwrap_or(Meta::Internal),
+    })
+}
+
+/// `/dev/sdc1[0]` or `/dev/sdc1` (tokens already joined).
+fn parse_meta(s: &str) -> Option<Meta> {
+    let (path, index) = match s.split_once('[') {
+        Some((p, rest)) => {
+            let n = rest.strip_suffix(']')?.parse::<u32>().ok()?;
+            (p, Some(n))
+        }
+        None => (s, None),
+    };
+    path.starts_with('/').then(|| Meta::External {
+        path: PathBuf::from(path),
+        index,
+    })
+}

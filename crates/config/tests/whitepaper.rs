@@ -1,0 +1,230 @@
+//! The whitepaper's own drbd.conf, ha.cf and haresources (verbatim fixtures) import
+//! without error into exactly the cluster the whitepaper describes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_config::import::{HaFiles, import, render};
+use tandem_config::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/config/whitepaper")
+        .join(name)
+}
+
+fn files() -> HaFiles {
+    HaFiles {
+        ha_cf: fixture("ha.cf"),
+        haresources: fixture("haresources"),
+        drbd_conf: Some(fixture("drbd.conf")),
+        ..HaFiles::default()
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn whitepaper_disks_import_field_by_field() {
+    let (c, _) = import(&files()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.disks.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["r0", "r1", "r2", "r3"]);
+    for (i, d) in c.disks.iter().enumerate() {
+        assert_eq!(d.protocol, Protocol::C, "{}", d.name);
+        assert_eq!(d.rate_bytes_per_s, Some(5 * 1024 * 1024), "{}", d.name);
+        assert_eq!(d.resync_group, 1, "{}", d.name);
+        assert_eq!(d.on_io_error, OnIoError::Detach, "{}", d.name);
+        assert_eq!(
+            d.degr_wfc_timeout,
+            Some(Duration::from_secs(120)),
+            "{}",
+            d.name
+        );
+        if i == 0 {
+            assert_eq!(d.al_extents, 257);
+        } else {
+            // r1–r3 say `wfc-timeout 0` (= wait forever) and leave al-extents at
+            // DRBD's default.
+            assert_eq!(d.wfc_timeout, None, "{}", d.name);
+            assert_eq!(d.al_extents, defaults::AL_EXTENTS, "{}", d.name);
+        }
+        let port = 7788 + i as u16;
+        let hosts: Vec<(&str, &Path, &Path, SocketAddr, &Meta)> = d
+            .hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.node.as_str(),
+                    h.device.as_path(),
+                    h.backing.as_path(),
+                    h.address,
+                    &h.meta,
+                )
+            })
+            .collect();
+        let dev = format!("/dev/drbd{i}");
+        let backing = format!("/dev/sdb{}", i + 1);
+        assert_eq!(
+            hosts,
+            [
+                (
+                    "ox1",
+                    Path::new(&dev),
+                    Path::new(&backing),
+                    sock(&format!("192.168.180.20:{port}")),
+                    &Meta::Internal
+                ),
+                (
+                    "ox2",
+                    Path::new(&dev),
+                    Path::new(&backing),
+                    sock(&format!("192.168.180.10:{port}")),
+                    &Meta::Internal
+                ),
+            ],
+            "{}",
+            d.name
+        );
+    }
+    // r0 has no wfc-timeout line: DRBD's default, which is also "forever".
+    assert_eq!(c.disks[0].wfc_timeout, None);
+}
+
+#[test]
+fn whitepaper_group_imports_in_seed_order() {
+    let (c, _) = import(&files()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.groups.len(), 1);
+    let g = &c.groups[0];
+    assert_eq!(g.home, "ox1");
+    assert_eq!(g.resources.len(), 15);
+    let fs = |dev: &str, dir: &str| ResourceKind::Filesystem {
+        device: dev.into(),
+        directory: dir.into(),
+        fstype: "reiserfs".into(),
+        options: None,
+    };
+    let disk = |d: &str| ResourceKind::Disk { disk: d.into() };
+    let lsb = |s: &str| ResourceKind::Lsb {
+        script: s.into(),
+        args: vec![],
+        heartbeat: false,
+    };
+    let expected = [
+        ResourceKind::IpAddr {
+            address: ip("192.168.1.160"),
+            prefix_len: None,
+            interface: None,
+            broadcast: None,
+            garp_count: 10,
+            garp_interval: Duration::from_millis(500),
+        },
+        disk("r1"),
+        fs("/dev/drbd1", "/var/lib/ldap"),
+        lsb("ldap"),
+        lsb("saslauthd"),
+        disk("r0"),
+        fs("/dev/drbd0", "/var/lib/pgsql"),
+        lsb("postgresql"),
+        disk("r2"),
+        disk("r3"),
+        fs("/dev/drbd2", "/var/lib/imap"),
+        fs("/dev/drbd3", "/var/spool/imap"),
+        lsb("cyrus"),
+        lsb("postfix"),
+        lsb("openexchange"),
+    ];
+    let got: Vec<&ResourceKind> = g.resources.iter().map(|r| &r.kind).collect();
+    assert_eq!(got, expected.iter().collect::<Vec<_>>());
+    let names: Vec<&str> = g.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ip-192.168.1.160",
+            "disk-r1",
+            "fs-var-lib-ldap",
+            "ldap",
+            "saslauthd",
+            "disk-r0",
+            "fs-var-lib-pgsql",
+            "postgresql",
+            "disk-r2",
+            "disk-r3",
+            "fs-var-lib-imap",
+            "fs-var-spool-imap",
+            "cyrus",
+            "postfix",
+            "openexchange"
+        ]
+    );
+}
+
+#[test]
+fn whitepaper_cluster_settings() {
+    let (c, warnings) = import(&files()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.name, "ox");
+    assert_eq!(c.cluster.auto_failback, AutoFailback::Off);
+    let nodes: Vec<(&str, Option<IpAddr>)> = c
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.address))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("ox1", Some(ip("192.168.180.20"))),
+            ("ox2", Some(ip("192.168.180.10")))
+        ]
+    );
+    // The ucast link on eth1 to 192.168.180.10, completed with ox1's own address so the
+    // same file serves ox2 too (each node skips its own address).
+    assert_eq!(c.links.len(), 1);
+    assert_eq!(c.links[0].name, "ucast-eth1");
+    assert_eq!(
+        c.links[0].kind,
+        LinkKind::Ucast {
+            interface: "eth1".into(),
+            peers: vec![ip("192.168.180.10"), ip("192.168.180.20")],
+            port: 694
+        }
+    );
+    assert_eq!(
+        c.links[0].ucast_peers_excluding(&[ip("192.168.180.20")]),
+        [ip("192.168.180.10")]
+    );
+    assert_eq!(
+        c.links[0].ucast_peers_excluding(&[ip("192.168.180.10")]),
+        [ip("192.168.180.20")]
+    );
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let ha_cf = fixture("ha.cf").display().to_string();
+    assert!(
+        text.contains(&format!("{ha_cf}:2:12: warning: `ucast eth1 192.168.180.10` names only ox2's address: added ox1's address 192.168.180.20 (from drbd.conf, same subnet) so one file serves both nodes; each node skips its own address")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|w| w.contains("incon-degr-cmd is not imported")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|w| w.contains("no stonith device")),
+        "{text:#?}"
+    );
+}
+
+#[test]
+fn import_output_loads_and_validates() {
+    let f = files();
+    let (c, warnings) = import(&f).unwrap_or_else(|e| panic!("{e}"));
+    let text = render(&c, &f, &warnings);
+    let (back, _) =
+        Config::parse_str("imported.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, c);
+}

@@ -1,0 +1,252 @@
+//! Two real nodes on 127.0.0.1: backing files, internal metadata, authenticated TCP link.
+//! Writes on the primary appear on the secondary; after a disconnect only the dirty
+//! blocks are resynced (counted) and the backing files end identical.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_disk::core::{Config, ConnState, DiskState, Status};
+use tandem_disk::meta::{MetaLocation, MetaStore};
+use tandem_disk::node::{NodeConfig, NodeHandle, start};
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("tandem-node-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn backing(dir: &Path, name: &str, node_id: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(32 << 20).unwrap();
+    MetaStore::create(&p, &MetaLocation::Internal, 61, node_id, false).unwrap();
+    p
+}
+
+async fn wait_for(node: &NodeHandle, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
+    for _ in 0..600 {
+        let s = node.status().await.unwrap();
+        if ok(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "timed out waiting for {what}: {:?}",
+        node.status().await.unwrap()
+    );
+}
+
+fn in_sync(s: &Status) -> bool {
+    s.connection == ConnState::Connected
+        && s.disk_state == DiskState::UpToDate
+        && s.peer_disk_state == Some(DiskState::UpToDate)
+        && s.out_of_sync_bytes == 0
+}
+
+fn data_of(p: &Path, len: u64) -> Vec<u8> {
+    let f = std::fs::File::open(p).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, 0).unwrap();
+    b
+}
+
+async fn pair(dir: &Path, secret_b: &[u8]) -> (NodeHandle, NodeHandle, PathBuf, PathBuf) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = backing(dir, "a.img", 1);
+    let b = backing(dir, "b.img", 2);
+    let cfg = |backing: &PathBuf, listen, peer, secret: &[u8]| NodeConfig {
+        backing: backing.clone(),
+        meta: MetaLocation::Internal,
+        listen,
+        peer,
+        secret: secret.to_vec(),
+        core: Config::default(),
+    };
+    let na = start(cfg(&a, pa, pb, b"shared secret")).await.unwrap();
+    let nb = start(cfg(&b, pb, pa, secret_b)).await.unwrap();
+    (na, nb, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_reconnect_resyncs_only_dirty_blocks() {
+    let dir = TempDir::new("replicate");
+    let (a, b, fa, fb) = pair(&dir.0, b"shared secret").await;
+    let size = a.size_bytes();
+    wait_for(&a, "link up", |s| s.connection == ConnState::Connected).await;
+    // Initial full sync from the node declared up to date.
+    a.promote(true).await.unwrap().unwrap();
+    wait_for(&a, "initial sync", in_sync).await;
+    wait_for(&b, "initial sync (peer)", in_sync).await;
+
+    // 4 MiB on the primary, acknowledged under protocol C: on the secondary's file.
+    for i in 0..64u64 {
+        let data = Bytes::from(vec![(i as u8).wrapping_add(1); 64 << 10]);
+        let ack = a.write(i * (64 << 10), data, false).await.unwrap().unwrap();
+        assert!(ack.replicated);
+    }
+    a.flush().await.unwrap().unwrap();
+    let da = data_of(&fa, 4 << 20);
+    assert_eq!(
+        da,
+        data_of(&fb, 4 << 20),
+        "secondary holds the primary's writes"
+    );
+
+    // Disconnect, dirty 8 scattered blocks and one 64 KiB run, reconnect.
+    a.disconnect().await.unwrap();
+    wait_for(&a, "standalone", |s| s.connection == ConnState::StandAlone).await;
+    let mut dirty = 0;
+    for k in 0..8u64 {
+        let off = (5 << 20) + k * (1 << 20);
+        let ack = a
+            .write(off, Bytes::from(vec![0xee; 4096]), false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!ack.replicated, "no peer while disconnected");
+        dirty += 4096;
+    }
+    a.write(20 << 20, Bytes::from(vec![0xdd; 64 << 10]), false)
+        .await
+        .unwrap()
+        .unwrap();
+    dirty += 64 << 10;
+    let st = a.status().await.unwrap();
+    assert_eq!(st.out_of_sync_bytes, dirty);
+    let moved_before = b.status().await.unwrap().resync_moved_bytes;
+    a.connect(false).await.unwrap();
+    wait_for(&a, "resync", in_sync).await;
+    let sb = wait_for(&b, "resync (peer)", in_sync).await;
+    let moved = sb.resync_moved_bytes - moved_before;
+    eprintln!("dirtied {dirty} bytes, resync moved {moved} bytes");
+    assert_eq!(moved, dirty, "only the dirty blocks move");
+    assert_eq!(
+        data_of(&fa, size),
+        data_of(&fb, size),
+        "backing files identical"
+    );
+
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_never_connects() {
+    let dir = TempDir::new("secret");
+    let (a, b, _, _) = pair(&dir.0, b"another secret").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in [&a, &b] {
+        let s = n.status().await.unwrap();
+        assert_eq!(s.connection, ConnState::Connecting, "{s:?}");
+        assert!(s.peer_role.is_none());
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Figures for docs/disk.md (not a timed assertion):
+/// `cargo test --release -p tandem-disk --test node_loopback -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_loopback_throughput() {
+    let dir = TempDir::new("bench");
+    let (pa, pb) = (free_port(), free_port());
+    let mk = |name: &str, id| {
+        let p = dir.0.join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(264 << 20).unwrap();
+        MetaStore::create(&p, &MetaLocation::Internal, 257, id, false).unwrap();
+        p
+    };
+    let (fa, fb) = (mk("a.img", 1), mk("b.img", 2));
+    let cfg = |backing: &PathBuf, listen, peer| NodeConfig {
+        backing: backing.clone(),
+        meta: MetaLocation::Internal,
+        listen,
+        peer,
+        secret: b"s".to_vec(),
+        core: Config::default(),
+    };
+    let a = start(cfg(&fa, pa, pb)).await.unwrap();
+    let b = start(cfg(&fb, pb, pa)).await.unwrap();
+    wait_for(&a, "link", |s| s.connection == ConnState::Connected).await;
+    let size = a.size_bytes();
+    #[allow(clippy::disallowed_methods)]
+    let t = std::time::Instant::now();
+    a.promote(true).await.unwrap().unwrap();
+    wait_for(&b, "full sync", in_sync).await;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "full sync of {} MiB: {:.2} s = {:.0} MiB/s",
+        size >> 20,
+        secs,
+        (size >> 20) as f64 / secs
+    );
+    for (name, len, qd, total) in [
+        (
+            "1 MiB sequential writes, QD8",
+            1u64 << 20,
+            8u64,
+            256u64 << 20,
+        ),
+        ("4 KiB random writes, QD16", 4096, 16, 32 << 20),
+        ("4 KiB random writes, QD1", 4096, 1, 4 << 20),
+    ] {
+        #[allow(clippy::disallowed_methods)]
+        let t = std::time::Instant::now();
+        let per = total / len / qd;
+        let mut tasks = Vec::new();
+        for q in 0..qd {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut x: u64 = q * 7919 + 1;
+                for i in 0..per {
+                    let off = if len == 4096 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x % (size / 4096)) * 4096
+                    } else {
+                        ((q * per + i) * len) % size
+                    };
+                    a.write(off, Bytes::from(vec![q as u8; len as usize]), false)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let n = per * qd;
+        eprintln!(
+            "protocol C, {name}: {:.0} MiB/s, {:.0} IOPS",
+            (n * len) as f64 / secs / (1 << 20) as f64,
+            n as f64 / secs
+        );
+    }
+    a.flush().await.unwrap().unwrap();
+    assert_eq!(data_of(&fa, size), data_of(&fb, size));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

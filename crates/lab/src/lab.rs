@@ -1,0 +1,1491 @@
+//! The `Lab` handle: builds, drives and tears down one lab.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::LabError;
+use crate::sys::{self, io_err};
+use crate::topology::{Attachment, Topology};
+
+/// Where lab state lives (tmpfs: a reboot forgets labs, as it forgets their namespaces).
+pub const STATE_ROOT: &str = "/run/tandem-lab";
+/// Where lab data lives: per-host persistent directories, and files tests put there
+/// (disk images); loop devices backed by files here are detached at teardown.
+pub const DATA_ROOT: &str = "/var/lib/tandem-lab";
+/// The cgroup directory (under the v2 root) that holds every lab.
+const CGROUP_DIR: &str = "tandem-lab";
+/// Bound on power-off/teardown waits: the kernel kills in milliseconds; a process that
+/// is still not reaped after this long has a parent that does not reap.
+const KILL_TIMEOUT_MS: u64 = 10_000;
+/// Bound on waiting for `frozen 1` / `frozen 0`.
+const FREEZE_TIMEOUT_MS: u64 = 10_000;
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    name: String,
+    topology: Topology,
+    hosts: BTreeMap<String, HostState>,
+    #[serde(default)]
+    partitions: Vec<Partition>,
+    /// The `tandem lab switchd` daemon serving this lab's power switch, if any.
+    #[serde(default)]
+    switch_pid: Option<u32>,
+    /// The process whose `Lab` handle owns the lab (tears it down when dropped), with
+    /// its start time; `down --all` leaves labs of live owners alone.
+    #[serde(default)]
+    owner: Option<(u32, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct HostState {
+    powered: bool,
+    init_pid: Option<u32>,
+    #[serde(default)]
+    init_start: u64,
+    keeper_pid: Option<u32>,
+}
+
+/// A cut on one network: with no hosts the whole network drops every frame; with hosts,
+/// each listed host is cut off from everyone else on that network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// Network name.
+    pub net: String,
+    /// Isolated hosts (empty: the whole network).
+    pub hosts: Vec<String>,
+}
+
+/// A handle on one lab. Created by [`Lab::up`] (tears the lab down when dropped, unless
+/// [`Lab::keep`] was called) or [`Lab::open`] (leaves the lab alone when dropped).
+pub struct Lab {
+    name: String,
+    state: State,
+    owned: bool,
+}
+
+/// A process running inside a lab host. Its stdio handles can be taken; waiting is safe
+/// even after power-off (the lab reaps the process and this handle keeps the status).
+pub struct HostProcess {
+    host: String,
+    pid: u32,
+    child: Arc<Mutex<Child>>,
+    /// The child's stdin, if it was piped.
+    pub stdin: Option<ChildStdin>,
+    /// The child's stdout, if it was piped.
+    pub stdout: Option<ChildStdout>,
+    /// The child's stderr, if it was piped.
+    pub stderr: Option<ChildStderr>,
+}
+
+impl HostProcess {
+    /// PID in the machine's namespace (inside the host it has another, smaller one).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// The host it runs in.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+    /// Exit status if it has exited (reaps it).
+    pub fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        c.try_wait()
+    }
+    /// Waits for the exit.
+    pub fn wait(&self) -> std::io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            sys::pause_ms(5);
+        }
+    }
+    /// Waits at most `timeout` for the exit.
+    pub fn wait_timeout(&self, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+        let start = sys::now();
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(Some(s));
+            }
+            if start.elapsed() >= timeout {
+                return Ok(None);
+            }
+            sys::pause_ms(5);
+        }
+    }
+    /// Sends a signal (e.g. `libc::SIGTERM`) unless it was already reaped.
+    pub fn signal(&self, sig: i32) -> bool {
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        match c.try_wait() {
+            Ok(None) => sys::kill(self.pid, sig),
+            _ => false,
+        }
+    }
+    /// SIGKILL and wait.
+    pub fn kill(&self) -> std::io::Result<ExitStatus> {
+        self.signal(libc::SIGKILL);
+        self.wait()
+    }
+}
+
+/// What `status` reports about a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    /// Host name.
+    pub name: String,
+    /// Network namespace name.
+    pub netns: String,
+    /// Power state.
+    pub powered: bool,
+    /// Whether its cgroup is frozen.
+    pub frozen: bool,
+    /// Its init's PID (machine namespace), when powered.
+    pub init_pid: Option<u32>,
+    /// Number of live processes in its cgroup.
+    pub processes: usize,
+    /// Its interfaces.
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+/// One interface of a host.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStatus {
+    /// Network.
+    pub net: String,
+    /// Name inside the host.
+    pub ifname: String,
+    /// Address with prefix length.
+    pub address: String,
+    /// MAC address.
+    pub mac: String,
+    /// The switch-side port name.
+    pub port: String,
+    /// Whether the switch-side port is up.
+    pub link_up: bool,
+}
+
+/// One network.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    /// Name.
+    pub name: String,
+    /// Subnet.
+    pub subnet: String,
+    /// Bridge name in the switch namespace.
+    pub bridge: String,
+    /// Active partitions ("all" or the isolated hosts).
+    pub partitioned: Vec<String>,
+}
+
+/// A whole lab's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    /// Lab name.
+    pub name: String,
+    /// Switch namespace.
+    pub switch_netns: String,
+    /// Hosts.
+    pub hosts: Vec<HostStatus>,
+    /// Networks.
+    pub nets: Vec<NetStatus>,
+    /// The live process owning the lab through a `Lab` handle (none: built by the CLI).
+    pub owner_pid: Option<u32>,
+    /// The power switch's socket, when something serves it.
+    pub power_switch: Option<String>,
+}
+
+/// One entry of a host's neighbour (ARP) table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    /// The neighbour's address.
+    pub address: String,
+    /// Interface.
+    pub dev: String,
+    /// Link-layer address, if resolved.
+    pub mac: Option<String>,
+    /// Kernel states (`REACHABLE`, `STALE`, `FAILED`, …).
+    pub state: Vec<String>,
+}
+
+/// What teardown removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TeardownReport {
+    /// Lab name.
+    pub name: String,
+    /// Processes killed.
+    pub killed: usize,
+    /// Mounts removed from the machine's namespace.
+    pub unmounted: Vec<String>,
+    /// Loop devices detached.
+    pub loop_devices: Vec<String>,
+    /// Network namespaces deleted.
+    pub netns: Vec<String>,
+    /// Problems met on the way (teardown carries on past them).
+    pub problems: Vec<String>,
+    /// Why the lab was left alone (`down --all` and a live owner).
+    pub skipped: Option<String>,
+}
+
+/// Fails unless we run as root.
+pub fn require_root() -> Result<(), LabError> {
+    match sys::euid() {
+        0 => Ok(()),
+        uid => Err(LabError::NotRoot(uid)),
+    }
+}
+
+fn check_lab_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 12
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::BadName(name.to_string()))
+    }
+}
+
+pub(crate) fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(name)
+}
+fn data_dir(name: &str) -> PathBuf {
+    Path::new(DATA_ROOT).join(name)
+}
+fn netns_prefix(name: &str) -> String {
+    format!("tl-{name}-")
+}
+fn host_netns(name: &str, host: &str) -> String {
+    format!("tl-{name}-{host}")
+}
+fn switch_netns(name: &str) -> String {
+    format!("tl-{name}-sw")
+}
+fn lab_cgroup_rel(name: &str) -> String {
+    format!("/{CGROUP_DIR}/tl-{name}")
+}
+fn host_cgroup_rel(name: &str, host: &str) -> String {
+    format!("{}/{host}", lab_cgroup_rel(name))
+}
+fn cg_path(rel: &str) -> PathBuf {
+    sys::cgroup_root().join(rel.trim_start_matches('/'))
+}
+fn bridge_name(net: &str) -> String {
+    format!("br-{net}")
+}
+fn port_name(host: &str, net: &str) -> String {
+    format!("{host}-{net}")
+}
+fn netns_path(ns: &str) -> PathBuf {
+    Path::new("/run/netns").join(ns)
+}
+
+/// A locally administered MAC, stable for (lab, host, network): tests can predict it and a
+/// power cycle keeps it, as real hardware would.
+fn mac_for(lab: &str, host_index: usize, net_index: usize) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in lab.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    format!(
+        "02:7e:{:02x}:{:02x}:{:02x}:{:02x}",
+        (h >> 8) & 0xff,
+        h & 0xff,
+        host_index & 0xff,
+        net_index & 0xff
+    )
+}
+
+/// Every lab with a state directory.
+pub fn list_labs() -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(STATE_ROOT)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("state.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Holds the per-lab lock file (flock) for one mutation; separate `tandem lab`
+/// invocations on the same lab take turns.
+struct LockGuard(File);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // SAFETY: unlocking a descriptor we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn lock(name: &str) -> Result<LockGuard, LabError> {
+    let p = state_dir(name).join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io_err(format!("open {}", p.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("flock the lab state")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(LockGuard(f))
+}
+
+fn load_state(name: &str) -> Result<State, LabError> {
+    let p = state_dir(name).join("state.json");
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LabError::NoSuchLab(name.to_string()));
+        }
+        Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
+    };
+    let st: State = serde_json::from_str(&text).map_err(|e| LabError::State {
+        path: p.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    if st.version != STATE_VERSION {
+        return Err(LabError::State {
+            path: p.display().to_string(),
+            detail: format!("version {} (this tandem knows {STATE_VERSION})", st.version),
+        });
+    }
+    Ok(st)
+}
+
+fn save_state(st: &State) -> Result<(), LabError> {
+    let dir = state_dir(&st.name);
+    let tmp = dir.join("state.json.tmp");
+    let text = serde_json::to_string_pretty(st).map_err(|e| LabError::State {
+        path: tmp.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    fs::write(&tmp, text).map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, dir.join("state.json")).map_err(io_err("rename state.json"))
+}
+
+static AUTO_NAME: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Builds a lab named `name` (1–12 of a-z, 0-9) from `topology`, every host powered on.
+    /// The handle tears it down when dropped; on a failure half-way, what was built is
+    /// removed before the error is returned.
+    pub fn up(name: &str, topology: Topology) -> Result<Lab, LabError> {
+        require_root()?;
+        check_lab_name(name)?;
+        topology.validate()?;
+        if topology.host("sw").is_some() {
+            return Err(LabError::Topology(
+                "host name \"sw\" is reserved for the switch namespace".into(),
+            ));
+        }
+        fs::create_dir_all(STATE_ROOT).map_err(io_err(format!("create {STATE_ROOT}")))?;
+        match fs::create_dir(state_dir(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(LabError::Exists(name.to_string()));
+            }
+            Err(e) => return Err(io_err(format!("create {}", state_dir(name).display()))(e)),
+        }
+        let hosts = topology
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), HostState::default()))
+            .collect();
+        let state = State {
+            version: STATE_VERSION,
+            name: name.to_string(),
+            topology,
+            hosts,
+            partitions: Vec::new(),
+            switch_pid: None,
+            owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
+        };
+        // Record the lab before building anything, so `down` finds a half-built one.
+        save_state(&state)?;
+        let mut lab = Lab {
+            name: name.to_string(),
+            state,
+            owned: true,
+        };
+        if let Err(e) = lab.build() {
+            let _ = lab.teardown();
+            lab.owned = false;
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
+    /// As [`Lab::up`] with a fresh unique name (`t` + pid + counter), for tests that run
+    /// in parallel threads.
+    pub fn up_auto(topology: Topology) -> Result<Lab, LabError> {
+        loop {
+            let n = AUTO_NAME.fetch_add(1, Ordering::Relaxed);
+            let name = format!("t{:x}x{n:x}", std::process::id());
+            match Lab::up(&name, topology.clone()) {
+                Err(LabError::Exists(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Opens an existing lab (built by another process); dropping it changes nothing.
+    pub fn open(name: &str) -> Result<Lab, LabError> {
+        check_lab_name(name)?;
+        let state = load_state(name)?;
+        Ok(Lab {
+            name: name.to_string(),
+            state,
+            owned: false,
+        })
+    }
+
+    /// A second, non-owning handle on the same lab.
+    pub(crate) fn handle(&self) -> Lab {
+        Lab {
+            name: self.name.clone(),
+            state: self.state.clone(),
+            owned: false,
+        }
+    }
+
+    /// Keeps the lab up after this handle is dropped (the CLI's `up`): the lab then
+    /// belongs to nobody, and `down --all` takes it down like any leftover.
+    pub fn keep(&mut self) {
+        self.owned = false;
+        if let Ok(_g) = self.refresh() {
+            self.state.owner = None;
+            let _ = save_state(&self.state);
+        }
+    }
+
+    /// Records the PID of a daemon serving this lab's power switch (`tandem lab
+    /// switchd`), so that teardown stops it.
+    pub fn record_switch_daemon(&mut self, pid: u32) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        self.state.switch_pid = Some(pid);
+        save_state(&self.state)
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topology it was built from.
+    pub fn topology(&self) -> &Topology {
+        &self.state.topology
+    }
+
+    /// The lab's data directory (`/var/lib/tandem-lab/NAME`): put disk images here;
+    /// teardown detaches loop devices backed by files under it and removes it.
+    pub fn data_dir(&self) -> PathBuf {
+        data_dir(&self.name)
+    }
+
+    /// The host's persistent directory under the data dir (its private dirs live below).
+    pub fn host_dir(&self, host: &str) -> Result<PathBuf, LabError> {
+        self.check_host(host)?;
+        Ok(data_dir(&self.name).join("hosts").join(host))
+    }
+
+    /// The host's network namespace name (for `ip -n`).
+    pub fn netns(&self, host: &str) -> Result<String, LabError> {
+        self.check_host(host)?;
+        Ok(host_netns(&self.name, host))
+    }
+
+    /// The switch namespace's name.
+    pub fn switch_netns(&self) -> String {
+        switch_netns(&self.name)
+    }
+
+    /// The host's cgroup directory.
+    pub fn cgroup(&self, host: &str) -> Result<PathBuf, LabError> {
+        self.check_host(host)?;
+        Ok(cg_path(&host_cgroup_rel(&self.name, host)))
+    }
+
+    fn check_host(&self, host: &str) -> Result<(), LabError> {
+        if self.state.topology.host(host).is_some() {
+            Ok(())
+        } else {
+            Err(LabError::UnknownHost {
+                lab: self.name.clone(),
+                host: host.to_string(),
+            })
+        }
+    }
+
+    fn attachment(&self, host: &str, net: &str) -> Result<Attachment, LabError> {
+        self.check_host(host)?;
+        if self.state.topology.net(net).is_none() {
+            return Err(LabError::UnknownNet {
+                lab: self.name.clone(),
+                detail: format!("no network {net:?}"),
+            });
+        }
+        self.state
+            .topology
+            .attachments(host)
+            .into_iter()
+            .find(|a| a.net == net)
+            .ok_or_else(|| LabError::UnknownNet {
+                lab: self.name.clone(),
+                detail: format!("host {host:?} is not on network {net:?}"),
+            })
+    }
+
+    /// The host's address on a network.
+    pub fn address(&self, host: &str, net: &str) -> Result<Ipv4Addr, LabError> {
+        Ok(self.attachment(host, net)?.address)
+    }
+
+    /// The host's interface name on a network (`eth0`, …).
+    pub fn ifname(&self, host: &str, net: &str) -> Result<String, LabError> {
+        Ok(self.attachment(host, net)?.ifname)
+    }
+
+    /// The host's MAC address on a network (`02:7e:…`), stable across power cycles.
+    pub fn mac(&self, host: &str, net: &str) -> Result<String, LabError> {
+        self.attachment(host, net)?;
+        Ok(self.mac_unchecked(host, net))
+    }
+
+    fn mac_unchecked(&self, host: &str, net: &str) -> String {
+        let t = &self.state.topology;
+        let hi = t.hosts.iter().position(|h| h.name == host).unwrap_or(0);
+        let ni = t.nets.iter().position(|n| n.name == net).unwrap_or(0);
+        mac_for(&self.name, hi, ni)
+    }
+
+    /// The switch-side port of a host on a network.
+    pub fn port(&self, host: &str, net: &str) -> Result<String, LabError> {
+        self.attachment(host, net)?;
+        Ok(port_name(host, net))
+    }
+
+    // ---------------------------------------------------------------- building
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let sw = switch_netns(&self.name);
+        sys::run("ip", &["netns", "add", &sw])?;
+        let mut lines = vec!["link set lo up".to_string()];
+        for n in &self.state.topology.nets {
+            // Multicast snooping off: without an IGMP querier the bridge would starve
+            // mcast heartbeat links.
+            lines.push(format!(
+                "link add {} type bridge mcast_snooping 0",
+                bridge_name(&n.name)
+            ));
+            lines.push(format!("link set {} up", bridge_name(&n.name)));
+        }
+        sys::ip_batch(Some(&sw), &lines)?;
+        self.apply_partitions()?;
+        let data = data_dir(&self.name);
+        fs::create_dir_all(&data).map_err(io_err(format!("create {}", data.display())))?;
+        let lab_cg = cg_path(&lab_cgroup_rel(&self.name));
+        fs::create_dir_all(&lab_cg).map_err(io_err(format!("create {}", lab_cg.display())))?;
+        let hosts: Vec<String> = self
+            .state
+            .topology
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        for h in &hosts {
+            self.build_host_net(h)?;
+            self.boot(h)?;
+            if let Some(hs) = self.state.hosts.get_mut(h) {
+                hs.powered = true;
+            }
+            save_state(&self.state)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the host's network namespace, veth pairs, addresses (a fresh one each
+    /// power-on: addresses or rules added by software in the host do not survive).
+    fn build_host_net(&self, host: &str) -> Result<(), LabError> {
+        let ns = host_netns(&self.name, host);
+        let sw = switch_netns(&self.name);
+        sys::run("ip", &["netns", "add", &ns])?;
+        let atts = self.state.topology.attachments(host);
+        let mut sw_lines = Vec::new();
+        let mut host_lines = vec!["link set lo up".to_string()];
+        for a in &atts {
+            let port = port_name(host, &a.net);
+            sw_lines.push(format!(
+                "link add {port} type veth peer name {} address {} netns {ns}",
+                a.ifname,
+                self.mac_unchecked(host, &a.net)
+            ));
+            sw_lines.push(format!("link set {port} master {}", bridge_name(&a.net)));
+            sw_lines.push(format!("link set {port} up"));
+            host_lines.push(format!(
+                "addr add {}/{} dev {}",
+                a.address, a.prefix_len, a.ifname
+            ));
+            host_lines.push(format!("link set {} up", a.ifname));
+        }
+        sys::ip_batch(Some(&sw), &sw_lines)?;
+        sys::ip_batch(Some(&ns), &host_lines)?;
+        Ok(())
+    }
+
+    fn boot(&mut self, host: &str) -> Result<(), LabError> {
+        let cg = cg_path(&host_cgroup_rel(&self.name, host));
+        fs::create_dir_all(&cg).map_err(io_err(format!("create {}", cg.display())))?;
+        // A fresh boot is never frozen.
+        sys::cg_write(&cg, "cgroup.freeze", "0")?;
+        let spec =
+            self.state
+                .topology
+                .host(host)
+                .cloned()
+                .ok_or_else(|| LabError::UnknownHost {
+                    lab: self.name.clone(),
+                    host: host.to_string(),
+                })?;
+        let mut mounts = vec![
+            sys::BootMount::fresh("proc", "/proc", None)?,
+            sys::BootMount::fresh("sysfs", "/sys", None)?,
+        ];
+        let root = data_dir(&self.name).join("hosts").join(host).join("root");
+        for d in &spec.private_dirs {
+            // The mount point must exist in the machine's tree (the host's mount
+            // namespace starts as a copy of it); an empty directory is all we add.
+            fs::create_dir_all(d).map_err(io_err(format!("create mount point {d}")))?;
+            if d.starts_with("/run/") || d == "/run" || d.starts_with("/tmp") {
+                mounts.push(sys::BootMount::fresh("tmpfs", d, Some("mode=0755"))?);
+            } else {
+                let src = root.join(d.trim_start_matches('/'));
+                fs::create_dir_all(&src).map_err(io_err(format!("create {}", src.display())))?;
+                mounts.push(sys::BootMount::bind(&src, d)?);
+            }
+        }
+        let netns_file = netns_path(&host_netns(&self.name, host));
+        let plan = sys::InitPlan {
+            cgroup_procs: OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs"))
+                .map_err(io_err(format!("open {}/cgroup.procs", cg.display())))?,
+            netns: File::open(&netns_file)
+                .map_err(io_err(format!("open {}", netns_file.display())))?,
+            mounts,
+        };
+        let started = sys::start_init(&plan)?;
+        crate::reaper::register_keeper(started.keeper_pid);
+        let hs = self.state.hosts.entry(host.to_string()).or_default();
+        hs.init_pid = Some(started.init_pid);
+        hs.init_start = started.init_start;
+        hs.keeper_pid = Some(started.keeper_pid);
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<LockGuard, LabError> {
+        let g = lock(&self.name)?;
+        self.state = load_state(&self.name)?;
+        Ok(g)
+    }
+
+    fn host_state(&self, host: &str) -> Result<HostState, LabError> {
+        self.check_host(host)?;
+        Ok(self.state.hosts.get(host).cloned().unwrap_or_default())
+    }
+
+    fn entry(&self, host: &str) -> Result<sys::Entry, LabError> {
+        let hs = self.host_state(host)?;
+        if !hs.powered {
+            return Err(LabError::PoweredOff(host.to_string()));
+        }
+        let init = hs
+            .init_pid
+            .ok_or_else(|| LabError::PoweredOff(host.to_string()))?;
+        match sys::proc_stat(init) {
+            Some((_, start)) if start == hs.init_start => {}
+            _ => {
+                return Err(LabError::Boot(format!(
+                    "host {host:?}: its init (pid {init}) is gone; power-cycle it"
+                )));
+            }
+        }
+        let cg = cg_path(&host_cgroup_rel(&self.name, host));
+        if sys::cg_event(&cg, "frozen")? {
+            return Err(LabError::Frozen(host.to_string()));
+        }
+        sys::Entry::open(&cg, &netns_path(&host_netns(&self.name, host)), init)
+    }
+
+    // ---------------------------------------------------------------- processes
+
+    /// Runs `cmd` inside `host` (its network, mount and PID namespaces and its cgroup) and
+    /// returns a handle. The working directory is kept by path (set `cmd.current_dir` to
+    /// choose another). Power-off kills and reaps it; the handle then reports the status.
+    pub fn spawn(&self, host: &str, mut cmd: Command) -> Result<HostProcess, LabError> {
+        let entry = self.entry(host)?;
+        sys::prepare_command(&mut cmd, &entry, None)?;
+        let shown = format!("{:?}", cmd.get_program());
+        let mut child = sys::with_pid_ns(&entry.pidns, || cmd.spawn())?
+            .map_err(io_err(format!("spawn {shown} in host {host}")))?;
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let child = Arc::new(Mutex::new(child));
+        crate::reaper::register_child(Arc::clone(&child));
+        Ok(HostProcess {
+            host: host.to_string(),
+            pid,
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs `cmd` in `host` to completion and captures its output (stdin is /dev/null).
+    pub fn output(&self, host: &str, mut cmd: Command) -> Result<Output, LabError> {
+        let entry = self.entry(host)?;
+        sys::prepare_command(&mut cmd, &entry, None)?;
+        cmd.stdin(std::process::Stdio::null());
+        let shown = format!("{:?}", cmd.get_program());
+        sys::with_pid_ns(&entry.pidns, || cmd.output())?
+            .map_err(io_err(format!("run {shown} in host {host}")))
+    }
+
+    /// Runs `argv` in `host`; returns stdout, or an error with the exit status and stderr.
+    pub fn run(&self, host: &str, argv: &[&str]) -> Result<String, LabError> {
+        let (prog, args) = argv.split_first().ok_or_else(|| LabError::Command {
+            cmd: String::new(),
+            detail: "empty command".into(),
+        })?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args);
+        let out = self.output(host, cmd)?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("[{host}] {}", argv.join(" ")),
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The machine-side path of `path` as the host sees it: through its init's root
+    /// (`/proc/INIT/root/…`), so the host's own mounts and private directories apply.
+    /// Works for files and for Unix sockets (e.g. an NBD socket under the host's
+    /// private `/run/tandem`), while the host is powered on.
+    pub fn host_path(&self, host: &str, path: &str) -> Result<PathBuf, LabError> {
+        let hs = load_state(&self.name)?
+            .hosts
+            .get(host)
+            .cloned()
+            .ok_or_else(|| LabError::UnknownHost {
+                lab: self.name.clone(),
+                host: host.to_string(),
+            })?;
+        let init = match (hs.powered, hs.init_pid) {
+            (true, Some(p)) => p,
+            _ => return Err(LabError::PoweredOff(host.to_string())),
+        };
+        Ok(PathBuf::from(format!(
+            "/proc/{init}/root/{}",
+            path.trim_start_matches('/')
+        )))
+    }
+
+    /// Reads a file as the host sees it (see [`Lab::host_path`]).
+    pub fn read_file(&self, host: &str, path: &str) -> Result<Vec<u8>, LabError> {
+        let p = self.host_path(host, path)?;
+        fs::read(&p).map_err(io_err(format!("read {path} in host {host}")))
+    }
+
+    /// Writes `/run/tandem-lab/NAME/fence_lab`, a fence-agents program for this lab's
+    /// power switch (`exec TANDEM lab fence-agent --lab NAME "$@"`), and returns its
+    /// path: fencing configuration can name it like any `fence_*` agent, from inside
+    /// any lab host. `tandem` is the tandem binary to run.
+    pub fn write_fence_agent(&self, tandem: &Path) -> Result<PathBuf, LabError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = state_dir(&self.name).join("fence_lab");
+        let quoted = tandem.display().to_string().replace('\'', "'\\''");
+        let text = format!(
+            "#!/bin/sh\n# The power switch of lab {name} (fence-agents protocol).\n\
+             exec '{quoted}' lab fence-agent --lab {name} \"$@\"\n",
+            name = self.name
+        );
+        fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+        Ok(path)
+    }
+
+    /// The host's neighbour (ARP) table, from `ip -j neigh` run in its network namespace
+    /// (this works while the host is powered off or frozen).
+    pub fn neighbors(&self, host: &str) -> Result<Vec<Neighbor>, LabError> {
+        let ns = self.netns(host)?;
+        let text = sys::run("ip", &["-n", &ns, "-j", "neigh", "show"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| LabError::Command {
+                cmd: format!("ip -n {ns} -j neigh show"),
+                detail: format!("unexpected output: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for e in v.as_array().into_iter().flatten() {
+            let s = |k: &str| e.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            out.push(Neighbor {
+                address: s("dst").unwrap_or_default(),
+                dev: s("dev").unwrap_or_default(),
+                mac: s("lladdr"),
+                state: e
+                    .get("state")
+                    .and_then(|x| x.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The host's IPv4 addresses per interface (`("eth0", "192.168.1.160/24")`), read
+    /// from its network namespace without entering the host: cheap enough to sample
+    /// every few milliseconds (e.g. "never both nodes hold the VIP"), and it works
+    /// while the host is frozen or off.
+    pub fn addresses(&self, host: &str) -> Result<Vec<(String, String)>, LabError> {
+        let ns = self.netns(host)?;
+        let text = sys::run("ip", &["-n", &ns, "-j", "-4", "addr", "show"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| LabError::Command {
+                cmd: format!("ip -n {ns} -j -4 addr show"),
+                detail: format!("unexpected output: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            let ifname = link.get("ifname").and_then(|x| x.as_str()).unwrap_or("");
+            for a in link
+                .get("addr_info")
+                .and_then(|x| x.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(local), Some(len)) = (
+                    a.get("local").and_then(|x| x.as_str()),
+                    a.get("prefixlen").and_then(|x| x.as_u64()),
+                ) {
+                    out.push((ifname.to_string(), format!("{local}/{len}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live processes of a host (PIDs in the machine's namespace).
+    pub fn processes(&self, host: &str) -> Result<Vec<u32>, LabError> {
+        self.check_host(host)?;
+        Ok(sys::cg_procs(&cg_path(&host_cgroup_rel(&self.name, host))))
+    }
+
+    // ---------------------------------------------------------------- power
+
+    /// Cuts the host's power: every process of its cgroup gets SIGKILL at once
+    /// (`cgroup.kill`), and this returns only when all of them are gone *and reaped*
+    /// (a zombie still answers `kill -0`, and daemons trust pid files that point at one),
+    /// then takes its switch ports down. Mounts made inside the host vanish with its
+    /// mount namespace. Idempotent.
+    pub fn power_off(&mut self, host: &str) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        self.check_host(host)?;
+        let hs = self.host_state(host)?;
+        let cg_rel = host_cgroup_rel(&self.name, host);
+        self.kill_and_reap(host, &cg_rel, hs.keeper_pid)?;
+        let lines: Vec<String> = self
+            .state
+            .topology
+            .attachments(host)
+            .iter()
+            .map(|a| format!("link set {} down", port_name(host, &a.net)))
+            .collect();
+        sys::ip_batch(Some(&switch_netns(&self.name)), &lines)?;
+        let hs = self.state.hosts.entry(host.to_string()).or_default();
+        hs.powered = false;
+        hs.init_pid = None;
+        hs.keeper_pid = None;
+        save_state(&self.state)
+    }
+
+    fn kill_and_reap(
+        &self,
+        host: &str,
+        cg_rel: &str,
+        keeper: Option<u32>,
+    ) -> Result<usize, LabError> {
+        let cg = cg_path(cg_rel);
+        if !cg.exists() {
+            return Ok(0);
+        }
+        let killed = sys::cg_procs(&cg).len();
+        sys::cg_write(&cg, "cgroup.kill", "1")?;
+        // Frozen tasks die once thawed; a powered-off host must not boot frozen either.
+        sys::cg_write(&cg, "cgroup.freeze", "0")?;
+        let start = sys::now();
+        let mut last_kill = sys::now();
+        loop {
+            crate::reaper::sweep();
+            if let Some(k) = keeper {
+                sys::try_reap(k);
+            }
+            let populated = sys::cg_event(&cg, "populated")?;
+            let left = sys::procs_in_cgroup(cg_rel);
+            if !populated && left.is_empty() {
+                return Ok(killed);
+            }
+            if populated && last_kill.elapsed() > Duration::from_millis(200) {
+                // A fork that raced the first kill: kill again.
+                sys::cg_write(&cg, "cgroup.kill", "1")?;
+                last_kill = sys::now();
+            }
+            if start.elapsed() > Duration::from_millis(KILL_TIMEOUT_MS) {
+                let detail = left
+                    .iter()
+                    .map(|p| {
+                        let parent = sys::proc_stat(p.ppid)
+                            .map(|(i, _)| i.comm)
+                            .unwrap_or_default();
+                        format!(
+                            "pid {} ({}) state {} parent {} ({parent})",
+                            p.pid, p.comm, p.state, p.ppid
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(LabError::Unreaped {
+                    host: host.to_string(),
+                    detail,
+                });
+            }
+            sys::pause_ms(5);
+        }
+    }
+
+    /// Powers the host on: a cold boot. Its network namespace is rebuilt from the
+    /// topology (addresses and rules added at run time are gone, MACs are the same),
+    /// a new init gets fresh mount and PID namespaces, links come up. No process comes
+    /// back. Idempotent.
+    pub fn power_on(&mut self, host: &str) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        let hs = self.host_state(host)?;
+        if hs.powered {
+            return Ok(());
+        }
+        let sw = switch_netns(&self.name);
+        for a in self.state.topology.attachments(host) {
+            // Deleting one end of a veth pair deletes both.
+            let _ = sys::run("ip", &["-n", &sw, "link", "del", &port_name(host, &a.net)]);
+        }
+        let ns = host_netns(&self.name, host);
+        if netns_path(&ns).exists() {
+            sys::run("ip", &["netns", "del", &ns])?;
+        }
+        self.build_host_net(host)?;
+        self.boot(host)?;
+        if let Some(hs) = self.state.hosts.get_mut(host) {
+            hs.powered = true;
+        }
+        save_state(&self.state)
+    }
+
+    /// Whether the host is powered on.
+    pub fn is_powered(&self, host: &str) -> Result<bool, LabError> {
+        let st = load_state(&self.name)?;
+        self.check_host(host)?;
+        Ok(st.hosts.get(host).map(|h| h.powered).unwrap_or(false))
+    }
+
+    /// Freezes every process of the host (`cgroup.freeze`), returning once the kernel
+    /// reports `frozen 1`: the host hangs, its sockets stay open, its peers hear nothing.
+    pub fn freeze(&mut self, host: &str) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        if !self.host_state(host)?.powered {
+            return Err(LabError::PoweredOff(host.to_string()));
+        }
+        let cg = cg_path(&host_cgroup_rel(&self.name, host));
+        sys::cg_write(&cg, "cgroup.freeze", "1")?;
+        sys::wait_until(&format!("host {host} to freeze"), FREEZE_TIMEOUT_MS, || {
+            sys::cg_event(&cg, "frozen")
+        })
+    }
+
+    /// Thaws a frozen host; returns once the kernel reports `frozen 0`.
+    pub fn thaw(&mut self, host: &str) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        self.check_host(host)?;
+        let cg = cg_path(&host_cgroup_rel(&self.name, host));
+        sys::cg_write(&cg, "cgroup.freeze", "0")?;
+        sys::wait_until(&format!("host {host} to thaw"), FREEZE_TIMEOUT_MS, || {
+            Ok(!sys::cg_event(&cg, "frozen")?)
+        })
+    }
+
+    /// Whether the host is frozen.
+    pub fn is_frozen(&self, host: &str) -> Result<bool, LabError> {
+        self.check_host(host)?;
+        sys::cg_event(&cg_path(&host_cgroup_rel(&self.name, host)), "frozen")
+    }
+
+    // ---------------------------------------------------------------- network
+
+    /// Cuts network `net`: with no hosts, every frame on it is dropped; with hosts, each
+    /// is cut off from every other host on that network. Other networks keep working.
+    /// Done with nftables in the switch namespace (bridge family, forward hook), so the
+    /// links stay up: peers see silence, not a carrier loss.
+    pub fn partition(&mut self, net: &str, hosts: &[&str]) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        for h in hosts {
+            self.attachment(h, net)?;
+        }
+        if self.state.topology.net(net).is_none() {
+            return Err(LabError::UnknownNet {
+                lab: self.name.clone(),
+                detail: format!("no network {net:?}"),
+            });
+        }
+        let mut hs: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+        hs.sort();
+        hs.dedup();
+        let p = Partition {
+            net: net.to_string(),
+            hosts: hs,
+        };
+        if !self.state.partitions.contains(&p) {
+            self.state.partitions.push(p);
+        }
+        self.apply_partitions()?;
+        save_state(&self.state)
+    }
+
+    /// Removes partitions: all of them (`net` None), those on one network, or the one
+    /// isolating exactly `hosts` on `net`.
+    pub fn heal(&mut self, net: Option<&str>, hosts: &[&str]) -> Result<(), LabError> {
+        let _g = self.refresh()?;
+        if let Some(n) = net {
+            if self.state.topology.net(n).is_none() {
+                return Err(LabError::UnknownNet {
+                    lab: self.name.clone(),
+                    detail: format!("no network {n:?}"),
+                });
+            }
+        }
+        let mut hs: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+        hs.sort();
+        hs.dedup();
+        self.state.partitions.retain(|p| match net {
+            None => false,
+            Some(n) if p.net != n => true,
+            Some(_) => !(hs.is_empty() || p.hosts == hs),
+        });
+        self.apply_partitions()?;
+        save_state(&self.state)
+    }
+
+    /// The active partitions.
+    pub fn partitions(&self) -> Vec<Partition> {
+        load_state(&self.name)
+            .map(|s| s.partitions)
+            .unwrap_or_default()
+    }
+
+    /// Rewrites the switch's nftables table from the partition list, atomically.
+    fn apply_partitions(&self) -> Result<(), LabError> {
+        let mut rules = String::new();
+        for p in &self.state.partitions {
+            let net = match self.state.topology.net(&p.net) {
+                Some(n) => n,
+                None => continue,
+            };
+            let ports: Vec<String> = if p.hosts.is_empty() {
+                net.hosts.keys().map(|h| port_name(h, &p.net)).collect()
+            } else {
+                p.hosts.iter().map(|h| port_name(h, &p.net)).collect()
+            };
+            for port in ports {
+                rules.push_str(&format!(
+                    "    iifname \"{port}\" drop\n    oifname \"{port}\" drop\n"
+                ));
+            }
+        }
+        let script = format!(
+            "table bridge tandem_lab\ndelete table bridge tandem_lab\n\
+             table bridge tandem_lab {{\n  chain forward {{\n    \
+             type filter hook forward priority 0; policy accept;\n{rules}  }}\n}}\n"
+        );
+        let ns = netns_path(&switch_netns(&self.name));
+        let net_arg = format!("--net={}", ns.display());
+        sys::run_input("nsenter", &[&net_arg, "nft", "-f", "-"], Some(&script)).map(|_| ())
+    }
+
+    // ---------------------------------------------------------------- status
+
+    /// Everything about the lab, for `tandem lab status`.
+    pub fn status(&self) -> Result<LabStatus, LabError> {
+        let st = load_state(&self.name)?;
+        let sw = switch_netns(&self.name);
+        let links = sys::run("ip", &["-n", &sw, "-j", "link", "show"]).unwrap_or_default();
+        let links: serde_json::Value = serde_json::from_str(links.trim()).unwrap_or_default();
+        let port_up = |port: &str| {
+            links.as_array().into_iter().flatten().any(|l| {
+                l.get("ifname").and_then(|x| x.as_str()) == Some(port)
+                    && l.get("flags")
+                        .and_then(|f| f.as_array())
+                        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")))
+            })
+        };
+        let mut hosts = Vec::new();
+        for h in &st.topology.hosts {
+            let hs = st.hosts.get(&h.name).cloned().unwrap_or_default();
+            let cg = cg_path(&host_cgroup_rel(&self.name, &h.name));
+            let interfaces = st
+                .topology
+                .attachments(&h.name)
+                .into_iter()
+                .map(|a| {
+                    let port = port_name(&h.name, &a.net);
+                    InterfaceStatus {
+                        link_up: port_up(&port),
+                        mac: self.mac_unchecked(&h.name, &a.net),
+                        address: format!("{}/{}", a.address, a.prefix_len),
+                        net: a.net,
+                        ifname: a.ifname,
+                        port,
+                    }
+                })
+                .collect();
+            hosts.push(HostStatus {
+                name: h.name.clone(),
+                netns: host_netns(&self.name, &h.name),
+                powered: hs.powered,
+                frozen: sys::cg_event(&cg, "frozen").unwrap_or(false),
+                init_pid: hs.init_pid.filter(|_| hs.powered),
+                processes: sys::cg_procs(&cg).len(),
+                interfaces,
+            });
+        }
+        let nets = st
+            .topology
+            .nets
+            .iter()
+            .map(|n| NetStatus {
+                name: n.name.clone(),
+                subnet: n.subnet.clone(),
+                bridge: bridge_name(&n.name),
+                partitioned: st
+                    .partitions
+                    .iter()
+                    .filter(|p| p.net == n.name)
+                    .map(|p| {
+                        if p.hosts.is_empty() {
+                            "all".to_string()
+                        } else {
+                            p.hosts.join("+")
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let sock = crate::switch::switch_socket(&self.name);
+        let serving = std::os::unix::net::UnixStream::connect(&sock).is_ok();
+        Ok(LabStatus {
+            name: self.name.clone(),
+            switch_netns: sw,
+            hosts,
+            nets,
+            owner_pid: lab_owner(&self.name),
+            power_switch: serving.then(|| sock.display().to_string()),
+        })
+    }
+
+    // ---------------------------------------------------------------- teardown
+
+    /// Tears the lab down now (what dropping an owning handle does), reporting what it
+    /// removed. Processes this handle spawned are reaped first.
+    pub fn down(mut self) -> Result<TeardownReport, LabError> {
+        self.owned = false;
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<TeardownReport, LabError> {
+        let keepers: Vec<u32> = self
+            .state
+            .hosts
+            .values()
+            .filter_map(|h| h.keeper_pid)
+            .collect();
+        let reap = move || {
+            crate::reaper::sweep();
+            for k in &keepers {
+                sys::try_reap(*k);
+            }
+        };
+        teardown_lab(&self.name, &reap)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owned {
+            self.owned = false;
+            match self.teardown() {
+                Ok(r) if r.problems.is_empty() => {}
+                Ok(r) => eprintln!("tandem-lab: teardown of {}: {:?}", self.name, r.problems),
+                Err(e) => eprintln!("tandem-lab: teardown of {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+/// Takes down the lab `name`, built by this or another process, even half-built or
+/// left over by a killed run.
+pub fn down(name: &str) -> Result<TeardownReport, LabError> {
+    require_root()?;
+    check_lab_name(name)?;
+    let keepers: Vec<u32> = load_state(name)
+        .map(|s| s.hosts.values().filter_map(|h| h.keeper_pid).collect())
+        .unwrap_or_default();
+    let known = state_dir(name).exists()
+        || data_dir(name).exists()
+        || cg_path(&lab_cgroup_rel(name)).exists()
+        || lab_netns(name).next().is_some();
+    if !known {
+        return Err(LabError::NoSuchLab(name.to_string()));
+    }
+    teardown_lab(name, &|| {
+        for k in &keepers {
+            sys::try_reap(*k);
+        }
+    })
+}
+
+/// The live process that owns a lab through a `Lab` handle, if any.
+pub fn lab_owner(name: &str) -> Option<u32> {
+    let (pid, start) = load_state(name).ok()?.owner?;
+    match sys::proc_stat(pid) {
+        Some((info, s)) if s == start && info.state != 'Z' => Some(pid),
+        _ => None,
+    }
+}
+
+/// Takes down every lab found — state directories, `tl-*` namespaces, lab cgroups and
+/// data directories, whatever a killed run left — except labs whose owning process is
+/// still alive (a test running right now), unless `force`.
+pub fn down_all(force: bool) -> Result<Vec<TeardownReport>, LabError> {
+    require_root()?;
+    let mut names = std::collections::BTreeSet::new();
+    for root in [STATE_ROOT, DATA_ROOT] {
+        if let Ok(rd) = fs::read_dir(root) {
+            for e in rd.flatten() {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(cg_path(&format!("/{CGROUP_DIR}"))) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = n.strip_prefix("tl-") {
+                names.insert(rest.to_string());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir("/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = n.strip_prefix("tl-") {
+                if let Some((lab, _)) = rest.split_once('-') {
+                    names.insert(lab.to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in names {
+        if check_lab_name(&n).is_err() {
+            continue;
+        }
+        if let (false, Some(pid)) = (force, lab_owner(&n)) {
+            out.push(TeardownReport {
+                name: n,
+                skipped: Some(format!("in use by live process {pid} (use --force)")),
+                ..Default::default()
+            });
+            continue;
+        }
+        out.push(down(&n)?);
+    }
+    Ok(out)
+}
+
+fn lab_netns(name: &str) -> impl Iterator<Item = String> {
+    let prefix = netns_prefix(name);
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(move |n| n.starts_with(&prefix))
+}
+
+fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError> {
+    let mut rep = TeardownReport {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    // 0. The power-switch daemon, if `tandem lab up` left one (checked by its command
+    //    line, so a reused PID is left alone).
+    if let Some(pid) = load_state(name).ok().and_then(|s| s.switch_pid) {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("switchd") {
+            sys::kill(pid, libc::SIGTERM);
+        }
+    }
+    // 1. Processes: kill every host cgroup, wait until empty and reaped (bounded).
+    let lab_rel = lab_cgroup_rel(name);
+    let lab_cg = cg_path(&lab_rel);
+    if lab_cg.exists() {
+        rep.killed = sys::procs_in_cgroup(&lab_rel).len();
+        let _ = sys::cg_write(&lab_cg, "cgroup.kill", "1");
+        if let Ok(rd) = fs::read_dir(&lab_cg) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = sys::cg_write(&e.path(), "cgroup.freeze", "0");
+            }
+        }
+        let _ = sys::cg_write(&lab_cg, "cgroup.freeze", "0");
+        let r = sys::wait_until(
+            "lab processes to die and be reaped",
+            KILL_TIMEOUT_MS,
+            || {
+                reap();
+                // A zombie keeps its cgroup until reaped: wait for the scan to come up empty.
+                Ok(!sys::cg_event(&lab_cg, "populated")?
+                    && sys::procs_in_cgroup(&lab_rel).is_empty())
+            },
+        );
+        if let Err(e) = r {
+            let left: Vec<String> = sys::procs_in_cgroup(&lab_rel)
+                .iter()
+                .map(|p| format!("{} ({}, {}, parent {})", p.pid, p.comm, p.state, p.ppid))
+                .collect();
+            rep.problems.push(format!("{e}: left {}", left.join(", ")));
+        }
+    }
+    reap();
+    // 2. Mounts in the machine's namespace that belong to the lab: anything mounted
+    //    under its directories, or from a loop device backed by a file there.
+    let dirs = [state_dir(name), data_dir(name)];
+    let loops = sys::loop_devices_under(&dirs);
+    let mut targets: Vec<PathBuf> = sys::machine_mounts()
+        .into_iter()
+        .filter(|(src, target)| {
+            dirs.iter().any(|d| target.starts_with(d)) || loops.iter().any(|(dev, _)| dev == src)
+        })
+        .map(|(_, t)| t)
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    targets.dedup();
+    for t in targets {
+        match sys::umount_lazy(&t) {
+            Ok(()) => rep.unmounted.push(t.display().to_string()),
+            Err(e) => rep.problems.push(e.to_string()),
+        }
+    }
+    // 3. Loop devices backed by the lab's files (after the unmounts that held them).
+    //    A loop device set up by `mount -o loop` inside a host clears itself once the
+    //    host's mount namespace is gone, which the kernel finishes asynchronously: keep
+    //    detaching for a moment rather than racing it.
+    let start = sys::now();
+    loop {
+        let left = sys::loop_devices_under(&dirs);
+        if left.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_millis(3000) {
+            for (dev, file) in left {
+                rep.problems.push(format!(
+                    "loop device {dev} ({}) could not be detached",
+                    file.display()
+                ));
+            }
+            break;
+        }
+        for (dev, _) in left {
+            if sys::run("losetup", &["-d", &dev]).is_ok() && !rep.loop_devices.contains(&dev) {
+                rep.loop_devices.push(dev);
+            }
+        }
+        sys::pause_ms(50);
+    }
+    // 4. Namespaces (hosts and the switch): their veths and bridges go with them.
+    let nss: Vec<String> = lab_netns(name).collect();
+    for ns in nss {
+        match sys::run("ip", &["netns", "del", &ns]) {
+            Ok(_) => rep.netns.push(ns),
+            Err(e) => rep.problems.push(e.to_string()),
+        }
+    }
+    // 5. Cgroups, children first.
+    if lab_cg.exists() {
+        if let Ok(rd) = fs::read_dir(&lab_cg) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                if let Err(err) = fs::remove_dir(e.path()) {
+                    rep.problems
+                        .push(format!("rmdir {}: {err}", e.path().display()));
+                }
+            }
+        }
+        if let Err(err) = fs::remove_dir(&lab_cg) {
+            rep.problems
+                .push(format!("rmdir {}: {err}", lab_cg.display()));
+        }
+    }
+    // 6. Directories, unless something is still mounted below (never delete through a
+    //    mount into someone's filesystem).
+    for d in &dirs {
+        let still_mounted = sys::machine_mounts().iter().any(|(_, t)| t.starts_with(d));
+        if still_mounted {
+            rep.problems
+                .push(format!("{} still has mounts; left in place", d.display()));
+            continue;
+        }
+        if d.exists() {
+            if let Err(err) = fs::remove_dir_all(d) {
+                rep.problems.push(format!("remove {}: {err}", d.display()));
+            }
+        }
+    }
+    Ok(rep)
+}

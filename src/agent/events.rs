@@ -1,0 +1,160 @@
+//! The event thread: turns the membership driver's events into log lines and the event
+//! history that `tandem status` shows.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tandem_membership::driver::{Driver, TimedEvent};
+use tandem_membership::{Event, LinkId, MembershipConfig, NodeId};
+
+use super::manager::Input;
+use super::{EVENT_HISTORY_LEN, EventRecord, Shared};
+use crate::clock;
+
+/// Node and link names by id, for logs and status.
+pub struct Names {
+    nodes: Vec<(NodeId, String)>,
+    links: Vec<(LinkId, String)>,
+}
+
+impl Names {
+    /// The names of `config`'s nodes and links.
+    pub fn new(config: &MembershipConfig) -> Self {
+        Self {
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.name.clone()))
+                .collect(),
+            links: config
+                .links
+                .iter()
+                .map(|l| (l.id, l.name.clone()))
+                .collect(),
+        }
+    }
+
+    fn node(&self, id: NodeId) -> String {
+        self.nodes
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or_else(|| format!("#{id}"), |(_, n)| n.clone())
+    }
+
+    fn link(&self, id: LinkId) -> String {
+        self.links
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or_else(|| format!("#{id}"), |(_, n)| n.clone())
+    }
+}
+
+/// Starts the thread; it ends when the driver stops. Every event also goes to the
+/// resource manager, when there is one.
+pub fn spawn(
+    driver: Arc<Driver>,
+    names: Names,
+    shared: Arc<Mutex<Shared>>,
+    manager: Option<Sender<Input>>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || {
+            let events = driver.events();
+            while let Ok(timed) = events.recv() {
+                let record = record(&names, &timed);
+                if let Some(manager) = &manager {
+                    let _ = manager.send(Input::Membership(timed.event));
+                }
+                let Some(record) = record else {
+                    continue;
+                };
+                let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+                if shared.events.len() == EVENT_HISTORY_LEN {
+                    shared.events.pop_front();
+                }
+                shared.events.push_back(record);
+            }
+        })
+        .context("start the event thread")?;
+    Ok(())
+}
+
+/// Logs an event and turns it into a status record stamped with the wall-clock time the
+/// driver saw it (not the time this thread got to it).
+fn record(names: &Names, timed: &TimedEvent) -> Option<EventRecord> {
+    let (kind, node, link, detail) = match &timed.event {
+        Event::NodeUp { node, incarnation } => {
+            tracing::info!(node = %names.node(*node), incarnation, "node up");
+            (
+                "node_up",
+                Some(*node),
+                None,
+                format!("incarnation {incarnation}"),
+            )
+        }
+        Event::NodeLate { node, gap } => {
+            tracing::warn!(node = %names.node(*node), gap_ms = gap.as_millis() as u64, "late heartbeat");
+            (
+                "node_late",
+                Some(*node),
+                None,
+                format!("gap {} ms", gap.as_millis()),
+            )
+        }
+        Event::NodeDead { node, incarnation } => {
+            tracing::warn!(node = %names.node(*node), ?incarnation, "node dead");
+            ("node_dead", Some(*node), None, String::new())
+        }
+        Event::LinkUp { node, link } => {
+            tracing::info!(node = %names.node(*node), link = %names.link(*link), "link up");
+            ("link_up", Some(*node), Some(*link), String::new())
+        }
+        Event::LinkDown { node, link } => {
+            tracing::warn!(node = %names.node(*node), link = %names.link(*link), "link down");
+            ("link_down", Some(*node), Some(*link), String::new())
+        }
+        Event::NodeReturnedAfterPartition { node, incarnation } => {
+            tracing::error!(
+                node = %names.node(*node),
+                incarnation,
+                "node returned after a partition: it was alive while declared dead"
+            );
+            (
+                "node_returned_after_partition",
+                Some(*node),
+                None,
+                format!("incarnation {incarnation}"),
+            )
+        }
+        Event::NodeRestarted {
+            node,
+            incarnation,
+            previous,
+        } => {
+            tracing::info!(node = %names.node(*node), incarnation, previous, "node restarted");
+            (
+                "node_restarted",
+                Some(*node),
+                None,
+                format!("incarnation {previous} -> {incarnation}"),
+            )
+        }
+        Event::ConfigMismatch { node } => {
+            tracing::error!(node = %names.node(*node), "its configuration differs from ours");
+            ("config_mismatch", Some(*node), None, String::new())
+        }
+        Event::Message { .. } | Event::MessageAcked { .. } | Event::MessageFailed { .. } => {
+            return None;
+        }
+    };
+    let age_ms = clock::now().saturating_duration_since(timed.at).as_millis() as u64;
+    Some(EventRecord {
+        time_ms: clock::wall_ms().saturating_sub(age_ms),
+        event: kind,
+        node: node.map(|n| names.node(n)),
+        link: link.map(|l| names.link(l)),
+        detail,
+    })
+}

@@ -1,0 +1,1057 @@
+//! The resource manager: the shell around the pure planner.
+//!
+//! ```text
+//!  membership events ─┐                          ┌─► agent actions (worker threads)
+//!  peer messages ─────┤                          │        │ results
+//!  operator requests ─┼─► inputs ─► view ─► plan ─┤        ▼
+//!  action results ────┤                          ├─► peer messages (reports, released)
+//!  ticks (monitors) ──┘                          └─► fencing requests
+//! ```
+//!
+//! Like Pacemaker's controller, it runs one transition at a time: actions whose
+//! dependencies are done start (in parallel where the graph allows); a failed action or
+//! a new outside event stops the transition from starting anything more, and once what
+//! is in flight has finished the planner is asked again with the new view. The planner
+//! never sees time: this module decides "initdead has passed" and "this failure has
+//! expired" from the clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tandem_agents::{Action, ActionResult, Agent, Outcome, Paths, RunOptions};
+use tandem_config::{Config, FencingPolicy, ResourceKind};
+use tandem_membership::driver::Driver;
+use tandem_membership::{Event, NodeId};
+use tandem_policy::{
+    ActionId, ActionKind, ClusterView, FailedOp, Failure, FenceState, GroupView, NoteLevel,
+    PeerState, PeerView, Request, RequestKind, ResourceState, ResourceView, Scope, Transition,
+};
+
+use super::messages::{PeerMessage, state_code, state_from_code};
+use crate::clock;
+
+/// How often the manager looks at monitors and expiries when nothing else happens.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Failures older than this no longer count against the migration threshold.
+pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Resource actions kept for status.
+const ACTION_HISTORY_LEN: usize = 64;
+
+/// How long a clean shutdown waits for the peer to acknowledge its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
+
+/// What the manager reacts to.
+pub enum Input {
+    /// A membership event.
+    Membership(Event),
+    /// A resource action finished on a worker thread.
+    Done {
+        action: ActionId,
+        group: String,
+        resource: String,
+        op: Op,
+        result: ActionResult,
+    },
+    /// A recurring monitor finished.
+    MonitorDone {
+        group: String,
+        resource: String,
+        result: ActionResult,
+    },
+    /// An operator request from the control socket.
+    Operator(Operator, Sender<Result<serde_json::Value, String>>),
+    /// Stop every group, say goodbye, exit.
+    Shutdown,
+}
+
+/// Operator requests the manager handles.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// `tandem standby SCOPE` / `tandem takeover SCOPE`.
+    Request(RequestKind, Scope),
+    /// `tandem maintenance on|off`.
+    Maintenance(bool),
+    /// `tandem status`: the resource part.
+    Status,
+}
+
+/// The operation a worker ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Start.
+    Start,
+    /// Stop.
+    Stop,
+    /// Stop then start.
+    Restart,
+    /// A one-shot monitor (a probe).
+    Probe,
+}
+
+struct LocalResource {
+    state: ResourceState,
+    failures: Vec<(FailedOp, Instant)>,
+    /// The recurring monitor: interval and next due time; `None` = not monitored now.
+    monitor: Option<(Duration, Instant)>,
+    monitor_in_flight: bool,
+    last: Option<ActionRecord>,
+}
+
+/// One finished action, for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    time_ms: u64,
+    group: String,
+    resource: String,
+    action: &'static str,
+    ok: bool,
+    result: String,
+}
+
+struct Running {
+    transition: Transition,
+    done: BTreeSet<ActionId>,
+    in_flight: BTreeSet<ActionId>,
+    /// Start nothing more of this transition (an action failed or the view changed).
+    abandoned: bool,
+}
+
+/// The manager's state; owned by its thread.
+pub struct Manager {
+    config: Arc<Config>,
+    local: String,
+    peer: String,
+    peer_id: NodeId,
+    started_at: Instant,
+    driver: Arc<Driver>,
+    inputs: Sender<Input>,
+    agents: BTreeMap<(String, String), Result<Agent, String>>,
+    resources: BTreeMap<(String, String), LocalResource>,
+    peer_state: PeerState,
+    peer_reported: bool,
+    peer_said_goodbye: bool,
+    peer_groups: BTreeMap<String, BTreeMap<String, ResourceState>>,
+    requests: Vec<Request>,
+    maintenance: bool,
+    fencing: BTreeMap<String, FenceState>,
+    running: Option<Running>,
+    replan: bool,
+    last_transition: Transition,
+    history: VecDeque<ActionRecord>,
+}
+
+impl Manager {
+    /// A manager for `local`; resources start in state unknown (they are probed first).
+    pub fn new(
+        config: Arc<Config>,
+        local: &str,
+        peer_id: NodeId,
+        driver: Arc<Driver>,
+        inputs: Sender<Input>,
+    ) -> anyhow::Result<Self> {
+        let peer = tandem_policy::plan::peer_name(&config, local)
+            .ok_or_else(|| anyhow::anyhow!("resource groups need exactly two nodes"))?
+            .to_string();
+        let paths = Paths::default();
+        let mut agents = BTreeMap::new();
+        let mut resources = BTreeMap::new();
+        for group in &config.groups {
+            for r in &group.resources {
+                let key = (group.name.clone(), r.name.clone());
+                let agent = match &r.kind {
+                    ResourceKind::Disk { .. } => Err(
+                        "disk resources are promoted by tandem disk, which this agent does not run yet"
+                            .to_string(),
+                    ),
+                    _ => Agent::new(r, &paths).map_err(|e| e.to_string()),
+                };
+                agents.insert(key.clone(), agent);
+                resources.insert(
+                    key,
+                    LocalResource {
+                        state: ResourceState::Unknown,
+                        failures: Vec::new(),
+                        monitor: None,
+                        monitor_in_flight: false,
+                        last: None,
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            config,
+            local: local.to_string(),
+            peer,
+            peer_id,
+            started_at: clock::now(),
+            driver,
+            inputs,
+            agents,
+            resources,
+            peer_state: PeerState::Unknown,
+            peer_reported: false,
+            peer_said_goodbye: false,
+            peer_groups: BTreeMap::new(),
+            requests: Vec::new(),
+            maintenance: false,
+            fencing: BTreeMap::new(),
+            running: None,
+            replan: true,
+            last_transition: Transition::new(local),
+            history: VecDeque::new(),
+        })
+    }
+
+    /// Runs until shutdown; then stops every group and exits the process.
+    pub fn run(mut self, inputs: Receiver<Input>) {
+        loop {
+            match inputs.recv_timeout(TICK) {
+                Ok(Input::Shutdown) => {
+                    self.shutdown(&inputs);
+                    std::process::exit(0);
+                }
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.tick();
+            self.advance();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Membership(event) => self.membership(event),
+            Input::Done {
+                action,
+                group,
+                resource,
+                op,
+                result,
+            } => self.action_done(action, &group, &resource, op, result),
+            Input::MonitorDone {
+                group,
+                resource,
+                result,
+            } => self.monitor_done(&group, &resource, result),
+            Input::Operator(op, reply) => {
+                let _ = reply.send(self.operator(op));
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    fn membership(&mut self, event: Event) {
+        match event {
+            Event::NodeUp { node, .. } if node == self.peer_id => {
+                if self.peer_state != PeerState::ReturnedAfterPartition {
+                    self.peer_state = PeerState::Up;
+                }
+                self.peer_said_goodbye = false;
+                self.send_report();
+                self.replan = true;
+            }
+            Event::NodeDead { node, .. } if node == self.peer_id => {
+                self.peer_state = if self.peer_said_goodbye {
+                    PeerState::LeftCleanly
+                } else {
+                    PeerState::Dead
+                };
+                self.replan = true;
+            }
+            Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
+                self.peer_state = PeerState::ReturnedAfterPartition;
+                self.peer_reported = false;
+                self.send_report();
+                self.replan = true;
+            }
+            Event::NodeRestarted { node, .. } if node == self.peer_id => {
+                // A new incarnation has lost its state: it runs nothing until it reports.
+                self.peer_state = PeerState::Up;
+                self.peer_reported = false;
+                self.peer_said_goodbye = false;
+                self.peer_groups.clear();
+                self.fencing.remove(&self.peer.clone());
+                self.send_report();
+                self.replan = true;
+            }
+            Event::Message { from, payload } if from == self.peer_id => {
+                match PeerMessage::decode(&payload) {
+                    Some(m) => self.peer_message(m),
+                    None => tracing::warn!("malformed cluster message from {} dropped", self.peer),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_message(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Report { g } => {
+                self.peer_groups = g
+                    .into_iter()
+                    .map(|(group, rs)| {
+                        let rs = rs
+                            .into_iter()
+                            .map(|(r, code)| (r, state_from_code(&code)))
+                            .collect();
+                        (group, rs)
+                    })
+                    .collect();
+                self.peer_reported = true;
+            }
+            PeerMessage::Released { group } => {
+                tracing::info!(%group, peer = %self.peer, "peer released group");
+            }
+            PeerMessage::FenceMe { reason } => {
+                tracing::error!(peer = %self.peer, %reason, "peer asks to be fenced");
+            }
+            PeerMessage::Request { node, kind, scope } => {
+                tracing::info!(%node, ?kind, ?scope, "operator request from the peer");
+                self.requests.push(Request { node, kind, scope });
+            }
+            PeerMessage::Maintenance { on } => {
+                tracing::info!(on, "maintenance mode set by the peer");
+                self.maintenance = on;
+            }
+            PeerMessage::Goodbye => {
+                tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
+                self.peer_said_goodbye = true;
+                self.peer_groups.clear();
+                self.peer_reported = true;
+            }
+        }
+        self.replan = true;
+    }
+
+    fn operator(&mut self, op: Operator) -> Result<serde_json::Value, String> {
+        match op {
+            Operator::Request(kind, scope) => {
+                let request = Request {
+                    node: self.local.clone(),
+                    kind,
+                    scope,
+                };
+                self.send(&PeerMessage::Request {
+                    node: request.node.clone(),
+                    kind,
+                    scope,
+                });
+                self.requests.push(request);
+                self.replan = true;
+                Ok(serde_json::json!({"accepted": true}))
+            }
+            Operator::Maintenance(on) => {
+                self.maintenance = on;
+                self.send(&PeerMessage::Maintenance { on });
+                self.replan = true;
+                Ok(serde_json::json!({"maintenance": on}))
+            }
+            Operator::Status => Ok(self.status()),
+        }
+    }
+
+    fn action_done(
+        &mut self,
+        action: ActionId,
+        group: &str,
+        resource: &str,
+        op: Op,
+        result: ActionResult,
+    ) {
+        let now = clock::now();
+        let agent_action = match op {
+            Op::Start | Op::Restart => Action::Start,
+            Op::Stop => Action::Stop,
+            Op::Probe => Action::Monitor,
+        };
+        let outcome = result.outcome(agent_action);
+        let ok = matches!(outcome, Outcome::Ok | Outcome::NotRunning);
+        let key = (group.to_string(), resource.to_string());
+        if let Some(r) = self.resources.get_mut(&key) {
+            r.state = match (op, outcome) {
+                (Op::Start | Op::Restart, Outcome::Ok) => ResourceState::Started,
+                (Op::Start | Op::Restart, _) => {
+                    r.failures.push((FailedOp::Start, now));
+                    ResourceState::FailedStart
+                }
+                (Op::Stop, Outcome::Ok) => ResourceState::Stopped,
+                (Op::Stop, _) => {
+                    r.failures.push((FailedOp::Stop, now));
+                    ResourceState::FailedStop
+                }
+                (Op::Probe, Outcome::Ok) => ResourceState::Started,
+                (Op::Probe, Outcome::NotRunning) => ResourceState::Stopped,
+                (Op::Probe, _) => {
+                    r.failures.push((FailedOp::Monitor, now));
+                    ResourceState::FailedMonitor
+                }
+            };
+            let record = ActionRecord {
+                time_ms: clock::wall_ms(),
+                group: group.to_string(),
+                resource: resource.to_string(),
+                action: match op {
+                    Op::Start => "start",
+                    Op::Stop => "stop",
+                    Op::Restart => "restart",
+                    Op::Probe => "probe",
+                },
+                ok,
+                result: result.to_string(),
+            };
+            if ok {
+                tracing::info!(%group, %resource, action = record.action, "{result}");
+            } else {
+                tracing::error!(%group, %resource, action = record.action, "failed: {result}");
+            }
+            r.last = Some(record.clone());
+            self.remember(record);
+        }
+        if let Some(running) = &mut self.running {
+            running.in_flight.remove(&action);
+            if ok {
+                running.done.insert(action);
+            } else {
+                running.abandoned = true;
+            }
+        }
+        self.send_report();
+    }
+
+    fn monitor_done(&mut self, group: &str, resource: &str, result: ActionResult) {
+        let now = clock::now();
+        let key = (group.to_string(), resource.to_string());
+        let Some(r) = self.resources.get_mut(&key) else {
+            return;
+        };
+        r.monitor_in_flight = false;
+        // A monitor that was cancelled by a stop in the meantime says nothing.
+        if r.monitor.is_none() || r.state != ResourceState::Started {
+            return;
+        }
+        if result.outcome(Action::Monitor) == Outcome::Ok {
+            return;
+        }
+        tracing::error!(%group, %resource, "monitor failed: {result}");
+        r.state = ResourceState::FailedMonitor;
+        r.failures.push((FailedOp::Monitor, now));
+        r.monitor = None;
+        let record = ActionRecord {
+            time_ms: clock::wall_ms(),
+            group: group.to_string(),
+            resource: resource.to_string(),
+            action: "monitor",
+            ok: false,
+            result: result.to_string(),
+        };
+        r.last = Some(record.clone());
+        self.remember(record);
+        self.send_report();
+        self.replan = true;
+    }
+
+    fn remember(&mut self, record: ActionRecord) {
+        if self.history.len() == ACTION_HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(record);
+    }
+
+    // ------------------------------------------------------------------ time
+
+    fn tick(&mut self) {
+        let now = clock::now();
+        let due: Vec<(String, String, Duration)> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| !r.monitor_in_flight && r.state == ResourceState::Started)
+            .filter_map(|(k, r)| {
+                r.monitor
+                    .filter(|(_, next)| *next <= now)
+                    .map(|(i, _)| (k.0.clone(), k.1.clone(), i))
+            })
+            .collect();
+        for (group, resource, interval) in due {
+            if self.maintenance {
+                break;
+            }
+            let key = (group.clone(), resource.clone());
+            if let Some(r) = self.resources.get_mut(&key) {
+                r.monitor = Some((interval, now + interval));
+                r.monitor_in_flight = true;
+            }
+            let Some(Ok(agent)) = self.agents.get(&key).cloned() else {
+                continue;
+            };
+            let timeout = self.resource_timeout(&group, &resource);
+            let inputs = self.inputs.clone();
+            std::thread::spawn(move || {
+                let mut options = RunOptions::new(timeout);
+                options.interval = interval;
+                let result = agent.run(Action::Monitor, &options);
+                let _ = inputs.send(Input::MonitorDone {
+                    group,
+                    resource,
+                    result,
+                });
+            });
+        }
+        // The end of initdead and the expiry of a failure change the view by themselves.
+        let initdead_ends = self.started_at + self.config.cluster.initdead;
+        if now >= initdead_ends && now < initdead_ends + TICK {
+            self.replan = true;
+        }
+        for r in self.resources.values() {
+            if r.failures
+                .iter()
+                .any(|(_, at)| now >= *at + FAILURE_TIMEOUT && now < *at + FAILURE_TIMEOUT + TICK)
+            {
+                self.replan = true;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ planning
+
+    fn advance(&mut self) {
+        if let Some(running) = &self.running {
+            let finished = running.transition.actions.iter().all(|a| {
+                matches!(a.kind, ActionKind::WaitFor { .. }) || running.done.contains(&a.id)
+            });
+            if running.in_flight.is_empty() && (running.abandoned || self.replan || finished) {
+                if finished && !running.abandoned {
+                    // A finished transition always leads to a fresh look: the next plan
+                    // is usually empty, but a partial group may continue.
+                    self.replan = true;
+                }
+                self.running = None;
+            } else if self.replan {
+                if let Some(r) = &mut self.running {
+                    r.abandoned = true;
+                }
+            }
+        }
+        if self.running.is_none() && self.replan {
+            self.replan = false;
+            let view = self.view();
+            let transition = tandem_policy::plan(&self.config, &view);
+            if let Err(violation) = tandem_policy::check(&self.config, &view, &transition) {
+                // Never carry out a plan that breaks a safety rule; keep the last one for
+                // status and wait for the view to change.
+                tracing::error!("planner produced an unsafe transition, not executed: {violation}");
+                return;
+            }
+            if transition != self.last_transition {
+                log_transition(&transition);
+            }
+            self.last_transition = transition.clone();
+            self.running = Some(Running {
+                transition,
+                done: BTreeSet::new(),
+                in_flight: BTreeSet::new(),
+                abandoned: false,
+            });
+        }
+        self.start_runnable();
+    }
+
+    fn start_runnable(&mut self) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        if running.abandoned {
+            return;
+        }
+        let runnable: Vec<_> = running
+            .transition
+            .actions
+            .iter()
+            .filter(|a| !running.done.contains(&a.id) && !running.in_flight.contains(&a.id))
+            .filter(|a| a.after.iter().all(|d| running.done.contains(d)))
+            .cloned()
+            .collect();
+        for action in runnable {
+            self.start_action(action.id, action.kind);
+        }
+    }
+
+    fn start_action(&mut self, id: ActionId, kind: ActionKind) {
+        let now = clock::now();
+        let mark = |m: &mut Self, done: bool| {
+            if let Some(r) = &mut m.running {
+                if done {
+                    r.done.insert(id);
+                } else {
+                    r.in_flight.insert(id);
+                }
+            }
+        };
+        match kind {
+            ActionKind::WaitFor { .. } => {}
+            ActionKind::Start { group, resource } => {
+                mark(self, false);
+                self.spawn(id, group, resource, Op::Start, ResourceState::Starting);
+            }
+            ActionKind::Stop { group, resource } => {
+                mark(self, false);
+                self.spawn(id, group, resource, Op::Stop, ResourceState::Stopping);
+            }
+            ActionKind::Restart { group, resource } => {
+                mark(self, false);
+                self.spawn(id, group, resource, Op::Restart, ResourceState::Stopping);
+            }
+            ActionKind::Monitor {
+                group,
+                resource,
+                interval_ms: None,
+            } => {
+                mark(self, false);
+                let state = self
+                    .resources
+                    .get(&(group.clone(), resource.clone()))
+                    .map_or(ResourceState::Unknown, |r| r.state);
+                self.spawn(id, group, resource, Op::Probe, state);
+            }
+            ActionKind::Monitor {
+                group,
+                resource,
+                interval_ms: Some(ms),
+            } => {
+                let interval = Duration::from_millis(ms);
+                if let Some(r) = self.resources.get_mut(&(group, resource)) {
+                    r.monitor = Some((interval, now + interval));
+                }
+                mark(self, true);
+            }
+            ActionKind::NotifyPeer { message } => {
+                let m = match message {
+                    tandem_policy::PeerMessage::Released { group } => {
+                        PeerMessage::Released { group }
+                    }
+                    tandem_policy::PeerMessage::FenceMe { reason } => {
+                        PeerMessage::FenceMe { reason }
+                    }
+                };
+                self.send(&m);
+                mark(self, true);
+            }
+            ActionKind::Fence { node, reason, .. } => {
+                // Fencing devices are not driven by the agent yet: the honest answer
+                // is that fencing failed, which keeps the group blocked (never started
+                // while the peer may run it) and says why in status.
+                tracing::error!(%node, %reason, "fencing needed but no fencing coordinator runs in this agent");
+                self.fencing.insert(node, FenceState::Failed);
+                if let Some(r) = &mut self.running {
+                    r.abandoned = true;
+                }
+                self.replan = true;
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        id: ActionId,
+        group: String,
+        resource: String,
+        op: Op,
+        state: ResourceState,
+    ) {
+        let key = (group.clone(), resource.clone());
+        if let Some(r) = self.resources.get_mut(&key) {
+            r.state = state;
+            if matches!(op, Op::Stop | Op::Restart) {
+                r.monitor = None;
+            }
+        }
+        self.send_report();
+        let agent = self.agents.get(&key).cloned();
+        let timeout = self.resource_timeout(&group, &resource);
+        let inputs = self.inputs.clone();
+        tracing::info!(%group, %resource, ?op, "running");
+        std::thread::spawn(move || {
+            let options = RunOptions::new(timeout);
+            let result = match agent {
+                Some(Ok(agent)) => match op {
+                    Op::Start => agent.run(Action::Start, &options),
+                    Op::Stop => agent.run(Action::Stop, &options),
+                    Op::Probe => agent.run(Action::Monitor, &options),
+                    Op::Restart => {
+                        let stopped = agent.run(Action::Stop, &options);
+                        if stopped.outcome(Action::Stop) == Outcome::Ok {
+                            agent.run(Action::Start, &options)
+                        } else {
+                            stopped
+                        }
+                    }
+                },
+                Some(Err(why)) => ActionResult {
+                    exec_status: tandem_agents::ExecStatus::NotInstalled,
+                    exit: None,
+                    reason: why,
+                    duration: Duration::ZERO,
+                    output: String::new(),
+                },
+                None => ActionResult {
+                    exec_status: tandem_agents::ExecStatus::Error("no such resource".into()),
+                    exit: None,
+                    reason: String::new(),
+                    duration: Duration::ZERO,
+                    output: String::new(),
+                },
+            };
+            let _ = inputs.send(Input::Done {
+                action: id,
+                group,
+                resource,
+                op,
+                result,
+            });
+        });
+    }
+
+    fn resource_timeout(&self, group: &str, resource: &str) -> Duration {
+        self.config
+            .group(group)
+            .and_then(|g| g.resources.iter().find(|r| r.name == resource))
+            .map_or(Duration::from_secs(60), |r| r.timeout)
+    }
+
+    /// What the planner is told.
+    fn view(&self) -> ClusterView {
+        let now = clock::now();
+        let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+        for ((group, resource), r) in &self.resources {
+            let failures = r
+                .failures
+                .iter()
+                .map(|(op, at)| Failure {
+                    op: *op,
+                    expired: now >= *at + FAILURE_TIMEOUT,
+                })
+                .collect();
+            groups
+                .entry(group.clone())
+                .or_default()
+                .on
+                .entry(self.local.clone())
+                .or_default()
+                .insert(
+                    resource.clone(),
+                    ResourceView {
+                        state: r.state,
+                        failures,
+                    },
+                );
+        }
+        for (group, rs) in &self.peer_groups {
+            let on = groups
+                .entry(group.clone())
+                .or_default()
+                .on
+                .entry(self.peer.clone())
+                .or_default();
+            for (resource, state) in rs {
+                on.insert(
+                    resource.clone(),
+                    ResourceView {
+                        state: *state,
+                        failures: Vec::new(),
+                    },
+                );
+            }
+        }
+        let peer_state = match self.peer_state {
+            PeerState::Dead if self.peer_said_goodbye => PeerState::LeftCleanly,
+            s => s,
+        };
+        ClusterView {
+            description: None,
+            local: self.local.clone(),
+            initdead_passed: now >= self.started_at + self.config.cluster.initdead,
+            maintenance: self.maintenance,
+            peer: PeerView {
+                state: peer_state,
+                reported: self.peer_reported,
+            },
+            fencing: self.fencing.clone(),
+            ping: BTreeMap::new(),
+            requests: self.requests.clone(),
+            groups,
+        }
+    }
+
+    // ------------------------------------------------------------------ output
+
+    fn send(&self, message: &PeerMessage) -> Option<tandem_membership::MessageId> {
+        if matches!(
+            self.peer_state,
+            PeerState::Dead | PeerState::Unknown | PeerState::LeftCleanly
+        ) {
+            return None;
+        }
+        match self.driver.send_message(self.peer_id, message.encode()) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!("cluster message to {} not sent: {err}", self.peer);
+                None
+            }
+        }
+    }
+
+    fn send_report(&self) {
+        let mut g: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for ((group, resource), r) in &self.resources {
+            if r.state != ResourceState::Stopped {
+                g.entry(group.clone())
+                    .or_default()
+                    .insert(resource.clone(), state_code(r.state).to_string());
+            }
+        }
+        self.send(&PeerMessage::Report { g });
+    }
+
+    /// Clean shutdown: let in-flight actions finish, stop every local resource right to
+    /// left, tell the peer (released + goodbye), wait briefly for its acknowledgement.
+    fn shutdown(&mut self, inputs: &Receiver<Input>) {
+        tracing::info!("shutting down: stopping every group on this node");
+        self.maintenance = false;
+        while self
+            .running
+            .as_ref()
+            .is_some_and(|r| !r.in_flight.is_empty())
+        {
+            match inputs.recv_timeout(TICK) {
+                Ok(Input::Done {
+                    action,
+                    group,
+                    resource,
+                    op,
+                    result,
+                }) => self.action_done(action, &group, &resource, op, result),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let paths_ok = self.config.groups.clone();
+        for group in paths_ok.iter() {
+            let mut released = false;
+            for r in group.resources.iter().rev() {
+                let key = (group.name.clone(), r.name.clone());
+                let state = self
+                    .resources
+                    .get(&key)
+                    .map_or(ResourceState::Stopped, |r| r.state);
+                if state == ResourceState::Stopped {
+                    continue;
+                }
+                released = true;
+                if let Some(lr) = self.resources.get_mut(&key) {
+                    lr.monitor = None;
+                }
+                let result = match self.agents.get(&key) {
+                    Some(Ok(agent)) => agent.run(Action::Stop, &RunOptions::new(r.timeout)),
+                    _ => continue,
+                };
+                let ok = result.outcome(Action::Stop) == Outcome::Ok;
+                tracing::info!(group = %group.name, resource = %r.name, ok, "stop at shutdown: {result}");
+                if let Some(lr) = self.resources.get_mut(&key) {
+                    lr.state = if ok {
+                        ResourceState::Stopped
+                    } else {
+                        ResourceState::FailedStop
+                    };
+                }
+            }
+            if released {
+                self.send(&PeerMessage::Released {
+                    group: group.name.clone(),
+                });
+            }
+        }
+        let failed_stop = self
+            .resources
+            .values()
+            .any(|r| r.state == ResourceState::FailedStop);
+        self.send_report();
+        if failed_stop {
+            tracing::error!(
+                "a resource could not be stopped: leaving without goodbye, the peer must fence this node"
+            );
+            return;
+        }
+        let Some(goodbye) = self.send(&PeerMessage::Goodbye) else {
+            tracing::info!("all groups stopped; the peer is not up to hear a goodbye");
+            return;
+        };
+        // Give the reliable layer time to deliver (and retransmit) the goodbye.
+        let deadline = clock::now() + GOODBYE_WAIT;
+        while clock::now() < deadline {
+            match inputs.recv_timeout(TICK) {
+                Ok(Input::Membership(Event::MessageAcked { id, .. })) if id == goodbye => {
+                    tracing::info!("all groups stopped; the peer acknowledged our goodbye");
+                    return;
+                }
+                Ok(Input::Membership(Event::MessageFailed { id, .. })) if id == goodbye => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+                _ => {}
+            }
+        }
+        tracing::warn!("all groups stopped; the peer did not acknowledge our goodbye");
+    }
+
+    /// The resource part of `tandem status --json`.
+    fn status(&self) -> serde_json::Value {
+        let now = clock::now();
+        let mut groups = Vec::new();
+        for group in &self.config.groups {
+            let mut resources = Vec::new();
+            let mut local_states = Vec::new();
+            let peer_states = self.peer_groups.get(&group.name);
+            for r in &group.resources {
+                let key = (group.name.clone(), r.name.clone());
+                let lr = self.resources.get(&key);
+                let state = lr.map_or(ResourceState::Unknown, |l| l.state);
+                local_states.push(state);
+                let failcount = lr.map_or(0, |l| {
+                    l.failures
+                        .iter()
+                        .filter(|(_, at)| now < *at + FAILURE_TIMEOUT)
+                        .count()
+                });
+                let peer_state = peer_states
+                    .and_then(|p| p.get(&r.name))
+                    .copied()
+                    .unwrap_or(ResourceState::Stopped);
+                resources.push(serde_json::json!({
+                    "name": r.name,
+                    "type": r.kind.type_name(),
+                    "state": state_code(state),
+                    "peer_state": state_code(peer_state),
+                    "failcount": failcount,
+                    "monitor_interval_ms": r.monitor_interval.map(|d| d.as_millis() as u64),
+                    "last_action": lr.and_then(|l| l.last.clone()),
+                }));
+            }
+            let local_all = local_states.iter().all(|s| *s == ResourceState::Started);
+            let local_any = local_states.iter().any(|s| s.holds());
+            let peer_all = !group.resources.is_empty()
+                && group.resources.iter().all(|r| {
+                    peer_states.and_then(|p| p.get(&r.name)) == Some(&ResourceState::Started)
+                });
+            let owner = if local_all {
+                serde_json::Value::from(self.local.clone())
+            } else if peer_all {
+                serde_json::Value::from(self.peer.clone())
+            } else if local_any {
+                serde_json::Value::from(self.local.clone())
+            } else {
+                serde_json::Value::Null
+            };
+            let blocked = self
+                .last_transition
+                .blocked
+                .iter()
+                .find(|b| b.group == group.name)
+                .map(|b| b.reason.clone());
+            let state = if blocked.is_some() {
+                "blocked"
+            } else if local_all || peer_all {
+                "started"
+            } else if local_states.iter().any(|s| {
+                matches!(
+                    s,
+                    ResourceState::FailedStart
+                        | ResourceState::FailedStop
+                        | ResourceState::FailedMonitor
+                )
+            }) {
+                "failed"
+            } else if local_any {
+                "partial"
+            } else {
+                "stopped"
+            };
+            groups.push(serde_json::json!({
+                "name": group.name,
+                "home": group.home,
+                "owner": owner,
+                "state": state,
+                "blocked": blocked,
+                "resources": resources,
+            }));
+        }
+        let unsafe_notes: Vec<&str> = self
+            .last_transition
+            .notes
+            .iter()
+            .filter(|n| n.level == NoteLevel::Unsafe)
+            .map(|n| n.text.as_str())
+            .collect();
+        serde_json::json!({
+            "groups": groups,
+            "maintenance": self.maintenance,
+            "fencing_policy": match self.config.cluster.fencing {
+                FencingPolicy::None => "none",
+                _ => "required",
+            },
+            "unsafe": unsafe_notes,
+            "peer_state": format!("{:?}", self.peer_state),
+            "actions": self.history,
+            "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
+        })
+    }
+}
+
+fn log_transition(t: &Transition) {
+    for a in &t.actions {
+        tracing::info!(
+            "plan #{} {}{}",
+            a.id.0,
+            tandem_policy::render::describe(&a.kind),
+            if a.after.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " after {}",
+                    a.after
+                        .iter()
+                        .map(|d| format!("#{}", d.0))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            }
+        );
+    }
+    for b in &t.blocked {
+        tracing::warn!(group = %b.group, "blocked: {}", b.reason);
+    }
+    for n in &t.notes {
+        match n.level {
+            NoteLevel::Unsafe => tracing::error!("UNSAFE: {}", n.text),
+            NoteLevel::Info => tracing::info!("{}", n.text),
+        }
+    }
+}
+
+/// Starts the manager thread; returns the sender its inputs go to.
+pub fn spawn(manager: Manager, inputs: Receiver<Input>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("manager".into())
+        .spawn(move || manager.run(inputs))?;
+    Ok(())
+}
+
+/// A fresh input channel.
+pub fn channel() -> (Sender<Input>, Receiver<Input>) {
+    mpsc::channel()
+}

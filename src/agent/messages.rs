@@ -1,0 +1,132 @@
+//! Cluster messages between the agents of the two nodes, carried by membership's
+//! reliable messages (delivered once, in order). JSON, compact: a report of every
+//! resource of every group must fit one message (1.3 KiB).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tandem_policy::{RequestKind, ResourceState, Scope};
+
+/// What one agent tells the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "m", rename_all = "snake_case")]
+pub enum PeerMessage {
+    /// The sender's resource states, group by group (sent whenever one changes, and
+    /// when the peer comes up). Only resources that are not stopped are listed.
+    Report {
+        /// Group → resource → state code (see [`state_code`]).
+        g: BTreeMap<String, BTreeMap<String, String>>,
+    },
+    /// The sender stopped `group` so that the receiver can start it.
+    Released {
+        /// The group.
+        group: String,
+    },
+    /// The sender cannot stop a resource and asks to be fenced.
+    FenceMe {
+        /// Why.
+        reason: String,
+    },
+    /// An operator's `tandem standby` / `tandem takeover`, so both nodes apply it.
+    Request {
+        /// The node it was typed on.
+        node: String,
+        /// Standby or takeover.
+        kind: RequestKind,
+        /// all | local | foreign.
+        scope: Scope,
+    },
+    /// Maintenance mode switched on or off cluster-wide.
+    Maintenance {
+        /// On or off.
+        on: bool,
+    },
+    /// The sender stopped all its groups and is leaving: no fencing needed.
+    Goodbye,
+}
+
+impl PeerMessage {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes from the wire; `None` for anything malformed (counted by the caller).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The short code of a resource state in reports.
+pub fn state_code(state: ResourceState) -> &'static str {
+    match state {
+        ResourceState::Stopped => "stopped",
+        ResourceState::Starting => "starting",
+        ResourceState::Started => "started",
+        ResourceState::Stopping => "stopping",
+        ResourceState::FailedStart => "failed-start",
+        ResourceState::FailedStop => "failed-stop",
+        ResourceState::FailedMonitor => "failed-monitor",
+        ResourceState::Unknown => "unknown",
+    }
+}
+
+/// The state a code names; unknown codes read as `Unknown` (the planner then treats the
+/// resource as possibly running, the safe reading).
+pub fn state_from_code(code: &str) -> ResourceState {
+    match code {
+        "stopped" => ResourceState::Stopped,
+        "starting" => ResourceState::Starting,
+        "started" => ResourceState::Started,
+        "stopping" => ResourceState::Stopping,
+        "failed-start" => ResourceState::FailedStart,
+        "failed-stop" => ResourceState::FailedStop,
+        "failed-monitor" => ResourceState::FailedMonitor,
+        _ => ResourceState::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_rejected() {
+        let report = PeerMessage::Report {
+            g: BTreeMap::from([(
+                "ox".to_string(),
+                BTreeMap::from([("vip".to_string(), "started".to_string())]),
+            )]),
+        };
+        for m in [
+            report,
+            PeerMessage::Released { group: "ox".into() },
+            PeerMessage::Request {
+                node: "ox1".into(),
+                kind: RequestKind::Standby,
+                scope: Scope::Foreign,
+            },
+            PeerMessage::Goodbye,
+        ] {
+            assert_eq!(PeerMessage::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(PeerMessage::decode(b"{\"m\":\"nope\"}"), None);
+        assert_eq!(PeerMessage::decode(&[0xff, 0x00]), None);
+    }
+
+    #[test]
+    fn every_state_has_a_code_that_reads_back() {
+        for s in [
+            ResourceState::Stopped,
+            ResourceState::Starting,
+            ResourceState::Started,
+            ResourceState::Stopping,
+            ResourceState::FailedStart,
+            ResourceState::FailedStop,
+            ResourceState::FailedMonitor,
+            ResourceState::Unknown,
+        ] {
+            assert_eq!(state_from_code(state_code(s)), s);
+        }
+    }
+}

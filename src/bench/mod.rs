@@ -1,0 +1,3 @@
+//! `tandem bench …`: measurements that print tables (never timed tests).
+
+pub mod detection;

@@ -1,0 +1,100 @@
+//! `tandem config check` runs each resource's agent checks on this node, so that a bad
+//! resource definition shows up at check time rather than at failover time.
+
+mod common;
+
+use std::process::Command;
+
+use common::{TANDEM, write_private};
+
+fn config(dir: &std::path::Path, resource: &str) -> String {
+    format!(
+        r#"[cluster]
+name = "check"
+key_file = "{dir}/key"
+fencing = "none"
+
+[[node]]
+name = "a"
+[[node]]
+name = "b"
+
+[[link]]
+name = "hb"
+type = "ucast"
+interface = "eth0"
+peers = ["10.0.0.1", "10.0.0.2"]
+
+[[group]]
+name = "g"
+home = "a"
+
+{resource}
+"#,
+        dir = dir.display()
+    )
+}
+
+fn check(name: &str, resource: &str) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!("tandem-check-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_private(&dir.join("key"), "a key of sixteen bytes or more\n");
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, config(&dir, resource)).unwrap();
+    let out = Command::new(TANDEM)
+        .arg("-c")
+        .arg(&file)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&file.display().to_string(), "FILE");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn an_unknown_ocf_agent_is_an_error_at_check_time() {
+    let (code, stderr) = check(
+        "unknown",
+        r#"[[group.resource]]
+name = "svc"
+type = "ocf"
+provider = "heartbeat"
+agent = "NoSuchAgentAnywhere""#,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("FILE:22:1: error: resource svc: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("NoSuchAgentAnywhere"), "{stderr}");
+}
+
+#[test]
+fn a_missing_required_ocf_parameter_is_an_error_at_check_time() {
+    if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("resource-agents is not installed (scripts/install-deps installs it)");
+        }
+        eprintln!("SKIP: resource-agents not installed");
+        return;
+    }
+    let (code, stderr) = check(
+        "missing-param",
+        r#"[[group.resource]]
+name = "vip2"
+type = "ocf"
+provider = "heartbeat"
+agent = "IPaddr2"
+params = { cidr_netmask = "24" }"#,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("FILE:22:1: error: resource vip2: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ip"),
+        "names the missing parameter: {stderr}"
+    );
+}
