@@ -638,6 +638,17 @@ impl<'a> Planner<'a> {
 
     /// The gate for starting `group` here.
     fn gate(&self, group: &Group) -> Gate {
+        // The peer is fencing us: whatever starts here dies with the node, and a start
+        // racing the fence is exactly the window in which both could run the group.
+        if matches!(
+            self.view.fence_state(self.local),
+            FenceState::Required | FenceState::InProgress
+        ) {
+            return Gate::Block(format!(
+                "{} is being fenced: nothing starts here",
+                self.local
+            ));
+        }
         if let Some(why) = &self.local_loser {
             return if self.fencing_none() {
                 // After this round the conflict is gone; start nothing new meanwhile.

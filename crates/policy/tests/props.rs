@@ -290,3 +290,148 @@ proptest! {
         }
     }
 }
+
+fn settled_state() -> impl Strategy<Value = ResourceView> {
+    (
+        prop_oneof![
+            4 => Just(ResourceState::Started),
+            4 => Just(ResourceState::Stopped),
+            1 => Just(ResourceState::FailedMonitor),
+            1 => Just(ResourceState::FailedStart),
+        ],
+        prop::collection::vec(
+            (
+                prop_oneof![Just(FailedOp::Start), Just(FailedOp::Monitor)],
+                any::<bool>(),
+            )
+                .prop_map(|(op, expired)| Failure { op, expired }),
+            0..4,
+        ),
+    )
+        .prop_map(|(state, failures)| ResourceView { state, failures })
+}
+
+/// Per group: which node (0, 1, none) holds it, and the resource states there.
+fn placed() -> impl Strategy<Value = Vec<(Option<usize>, Vec<ResourceView>, Vec<ResourceView>)>> {
+    let group = |n: usize| {
+        (
+            prop::option::of(0usize..2),
+            prop::collection::vec(settled_state(), n),
+            prop::collection::vec(
+                (
+                    prop_oneof![Just(FailedOp::Start), Just(FailedOp::Monitor)],
+                    any::<bool>(),
+                )
+                    .prop_map(|(op, expired)| ResourceView {
+                        state: ResourceState::Stopped,
+                        failures: vec![Failure { op, expired }],
+                    }),
+                n,
+            ),
+        )
+    };
+    (group(3), group(2)).prop_map(|(a, b)| vec![a, b])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Both nodes up; they take turns planning and executing (every action succeeds,
+    /// the other node sees the result in the next report). At no point does a group run
+    /// on both nodes, and within a bounded number of turns both plans are idle: no
+    /// ping-pong between auto_failback, stickiness, requests and failure thresholds.
+    #[test]
+    fn two_nodes_converge_without_double_running(
+        (fb, ping) in (any::<bool>(), any::<bool>()),
+        placed in placed(),
+        requests in prop::collection::vec(request(), 0..3),
+        (p1, p2) in (any::<bool>(), any::<bool>()),
+        clean_peer_failures in any::<bool>(),
+    ) {
+        let cfg = config(fb, false, true, ping);
+        // groups[g][node] = resource views, in configuration order.
+        let mut state: Vec<[Vec<ResourceView>; 2]> = placed
+            .iter()
+            .map(|(holder, here, other)| {
+                let other = if clean_peer_failures {
+                    other.iter().map(|_| ResourceView::default()).collect()
+                } else {
+                    other.clone()
+                };
+                match holder {
+                    Some(0) => [here.clone(), other],
+                    Some(_) => [other, here.clone()],
+                    None => [
+                        here.iter().map(|r| ResourceView { state: ResourceState::Stopped, ..r.clone() }).collect(),
+                        other,
+                    ],
+                }
+            })
+            .collect();
+        let nodes = ["ox1", "ox2"];
+        let view_for = |state: &Vec<[Vec<ResourceView>; 2]>, local: usize| {
+            let g: Global = state
+                .iter()
+                .map(|per| (None, [per[0].clone(), per[1].clone()]))
+                .collect();
+            ClusterView {
+                description: None,
+                local: nodes[local].to_string(),
+                initdead_passed: true,
+                maintenance: false,
+                peer: PeerView { state: PeerState::Up, reported: true },
+                fencing: BTreeMap::new(),
+                ping: [("ox1".to_string(), p1), ("ox2".to_string(), p2)].into_iter().collect(),
+                requests: requests.clone(),
+                groups: groups_of(&g),
+            }
+        };
+        let mut idle_turns = 0;
+        let mut turn = 0usize;
+        while idle_turns < 2 {
+            prop_assert!(turn < 12, "no convergence after {turn} turns");
+            let n = turn % 2;
+            let view = view_for(&state, n);
+            let t = tandem_policy::plan(&cfg, &view);
+            prop_assert!(tandem_policy::check(&cfg, &view, &t).is_ok());
+            if t.is_idle() {
+                idle_turns += 1;
+            } else {
+                idle_turns = 0;
+            }
+            for a in &t.actions {
+                let (group, resource, new) = match &a.kind {
+                    ActionKind::Start { group, resource } | ActionKind::Restart { group, resource } => {
+                        (group, resource, ResourceState::Started)
+                    }
+                    ActionKind::Stop { group, resource } => (group, resource, ResourceState::Stopped),
+                    ActionKind::Fence { .. } => {
+                        prop_assert!(false, "fence planned between two healthy nodes");
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let gi = GROUPS.iter().position(|(g, _)| g == group).unwrap_or(0);
+                let ri = GROUPS[gi].1.iter().position(|r| r == resource).unwrap_or(0);
+                state[gi][n][ri].state = new;
+                let on = |k: usize| state[gi][k].iter().any(|r| r.state.holds());
+                prop_assert!(
+                    !(on(0) && on(1)),
+                    "{} runs on both nodes after {} on {}",
+                    group,
+                    tandem_policy::render::describe(&a.kind),
+                    nodes[n]
+                );
+            }
+            turn += 1;
+        }
+        // Settled: every group runs completely on at most one node, or not at all.
+        for per in &state {
+            for node in per {
+                let held = node.iter().any(|r| r.state.holds());
+                let full = node.iter().all(|r| r.state == ResourceState::Started);
+                prop_assert!(!held || full, "a group is left half-running");
+            }
+        }
+    }
+}
