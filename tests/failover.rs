@@ -39,10 +39,11 @@ case "$1" in
 esac
 "#;
 
-fn cluster_toml(dir: &std::path::Path, auto_failback: &str, middle: &str) -> String {
+fn cluster_toml(dir: &std::path::Path, auto_failback: &str, middle: &str, extra: &str) -> String {
     format!(
         r#"[cluster]
 name = "failover"
+{extra}
 keepalive = "200ms"
 deadtime = "1s"
 warntime = "500ms"
@@ -118,10 +119,14 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn start(auto_failback: &str, middle: &str) -> Cluster {
+        Self::start_with(auto_failback, middle, "")
+    }
+
+    fn start_with(auto_failback: &str, middle: &str, extra: &str) -> Cluster {
         let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
         let dir = lab.data_dir();
         let config = dir.join("cluster.toml");
-        std::fs::write(&config, cluster_toml(&dir, auto_failback, middle)).unwrap();
+        std::fs::write(&config, cluster_toml(&dir, auto_failback, middle, extra)).unwrap();
         write_private(&dir.join("authkey"), "failover test key 0123456789\n");
         std::fs::write(dir.join("web"), WEB_SCRIPT).unwrap();
         {
@@ -370,4 +375,28 @@ fn a_killed_service_is_restarted_in_place_and_past_the_threshold_the_group_moves
         .run("ox1", &["ip", "-o", "addr", "show", "dev", "eth0"])
         .unwrap();
     assert!(!addrs.contains(VIP), "ox1 kept the address: {addrs}");
+}
+
+#[test]
+fn the_node_that_loses_outside_connectivity_hands_its_group_over() {
+    if !root_or_skip("ping targets") {
+        return;
+    }
+    // The client is the outside world both nodes must reach (Heartbeat's ipfail).
+    let mut c = Cluster::start_with("off", DUMMY, "ping = [\"192.168.1.50\"]\ndeadping = \"2s\"");
+    c.wait_owner("ox2", "ox1");
+    // ox1 loses the lan (and so the client); the hb link keeps the nodes together.
+    c.lab.partition("lan", &["ox1"]).unwrap();
+    c.wait_owner("ox2", "ox2");
+    let ox1 = c.status("ox1").unwrap();
+    assert_eq!(ox1["ping"]["ox1"], false, "{ox1}");
+    assert!(
+        ox1["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "ox2" && n["state"] == "up"),
+        "the nodes stayed up over hb"
+    );
+    assert!(c.client_connects(), "the client reaches the service on ox2");
 }

@@ -67,6 +67,8 @@ pub enum Input {
     },
     /// An operator request from the control socket.
     Operator(Operator, Sender<Result<serde_json::Value, String>>),
+    /// The outside-connectivity verdict of this node changed (ipfail).
+    Ping(bool),
     /// Stop every group, say goodbye, exit.
     Shutdown,
 }
@@ -143,6 +145,9 @@ pub struct Manager {
     peer_groups: BTreeMap<String, BTreeMap<String, ResourceView>>,
     requests: Vec<Request>,
     maintenance: bool,
+    /// Outside connectivity of this node and of the peer (absent = not known yet,
+    /// which the planner reads as reachable).
+    ping: BTreeMap<String, bool>,
     fencing: BTreeMap<String, FenceState>,
     running: Option<Running>,
     replan: bool,
@@ -204,6 +209,7 @@ impl Manager {
             peer_groups: BTreeMap::new(),
             requests: Vec::new(),
             maintenance: false,
+            ping: BTreeMap::new(),
             fencing: BTreeMap::new(),
             running: None,
             replan: true,
@@ -247,6 +253,11 @@ impl Manager {
             Input::Operator(op, reply) => {
                 let _ = reply.send(self.operator(op));
             }
+            Input::Ping(ok) => {
+                self.ping.insert(self.local.clone(), ok);
+                self.send(&PeerMessage::Ping { ok });
+                self.replan = true;
+            }
             Input::Shutdown => {}
         }
     }
@@ -284,6 +295,7 @@ impl Manager {
                 self.peer_said_goodbye = false;
                 self.peer_groups.clear();
                 self.fencing.remove(&self.peer.clone());
+                self.ping.remove(&self.peer.clone());
                 self.send_report();
                 self.replan = true;
             }
@@ -335,6 +347,9 @@ impl Manager {
             PeerMessage::Maintenance { on } => {
                 tracing::info!(on, "maintenance mode set by the peer");
                 self.maintenance = on;
+            }
+            PeerMessage::Ping { ok } => {
+                self.ping.insert(self.peer.clone(), ok);
             }
             PeerMessage::Goodbye => {
                 tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
@@ -807,7 +822,7 @@ impl Manager {
                     .all(|g| self.peer_reported.contains(&g.name)),
             },
             fencing: self.fencing.clone(),
-            ping: BTreeMap::new(),
+            ping: self.ping.clone(),
             requests: self.requests.clone(),
             groups,
         }
@@ -832,6 +847,9 @@ impl Manager {
     }
 
     fn send_report(&self) {
+        if let Some(ok) = self.ping.get(&self.local) {
+            self.send(&PeerMessage::Ping { ok: *ok });
+        }
         let now = clock::now();
         let mut g: BTreeMap<String, BTreeMap<String, Reported>> = self
             .config
@@ -1044,6 +1062,7 @@ impl Manager {
         serde_json::json!({
             "groups": groups,
             "maintenance": self.maintenance,
+            "ping": self.ping,
             "fencing_policy": match self.config.cluster.fencing {
                 FencingPolicy::None => "none",
                 _ => "required",

@@ -42,6 +42,11 @@ pub enum PeerMessage {
         /// On or off.
         on: bool,
     },
+    /// The sender's outside connectivity (ipfail): its ping targets answer or not.
+    Ping {
+        /// Reachable.
+        ok: bool,
+    },
     /// The sender stopped all its groups and is leaving: no fencing needed.
     Goodbye,
 }

@@ -16,6 +16,7 @@ mod events;
 mod links;
 mod manager;
 mod messages;
+mod ping;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -163,6 +164,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             tx.clone(),
         )?;
         manager::spawn(m, rx)?;
+        ping::spawn(&config, tx.clone())?;
         Some(tx)
     };
     events::spawn(
