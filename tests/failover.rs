@@ -400,3 +400,39 @@ fn the_node_that_loses_outside_connectivity_hands_its_group_over() {
     );
     assert!(c.client_connects(), "the client reaches the service on ox2");
 }
+
+#[test]
+fn maintenance_mode_stops_managing_without_stopping_anything() {
+    if !root_or_skip("maintenance mode") {
+        return;
+    }
+    let c = Cluster::start("off", DUMMY);
+    c.wait_owner("ox2", "ox1");
+    // The human status flags the missing fencing.
+    let text = c.tandem("ox1", &["status"]);
+    assert!(text.contains("FENCING DISABLED"), "{text}");
+    assert!(text.contains("web"), "{text}");
+
+    c.tandem("ox1", &["maintenance", "on"]);
+    wait_for(Duration::from_secs(5), "maintenance on both nodes", || {
+        (c.status("ox2")?["maintenance"] == true).then_some(())
+    });
+    // Nothing was stopped, and a dead service is left alone.
+    assert!(c.client_connects());
+    c.lab
+        .run("ox1", &["sh", "-c", "kill -9 $(cat /run/tandem/web.pid)"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !c.client_connects(),
+        "maintenance mode restarted the service"
+    );
+    let failures = c.group("ox1").unwrap()["resources"][2]["failcount"].as_u64();
+    assert_eq!(failures, Some(0), "no monitor ran in maintenance mode");
+
+    // Managing again: the monitor finds the dead service and restarts it.
+    c.tandem("ox1", &["maintenance", "off"]);
+    wait_for(Duration::from_secs(20), "service restarted", || {
+        c.client_connects().then_some(())
+    });
+}

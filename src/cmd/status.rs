@@ -108,6 +108,7 @@ fn render(status: &serde_json::Value) -> String {
             }
         );
     }
+    render_groups(&mut out, status);
     let events = status["events"].as_array().cloned().unwrap_or_default();
     if !events.is_empty() {
         let _ = writeln!(out, "\nRECENT EVENTS");
@@ -124,4 +125,83 @@ fn render(status: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// Groups and resources; what risks data is printed in red (on a terminal).
+fn render_groups(out: &mut String, status: &serde_json::Value) {
+    let Some(groups) = status["groups"].as_array().filter(|g| !g.is_empty()) else {
+        return;
+    };
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let red = |text: &str| {
+        if color {
+            format!("\x1b[1;31m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    if status["fencing_policy"] == "none" {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            red(
+                "FENCING DISABLED (fencing = \"none\"): a node that is only silent may still run its groups"
+            )
+        );
+    }
+    if status["maintenance"] == true {
+        let _ = writeln!(
+            out,
+            "\nMAINTENANCE MODE: nothing is started, stopped or monitored"
+        );
+    }
+    for note in status["unsafe"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{}",
+            red(&format!("UNSAFE: {}", note.as_str().unwrap_or("")))
+        );
+    }
+    let _ = writeln!(out, "\nGROUP       HOME     OWNER    STATE");
+    for g in groups {
+        let owner = g["owner"].as_str().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{:<11} {:<8} {:<8} {}{}",
+            g["name"].as_str().unwrap_or(""),
+            g["home"].as_str().unwrap_or(""),
+            owner,
+            g["state"].as_str().unwrap_or(""),
+            g["blocked"]
+                .as_str()
+                .map(|b| format!(" ({})", red(b)))
+                .unwrap_or_default()
+        );
+        for r in g["resources"].as_array().into_iter().flatten() {
+            let last = &r["last_action"];
+            let last = if last.is_null() {
+                String::new()
+            } else {
+                format!(
+                    "last {} {}",
+                    last["action"].as_str().unwrap_or(""),
+                    if last["ok"] == true {
+                        "ok".to_string()
+                    } else {
+                        red("FAILED")
+                    }
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<10} here {:<14} peer {:<14} failcount {}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["type"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                r["peer_state"].as_str().unwrap_or(""),
+                r["failcount"],
+                last
+            );
+        }
+    }
 }
