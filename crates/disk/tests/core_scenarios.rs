@@ -633,3 +633,27 @@ fn an_interrupted_resync_resumes_where_it_stopped() {
     assert!(moved <= bytes * 11 / 10, "moved {moved} for {bytes} dirty");
     assert_eq!(p.n[0].disk, p.n[1].disk);
 }
+
+#[test]
+fn checksum_based_resync_moves_only_differing_ranges() {
+    let mut p = Pair::synced(Config {
+        checksum_resync: true,
+        ..Config::default()
+    });
+    p.n[1].disk[3 * 4096 + 100] ^= 0x55; // one silently different block
+    let moved_before = p.n[1].core.status().resync_moved_bytes;
+    // The secondary declares its data bad: every block is dirty.
+    p.n[1].core.invalidate(p.now).unwrap();
+    p.collect(1);
+    p.n[1].core.connect(p.now, false);
+    p.n[0].core.connect(p.now, false);
+    p.settle();
+    if !p.link {
+        p.connect();
+        p.settle();
+    }
+    let moved = p.n[1].core.status().resync_moved_bytes - moved_before;
+    assert!(moved > 0 && moved <= 256 << 10, "moved {moved} of {SIZE}");
+    assert_eq!(p.n[0].disk, p.n[1].disk);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+}

@@ -440,6 +440,10 @@ pub struct Config {
     pub epoch_max_writes: u32,
     /// Write dirty bitmap blocks at most this often.
     pub bitmap_persist_interval_ms: u64,
+    /// Checksum-based resync (DRBD's `csums-alg`): the target sends a SHA-256 of each
+    /// range and the source sends data only where it differs. Saves bandwidth when
+    /// most dirty blocks are in fact equal (after a crash of a primary, say).
+    pub checksum_resync: bool,
 }
 
 impl Default for Config {
@@ -455,6 +459,7 @@ impl Default for Config {
             ping_timeout_ms: 5000,
             epoch_max_writes: 256,
             bitmap_persist_interval_ms: 1000,
+            checksum_resync: false,
         }
     }
 }
@@ -524,6 +529,11 @@ enum Io {
         len: u64,
     },
     ResyncRead {
+        id: u64,
+        offset: u64,
+        digest: Option<[u8; 32]>,
+    },
+    CsumRead {
         id: u64,
         offset: u64,
     },
@@ -708,7 +718,8 @@ pub struct Core {
     resync_reqs: HashMap<u64, (u64, u64)>,
     next_resync_id: u64,
     resync_reads_inflight: Vec<(u64, u64)>,
-    resync_reads_waiting: VecDeque<(u64, u64, u64)>,
+    /// Resync requests to serve: (id, offset, len, the target's digest if checksum-based).
+    resync_reads_waiting: VecDeque<(u64, u64, u64, Option<[u8; 32]>)>,
     resync_finished_sent: bool,
     resync_source_done_bytes: u64,
     resync_source_total_bytes: u64,
@@ -1642,7 +1653,20 @@ impl Core {
                     });
                 }
             }
-            Io::ResyncRead { id, offset } => {
+            Io::CsumRead { id, offset } => match result {
+                Ok(Some(data)) if same_link && self.conn == ConnState::SyncTarget => {
+                    let digest: [u8; 32] = Sha256::digest(&data).into();
+                    self.send(Frame::ResyncChecksum {
+                        id,
+                        sector: offset / SECTOR_BYTES,
+                        len_bytes: data.len() as u32,
+                        digest,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => self.detach("checksum read failed"),
+            },
+            Io::ResyncRead { id, offset, digest } => {
                 if let Some(i) = self
                     .resync_reads_inflight
                     .iter()
@@ -1651,6 +1675,18 @@ impl Core {
                     self.resync_reads_inflight.swap_remove(i);
                 }
                 match result {
+                    Ok(Some(data))
+                        if same_link
+                            && self.conn == ConnState::SyncSource
+                            && digest
+                                .is_some_and(|d| d == <[u8; 32]>::from(Sha256::digest(&data))) =>
+                    {
+                        self.send(Frame::ResyncInSync {
+                            id,
+                            sector: offset / SECTOR_BYTES,
+                            len_bytes: data.len() as u32,
+                        });
+                    }
                     Ok(Some(data)) if same_link && self.conn == ConnState::SyncSource => {
                         self.sent_bytes += data.len() as u64;
                         self.resync_moved_bytes += data.len() as u64;
@@ -2132,7 +2168,51 @@ impl Core {
                     return;
                 }
                 self.resync_reads_waiting
-                    .push_back((id, offset, u64::from(len_bytes)));
+                    .push_back((id, offset, u64::from(len_bytes), None));
+            }
+            Frame::ResyncChecksum {
+                id,
+                sector,
+                len_bytes,
+                digest,
+            } => {
+                let offset = sector.saturating_mul(SECTOR_BYTES);
+                if self.conn != ConnState::SyncSource
+                    || !self.valid_range(offset, u64::from(len_bytes))
+                {
+                    self.drop_link("unexpected resync checksum");
+                    return;
+                }
+                self.resync_reads_waiting.push_back((
+                    id,
+                    offset,
+                    u64::from(len_bytes),
+                    Some(digest),
+                ));
+            }
+            Frame::ResyncInSync {
+                id,
+                sector,
+                len_bytes,
+            } => {
+                let offset = sector.saturating_mul(SECTOR_BYTES);
+                let Some((first, n)) = self.resync_reqs.remove(&id) else {
+                    self.drop_link("in-sync answer for no request");
+                    return;
+                };
+                if self.conn != ConnState::SyncTarget
+                    || offset != first * BLOCK_BYTES
+                    || u64::from(len_bytes) != n * BLOCK_BYTES
+                {
+                    self.drop_link("in-sync answer does not match its request");
+                    return;
+                }
+                // Same bytes on both sides: nothing to write, the bits may go.
+                if let Some(p) = &mut self.planner {
+                    p.complete(first, n, true);
+                }
+                self.clear_bits(first, n);
+                self.send(Frame::ResyncAck { sector, len_bytes });
             }
             Frame::ResyncData { id, sector, data } => {
                 let offset = sector.saturating_mul(SECTOR_BYTES);
@@ -2621,7 +2701,7 @@ impl Core {
         }
         let mut waiting = std::mem::take(&mut self.resync_reads_waiting);
         let mut keep = VecDeque::new();
-        while let Some((id, offset, len)) = waiting.pop_front() {
+        while let Some((id, offset, len, digest)) = waiting.pop_front() {
             let end = offset + len;
             let busy = self.writes.values().any(|w| {
                 w.issued
@@ -2630,11 +2710,11 @@ impl Core {
                     && offset < w.offset + w.data.len() as u64
             });
             if busy || self.peer_busy(offset, len) {
-                keep.push_back((id, offset, len));
+                keep.push_back((id, offset, len, digest));
                 continue;
             }
             self.resync_reads_inflight.push((offset, len));
-            let io = self.io(Io::ResyncRead { id, offset });
+            let io = self.io(Io::ResyncRead { id, offset, digest });
             self.outputs.push_back(Output::ReadLocal {
                 io,
                 offset_bytes: offset,
@@ -2657,11 +2737,25 @@ impl Core {
             self.next_resync_id += 1;
             self.resync_reqs.insert(id, (first, n));
             let len = (n * BLOCK_BYTES) as u32;
-            self.send(Frame::ResyncRequest {
-                id,
-                sector: first * BLOCK_BYTES / SECTOR_BYTES,
-                len_bytes: len,
-            });
+            if self.cfg.checksum_resync {
+                // Checksum-based resync: digest our copy first, the source sends data
+                // only where it differs.
+                let io = self.io(Io::CsumRead {
+                    id,
+                    offset: first * BLOCK_BYTES,
+                });
+                self.outputs.push_back(Output::ReadLocal {
+                    io,
+                    offset_bytes: first * BLOCK_BYTES,
+                    len_bytes: len,
+                });
+            } else {
+                self.send(Frame::ResyncRequest {
+                    id,
+                    sector: first * BLOCK_BYTES / SECTOR_BYTES,
+                    len_bytes: len,
+                });
+            }
         }
         let done = self.bitmap.count() == 0
             && self.planner.as_ref().is_some_and(|p| p.inflight() == 0)
