@@ -657,3 +657,16 @@ fn checksum_based_resync_moves_only_differing_ranges() {
     assert_eq!(p.n[0].disk, p.n[1].disk);
     assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
 }
+
+#[test]
+fn a_disk_that_ran_alone_uses_the_degraded_startup_wait() {
+    let mut p = Pair::synced(Config::default());
+    assert!(!p.n[0].core.was_degraded());
+    assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 0);
+    p.n[0].core.disconnect(p.now);
+    p.collect(0);
+    p.write(1, 0, 4096, 1);
+    p.settle();
+    assert!(p.n[0].core.was_degraded());
+    assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 60_000);
+}

@@ -875,6 +875,25 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// Whether this disk last ran without its peer (it holds changes the peer lacks, or
+    /// it was primary when the link broke). The startup wait uses `degr-wfc-timeout`
+    /// instead of `wfc-timeout` for such a disk, as DRBD does: a cluster that was
+    /// already degraded should not wait long for a peer that may be gone for good.
+    pub fn was_degraded(&self) -> bool {
+        self.gens.bitmap != 0 || self.flags.primary_at_split || self.flags.peer_outdated
+    }
+
+    /// How long startup should wait for the peer before going on alone:
+    /// `degr_wfc_timeout_ms` if [`Core::was_degraded`], else `wfc_timeout_ms`
+    /// (0 = forever, as in DRBD).
+    pub fn startup_wait_ms(&self, wfc_timeout_ms: u64, degr_wfc_timeout_ms: u64) -> u64 {
+        if self.was_degraded() {
+            degr_wfc_timeout_ms
+        } else {
+            wfc_timeout_ms
+        }
+    }
+
     /// Whether the driver should keep (re)connecting the link.
     pub fn wants_connection(&self) -> bool {
         self.conn != ConnState::StandAlone
