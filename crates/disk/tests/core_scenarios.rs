@@ -780,3 +780,30 @@ fn random_frames_from_the_peer_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_paused_resync_waits_for_its_group() {
+    let mut p = Pair::synced(Config::default());
+    p.n[1].core.set_resync_paused(p.now, true);
+    let bytes = dirty_and_reconnect(&mut p, 16);
+    for _ in 0..50 {
+        for i in 0..2 {
+            p.complete_ios(i);
+            p.deliver(i);
+        }
+        p.now += 10;
+        p.input(0, Input::Tick);
+        p.input(1, Input::Tick);
+    }
+    assert!(p.n[1].core.needs_resync());
+    assert_eq!(
+        p.n[0].core.bitmap().count() * 4096,
+        bytes,
+        "nothing moved while paused"
+    );
+    p.n[1].core.set_resync_paused(p.now, false);
+    p.collect(1);
+    p.settle();
+    assert!(!p.n[1].core.needs_resync());
+    assert_eq!(p.n[0].disk, p.n[1].disk);
+}

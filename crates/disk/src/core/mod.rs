@@ -727,6 +727,9 @@ pub struct Core {
     bitmap_sent: bool,
     pending_decision: Option<SyncDecision>,
 
+    /// Resync held back by the resync-group order (see `resync::groups_allowed`).
+    resync_paused: bool,
+
     // Verify.
     verify_cursor: u64,
     verify_inflight: usize,
@@ -822,6 +825,7 @@ impl Core {
             bitmap_received: false,
             bitmap_sent: false,
             pending_decision: None,
+            resync_paused: false,
             verify_cursor: 0,
             verify_inflight: 0,
             verify_oos_blocks: 0,
@@ -892,6 +896,23 @@ impl Core {
         } else {
             wfc_timeout_ms
         }
+    }
+
+    /// Whether this disk has a resync to run or running as target (for resync groups:
+    /// feed `(group, needs_resync)` of every resource to `resync::groups_allowed`).
+    pub fn needs_resync(&self) -> bool {
+        matches!(
+            self.conn,
+            ConnState::SyncTarget | ConnState::WaitBitmapTarget
+        )
+    }
+
+    /// Holds back (or releases) this disk's resync requests; the agent does this to run
+    /// resync groups in order (the whitepaper's `syncer { group N; }`).
+    pub fn set_resync_paused(&mut self, now_ms: u64, paused: bool) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.resync_paused = paused;
+        self.pump();
     }
 
     /// Whether the driver should keep (re)connecting the link.
@@ -2744,7 +2765,7 @@ impl Core {
     }
 
     fn plan_resync(&mut self) {
-        if self.conn != ConnState::SyncTarget {
+        if self.conn != ConnState::SyncTarget || self.resync_paused {
             return;
         }
         let now = self.now_ms;
