@@ -2187,9 +2187,16 @@ impl Core {
                     self.drop_link("unexpected bitmap");
                     return;
                 }
+                let nwords = self.bitmap.words().len() as u64;
+                if word_offset.saturating_add(words.len() as u64) > nwords {
+                    self.drop_link("bitmap frame past the end of the bitmap");
+                    return;
+                }
                 self.bitmap.merge_words(word_offset, &words);
-                let nwords = words.len() as u64;
-                self.mark_bitmap_dirty(word_offset * 64, nwords * 64);
+                let first_block = word_offset * 64;
+                let n =
+                    (words.len() as u64 * 64).min(self.bitmap.blocks().saturating_sub(first_block));
+                self.mark_bitmap_dirty(first_block, n);
                 if last {
                     self.bitmap_received = true;
                     self.maybe_start_resync();
