@@ -633,3 +633,181 @@ fn an_interrupted_resync_resumes_where_it_stopped() {
     assert!(moved <= bytes * 11 / 10, "moved {moved} for {bytes} dirty");
     assert_eq!(p.n[0].disk, p.n[1].disk);
 }
+
+#[test]
+fn checksum_based_resync_moves_only_differing_ranges() {
+    let mut p = Pair::synced(Config {
+        checksum_resync: true,
+        ..Config::default()
+    });
+    p.n[1].disk[3 * 4096 + 100] ^= 0x55; // one silently different block
+    let moved_before = p.n[1].core.status().resync_moved_bytes;
+    // The secondary declares its data bad: every block is dirty.
+    p.n[1].core.invalidate(p.now).unwrap();
+    p.collect(1);
+    p.n[1].core.connect(p.now, false);
+    p.n[0].core.connect(p.now, false);
+    p.settle();
+    if !p.link {
+        p.connect();
+        p.settle();
+    }
+    let moved = p.n[1].core.status().resync_moved_bytes - moved_before;
+    assert!(moved > 0 && moved <= 256 << 10, "moved {moved} of {SIZE}");
+    assert_eq!(p.n[0].disk, p.n[1].disk);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+}
+
+#[test]
+fn a_disk_that_ran_alone_uses_the_degraded_startup_wait() {
+    let mut p = Pair::synced(Config::default());
+    assert!(!p.n[0].core.was_degraded());
+    assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 0);
+    p.n[0].core.disconnect(p.now);
+    p.collect(0);
+    p.write(1, 0, 4096, 1);
+    p.settle();
+    assert!(p.n[0].core.was_degraded());
+    assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 60_000);
+}
+
+/// A hostile (but authenticated) peer: random frames in random states never panic the
+/// core; at worst it drops the link.
+#[test]
+fn random_frames_from_the_peer_never_panic() {
+    let mut s: u64 = 0xdead_beef;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for round in 0..100 {
+        let mut p = Pair::synced(Config {
+            checksum_resync: round % 2 == 0,
+            ..Config::default()
+        });
+        if round % 3 == 0 {
+            p.n[0].core.demote(p.now).unwrap();
+            p.collect(0);
+        }
+        let victim = (round % 2) as usize;
+        for _ in 0..200 {
+            let sector = match next() % 4 {
+                0 => next(),
+                1 => SIZE / 512 - 1,
+                _ => next() % (SIZE / 512),
+            };
+            let len = match next() % 3 {
+                0 => (next() % 2048) as u32 * 512 + 512,
+                1 => 4096,
+                _ => next() as u32,
+            };
+            let data = Bytes::from(vec![next() as u8; (next() % 3 + 1) as usize * 512]);
+            let f = match next() % 16 {
+                0 => Frame::Data {
+                    id: next() % 8,
+                    sector,
+                    epoch: next() % 4,
+                    fua: next() % 2 == 0,
+                    data,
+                },
+                1 => Frame::AckWritten { id: next() % 8 },
+                2 => Frame::AckReceived { id: next() % 8 },
+                3 => Frame::Barrier { epoch: next() % 4 },
+                4 => Frame::BarrierAck { epoch: next() % 4 },
+                5 => Frame::ResyncRequest {
+                    id: next() % 8,
+                    sector,
+                    len_bytes: len.max(1),
+                },
+                6 => Frame::ResyncData {
+                    id: next() % 8,
+                    sector,
+                    data,
+                },
+                7 => Frame::ResyncAck {
+                    sector,
+                    len_bytes: len.max(1),
+                },
+                8 => Frame::Bitmap {
+                    word_offset: if next() % 4 == 0 {
+                        next()
+                    } else {
+                        next() % 1024
+                    },
+                    words: vec![next(); (next() % 8) as usize],
+                    last: next() % 2 == 0,
+                },
+                9 => Frame::ResyncFinished,
+                10 => Frame::ResyncComplete {
+                    generations: [next(), next(), 0, 0],
+                },
+                11 => Frame::State(tandem_wire::frame::StateReport {
+                    protocol: b'C',
+                    role: (next() % 3) as u8,
+                    disk: (next() % 6) as u8,
+                    node_id: next(),
+                    generations: [next() % 8, next() % 8, 0, 0],
+                    bitmap_bits: next() % 100,
+                    size_bytes: if next() % 4 == 0 { next() } else { SIZE },
+                    flags: (next() % 8) as u32,
+                }),
+                12 => Frame::ReadRequest {
+                    id: next(),
+                    sector,
+                    len_bytes: len.max(1),
+                },
+                13 => Frame::ChecksumRequest {
+                    id: next(),
+                    sector,
+                    len_bytes: len.max(1),
+                    digest: [0; 32],
+                },
+                14 => Frame::ResyncInSync {
+                    id: next() % 8,
+                    sector,
+                    len_bytes: len.max(1),
+                },
+                _ => Frame::ResyncChecksum {
+                    id: next() % 8,
+                    sector,
+                    len_bytes: len.max(1),
+                    digest: [1; 32],
+                },
+            };
+            if !p.link {
+                break;
+            }
+            p.input(victim, Input::Frame(f));
+            p.complete_ios(victim);
+        }
+    }
+}
+
+#[test]
+fn a_paused_resync_waits_for_its_group() {
+    let mut p = Pair::synced(Config::default());
+    p.n[1].core.set_resync_paused(p.now, true);
+    let bytes = dirty_and_reconnect(&mut p, 16);
+    for _ in 0..50 {
+        for i in 0..2 {
+            p.complete_ios(i);
+            p.deliver(i);
+        }
+        p.now += 10;
+        p.input(0, Input::Tick);
+        p.input(1, Input::Tick);
+    }
+    assert!(p.n[1].core.needs_resync());
+    assert_eq!(
+        p.n[0].core.bitmap().count() * 4096,
+        bytes,
+        "nothing moved while paused"
+    );
+    p.n[1].core.set_resync_paused(p.now, false);
+    p.collect(1);
+    p.settle();
+    assert!(!p.n[1].core.needs_resync());
+    assert_eq!(p.n[0].disk, p.n[1].disk);
+}

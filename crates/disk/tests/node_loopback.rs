@@ -149,6 +149,68 @@ async fn writes_replicate_and_reconnect_resyncs_only_dirty_blocks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_write_has_its_activity_log_resynced() {
+    let dir = TempDir::new("kill");
+    let (pa, pb) = (free_port(), free_port());
+    let fa = backing(&dir.0, "a.img", 1);
+    let fb = backing(&dir.0, "b.img", 2);
+    let cfg = |backing: &PathBuf, listen, peer| NodeConfig {
+        backing: backing.clone(),
+        meta: MetaLocation::Internal,
+        listen,
+        peer,
+        secret: b"k".to_vec(),
+        core: Config::default(),
+    };
+    let a = start(cfg(&fa, pa, pb)).await.unwrap();
+    let b = start(cfg(&fb, pb, pa)).await.unwrap();
+    let size = a.size_bytes();
+    wait_for(&a, "link up", |s| s.connection == ConnState::Connected).await;
+    a.promote(true).await.unwrap().unwrap();
+    wait_for(&b, "initial sync", in_sync).await;
+    // Writers in flight when the primary dies without demoting (kill -9).
+    let mut writers = Vec::new();
+    for q in 0..4u64 {
+        let a = a.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..1000u64 {
+                let off = ((q * 1000 + i) * 4096 * 7) % (size - 4096);
+                let off = off / 4096 * 4096;
+                if a.write(off, Bytes::from(vec![q as u8 + 1; 4096]), false)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.shutdown().await.unwrap();
+    for w in writers {
+        let _ = w.await;
+    }
+    // Restart from the same files: metadata says it was primary → crashed primary.
+    let a = start(cfg(&fa, pa, pb)).await.unwrap();
+    let sa = wait_for(&a, "resync after the crash", in_sync).await;
+    wait_for(&b, "resync after the crash (peer)", in_sync).await;
+    eprintln!(
+        "crashed primary: decision {:?}, resynced {} bytes (AL bound {} bytes)",
+        sa.last_decision,
+        sa.resync_moved_bytes,
+        61u64 * (4 << 20)
+    );
+    assert!(
+        sa.resync_moved_bytes > 0,
+        "the activity-log extents were resynced"
+    );
+    assert!(sa.resync_moved_bytes <= 61 * (4 << 20));
+    assert_eq!(data_of(&fa, size), data_of(&fb, size), "sides identical");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_never_connects() {
     let dir = TempDir::new("secret");
     let (a, b, _, _) = pair(&dir.0, b"another secret").await;

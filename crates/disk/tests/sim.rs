@@ -206,6 +206,7 @@ impl Sim {
             ping_interval_ms: 500,
             ping_timeout_ms: 3000,
             bitmap_persist_interval_ms: 200,
+            checksum_resync: rng.chance(30),
             ..Config::default()
         };
         let sectors = (size / SECTOR as u64) as usize;

@@ -105,6 +105,10 @@ pub enum FrameType {
     ReadError = 21,
     /// The verify source has compared every block.
     VerifyFinished = 22,
+    /// Checksum-based resync: the target's digest of a range it asks for.
+    ResyncChecksum = 23,
+    /// Checksum-based resync: the range already matches, no data follows.
+    ResyncInSync = 24,
 }
 
 impl FrameType {
@@ -133,6 +137,8 @@ impl FrameType {
             20 => PingAck,
             21 => ReadError,
             22 => VerifyFinished,
+            23 => ResyncChecksum,
+            24 => ResyncInSync,
             _ => return None,
         })
     }
@@ -396,6 +402,26 @@ pub enum Frame {
         /// Request id.
         id: u64,
     },
+    /// Checksum-based resync: send this range only if it differs from `digest`.
+    ResyncChecksum {
+        /// Request id.
+        id: u64,
+        /// First sector.
+        sector: u64,
+        /// Length in bytes.
+        len_bytes: u32,
+        /// SHA-256 of the target's bytes.
+        digest: [u8; 32],
+    },
+    /// Checksum-based resync: the range matched; nothing to copy.
+    ResyncInSync {
+        /// The request's id.
+        id: u64,
+        /// First sector.
+        sector: u64,
+        /// Length in bytes.
+        len_bytes: u32,
+    },
     /// The sync target has nothing left to fetch.
     ResyncFinished,
     /// The sync source ends the resync and hands over its generations.
@@ -432,6 +458,8 @@ impl Frame {
             Frame::ReadRequest { .. } => FrameType::ReadRequest,
             Frame::ReadReply { .. } => FrameType::ReadReply,
             Frame::ReadError { .. } => FrameType::ReadError,
+            Frame::ResyncChecksum { .. } => FrameType::ResyncChecksum,
+            Frame::ResyncInSync { .. } => FrameType::ResyncInSync,
             Frame::ResyncFinished => FrameType::ResyncFinished,
             Frame::ResyncComplete { .. } => FrameType::ResyncComplete,
             Frame::VerifyFinished => FrameType::VerifyFinished,
@@ -453,7 +481,8 @@ impl Frame {
             Frame::ResyncData { data, .. } | Frame::ReadReply { data, .. } => data.len(),
             Frame::ResyncRequest { .. } | Frame::ResyncAck { .. } | Frame::ReadRequest { .. } => 4,
             Frame::Bitmap { words, .. } => 8 * words.len(),
-            Frame::ChecksumRequest { .. } => 4 + 32,
+            Frame::ChecksumRequest { .. } | Frame::ResyncChecksum { .. } => 4 + 32,
+            Frame::ResyncInSync { .. } => 4,
             Frame::ChecksumReply { .. } => 4 + 1,
             Frame::ResyncComplete { .. } => 32,
             Frame::AckReceived { .. }
@@ -485,6 +514,8 @@ impl Frame {
             | Frame::ResyncData { id, sector, .. }
             | Frame::ChecksumRequest { id, sector, .. }
             | Frame::ChecksumReply { id, sector, .. }
+            | Frame::ResyncChecksum { id, sector, .. }
+            | Frame::ResyncInSync { id, sector, .. }
             | Frame::ReadRequest { id, sector, .. } => (0, *sector, *id),
             Frame::ResyncAck { sector, .. } => (0, *sector, 0),
             Frame::ReadReply { id, .. } => (0, 0, *id),
@@ -534,6 +565,7 @@ impl Frame {
             }
             Frame::ResyncRequest { len_bytes, .. }
             | Frame::ResyncAck { len_bytes, .. }
+            | Frame::ResyncInSync { len_bytes, .. }
             | Frame::ReadRequest { len_bytes, .. } => {
                 out.extend_from_slice(&len_bytes.to_be_bytes())
             }
@@ -543,6 +575,9 @@ impl Frame {
                 }
             }
             Frame::ChecksumRequest {
+                len_bytes, digest, ..
+            }
+            | Frame::ResyncChecksum {
                 len_bytes, digest, ..
             } => {
                 out.extend_from_slice(&len_bytes.to_be_bytes());
@@ -692,7 +727,10 @@ impl Frame {
                     Frame::ReadReply { id, data }
                 }
             }
-            FrameType::ResyncRequest | FrameType::ResyncAck | FrameType::ReadRequest => {
+            FrameType::ResyncRequest
+            | FrameType::ResyncAck
+            | FrameType::ResyncInSync
+            | FrameType::ReadRequest => {
                 need(len == 4)?;
                 let len_bytes = be_u32(payload);
                 if len_bytes == 0 || len_bytes as usize > MAX_DATA_BYTES {
@@ -705,6 +743,11 @@ impl Frame {
                         len_bytes,
                     },
                     FrameType::ResyncAck => Frame::ResyncAck { sector, len_bytes },
+                    FrameType::ResyncInSync => Frame::ResyncInSync {
+                        id,
+                        sector,
+                        len_bytes,
+                    },
                     _ => Frame::ReadRequest {
                         id,
                         sector,
@@ -720,17 +763,27 @@ impl Frame {
                     last: header.flags & FLAG_LAST != 0,
                 }
             }
-            FrameType::ChecksumRequest => {
+            FrameType::ChecksumRequest | FrameType::ResyncChecksum => {
                 need(len == 36)?;
                 let len_bytes = be_u32(&payload[..4]);
                 if len_bytes == 0 || len_bytes as usize > MAX_DATA_BYTES {
                     return Err(field("length out of range"));
                 }
-                Frame::ChecksumRequest {
-                    id,
-                    sector,
-                    len_bytes,
-                    digest: arr32(&payload[4..]),
+                let digest = arr32(&payload[4..]);
+                if kind == FrameType::ChecksumRequest {
+                    Frame::ChecksumRequest {
+                        id,
+                        sector,
+                        len_bytes,
+                        digest,
+                    }
+                } else {
+                    Frame::ResyncChecksum {
+                        id,
+                        sector,
+                        len_bytes,
+                        digest,
+                    }
                 }
             }
             FrameType::ChecksumReply => {
@@ -904,6 +957,17 @@ mod tests {
                 data: Bytes::from(vec![2u8; 4096]),
             },
             Frame::ReadError { id: 4 },
+            Frame::ResyncChecksum {
+                id: 8,
+                sector: 64,
+                len_bytes: 8192,
+                digest: [5; 32],
+            },
+            Frame::ResyncInSync {
+                id: 8,
+                sector: 64,
+                len_bytes: 8192,
+            },
             Frame::ResyncFinished,
             Frame::ResyncComplete {
                 generations: [9, 0, 8, 7],

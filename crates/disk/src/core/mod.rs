@@ -440,6 +440,10 @@ pub struct Config {
     pub epoch_max_writes: u32,
     /// Write dirty bitmap blocks at most this often.
     pub bitmap_persist_interval_ms: u64,
+    /// Checksum-based resync (DRBD's `csums-alg`): the target sends a SHA-256 of each
+    /// range and the source sends data only where it differs. Saves bandwidth when
+    /// most dirty blocks are in fact equal (after a crash of a primary, say).
+    pub checksum_resync: bool,
 }
 
 impl Default for Config {
@@ -455,6 +459,7 @@ impl Default for Config {
             ping_timeout_ms: 5000,
             epoch_max_writes: 256,
             bitmap_persist_interval_ms: 1000,
+            checksum_resync: false,
         }
     }
 }
@@ -524,6 +529,11 @@ enum Io {
         len: u64,
     },
     ResyncRead {
+        id: u64,
+        offset: u64,
+        digest: Option<[u8; 32]>,
+    },
+    CsumRead {
         id: u64,
         offset: u64,
     },
@@ -708,13 +718,17 @@ pub struct Core {
     resync_reqs: HashMap<u64, (u64, u64)>,
     next_resync_id: u64,
     resync_reads_inflight: Vec<(u64, u64)>,
-    resync_reads_waiting: VecDeque<(u64, u64, u64)>,
+    /// Resync requests to serve: (id, offset, len, the target's digest if checksum-based).
+    resync_reads_waiting: VecDeque<(u64, u64, u64, Option<[u8; 32]>)>,
     resync_finished_sent: bool,
     resync_source_done_bytes: u64,
     resync_source_total_bytes: u64,
     bitmap_received: bool,
     bitmap_sent: bool,
     pending_decision: Option<SyncDecision>,
+
+    /// Resync held back by the resync-group order (see `resync::groups_allowed`).
+    resync_paused: bool,
 
     // Verify.
     verify_cursor: u64,
@@ -811,6 +825,7 @@ impl Core {
             bitmap_received: false,
             bitmap_sent: false,
             pending_decision: None,
+            resync_paused: false,
             verify_cursor: 0,
             verify_inflight: 0,
             verify_oos_blocks: 0,
@@ -862,6 +877,42 @@ impl Core {
     /// The next piece of work for the driver.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// Whether this disk last ran without its peer (it holds changes the peer lacks, or
+    /// it was primary when the link broke). The startup wait uses `degr-wfc-timeout`
+    /// instead of `wfc-timeout` for such a disk, as DRBD does: a cluster that was
+    /// already degraded should not wait long for a peer that may be gone for good.
+    pub fn was_degraded(&self) -> bool {
+        self.gens.bitmap != 0 || self.flags.primary_at_split || self.flags.peer_outdated
+    }
+
+    /// How long startup should wait for the peer before going on alone:
+    /// `degr_wfc_timeout_ms` if [`Core::was_degraded`], else `wfc_timeout_ms`
+    /// (0 = forever, as in DRBD).
+    pub fn startup_wait_ms(&self, wfc_timeout_ms: u64, degr_wfc_timeout_ms: u64) -> u64 {
+        if self.was_degraded() {
+            degr_wfc_timeout_ms
+        } else {
+            wfc_timeout_ms
+        }
+    }
+
+    /// Whether this disk has a resync to run or running as target (for resync groups:
+    /// feed `(group, needs_resync)` of every resource to `resync::groups_allowed`).
+    pub fn needs_resync(&self) -> bool {
+        matches!(
+            self.conn,
+            ConnState::SyncTarget | ConnState::WaitBitmapTarget
+        )
+    }
+
+    /// Holds back (or releases) this disk's resync requests; the agent does this to run
+    /// resync groups in order (the whitepaper's `syncer { group N; }`).
+    pub fn set_resync_paused(&mut self, now_ms: u64, paused: bool) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.resync_paused = paused;
+        self.pump();
     }
 
     /// Whether the driver should keep (re)connecting the link.
@@ -1642,7 +1693,20 @@ impl Core {
                     });
                 }
             }
-            Io::ResyncRead { id, offset } => {
+            Io::CsumRead { id, offset } => match result {
+                Ok(Some(data)) if same_link && self.conn == ConnState::SyncTarget => {
+                    let digest: [u8; 32] = Sha256::digest(&data).into();
+                    self.send(Frame::ResyncChecksum {
+                        id,
+                        sector: offset / SECTOR_BYTES,
+                        len_bytes: data.len() as u32,
+                        digest,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => self.detach("checksum read failed"),
+            },
+            Io::ResyncRead { id, offset, digest } => {
                 if let Some(i) = self
                     .resync_reads_inflight
                     .iter()
@@ -1651,6 +1715,18 @@ impl Core {
                     self.resync_reads_inflight.swap_remove(i);
                 }
                 match result {
+                    Ok(Some(data))
+                        if same_link
+                            && self.conn == ConnState::SyncSource
+                            && digest
+                                .is_some_and(|d| d == <[u8; 32]>::from(Sha256::digest(&data))) =>
+                    {
+                        self.send(Frame::ResyncInSync {
+                            id,
+                            sector: offset / SECTOR_BYTES,
+                            len_bytes: data.len() as u32,
+                        });
+                    }
                     Ok(Some(data)) if same_link && self.conn == ConnState::SyncSource => {
                         self.sent_bytes += data.len() as u64;
                         self.resync_moved_bytes += data.len() as u64;
@@ -2111,9 +2187,16 @@ impl Core {
                     self.drop_link("unexpected bitmap");
                     return;
                 }
+                let nwords = self.bitmap.words().len() as u64;
+                if word_offset.saturating_add(words.len() as u64) > nwords {
+                    self.drop_link("bitmap frame past the end of the bitmap");
+                    return;
+                }
                 self.bitmap.merge_words(word_offset, &words);
-                let nwords = words.len() as u64;
-                self.mark_bitmap_dirty(word_offset * 64, nwords * 64);
+                let first_block = word_offset * 64;
+                let n =
+                    (words.len() as u64 * 64).min(self.bitmap.blocks().saturating_sub(first_block));
+                self.mark_bitmap_dirty(first_block, n);
                 if last {
                     self.bitmap_received = true;
                     self.maybe_start_resync();
@@ -2132,7 +2215,51 @@ impl Core {
                     return;
                 }
                 self.resync_reads_waiting
-                    .push_back((id, offset, u64::from(len_bytes)));
+                    .push_back((id, offset, u64::from(len_bytes), None));
+            }
+            Frame::ResyncChecksum {
+                id,
+                sector,
+                len_bytes,
+                digest,
+            } => {
+                let offset = sector.saturating_mul(SECTOR_BYTES);
+                if self.conn != ConnState::SyncSource
+                    || !self.valid_range(offset, u64::from(len_bytes))
+                {
+                    self.drop_link("unexpected resync checksum");
+                    return;
+                }
+                self.resync_reads_waiting.push_back((
+                    id,
+                    offset,
+                    u64::from(len_bytes),
+                    Some(digest),
+                ));
+            }
+            Frame::ResyncInSync {
+                id,
+                sector,
+                len_bytes,
+            } => {
+                let offset = sector.saturating_mul(SECTOR_BYTES);
+                let Some((first, n)) = self.resync_reqs.remove(&id) else {
+                    self.drop_link("in-sync answer for no request");
+                    return;
+                };
+                if self.conn != ConnState::SyncTarget
+                    || offset != first * BLOCK_BYTES
+                    || u64::from(len_bytes) != n * BLOCK_BYTES
+                {
+                    self.drop_link("in-sync answer does not match its request");
+                    return;
+                }
+                // Same bytes on both sides: nothing to write, the bits may go.
+                if let Some(p) = &mut self.planner {
+                    p.complete(first, n, true);
+                }
+                self.clear_bits(first, n);
+                self.send(Frame::ResyncAck { sector, len_bytes });
             }
             Frame::ResyncData { id, sector, data } => {
                 let offset = sector.saturating_mul(SECTOR_BYTES);
@@ -2621,7 +2748,7 @@ impl Core {
         }
         let mut waiting = std::mem::take(&mut self.resync_reads_waiting);
         let mut keep = VecDeque::new();
-        while let Some((id, offset, len)) = waiting.pop_front() {
+        while let Some((id, offset, len, digest)) = waiting.pop_front() {
             let end = offset + len;
             let busy = self.writes.values().any(|w| {
                 w.issued
@@ -2630,11 +2757,11 @@ impl Core {
                     && offset < w.offset + w.data.len() as u64
             });
             if busy || self.peer_busy(offset, len) {
-                keep.push_back((id, offset, len));
+                keep.push_back((id, offset, len, digest));
                 continue;
             }
             self.resync_reads_inflight.push((offset, len));
-            let io = self.io(Io::ResyncRead { id, offset });
+            let io = self.io(Io::ResyncRead { id, offset, digest });
             self.outputs.push_back(Output::ReadLocal {
                 io,
                 offset_bytes: offset,
@@ -2645,7 +2772,7 @@ impl Core {
     }
 
     fn plan_resync(&mut self) {
-        if self.conn != ConnState::SyncTarget {
+        if self.conn != ConnState::SyncTarget || self.resync_paused {
             return;
         }
         let now = self.now_ms;
@@ -2657,11 +2784,25 @@ impl Core {
             self.next_resync_id += 1;
             self.resync_reqs.insert(id, (first, n));
             let len = (n * BLOCK_BYTES) as u32;
-            self.send(Frame::ResyncRequest {
-                id,
-                sector: first * BLOCK_BYTES / SECTOR_BYTES,
-                len_bytes: len,
-            });
+            if self.cfg.checksum_resync {
+                // Checksum-based resync: digest our copy first, the source sends data
+                // only where it differs.
+                let io = self.io(Io::CsumRead {
+                    id,
+                    offset: first * BLOCK_BYTES,
+                });
+                self.outputs.push_back(Output::ReadLocal {
+                    io,
+                    offset_bytes: first * BLOCK_BYTES,
+                    len_bytes: len,
+                });
+            } else {
+                self.send(Frame::ResyncRequest {
+                    id,
+                    sector: first * BLOCK_BYTES / SECTOR_BYTES,
+                    len_bytes: len,
+                });
+            }
         }
         let done = self.bitmap.count() == 0
             && self.planner.as_ref().is_some_and(|p| p.inflight() == 0)
