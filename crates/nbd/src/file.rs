@@ -9,7 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::time::Duration;
 
 use crate::device::{BlockDevice, BufResult, DeviceError, DeviceFuture, check_range};
 
@@ -21,6 +22,11 @@ const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// pool and back, and `RWF_NOWAIT` makes the kernel refuse (instead of wait) whenever the
 /// disk would be involved, in which case the request goes to the pool after all.
 pub const DEFAULT_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// An inline write slower than this slept in the kernel; stop writing inline for a while.
+const SLOW_INLINE_WRITE: Duration = Duration::from_micros(200);
+/// Writes sent to the pool after a slow inline write before inline writes are tried again.
+const INLINE_BACKOFF_WRITES: u32 = 1024;
 
 const FALLOC_UNKNOWN: u8 = 0;
 const FALLOC_YES: u8 = 1;
@@ -35,6 +41,8 @@ struct Inner {
     dsync_write: AtomicU8,
     nowait_read: AtomicU8,
     nowait_write: AtomicU8,
+    /// Writes still to send to the pool after a slow inline write.
+    inline_backoff_writes: AtomicU32,
     punch_hole: AtomicU8,
     zero_range: AtomicU8,
 }
@@ -168,6 +176,28 @@ fn pwritev2_nowait(file: &File, data: &[u8], offset: u64) -> Nowait {
 }
 
 impl Inner {
+    /// A plain buffered write on the calling thread, or `None` to use the pool while a
+    /// back-off from a slow inline write is running.
+    fn timed_inline_write(&self, data: &[u8], offset: u64) -> Option<io::Result<()>> {
+        if self.inline_backoff_writes.load(Ordering::Relaxed) > 0 {
+            let _ = self.inline_backoff_writes.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+            return None;
+        }
+        // The device measures its own syscall; this is I/O code, not a sans-IO core.
+        #[allow(clippy::disallowed_methods)]
+        let started = std::time::Instant::now();
+        let r = self.file.write_all_at(data, offset);
+        if started.elapsed() > SLOW_INLINE_WRITE {
+            self.inline_backoff_writes
+                .store(INLINE_BACKOFF_WRITES, Ordering::Relaxed);
+        }
+        Some(r)
+    }
+
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         if fua && self.dsync_write.load(Ordering::Relaxed) != FALLOC_NO {
             match pwrite_dsync(&self.file, data, offset) {
@@ -294,6 +324,7 @@ impl FileDevice {
                 dsync_write: AtomicU8::new(FALLOC_UNKNOWN),
                 nowait_read: AtomicU8::new(FALLOC_UNKNOWN),
                 nowait_write: AtomicU8::new(FALLOC_UNKNOWN),
+                inline_backoff_writes: AtomicU32::new(0),
                 punch_hole: AtomicU8::new(FALLOC_UNKNOWN),
                 zero_range: AtomicU8::new(FALLOC_UNKNOWN),
             }),
@@ -373,10 +404,11 @@ impl BlockDevice for FileDevice {
         }
         if !fua && data.len() <= self.inline_max_bytes {
             // Where buffered RWF_NOWAIT writes are unsupported (ext4 on many kernels), a
-            // small buffered write is still done here: it only copies into the page cache
-            // and can at worst be throttled like the client's own writes would be.
+            // small buffered write is still copied here, unless recent ones were slow
+            // (a page under writeback, dirty throttling): then the next writes go to the
+            // pool for a while, where several can wait at once.
             let inline = if self.inner.nowait_write.load(Ordering::Relaxed) == FALLOC_NO {
-                Some(self.inner.file.write_all_at(&data, offset))
+                self.inner.timed_inline_write(&data, offset)
             } else {
                 nowait(&self.inner.nowait_write, || {
                     pwritev2_nowait(&self.inner.file, &data, offset)

@@ -799,7 +799,15 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only ever replace a socket: a misconfigured path must not delete a file.
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::Io {
+                context: format!("bind {}", path.display()),
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            });
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(ServerError::SocketInUse(path.to_path_buf()));
         }
@@ -826,6 +834,24 @@ mod tests {
         p.put(vec![0; 2 << 20]);
         p.put(vec![0; 2 << 20]); // over the byte budget: dropped
         assert_eq!(p.inner.lock().unwrap().buffers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bind_unix_replaces_stale_sockets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sub/d.nbd");
+        let l = bind_unix(&sock).await.unwrap();
+        assert!(matches!(
+            bind_unix(&sock).await,
+            Err(ServerError::SocketInUse(_))
+        ));
+        drop(l);
+        // The socket file is left behind by the dropped listener: stale, so replaced.
+        let _l = bind_unix(&sock).await.unwrap();
+        let file = dir.path().join("precious");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(bind_unix(&file).await.is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     }
 
     #[test]
