@@ -35,6 +35,9 @@ pub struct Params {
     pub warntime: Duration,
     /// Startup grace.
     pub initdead: Duration,
+    /// A timer fires up to this late (a busy driver thread); drawn anew for every
+    /// firing. Must stay below keepalive for the dead-timing bound to hold.
+    pub timer_late_max: Duration,
 }
 
 impl Params {
@@ -48,6 +51,7 @@ impl Params {
             deadtime: Duration::from_millis(500),
             warntime: Duration::from_millis(250),
             initdead: Duration::from_millis(1000),
+            timer_late_max: Duration::ZERO,
         }
     }
 
@@ -63,6 +67,11 @@ impl Params {
             deadtime,
             warntime: deadtime / 2,
             initdead: deadtime * 2,
+            timer_late_max: if rng.below(2) == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(rng.below(keepalive.as_micros() as u64 / 2))
+            },
         }
     }
 
@@ -222,6 +231,8 @@ struct SimNode {
     eff: Instant,
     /// Packets this node accepted recently (link, bytes), for replay injection.
     accepted: VecDeque<(usize, Vec<u8>)>,
+    /// How late its next timer fires.
+    late: Duration,
 }
 
 /// Figures from one run.
@@ -303,6 +314,7 @@ impl Sim {
                 offset: INITIAL_OFFSET,
                 eff: start,
                 accepted: VecDeque::new(),
+                late: Duration::ZERO,
             })
             .collect();
         let n = params.nodes;
@@ -322,6 +334,7 @@ impl Sim {
                 params.keepalive,
                 params.deadtime,
                 params.initdead,
+                params.timer_late_max,
                 vec![start; n],
             ),
             event_order: EventOrder::new(n, params.links, params.warntime),
@@ -429,6 +442,7 @@ impl Sim {
         deadline
             .saturating_duration_since(self.base)
             .saturating_sub(node.offset)
+            + node.late
     }
 
     fn step(&mut self) -> Check {
@@ -447,6 +461,8 @@ impl Sim {
             while self.timer_global(i) <= self.now {
                 let now = self.tick_clock(i);
                 self.nodes[i].core.handle_timeout(now);
+                let late_us = self.params.timer_late_max.as_micros() as u64;
+                self.nodes[i].late = Duration::from_micros(self.rng.below(late_us));
                 self.drain(i)?;
                 rounds += 1;
                 if rounds > 1000 {

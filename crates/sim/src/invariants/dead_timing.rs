@@ -19,6 +19,7 @@ pub struct DeadTiming {
     keepalive: Duration,
     deadtime: Duration,
     initdead: Duration,
+    timer_late_max: Duration,
     started: Vec<Instant>,
     last: Vec<Vec<Option<Instant>>>,
     jumped: Vec<Vec<bool>>,
@@ -33,6 +34,7 @@ impl DeadTiming {
         keepalive: Duration,
         deadtime: Duration,
         initdead: Duration,
+        timer_late_max: Duration,
         started: Vec<Instant>,
     ) -> Self {
         let n = started.len();
@@ -40,6 +42,7 @@ impl DeadTiming {
             keepalive,
             deadtime,
             initdead,
+            timer_late_max,
             started,
             last: vec![vec![None; n]; n],
             jumped: vec![vec![false; n]; n],
@@ -99,13 +102,16 @@ impl DeadTiming {
         Ok(())
     }
 
-    /// After a step: if `r` holds `s` up, it heard `s` within deadtime.
+    /// After a step: if `r` holds `s` up, it heard `s` within deadtime (plus the
+    /// simulated lateness of `r`'s timers).
     pub fn check_live(&self, r: usize, s: usize, state: NodeState, now: Instant) -> Check {
         if state != NodeState::Up {
             return Ok(());
         }
         match self.last[r][s] {
-            Some(h) if now.saturating_duration_since(h) < self.deadtime => Ok(()),
+            Some(h) if now.saturating_duration_since(h) < self.deadtime + self.timer_late_max => {
+                Ok(())
+            }
             Some(h) => Err(format!(
                 "node {} still holds node {} up {:?} after the last accepted packet",
                 r + 1,
