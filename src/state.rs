@@ -30,9 +30,12 @@ impl StateDir {
         })
     }
 
-    /// Reads the last incarnation, adds one, and stores the result durably
-    /// (write to a temporary file, fsync, rename, fsync the directory).
-    pub fn bump_incarnation(&self) -> anyhow::Result<u64> {
+    /// Reads the last incarnation, adds one — or takes `floor` if that is larger — and
+    /// stores the result durably (write to a temporary file, fsync, rename, fsync the
+    /// directory). The daemon passes the wall-clock seconds as `floor`: a node whose
+    /// state directory was lost (a replaced disk) then still starts with an incarnation
+    /// newer than any its peers heard, instead of being dropped as a replay.
+    pub fn bump_incarnation(&self, floor: u64) -> anyhow::Result<u64> {
         let file = self.path.join("incarnation");
         let previous = match fs::read_to_string(&file) {
             Ok(text) => text.trim().parse::<u64>().with_context(|| {
@@ -41,7 +44,7 @@ impl StateDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
             Err(err) => return Err(err).with_context(|| format!("read {}", file.display())),
         };
-        let Some(next) = previous.checked_add(1) else {
+        let Some(next) = previous.checked_add(1).map(|n| n.max(floor)) else {
             bail!("{}: incarnation overflow", file.display());
         };
         self.write_durably("incarnation", format!("{next}\n").as_bytes())?;
@@ -77,11 +80,24 @@ mod tests {
     #[test]
     fn incarnation_increases_across_opens_and_survives_restart() {
         let dir = tempdir();
-        let first = StateDir::open(&dir).unwrap().bump_incarnation().unwrap();
-        let second = StateDir::open(&dir).unwrap().bump_incarnation().unwrap();
+        let first = StateDir::open(&dir).unwrap().bump_incarnation(0).unwrap();
+        let second = StateDir::open(&dir).unwrap().bump_incarnation(0).unwrap();
         assert_eq!(first, 1);
         assert_eq!(second, 2);
         assert_eq!(fs::read_to_string(dir.join("incarnation")).unwrap(), "2\n");
+        // A lost state directory starts again above anything used before.
+        let third = StateDir::open(&dir)
+            .unwrap()
+            .bump_incarnation(1_000)
+            .unwrap();
+        assert_eq!(third, 1_000);
+        assert_eq!(
+            StateDir::open(&dir)
+                .unwrap()
+                .bump_incarnation(1_000)
+                .unwrap(),
+            1_001
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -92,7 +108,7 @@ mod tests {
         fs::write(dir.join("incarnation"), "garbage").unwrap();
         let err = StateDir::open(&dir)
             .unwrap()
-            .bump_incarnation()
+            .bump_incarnation(0)
             .unwrap_err();
         assert!(format!("{err:#}").contains("expected a decimal incarnation number"));
         assert_eq!(

@@ -112,7 +112,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(|| config.cluster.state_dir.clone());
-    let incarnation = StateDir::open(&state_dir)?.bump_incarnation()?;
+    let incarnation =
+        StateDir::open(&state_dir)?.bump_incarnation(crate::clock::wall_ms() / 1000)?;
     let socket_path = args
         .control_socket
         .unwrap_or_else(|| config.cluster.control_socket.clone());

@@ -303,9 +303,12 @@ pub fn check_resource(resource: &Resource, paths: &Paths) -> Vec<CheckIssue> {
         Agent::Script(s) => {
             if !is_executable(&s.path) {
                 push(
-                    true,
+                    // A warning, not an error: the configuration is shared by every node and is
+                    // often checked where the services are not installed (an admin host, a
+                    // node being prepared); the start on a node without it fails anyway.
+                    false,
                     format!(
-                        "script {} does not exist or is not executable",
+                        "script {} does not exist or is not executable on this node",
                         s.path.display()
                     ),
                 );
