@@ -75,6 +75,15 @@ impl AgentInput {
         Ok(AgentInput { values })
     }
 
+    /// The input as `name=value` lines again (to forward it).
+    pub fn to_lines(&self) -> String {
+        self.values
+            .iter()
+            .filter(|(k, v)| !k.contains(['\n', '=']) && !v.contains('\n'))
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+
     /// A value by name.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
@@ -110,6 +119,7 @@ mod tests {
         assert_eq!(i.plug(), Some("ox2"));
         assert_eq!(i.get("ipaddr"), Some("lab1"));
         assert_eq!(i.get("passwd"), Some("a=b"));
+        assert_eq!(AgentInput::parse(i.to_lines().as_bytes()), Ok(i.clone()));
         assert_eq!(
             AgentInput::parse(b"option=status\nnodename=ox1\n")
                 .expect("parse")

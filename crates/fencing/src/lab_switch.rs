@@ -6,9 +6,27 @@
 //! `port`/`plug` (or `nodename`) = the lab host, `ipaddr` (or `ip`, `lab`) = the lab name,
 //! as a real switch takes its address. Exit codes follow the FenceAgentAPI: 0 success
 //! (status: plug on), 1 failure, 2 (status only) plug off.
+//!
+//! Run on the machine, it acts on the lab directly. Run inside a lab host (where a
+//! node's agent runs it), it cannot: the host sees neither the lab's cgroups nor the
+//! machine's processes. There it forwards the request over the Unix socket
+//! `/run/tandem-lab/NAME/switch.sock` to a [`SwitchServer`] running on the machine —
+//! the lab's equivalent of a power switch on a management network.
+//!
+//! ```text
+//!  host ox2: agent ─► fence_tandem_lab ──(switch.sock: name=value lines)──┐
+//!  machine:                          SwitchServer ─► Lab::power_off("ox1") ◄┘
+//! ```
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tandem_lab::Lab;
 
 use crate::agent_input::AgentInput;
@@ -51,7 +69,11 @@ const METADATA: &str = r#"<?xml version="1.0" ?>
 
 /// Runs one request and returns the exit code; answers go to `out`, messages to `err`.
 pub fn run(input: &AgentInput, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    match serve(input, out) {
+    run_inner(input, out, err, true)
+}
+
+fn run_inner(input: &AgentInput, out: &mut dyn Write, err: &mut dyn Write, forward: bool) -> i32 {
+    match serve(input, out, err, forward) {
         Ok(code) => code,
         Err(msg) => {
             let _ = writeln!(err, "{AGENT_NAME}: Failed: {msg}");
@@ -60,7 +82,12 @@ pub fn run(input: &AgentInput, out: &mut dyn Write, err: &mut dyn Write) -> i32 
     }
 }
 
-fn serve(input: &AgentInput, out: &mut dyn Write) -> Result<i32, String> {
+fn serve(
+    input: &AgentInput,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    forward: bool,
+) -> Result<i32, String> {
     let action = input.action().unwrap_or("off").to_ascii_lowercase();
     if action == "metadata" {
         out.write_all(METADATA.as_bytes())
@@ -71,6 +98,16 @@ fn serve(input: &AgentInput, out: &mut dyn Write) -> Result<i32, String> {
         .first(&["ipaddr", "ip", "lab"])
         .ok_or("no lab named: give ipaddr=<lab name>")?;
     let mut lab = Lab::open(lab_name).map_err(|e| e.to_string())?;
+    if !sees_lab(&lab) {
+        // Inside a lab host: only the switch server on the machine can act.
+        if !forward {
+            return Err("the lab's cgroups are not visible here".into());
+        }
+        let reply = forward_request(lab_name, input)?;
+        let _ = out.write_all(reply.stdout.as_bytes());
+        let _ = err.write_all(reply.stderr.as_bytes());
+        return Ok(reply.exit);
+    }
     let plug = || input.plug().ok_or("no host named: give port=<lab host>");
     let hosts: Vec<String> = lab
         .topology()
@@ -143,10 +180,33 @@ fn serve(input: &AgentInput, out: &mut dyn Write) -> Result<i32, String> {
     }
 }
 
-/// Verifiable operation (FenceAgentAPI): read the state back after changing it.
+/// Whether this process sees the lab's cgroups, i.e. runs in the machine's namespaces
+/// (a power-off from anywhere else would kill nothing).
+fn sees_lab(lab: &Lab) -> bool {
+    lab.topology()
+        .hosts
+        .first()
+        .and_then(|h| lab.cgroup(&h.name).ok())
+        .and_then(|p| p.parent().map(|d| d.is_dir()))
+        .unwrap_or(false)
+}
+
+/// Verifiable operation (FenceAgentAPI): read the state back after changing it. For
+/// off, the host's cgroup must be readable and empty: an unreadable one is a failure,
+/// never an assumed success.
 fn verify(lab: &Lab, host: &str, want_on: bool) -> Result<(), String> {
     let on = lab.is_powered(host).map_err(|e| e.to_string())?;
-    let procs_gone = want_on || lab.processes(host).map(|p| p.is_empty()).unwrap_or(true);
+    let procs_gone = want_on
+        || match lab.cgroup(host) {
+            Ok(cg) => match std::fs::read_to_string(cg.join("cgroup.procs")) {
+                Ok(procs) => procs.trim().is_empty(),
+                // Power-off may remove the host's cgroup: gone means empty, as long as
+                // the lab's own cgroup is still visible.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => sees_lab(lab),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
     if on == want_on && procs_gone {
         Ok(())
     } else {
@@ -181,4 +241,137 @@ pub fn main_with(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// The switch server's answer.
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    exit: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Most bytes of a reply a client accepts.
+const REPLY_MAX_BYTES: u64 = 256 * 1024;
+/// How long either side waits for the other; a power-off takes well under a second.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The switch socket of lab `name`.
+pub fn socket_path(name: &str) -> PathBuf {
+    PathBuf::from(tandem_lab::STATE_ROOT)
+        .join(name)
+        .join("switch.sock")
+}
+
+fn forward_request(lab: &str, input: &AgentInput) -> Result<Reply, String> {
+    let path = socket_path(lab);
+    let mut s = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "this runs inside a lab host, where the lab's switch is reachable only through \
+             {}: {e} (is a SwitchServer running on the machine? `tandem lab-fence-agent --serve {lab}`)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(SOCKET_TIMEOUT))
+        .and_then(|_| s.set_write_timeout(Some(SOCKET_TIMEOUT)))
+        .and_then(|_| s.write_all(input.to_lines().as_bytes()))
+        .and_then(|_| s.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| format!("send to {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    (&mut s)
+        .take(REPLY_MAX_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("read from {}: {e}", path.display()))?;
+    serde_json::from_slice(&buf).map_err(|e| format!("bad reply from the switch server: {e}"))
+}
+
+/// The lab's power switch on the machine: answers `fence_tandem_lab` requests from
+/// inside lab hosts over [`socket_path`]. One request at a time (power operations take
+/// the lab's lock anyway). Stops and removes its socket when dropped.
+#[derive(Debug)]
+pub struct SwitchServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SwitchServer {
+    /// Binds the socket of lab `name` (replacing a stale one) and serves on a thread.
+    pub fn start(name: &str) -> std::io::Result<SwitchServer> {
+        let path = socket_path(name);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("lab-switch-{name}"))
+            .spawn(move || accept_loop(listener, &stop2))?;
+        Ok(SwitchServer {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket it listens on.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Serves until the process ends (`tandem lab-fence-agent --serve LAB`).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SwitchServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: UnixListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => handle(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn handle(mut stream: UnixStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(SOCKET_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(SOCKET_TIMEOUT));
+    let mut buf = Vec::new();
+    let read = (&mut stream)
+        .take(crate::agent_input::INPUT_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut buf);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = match read
+        .map_err(|e| e.to_string())
+        .and_then(|_| AgentInput::parse(&buf).map_err(|e| e.to_string()))
+    {
+        Ok(input) => run_inner(&input, &mut out, &mut err, false),
+        Err(e) => {
+            let _ = writeln!(err, "{AGENT_NAME}: Failed: {e}");
+            1
+        }
+    };
+    let reply = Reply {
+        exit,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    };
+    let _ = stream.write_all(&serde_json::to_vec(&reply).unwrap_or_default());
 }
