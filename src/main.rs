@@ -54,6 +54,11 @@ enum Command {
     /// Measure and print tables (root: runs in a lab).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// Fence a node, or check the fence devices.
+    Fence(cmd::fence::Args),
+    /// The lab's power switch as a fence-agents program (used by lab clusters).
+    #[command(hide = true)]
+    LabFenceAgent(cmd::lab_fence_agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Fence(a) => cmd::fence::run(&cli.global, a),
+        Command::LabFenceAgent(a) => cmd::lab_fence_agent::run(a),
     };
     match result {
         Ok(code) => code,

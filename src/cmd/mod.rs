@@ -3,5 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod fence;
 pub mod lab;
+pub mod lab_fence_agent;
 pub mod status;
