@@ -385,3 +385,86 @@ fn imported_stonith_host_devices_run_as_imported() {
         other => panic!("fence_apc against a closed port: {other:?}"),
     }
 }
+
+#[test]
+fn hanging_level_one_times_out_and_level_two_fences() {
+    if !have_fence_dummy() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    script(tmp.path(), "fence_hang", "#!/bin/sh\nsleep 1000\n");
+    let sf = tmp.path().join("power").display().to_string();
+    std::fs::write(&sf, "on").expect("write");
+    let mut hang = device("hang", FenceAgent::FenceAgents("fence_hang".into()), &[], 1);
+    hang.timeout = Duration::from_millis(300);
+    let dummy = device(
+        "dummy",
+        FenceAgent::FenceAgents("fence_dummy".into()),
+        &[("status_file", &sf)],
+        2,
+    );
+    let paths = paths_with_agent_dir(tmp.path());
+    let done =
+        fence_direct(vec![hang, dummy], "ox1", FenceAction::Off, "test", &paths).expect("direct");
+    assert_eq!(done.state, FenceState::FencedOk, "{done:?}");
+    assert_eq!(done.records[0].outcome, Outcome::Timeout);
+    assert!(done.records[1].outcome.is_success());
+}
+
+/// A broken device blocks fencing; once it works again, the coordinator's next series
+/// fences (real programs, the coordinator's time supplied by the test).
+#[test]
+fn repaired_device_ends_a_failed_fence() {
+    use tandem_fencing::{Command, Coordinator, CoordinatorConfig};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broken_flag = tmp.path().join("broken");
+    std::fs::write(&broken_flag, "").expect("flag");
+    script(
+        tmp.path(),
+        "fence_flaky",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\nif [ -e {} ]; then echo 'PDU not answering' >&2; exit 1; fi\nexit 0\n",
+            broken_flag.display()
+        ),
+    );
+    let dev = device("pdu", FenceAgent::FenceAgents("fence_flaky".into()), &[], 1);
+    let paths = paths_with_agent_dir(tmp.path());
+    let mut cfg = CoordinatorConfig::with_devices(vec![dev.clone()]);
+    cfg.local_node = Some("ox2".into());
+    cfg.max_rounds = 2;
+    let t0 = start();
+    let mut c = Coordinator::new(cfg, 1, t0, 0);
+    let mut now = t0;
+    let run_pending = |c: &mut Coordinator, now| {
+        while let Some(cmd) = c.poll_command() {
+            if let Command::RunDevice {
+                id, action, target, ..
+            } = cmd
+            {
+                let r = run_device(&dev, action, Some(&target), &paths);
+                c.device_result(id, r, now);
+            }
+        }
+    };
+    c.request("ox1", "peer died", false, now).expect("request");
+    for _ in 0..10 {
+        run_pending(&mut c, now);
+        if c.state("ox1") == FenceState::Failed {
+            break;
+        }
+        now = c.poll_timeout().expect("timer");
+        c.tick(now);
+    }
+    assert_eq!(c.state("ox1"), FenceState::Failed);
+    assert_eq!(c.history().len(), 2, "two rounds, each recorded");
+    std::fs::remove_file(&broken_flag).expect("repair");
+    now = c.poll_timeout().expect("cooldown armed");
+    c.tick(now);
+    run_pending(&mut c, now);
+    assert_eq!(c.state("ox1"), FenceState::FencedOk);
+}
+
+#[allow(clippy::disallowed_methods)]
+fn start() -> std::time::Instant {
+    std::time::Instant::now()
+}
