@@ -239,7 +239,10 @@ fn hanging_agent_times_out_and_its_children_die_with_it() {
     );
     assert_eq!(r.outcome, Outcome::Timeout);
     assert!(r.duration_ms >= 500, "{}", r.duration_ms);
-    eprintln!("timeout 500 ms: the runner returned after {} ms", r.duration_ms);
+    eprintln!(
+        "timeout 500 ms: the runner returned after {} ms",
+        r.duration_ms
+    );
     let child: i32 = std::fs::read_to_string(&pidfile)
         .expect("pid file")
         .trim()
