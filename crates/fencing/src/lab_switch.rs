@@ -21,8 +21,8 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -108,6 +108,21 @@ fn serve(
         let _ = err.write_all(reply.stderr.as_bytes());
         return Ok(reply.exit);
     }
+    act(&mut lab, &action, input, out)
+}
+
+/// Carries out `action` on `lab` (which this process can see).
+fn act(
+    lab: &mut Lab,
+    action: &str,
+    input: &AgentInput,
+    out: &mut dyn Write,
+) -> Result<i32, String> {
+    if action == "metadata" {
+        out.write_all(METADATA.as_bytes())
+            .map_err(|e| e.to_string())?;
+        return Ok(0);
+    }
     let plug = || input.plug().ok_or("no host named: give port=<lab host>");
     let hosts: Vec<String> = lab
         .topology()
@@ -115,18 +130,18 @@ fn serve(
         .iter()
         .map(|h| h.name.clone())
         .collect();
-    match action.as_str() {
+    match action {
         "off" => {
             let h = plug()?;
             lab.power_off(h).map_err(|e| e.to_string())?;
-            verify(&lab, h, false)?;
+            verify(lab, h, false)?;
             let _ = writeln!(out, "Success: Powered OFF");
             Ok(0)
         }
         "on" => {
             let h = plug()?;
             lab.power_on(h).map_err(|e| e.to_string())?;
-            verify(&lab, h, true)?;
+            verify(lab, h, true)?;
             let _ = writeln!(out, "Success: Powered ON");
             Ok(0)
         }
@@ -135,7 +150,7 @@ fn serve(
             // reported, since the cluster recovers safely from a node left off.
             let h = plug()?;
             lab.power_off(h).map_err(|e| e.to_string())?;
-            verify(&lab, h, false)?;
+            verify(lab, h, false)?;
             match lab.power_on(h) {
                 Ok(()) => {
                     let _ = writeln!(out, "Success: Rebooted");
@@ -288,6 +303,11 @@ fn forward_request(lab: &str, input: &AgentInput) -> Result<Reply, String> {
 /// The lab's power switch on the machine: answers `fence_tandem_lab` requests from
 /// inside lab hosts over [`socket_path`]. One request at a time (power operations take
 /// the lab's lock anyway). Stops and removes its socket when dropped.
+///
+/// Started with [`SwitchServer::start_shared`], it acts through the caller's own `Lab`
+/// handle. That matters when the caller spawned the hosts' processes itself
+/// ([`Lab::spawn`]): they are its children, only it can reap them, and a power-off from
+/// any other process waits for that reaping in vain (the lab reports them unreaped).
 #[derive(Debug)]
 pub struct SwitchServer {
     path: PathBuf,
@@ -298,6 +318,20 @@ pub struct SwitchServer {
 impl SwitchServer {
     /// Binds the socket of lab `name` (replacing a stale one) and serves on a thread.
     pub fn start(name: &str) -> std::io::Result<SwitchServer> {
+        Self::spawn(name, None)
+    }
+
+    /// As [`SwitchServer::start`], acting through `lab` (see the type's documentation).
+    pub fn start_shared(lab: Arc<Mutex<Lab>>) -> std::io::Result<SwitchServer> {
+        let name = lab
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .name()
+            .to_string();
+        Self::spawn(&name, Some(lab))
+    }
+
+    fn spawn(name: &str, shared: Option<Arc<Mutex<Lab>>>) -> std::io::Result<SwitchServer> {
         let path = socket_path(name);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
@@ -306,7 +340,7 @@ impl SwitchServer {
         let stop2 = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("lab-switch-{name}"))
-            .spawn(move || accept_loop(listener, &stop2))?;
+            .spawn(move || accept_loop(listener, &stop2, shared.as_ref()))?;
         Ok(SwitchServer {
             path,
             stop,
@@ -337,10 +371,10 @@ impl Drop for SwitchServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, stop: &AtomicBool) {
+fn accept_loop(listener: UnixListener, stop: &AtomicBool, shared: Option<&Arc<Mutex<Lab>>>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => handle(stream),
+            Ok((stream, _)) => handle(stream, shared),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -349,7 +383,7 @@ fn accept_loop(listener: UnixListener, stop: &AtomicBool) {
     }
 }
 
-fn handle(mut stream: UnixStream) {
+fn handle(mut stream: UnixStream, shared: Option<&Arc<Mutex<Lab>>>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(SOCKET_TIMEOUT));
     let _ = stream.set_write_timeout(Some(SOCKET_TIMEOUT));
@@ -362,7 +396,23 @@ fn handle(mut stream: UnixStream) {
         .map_err(|e| e.to_string())
         .and_then(|_| AgentInput::parse(&buf).map_err(|e| e.to_string()))
     {
-        Ok(input) => run_inner(&input, &mut out, &mut err, false),
+        Ok(input) => match shared {
+            None => run_inner(&input, &mut out, &mut err, false),
+            Some(lab) => {
+                let mut lab = lab.lock().unwrap_or_else(|p| p.into_inner());
+                let action = input.action().unwrap_or("off").to_ascii_lowercase();
+                let named = input.first(&["ipaddr", "ip", "lab"]);
+                let result = if named.is_some_and(|n| n != lab.name()) {
+                    Err(format!("this switch serves lab {:?} only", lab.name()))
+                } else {
+                    act(&mut lab, &action, &input, &mut out)
+                };
+                result.unwrap_or_else(|e| {
+                    let _ = writeln!(err, "{AGENT_NAME}: Failed: {e}");
+                    1
+                })
+            }
+        },
         Err(e) => {
             let _ = writeln!(err, "{AGENT_NAME}: Failed: {e}");
             1

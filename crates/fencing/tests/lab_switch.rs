@@ -210,3 +210,46 @@ fn lab_switch_run_from_inside_a_peer_host_goes_through_the_switch_server() {
     assert!(!tandem_fencing::lab_switch::socket_path(lab.name()).exists());
     lab.down().expect("teardown");
 }
+
+/// The usual lab test: the harness spawned the hosts' daemons itself (they are its
+/// children), and ox2's agent fences ox1. Through a switch server sharing the harness's
+/// `Lab` handle, the power-off reaps them at once; the harness sees them killed.
+#[test]
+fn shared_switch_server_reaps_the_harness_children() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up_auto(two_hosts()).expect("lab up");
+    let name = lab.name().to_string();
+    let mut sleep = Command::new("sleep");
+    sleep.arg("1000");
+    let daemon = lab.spawn("ox1", sleep).expect("spawn");
+    let lab = std::sync::Arc::new(std::sync::Mutex::new(lab));
+    let server =
+        tandem_fencing::lab_switch::SwitchServer::start_shared(lab.clone()).expect("server");
+    // Another handle runs the agent in ox2: the shared one stays free for the server.
+    let runner = Lab::open(&name).expect("open");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fence_tandem_lab"));
+    cmd.args(["-o", "off", "-n", "ox1", "-a", &name]);
+    let started = std::time::Instant::now();
+    let out = runner.output("ox2", cmd).expect("run in ox2");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("fence from ox2 through the shared switch: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "no wait for reaping: {took:?}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    let status = daemon.try_wait().expect("try_wait").expect("reaped");
+    assert_eq!(status.signal(), Some(9), "killed by the power-off");
+    let lab = lab.lock().expect("lock");
+    assert!(!lab.is_powered("ox1").expect("state"));
+    assert!(lab.processes("ox1").expect("processes").is_empty());
+    drop(lab);
+    drop(server);
+}
