@@ -112,10 +112,14 @@ pub fn run_program(
     };
     let pgid = child.id() as i32;
     if let Some(mut w) = child.stdin.take() {
-        // The input is a few hundred bytes: it fits the pipe buffer, so this does not
-        // block even if the agent never reads. An agent that exits without reading
-        // gives EPIPE, which is its business, not an error of ours.
-        let _ = w.write_all(stdin);
+        // On a thread: an agent that never reads must not block us past the timeout
+        // (the input is usually far below the pipe buffer, but parameters are the
+        // operator's). The kill at the timeout closes the pipe and ends the thread. An
+        // agent that exits without reading gives EPIPE: its business, not an error.
+        let input = stdin.to_vec();
+        thread::spawn(move || {
+            let _ = w.write_all(&input);
+        });
     }
     let out_rx = drain(child.stdout.take());
     let err_rx = drain(child.stderr.take());

@@ -472,3 +472,25 @@ fn repaired_device_ends_a_failed_fence() {
 fn start() -> std::time::Instant {
     std::time::Instant::now()
 }
+
+#[test]
+fn agent_that_never_reads_a_large_input_still_times_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    script(tmp.path(), "fence_deaf", "#!/bin/sh\nexec sleep 1000\n");
+    let big = "x".repeat(256 * 1024);
+    let mut dev = device(
+        "deaf",
+        FenceAgent::FenceAgents("fence_deaf".into()),
+        &[("blob", &big)],
+        1,
+    );
+    dev.timeout = Duration::from_millis(300);
+    let r = run_device(
+        &dev,
+        FenceAction::Off,
+        Some("ox1"),
+        &paths_with_agent_dir(tmp.path()),
+    );
+    assert_eq!(r.outcome, Outcome::Timeout);
+    assert!(r.duration_ms < 5_000, "{}", r.duration_ms);
+}
