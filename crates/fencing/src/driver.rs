@@ -13,6 +13,29 @@ use crate::device::ProgramPaths;
 use crate::result::FenceRecord;
 use crate::runner::run_device;
 
+/// Carries out one [`Command::RunDevice`] (blocking, bounded by the device timeout):
+/// the daemon calls this on a worker thread (e.g. tokio's `spawn_blocking`) and feeds
+/// the pair back with [`Coordinator::device_result`]. `None` for other commands, or a
+/// device name not in `devices`.
+pub fn execute(
+    devices: &[FenceDevice],
+    cmd: &Command,
+    paths: &ProgramPaths,
+) -> Option<(u64, crate::result::FenceResult)> {
+    let Command::RunDevice {
+        id,
+        device,
+        action,
+        target,
+        ..
+    } = cmd
+    else {
+        return None;
+    };
+    let dev = devices.iter().find(|d| &d.name == device)?;
+    Some((*id, run_device(dev, *action, Some(target), paths)))
+}
+
 /// What a direct fence did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectOutcome {
@@ -51,24 +74,7 @@ pub fn fence_direct(
     c.request(target, reason, false, now)?;
     loop {
         while let Some(cmd) = c.poll_command() {
-            if let Command::RunDevice {
-                id,
-                device,
-                action,
-                target,
-                ..
-            } = cmd
-            {
-                let Some(dev) = c
-                    .config()
-                    .devices
-                    .iter()
-                    .find(|d| d.name == device)
-                    .cloned()
-                else {
-                    continue;
-                };
-                let result = run_device(&dev, action, Some(&target), paths);
+            if let Some((id, result)) = execute(&c.config().devices, &cmd, paths) {
                 c.device_result(id, result, clock().0);
             }
         }

@@ -38,6 +38,6 @@ pub use action::{FenceAction, UnknownAction};
 pub use agent_input::{AgentInput, InputError};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, FenceState, RequestError};
 pub use device::{ProgramPaths, plug_for, prepare};
-pub use driver::{DirectOutcome, fence_direct};
+pub use driver::{DirectOutcome, execute, fence_direct};
 pub use result::{FenceRecord, FenceResult, History, Origin, Outcome, Plug, RecordError};
 pub use runner::{run_device, run_program};
