@@ -62,6 +62,11 @@ enum Command {
     Bench(cmd::bench::Command),
     /// Print the transition the policy engine plans for a case file.
     Simulate(cmd::simulate::Args),
+    /// Fence a node, or check the fence devices.
+    Fence(cmd::fence::Args),
+    /// The lab's power switch as a fence-agents program (used by lab clusters).
+    #[command(hide = true)]
+    LabFenceAgent(cmd::lab_fence_agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
         Command::Takeover(a) => cmd::operator::takeover(&cli.global, a),
         Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
+        Command::Fence(a) => cmd::fence::run(&cli.global, a),
+        Command::LabFenceAgent(a) => cmd::lab_fence_agent::run(a),
     };
     match result {
         Ok(code) => code,

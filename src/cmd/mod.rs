@@ -3,7 +3,9 @@
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod fence;
 pub mod lab;
 pub mod operator;
 pub mod simulate;
+pub mod lab_fence_agent;
 pub mod status;
