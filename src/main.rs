@@ -64,9 +64,6 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Fence a node, or check the fence devices.
     Fence(cmd::fence::Args),
-    /// The lab's power switch as a fence-agents program (used by lab clusters).
-    #[command(hide = true)]
-    LabFenceAgent(cmd::lab_fence_agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,7 +80,6 @@ fn main() -> ExitCode {
         Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
         Command::Fence(a) => cmd::fence::run(&cli.global, a),
-        Command::LabFenceAgent(a) => cmd::lab_fence_agent::run(a),
     };
     match result {
         Ok(code) => code,

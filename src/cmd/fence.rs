@@ -9,7 +9,6 @@
 //! Going through the agent (`tandem fence NODE` without `--direct`, `tandem fence
 //! confirm NODE`, `tandem fence history`) needs the daemon's control socket.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,9 +65,12 @@ pub enum Sub {
     },
 }
 
+/// The fence-agents name of the lab's power switch.
+pub const LAB_FENCE_AGENT: &str = "fence_tandem_lab";
+
 /// Where the daemon and the CLI find device programs: the Debian locations, extra
-/// directories first, and `fence_tandem_lab` (the lab's switch) as this very binary's
-/// `lab-fence-agent` subcommand, so the lab needs nothing installed.
+/// directories first, and `fence_tandem_lab` (the lab's power switch) as this very
+/// binary's `lab fence-agent` subcommand, so the lab needs nothing installed.
 pub fn program_paths(extra_agent_dirs: &[PathBuf], external_dir: PathBuf) -> ProgramPaths {
     let mut p = ProgramPaths::default();
     let mut dirs = extra_agent_dirs.to_vec();
@@ -77,8 +79,8 @@ pub fn program_paths(extra_agent_dirs: &[PathBuf], external_dir: PathBuf) -> Pro
     p.external_dir = external_dir;
     if let Ok(exe) = std::env::current_exe() {
         p.overrides.insert(
-            tandem_fencing::lab_switch::AGENT_NAME.to_string(),
-            vec![exe.into_os_string(), OsString::from("lab-fence-agent")],
+            LAB_FENCE_AGENT.to_string(),
+            vec![exe.into_os_string(), "lab".into(), "fence-agent".into()],
         );
     }
     p

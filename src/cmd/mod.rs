@@ -7,5 +7,4 @@ pub mod fence;
 pub mod lab;
 pub mod operator;
 pub mod simulate;
-pub mod lab_fence_agent;
 pub mod status;

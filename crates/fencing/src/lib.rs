@@ -21,8 +21,9 @@
 //! and `now`. What it hands back: [`Command`]s (run a device, tell the peer), a
 //! [`FenceState`] per node, and a bounded [`History`] that serializes to JSON.
 //!
-//! The runner ([`run_device`]) and the lab's power switch ([`lab_switch`], the
-//! `fence_tandem_lab` program) are the I/O side; the coordinator never touches either.
+//! The runner ([`run_device`]) is the I/O side; the coordinator never touches it. The
+//! lab's power switch is an ordinary fence-agents program (`tandem lab fence-agent`,
+//! named `fence_tandem_lab` in configurations), so the lab exercises this same path.
 #![warn(missing_docs)]
 
 pub mod action;
@@ -30,7 +31,6 @@ pub mod agent_input;
 pub mod coordinator;
 pub mod device;
 pub mod driver;
-pub mod lab_switch;
 pub mod result;
 pub mod runner;
 
