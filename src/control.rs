@@ -43,12 +43,24 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// `tandem fence NODE`: fence it now through the configured devices.
+    Fence {
+        /// The node.
+        node: String,
+    },
+    /// `tandem fence confirm NODE`: the operator made sure NODE is down.
+    FenceConfirm {
+        /// The node.
+        node: String,
+    },
+    /// `tandem fence history`.
+    FenceHistory,
 }
 
 impl Request {
     /// Whether this request changes the cluster's state (and must be logged).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Status)
+        !matches!(self, Request::Status | Request::FenceHistory)
     }
 }
 

@@ -188,6 +188,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Operator::Request(RequestKind::Takeover, scope),
         ),
         Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
+        Request::Fence { node } => operator(manager.as_ref(), Operator::Fence(node)),
+        Request::FenceConfirm { node } => operator(manager.as_ref(), Operator::FenceConfirm(node)),
+        Request::FenceHistory => operator(manager.as_ref(), Operator::FenceHistory),
     });
     Ok(ExitCode::SUCCESS)
 }

@@ -6,8 +6,8 @@
 //!   tested a device setup).
 //! - `tandem fence check` asks every device `monitor`, and each node's plug `status`.
 //!
-//! Going through the agent (`tandem fence NODE` without `--direct`, `tandem fence
-//! confirm NODE`, `tandem fence history`) needs the daemon's control socket.
+//! - Through the local agent: `tandem fence NODE` (the agent's coordinator fences it and
+//!   tells the peer), `tandem fence confirm NODE`, `tandem fence history`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,7 @@ use tandem_config::{Config, FenceAgent};
 use tandem_fencing::{FenceAction, FenceState, Outcome, Plug, ProgramPaths, fence_direct};
 
 use crate::Global;
+use crate::control::{self, Request};
 
 /// `tandem fence` arguments.
 #[derive(Debug, clap::Args)]
@@ -57,6 +58,24 @@ pub struct PathArgs {
 /// `tandem fence` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
+    /// Tell the agent that NODE is down (Heartbeat's meatware): its groups may start
+    /// elsewhere. Only after making sure, e.g. by pulling its power cord.
+    Confirm {
+        /// The node that is down.
+        node: String,
+        /// The agent's control socket (default: the configuration's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Every fencing attempt the agent knows of: time, target, device, action, result.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agent's control socket (default: the configuration's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Ask every device whether it is reachable (`monitor`) and each node's plug state.
     Check {
         /// Print JSON instead of a table.
@@ -94,21 +113,65 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("load {}", global.config.display()))?;
     match args.command {
         Some(Sub::Check { json }) => check(&config, &paths, json),
+        Some(Sub::Confirm { node, socket }) => {
+            let socket = socket.unwrap_or_else(|| config.cluster.control_socket.clone());
+            control::request(&socket, &Request::FenceConfirm { node: node.clone() })?;
+            println!("{node} confirmed down: its groups may now start elsewhere");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Sub::History { json, socket }) => {
+            let socket = socket.unwrap_or_else(|| config.cluster.control_socket.clone());
+            let body = control::request(&socket, &Request::FenceHistory)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_history(&body);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             let Some(node) = args.node else {
                 anyhow::bail!(
-                    "name the node to fence: `tandem fence NODE --direct`, or `tandem fence check`"
+                    "name the node to fence: `tandem fence NODE [--direct]`, or `tandem fence check`"
                 );
             };
             if !args.direct {
-                anyhow::bail!(
-                    "fencing through the local agent is not available from this build; \
-                     `tandem fence {node} --direct` runs the devices from this process"
-                );
+                if args.action != "off" {
+                    anyhow::bail!(
+                        "the agent fences with the configured action; use --direct for --action {}",
+                        args.action
+                    );
+                }
+                control::request(&config.cluster.control_socket, &Request::Fence { node: node.clone() })?;
+                println!("fencing {node}: `tandem fence history` shows the attempts");
+                return Ok(ExitCode::SUCCESS);
             }
             let action: FenceAction = args.action.parse()?;
             direct(&config, &node, action, &paths, args.json)
         }
+    }
+}
+
+/// Prints the agent's fencing states and history as a table.
+fn print_history(body: &serde_json::Value) {
+    for (node, state) in body["states"].as_object().into_iter().flatten() {
+        println!("{node}: {}", state.as_str().unwrap_or("?"));
+    }
+    println!("TIME (ms since epoch)  TARGET    DEVICE        ACTION  RESULT");
+    for r in body["history"]["records"]
+        .as_array()
+        .or_else(|| body["history"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "{:<22} {:<9} {:<13} {:<7} {}",
+            r["at_unix_ms"],
+            r["target"].as_str().unwrap_or(""),
+            r["device"].as_str().unwrap_or(""),
+            r["action"].as_str().unwrap_or(""),
+            r["outcome"]
+        );
     }
 }
 

@@ -145,6 +145,12 @@ fn find_fence_agent(name: &str, paths: &ProgramPaths) -> Option<Vec<OsString>> {
     if let Some(argv) = paths.overrides.get(name) {
         return (!argv.is_empty()).then(|| argv.clone());
     }
+    if name.starts_with('/') {
+        // An absolute path names the program itself (an agent outside the standard
+        // directories).
+        let path = Path::new(name);
+        return is_executable(path).then(|| vec![path.as_os_str().to_owned()]);
+    }
     if name.is_empty() || name.contains('/') {
         return None;
     }
