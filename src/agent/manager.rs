@@ -71,10 +71,7 @@ pub enum Input {
     /// The outside-connectivity verdict of this node changed (ipfail).
     Ping(bool),
     /// A fence device run finished.
-    FenceDone {
-        id: u64,
-        result: FenceResult,
-    },
+    FenceDone { id: u64, result: FenceResult },
     /// Stop every group, say goodbye, exit.
     Shutdown,
 }
@@ -330,7 +327,8 @@ impl Manager {
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;
                 self.peer_groups.clear();
-                self.coordinator.node_returned_with_new_incarnation(&self.peer);
+                self.coordinator
+                    .node_returned_with_new_incarnation(&self.peer);
                 self.ping.remove(&self.peer.clone());
                 self.send_report();
                 self.replan = true;
@@ -432,7 +430,12 @@ impl Manager {
             Operator::Status => Ok(self.status()),
             Operator::Fence(node) => {
                 self.coordinator
-                    .request(&node, "operator request (tandem fence)", false, clock::now())
+                    .request(
+                        &node,
+                        "operator request (tandem fence)",
+                        false,
+                        clock::now(),
+                    )
                     .map_err(|e| e.to_string())?;
                 self.fencing_commands();
                 self.replan = true;
@@ -755,24 +758,22 @@ impl Manager {
                 node,
                 reason,
                 delayed,
-            } => {
-                match self.coordinator.request(&node, &reason, delayed, now) {
-                    Ok(()) => {
-                        if let Some(r) = &mut self.running {
-                            r.in_flight.insert(id);
-                            r.fences.insert(id, node);
-                        }
-                        self.fencing_commands();
+            } => match self.coordinator.request(&node, &reason, delayed, now) {
+                Ok(()) => {
+                    if let Some(r) = &mut self.running {
+                        r.in_flight.insert(id);
+                        r.fences.insert(id, node);
                     }
-                    Err(err) => {
-                        tracing::error!(%node, "fencing refused: {err}");
-                        if let Some(r) = &mut self.running {
-                            r.abandoned = true;
-                        }
-                        self.replan = true;
-                    }
+                    self.fencing_commands();
                 }
-            }
+                Err(err) => {
+                    tracing::error!(%node, "fencing refused: {err}");
+                    if let Some(r) = &mut self.running {
+                        r.abandoned = true;
+                    }
+                    self.replan = true;
+                }
+            },
         }
     }
 

@@ -142,7 +142,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                         args.action
                     );
                 }
-                control::request(&config.cluster.control_socket, &Request::Fence { node: node.clone() })?;
+                control::request(
+                    &config.cluster.control_socket,
+                    &Request::Fence { node: node.clone() },
+                )?;
                 println!("fencing {node}: `tandem fence history` shows the attempts");
                 return Ok(ExitCode::SUCCESS);
             }
