@@ -78,9 +78,9 @@ fn fence_history(c: &Cluster, node: &str) -> Vec<serde_json::Value> {
 }
 
 fn fenced_successfully(c: &Cluster, node: &str, target: &str) -> bool {
-    fence_history(c, node)
-        .iter()
-        .any(|r| r["target"] == target && r["device"] == "lab-switch" && r["outcome"] == "success")
+    fence_history(c, node).iter().any(|r| {
+        r["target"] == target && r["device"] == "lab-switch" && r["outcome"]["kind"] == "success"
+    })
 }
 
 #[test]
@@ -196,7 +196,7 @@ timeout = "5s""#;
         || {
             let failed = fence_history(&c, "ox2")
                 .iter()
-                .filter(|r| r["target"] == "ox1" && r["outcome"] != "success")
+                .filter(|r| r["target"] == "ox1" && r["outcome"]["kind"] != "success")
                 .count();
             (failed >= 1).then_some(())
         },
@@ -207,9 +207,9 @@ timeout = "5s""#;
     std::fs::write(c.lab.data_dir().join("repaired"), "").unwrap();
     c.wait_owner("ox2", "ox2");
     assert!(
-        fence_history(&c, "ox2")
-            .iter()
-            .any(|r| r["target"] == "ox1" && r["device"] == "flaky" && r["outcome"] == "success"),
+        fence_history(&c, "ox2").iter().any(|r| r["target"] == "ox1"
+            && r["device"] == "flaky"
+            && r["outcome"]["kind"] == "success"),
         "{:?}",
         fence_history(&c, "ox2")
     );

@@ -986,6 +986,16 @@ impl Manager {
     }
 
     fn send_report(&self) {
+        // Until every local resource has been probed this node does not know what it
+        // runs; a report saying "unknown" would read as "may hold everything" and make
+        // the peer fence a node that is only starting. The peer waits for the report.
+        if self
+            .resources
+            .values()
+            .any(|r| r.state == ResourceState::Unknown)
+        {
+            return;
+        }
         if let Some(ok) = self.ping.get(&self.local) {
             self.send(&PeerMessage::Ping { ok: *ok });
         }

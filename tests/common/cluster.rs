@@ -141,12 +141,13 @@ monitor_interval = "1s""#;
 /// Two agents in the whitepaper's lab, with the lab's power switch running in this
 /// process (so that fencing from inside a host works, and reaps what it kills).
 pub struct Cluster {
+    // Fields drop in order: the switch stops before the lab is torn down.
+    _switch: PowerSwitch,
     /// The lab (ox1, ox2, client).
     pub lab: Lab,
     /// The configuration file.
     pub config: PathBuf,
     agents: Vec<(String, HostProcess)>,
-    _switch: PowerSwitch,
 }
 
 impl Drop for Cluster {
