@@ -70,6 +70,7 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
         &list(c.ping.iter().map(|p| q(&p.to_string()))),
     );
     kv(&mut o, "deadping", &d(c.deadping));
+    kv(&mut o, "fencing_delay", &d(c.fencing_delay));
     if !c.ping_groups.is_empty() {
         let groups: Vec<String> = c
             .ping_groups

@@ -62,6 +62,10 @@ pub struct Cluster {
     pub ping_groups: Vec<PingGroup>,
     /// Silence after which a ping target (or whole group) counts as unreachable.
     pub deadping: Duration,
+    /// How long the node that holds no group waits before fencing its peer, so that
+    /// in a partition the node serving the groups fences first and keeps serving
+    /// (Pacemaker's priority-fencing-delay).
+    pub fencing_delay: Duration,
 }
 
 /// `auto_failback`.
@@ -497,6 +501,8 @@ pub mod defaults {
     pub const CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
     /// `cluster.deadping`.
     pub const DEADPING: Duration = Duration::from_secs(30);
+    /// `cluster.fencing_delay`.
+    pub const FENCING_DELAY: Duration = Duration::from_secs(5);
     /// `link.baud` for serial links (Heartbeat's default).
     pub const BAUD: u32 = 19200;
     /// `link.ttl` for mcast links.

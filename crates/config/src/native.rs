@@ -36,6 +36,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "ping",
     "ping_group",
     "deadping",
+    "fencing_delay",
 ];
 const LOG_KEYS: &[&str] = &["syslog_facility", "file", "debug_file"];
 const NODE_KEYS: &[&str] = &["name", "address"];
@@ -695,6 +696,7 @@ impl<'s> Walker<'s> {
             }
         }
         let deadping = self.duration(t, "deadping", defaults::DEADPING);
+        let fencing_delay = self.duration(t, "fencing_delay", defaults::FENCING_DELAY);
         Cluster {
             name,
             keepalive,
@@ -710,6 +712,7 @@ impl<'s> Walker<'s> {
             ping,
             ping_groups,
             deadping,
+            fencing_delay,
         }
     }
 

@@ -177,6 +177,7 @@ fn config() -> impl Strategy<Value = Config> {
                             }]
                         },
                         deadping: deadtime,
+                        fencing_delay: deadtime,
                     },
                     log: Log {
                         syslog_facility: facility,

@@ -205,6 +205,7 @@ pub fn import_texts(
             ping: hacf.ping.clone(),
             ping_groups: hacf.ping_groups.clone(),
             deadping: hacf.deadping.unwrap_or(defaults::DEADPING),
+            fencing_delay: defaults::FENCING_DELAY,
         },
         log: hacf.log.clone(),
         nodes,
