@@ -10,7 +10,10 @@ fn the_demo_fails_over_through_a_fence_and_reports_the_outage() {
     if !root_or_skip("tandem demo") {
         return;
     }
-    let out = std::process::Command::new(TANDEM).arg("demo").output().unwrap();
+    let out = std::process::Command::new(TANDEM)
+        .arg("demo")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -28,5 +31,8 @@ fn the_demo_fails_over_through_a_fence_and_reports_the_outage() {
     }
     // The fence comes before the address: never both nodes serving.
     let at = |needle: &str| stdout.find(needle).unwrap();
-    assert!(at("ox2 fenced ox1") < at("192.168.1.160 up on ox2"), "{stdout}");
+    assert!(
+        at("ox2 fenced ox1") < at("192.168.1.160 up on ox2"),
+        "{stdout}"
+    );
 }

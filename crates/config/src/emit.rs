@@ -254,6 +254,12 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
         o.push_str("\n[[group]]\n");
         kv(&mut o, "name", &q(&g.name));
         kv(&mut o, "home", &q(&g.home));
+        kv(
+            &mut o,
+            "migration_threshold",
+            &g.migration_threshold.to_string(),
+        );
+        kv(&mut o, "failure_timeout", &d(g.failure_timeout));
         for r in &g.resources {
             o.push_str("\n[[group.resource]]\n");
             kv(&mut o, "type", &q(r.kind.type_name()));

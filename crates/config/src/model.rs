@@ -330,6 +330,11 @@ pub struct Group {
     pub name: String,
     /// The node the group prefers (haresources' first token).
     pub home: String,
+    /// Unexpired monitor failures of one resource on a node after which that node no
+    /// longer runs the group (Pacemaker's migration-threshold).
+    pub migration_threshold: u32,
+    /// Age after which a failure no longer counts (Pacemaker's failure-timeout).
+    pub failure_timeout: Duration,
     /// Resources in start order.
     pub resources: Vec<Resource>,
 }
@@ -499,6 +504,10 @@ pub mod defaults {
     pub const STATE_DIR: &str = "/var/lib/tandem";
     /// `cluster.control_socket`.
     pub const CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
+    /// `group.migration_threshold`.
+    pub const MIGRATION_THRESHOLD: u32 = 3;
+    /// `group.failure_timeout`.
+    pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(600);
     /// `cluster.deadping`.
     pub const DEADPING: Duration = Duration::from_secs(30);
     /// `cluster.fencing_delay`.

@@ -251,6 +251,8 @@ fn config() -> impl Strategy<Value = Config> {
                     groups: vec![Group {
                         name: "g".into(),
                         home: "b".into(),
+                        migration_threshold: 3,
+                        failure_timeout: deadtime,
                         resources: resources
                             .into_iter()
                             .enumerate()

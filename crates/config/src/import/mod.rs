@@ -470,6 +470,8 @@ fn make_groups(cluster: &str, raw: Vec<haresources::RawGroup>) -> Vec<Group> {
                     format!("{cluster}-{}", i + 1)
                 },
                 home: g.home,
+                migration_threshold: defaults::MIGRATION_THRESHOLD,
+                failure_timeout: defaults::FAILURE_TIMEOUT,
                 resources,
             }
         })
