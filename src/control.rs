@@ -43,12 +43,23 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// `tandem disk up|down|primary|… NAME` (NAME may be `all`).
+    Disk {
+        /// The disk, or `all`.
+        name: String,
+        /// What to do.
+        command: crate::disks::DiskCommand,
+    },
 }
 
 impl Request {
     /// Whether this request changes the cluster's state (and must be logged).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Status)
+        match self {
+            Request::Status => false,
+            Request::Disk { command, .. } => command.changes_state(),
+            _ => true,
+        }
     }
 }
 
