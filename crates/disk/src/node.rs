@@ -613,7 +613,14 @@ async fn establish(
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let ev_r = ev.clone();
+    // The reader starts only once `LinkUp` is queued: a frame queued before it would be
+    // dropped as belonging to no link (the peer's first State frame, leaving the
+    // handshake stuck).
+    let (go_tx, go_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
+        if go_rx.await.is_err() {
+            return;
+        }
         loop {
             match read_frame(&mut rd).await {
                 Ok(f) => {
@@ -648,6 +655,7 @@ async fn establish(
         }
     });
     let _ = ev.send(Event::LinkUp(id, tx, vec![reader, writer])).await;
+    let _ = go_tx.send(());
 }
 
 #[derive(Debug)]
