@@ -19,8 +19,34 @@ const SOCK: &str = "/run/tandem/disk/r0.nbd";
 const URI: &str = "nbd+unix:///r0?socket=/run/tandem/disk/r0.nbd";
 const MIB: u64 = 1 << 20;
 
-fn config_toml(dir: &std::path::Path, key: &str, disk_extra: &str, size_note: &str) -> String {
-    format!(
+fn config_toml(
+    dir: &std::path::Path,
+    key: &str,
+    disk_extra: &str,
+    size_note: &str,
+    r1: Option<&str>,
+) -> String {
+    let r1 = r1.map_or(String::new(), |extra| {
+        format!(
+            r#"
+[[disk]]
+name = "r1"
+{extra}
+
+[disk.on.ox1]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox1-r1.img"
+address = "192.168.180.20:7789"
+
+[disk.on.ox2]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox2-r1.img"
+address = "192.168.180.10:7789"
+"#,
+            dir = dir.display()
+        )
+    });
+    let mut s = format!(
         r#"# {size_note}
 [cluster]
 name = "disklab"
@@ -58,7 +84,9 @@ backing = "{dir}/ox2-r0.img"
 address = "192.168.180.10:7788"
 "#,
         dir = dir.display()
-    )
+    );
+    s.push_str(&r1);
+    s
 }
 
 struct Cluster {
@@ -92,18 +120,25 @@ impl Cluster {
     /// A lab with backing files of `backing_mib` MiB and metadata created on both nodes;
     /// `same_key = false` gives the nodes different key files.
     fn new(backing_mib: u64, disk_extra: &str, same_key: bool) -> Cluster {
+        Self::with_r1(backing_mib, disk_extra, same_key, None)
+    }
+
+    /// As `new`, with a second disk `r1` (its `[[disk]]` extra keys) when given.
+    fn with_r1(backing_mib: u64, disk_extra: &str, same_key: bool, r1: Option<&str>) -> Cluster {
         let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
         let dir = lab.data_dir();
         write_private(&dir.join("authkey"), "disk lab key 0123456789abcdef\n");
         write_private(&dir.join("otherkey"), "another key entirely 987654321\n");
         let c1 = dir.join("ox1.toml");
         let c2 = dir.join("ox2.toml");
-        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1")).unwrap();
+        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1", r1)).unwrap();
         let key2 = if same_key { "authkey" } else { "otherkey" };
-        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2")).unwrap();
+        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2", r1)).unwrap();
         for node in ["ox1", "ox2"] {
-            let f = std::fs::File::create(dir.join(format!("{node}-r0.img"))).unwrap();
-            f.set_len(backing_mib * MIB).unwrap();
+            for disk in ["r0", "r1"] {
+                let f = std::fs::File::create(dir.join(format!("{node}-{disk}.img"))).unwrap();
+                f.set_len(backing_mib * MIB).unwrap();
+            }
         }
         let size_bytes = tandem_disk::meta::Layout::internal(backing_mib * MIB)
             .unwrap()
@@ -117,6 +152,9 @@ impl Cluster {
         for node in ["ox1", "ox2"] {
             let out = c.tandem(node, &["disk", "create-md", "r0", "--node", node]);
             assert!(out.contains("metadata written"), "{out}");
+            if r1.is_some() {
+                c.tandem(node, &["disk", "create-md", "r1", "--node", node]);
+            }
         }
         c
     }
@@ -152,8 +190,12 @@ impl Cluster {
     }
 
     fn status(&self, node: &str) -> Option<Value> {
+        self.disk_status(node, "r0")
+    }
+
+    fn disk_status(&self, node: &str, disk: &str) -> Option<Value> {
         let out = self
-            .tandem_result(node, &["disk", "status", "--json", "r0"])
+            .tandem_result(node, &["disk", "status", "--json", disk])
             .ok()?;
         serde_json::from_str(&out).ok()
     }
@@ -595,4 +637,69 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
     assert!(err.to_lowercase().contains("checksum"), "{err}");
     let st = c.status("ox2").unwrap();
     assert_eq!(st["up"], false, "{st}");
+}
+
+#[test]
+fn resync_groups_run_in_order() {
+    if !root_or_skip("resync_groups_run_in_order") {
+        return;
+    }
+    // r0 in group 0 (rate-limited, ~4 s of full sync), r1 in group 1: r1's resync waits.
+    let mut c = Cluster::with_r1(
+        24,
+        "rate = \"4M\"\nresync_group = 0",
+        true,
+        Some("resync_group = 1"),
+    );
+    c.start_agent("ox1");
+    c.start_agent("ox2");
+    for disk in ["r0", "r1"] {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{disk} connected"),
+            || {
+                c.disk_status("ox2", disk)
+                    .filter(|s| s["connection"] == "connected")
+            },
+        );
+    }
+    c.tandem("ox1", &["disk", "primary", "--force", "all"]);
+    wait_for(Duration::from_secs(10), "r0 resyncing", || {
+        c.disk_status("ox2", "r0")
+            .filter(|s| s["connection"] == "sync_target")
+    });
+    // While r0 (group 0) resyncs, r1 (group 1) is held back.
+    let mut saw_r1_paused = 0;
+    loop {
+        let r0 = c.disk_status("ox2", "r0").unwrap();
+        let r1 = c.disk_status("ox2", "r1").unwrap();
+        if r0["connection"] != "sync_target" {
+            break;
+        }
+        if r1["connection"] == "sync_target" {
+            assert_eq!(r1["resync_paused"], true, "r1 not paused: {r1}");
+            assert!(
+                num(&r1["resync"]["done_bytes"]) <= 256 << 10,
+                "r1 resynced while group 0 ran: {r1}"
+            );
+            saw_r1_paused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        saw_r1_paused >= 3,
+        "r1 was never seen waiting ({saw_r1_paused})"
+    );
+    // Then r1 runs and both end in sync.
+    for disk in ["r0", "r1"] {
+        wait_for(Duration::from_secs(60), &format!("{disk} in sync"), || {
+            c.disk_status("ox2", disk)
+                .filter(|s| s["connection"] == "connected" && s["disk_state"] == "up_to_date")
+        });
+    }
+    let human = c.tandem("ox1", &["disk", "status"]);
+    assert!(
+        human.contains("r0: cs:Connected") && human.contains("r1: cs:Connected"),
+        "{human}"
+    );
 }

@@ -635,9 +635,12 @@ async fn monitor(service: &'static Service) {
             pending.push((*group, needs));
         }
         let allowed = tandem_disk::core::resync::groups_allowed(&pending);
-        for ((_, r), (ok, (_, needs))) in disks.iter().zip(allowed.iter().zip(&pending)) {
-            // A disk with nothing to resync is left alone unless it is paused.
-            let pause = *needs && !ok;
+        // With one group nothing is ever held back. With several, every disk that is not
+        // allowed stays paused — also one with nothing to resync yet, so that a resync
+        // starting between two looks cannot run ahead of a lower group.
+        let several_groups = pending.windows(2).any(|w| w[0].0 != w[1].0);
+        for ((_, r), ok) in disks.iter().zip(&allowed) {
+            let pause = several_groups && !ok;
             if r.resync_paused.swap(pause, Ordering::Relaxed) != pause {
                 let _ = r.node.set_resync_paused(pause).await;
             }
