@@ -703,3 +703,33 @@ fn resync_groups_run_in_order() {
         "{human}"
     );
 }
+
+#[test]
+fn startup_waits_for_the_peer_before_promotion() {
+    if !root_or_skip("startup_waits_for_the_peer_before_promotion") {
+        return;
+    }
+    let mut c = Cluster::new(24, "wfc_timeout = \"4s\"", true);
+    c.start_primary_ox1();
+    // Both nodes go away; ox2 (consistent, not degraded: it never ran alone) restarts
+    // alone and waits `wfc_timeout` for its peer before it may be promoted.
+    c.lab.power_off("ox1").expect("power off ox1");
+    let i = c.agents.iter().position(|(n, _)| n == "ox2").unwrap();
+    let (_, p) = c.agents.remove(i);
+    assert!(p.signal(libc::SIGTERM));
+    p.wait_timeout(Duration::from_secs(20)).unwrap();
+    c.agents.retain(|(n, _)| n != "ox1");
+    c.start_agent("ox2");
+    let s = c.status("ox2").unwrap();
+    assert_eq!(s["waiting_for_peer"], true, "{s}");
+    let refused = c.tandem_result("ox2", &["disk", "status", "r0"]).unwrap();
+    assert!(refused.contains("(waiting for peer)"), "{refused}");
+    // `primary` waits for the startup wait to end, then promotes the consistent disk.
+    c.tandem("ox2", &["disk", "primary", "r0"]);
+    let s = c.status("ox2").unwrap();
+    assert_eq!(s["waiting_for_peer"], false, "{s}");
+    assert_eq!(s["role"], "primary", "{s}");
+    let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
+    assert!(log.contains("no peer: going on alone"), "{log}");
+    c.qemu_io("ox2", "write -P 0x77 0 64k");
+}

@@ -337,10 +337,11 @@ impl Service {
             DiskCommand::Primary { force } => {
                 if !force && *r.waiting.borrow() {
                     let mut waiting = r.waiting.clone();
-                    let _ = rt.block_on(tokio::time::timeout(
-                        PRIMARY_WAITS_FOR_STARTUP,
-                        waiting.wait_for(|w| !*w),
-                    ));
+                    // The timer must be made inside the runtime.
+                    let _ = rt.block_on(async {
+                        tokio::time::timeout(PRIMARY_WAITS_FOR_STARTUP, waiting.wait_for(|w| !*w))
+                            .await
+                    });
                     if *r.waiting.borrow() {
                         let left = if r.wait_ms == 0 {
                             "no timeout (wfc_timeout = 0)".to_string()
@@ -567,7 +568,7 @@ impl Service {
 /// The startup wait (DRBD's `wfc-timeout` / `degr-wfc-timeout`): logs while the peer is
 /// awaited and clears `waiting` when the handshake is done or the time is up.
 async fn startup_wait(name: String, node: NodeHandle, wait_ms: u64, waiting: watch::Sender<bool>) {
-    let start = tokio::time::Instant::now();
+    let start = crate::clock::now();
     if wait_ms == 0 {
         tracing::info!(disk = %name, "waiting for the peer (no timeout)");
     } else {
@@ -596,7 +597,7 @@ async fn startup_wait(name: String, node: NodeHandle, wait_ms: u64, waiting: wat
             },
             Err(_) => break,
         }
-        let waited = start.elapsed();
+        let waited = crate::clock::now().duration_since(start);
         if wait_ms != 0 && waited >= Duration::from_millis(wait_ms) {
             tracing::warn!(disk = %name, wait_ms, "no peer: going on alone (degraded)");
             break;
