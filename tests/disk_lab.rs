@@ -367,6 +367,27 @@ fn resync_after_disconnect_moves_only_what_changed() {
         human.contains("r0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C"),
         "{human}"
     );
+
+    // `down` is refused while a client holds the export open; then down and up again.
+    let path = c.lab.host_path("ox1", SOCK).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let mut hello = [0u8; 18];
+    (&client).read_exact(&mut hello).unwrap();
+    let err = c.tandem_result("ox1", &["disk", "down", "r0"]).unwrap_err();
+    assert!(err.contains("in use by 1 NBD client"), "{err}");
+    drop(client);
+    wait_for(
+        Duration::from_secs(10),
+        "down after the client left",
+        || c.tandem_result("ox1", &["disk", "down", "r0"]).ok(),
+    );
+    assert_eq!(c.status("ox1").unwrap()["up"], false);
+    c.tandem("ox1", &["disk", "up", "r0"]);
+    c.wait_state("ox1", "reconnected", 30, |s| {
+        s["connection"] == "connected" && s["role"] == "secondary"
+    });
+    c.wait_in_sync(30);
+    c.assert_identical();
 }
 
 #[test]

@@ -481,7 +481,15 @@ impl Service {
 
     fn down(&self, name: &str, r: &Running) -> anyhow::Result<()> {
         let rt = &self.runtime;
-        // No new NBD requests; open connections finish what is in flight.
+        // As DRBD refuses to take down a device someone holds open.
+        let clients = r.server.stats().connections_active;
+        if clients > 0 {
+            bail!(
+                "in use by {clients} NBD client(s) on {}",
+                r.socket.display()
+            );
+        }
+        // No new NBD clients from here on.
         r.server.shutdown();
         r.server.remove_export(name);
         let status = rt.block_on(r.node.status())?;
