@@ -50,13 +50,25 @@ pub enum Request {
         /// What to do.
         command: crate::disks::DiskCommand,
     },
+    /// `tandem fence NODE`: fence it now through the configured devices.
+    Fence {
+        /// The node.
+        node: String,
+    },
+    /// `tandem fence confirm NODE`: the operator made sure NODE is down.
+    FenceConfirm {
+        /// The node.
+        node: String,
+    },
+    /// `tandem fence history`.
+    FenceHistory,
 }
 
 impl Request {
     /// Whether this request changes the cluster's state (and must be logged).
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Status => false,
+            Request::Status | Request::FenceHistory => false,
             Request::Disk { command, .. } => command.changes_state(),
             _ => true,
         }

@@ -65,6 +65,8 @@ enum Command {
     Disk(cmd::disk::Args),
     /// Print the transition the policy engine plans for a case file.
     Simulate(cmd::simulate::Args),
+    /// Fence a node, or check the fence devices.
+    Fence(cmd::fence::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
         Command::Disk(a) => cmd::disk::run(&cli.global, a),
+        Command::Fence(a) => cmd::fence::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tandem_agents::{Action, ActionResult, Agent, Outcome, Paths, RunOptions};
 use tandem_config::{Config, FencingPolicy, ResourceKind};
+use tandem_fencing::{Coordinator, CoordinatorConfig, FenceRecord, FenceResult, ProgramPaths};
 use tandem_membership::driver::Driver;
 use tandem_membership::{Event, NodeId};
 use tandem_policy::{
@@ -69,6 +70,8 @@ pub enum Input {
     Operator(Operator, Sender<Result<serde_json::Value, String>>),
     /// The outside-connectivity verdict of this node changed (ipfail).
     Ping(bool),
+    /// A fence device run finished.
+    FenceDone { id: u64, result: FenceResult },
     /// Stop every group, say goodbye, exit.
     Shutdown,
 }
@@ -80,6 +83,12 @@ pub enum Operator {
     Request(RequestKind, Scope),
     /// `tandem maintenance on|off`.
     Maintenance(bool),
+    /// `tandem fence NODE`: fence it now.
+    Fence(String),
+    /// `tandem fence confirm NODE`: the operator made sure it is down (meatware).
+    FenceConfirm(String),
+    /// `tandem fence history`.
+    FenceHistory,
     /// `tandem status`: the resource part.
     Status,
 }
@@ -122,6 +131,9 @@ struct Running {
     transition: Transition,
     done: BTreeSet<ActionId>,
     in_flight: BTreeSet<ActionId>,
+    /// Fence actions in flight and their targets: done when the coordinator says the
+    /// node is down, failed when it gives up.
+    fences: BTreeMap<ActionId, String>,
     /// Start nothing more of this transition (an action failed or the view changed).
     abandoned: bool,
 }
@@ -148,7 +160,8 @@ pub struct Manager {
     /// Outside connectivity of this node and of the peer (absent = not known yet,
     /// which the planner reads as reachable).
     ping: BTreeMap<String, bool>,
-    fencing: BTreeMap<String, FenceState>,
+    coordinator: Coordinator,
+    fence_paths: ProgramPaths,
     running: Option<Running>,
     replan: bool,
     last_transition: Transition,
@@ -193,6 +206,7 @@ impl Manager {
                 );
             }
         }
+        let fence_config = Arc::clone(&config);
         Ok(Self {
             config,
             local: local.to_string(),
@@ -210,7 +224,16 @@ impl Manager {
             requests: Vec::new(),
             maintenance: false,
             ping: BTreeMap::new(),
-            fencing: BTreeMap::new(),
+            coordinator: Coordinator::new(
+                CoordinatorConfig::from_config(&fence_config, local),
+                seed(),
+                clock::now(),
+                clock::wall_ms(),
+            ),
+            fence_paths: crate::cmd::fence::program_paths(
+                &[],
+                tandem_fencing::device::EXTERNAL_PLUGIN_DIR.into(),
+            ),
             running: None,
             replan: true,
             last_transition: Transition::new(local),
@@ -258,6 +281,16 @@ impl Manager {
                 self.send(&PeerMessage::Ping { ok });
                 self.replan = true;
             }
+            Input::FenceDone { id, result } => {
+                tracing::info!(
+                    device = %result.device,
+                    target = ?result.target,
+                    "fence device: {}",
+                    result.outcome.summary()
+                );
+                self.coordinator.device_result(id, result, clock::now());
+                self.fencing_commands();
+            }
             Input::Shutdown => {}
         }
     }
@@ -294,7 +327,8 @@ impl Manager {
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;
                 self.peer_groups.clear();
-                self.fencing.remove(&self.peer.clone());
+                self.coordinator
+                    .node_returned_with_new_incarnation(&self.peer);
                 self.ping.remove(&self.peer.clone());
                 self.send_report();
                 self.replan = true;
@@ -348,12 +382,21 @@ impl Manager {
                 tracing::info!(on, "maintenance mode set by the peer");
                 self.maintenance = on;
             }
+            PeerMessage::Fence { r } => match FenceRecord::from_json(r.as_bytes()) {
+                Ok(record) => {
+                    tracing::info!(target = %record.target, "fencing record from the peer: {}", record.outcome.summary());
+                    self.coordinator.peer_reported(record, clock::now());
+                    self.fencing_commands();
+                }
+                Err(err) => tracing::warn!("malformed fencing record from the peer: {err}"),
+            },
             PeerMessage::Ping { ok } => {
                 self.ping.insert(self.peer.clone(), ok);
             }
             PeerMessage::Goodbye => {
                 tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
                 self.peer_said_goodbye = true;
+                self.coordinator.cancel(&self.peer);
                 self.peer_groups.clear();
                 self.peer_reported = self.config.groups.iter().map(|g| g.name.clone()).collect();
             }
@@ -385,6 +428,30 @@ impl Manager {
                 Ok(serde_json::json!({"maintenance": on}))
             }
             Operator::Status => Ok(self.status()),
+            Operator::Fence(node) => {
+                self.coordinator
+                    .request(
+                        &node,
+                        "operator request (tandem fence)",
+                        false,
+                        clock::now(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                self.fencing_commands();
+                self.replan = true;
+                Ok(serde_json::json!({"fencing": node}))
+            }
+            Operator::FenceConfirm(node) => {
+                if node == self.local {
+                    return Err("a node cannot confirm that it is itself down".into());
+                }
+                tracing::warn!(%node, "operator confirms the node is down");
+                self.coordinator.operator_confirmed(&node, clock::now());
+                self.fencing_commands();
+                self.replan = true;
+                Ok(serde_json::json!({"confirmed": node}))
+            }
+            Operator::FenceHistory => Ok(self.fencing_status()),
         }
     }
 
@@ -510,6 +577,8 @@ impl Manager {
 
     fn tick(&mut self) {
         let now = clock::now();
+        self.coordinator.tick(now);
+        self.fencing_commands();
         let due: Vec<(String, String, Duration)> = self
             .resources
             .iter()
@@ -598,6 +667,7 @@ impl Manager {
                 transition,
                 done: BTreeSet::new(),
                 in_flight: BTreeSet::new(),
+                fences: BTreeMap::new(),
                 abandoned: false,
             });
         }
@@ -684,17 +754,26 @@ impl Manager {
                 self.send(&m);
                 mark(self, true);
             }
-            ActionKind::Fence { node, reason, .. } => {
-                // Fencing devices are not driven by the agent yet: the honest answer
-                // is that fencing failed, which keeps the group blocked (never started
-                // while the peer may run it) and says why in status.
-                tracing::error!(%node, %reason, "fencing needed but no fencing coordinator runs in this agent");
-                self.fencing.insert(node, FenceState::Failed);
-                if let Some(r) = &mut self.running {
-                    r.abandoned = true;
+            ActionKind::Fence {
+                node,
+                reason,
+                delayed,
+            } => match self.coordinator.request(&node, &reason, delayed, now) {
+                Ok(()) => {
+                    if let Some(r) = &mut self.running {
+                        r.in_flight.insert(id);
+                        r.fences.insert(id, node);
+                    }
+                    self.fencing_commands();
                 }
-                self.replan = true;
-            }
+                Err(err) => {
+                    tracing::error!(%node, "fencing refused: {err}");
+                    if let Some(r) = &mut self.running {
+                        r.abandoned = true;
+                    }
+                    self.replan = true;
+                }
+            },
         }
     }
 
@@ -759,6 +838,61 @@ impl Manager {
         });
     }
 
+    /// Carries out what the fencing coordinator asks (device runs on worker threads,
+    /// records to the peer), then settles fence actions of the running transition.
+    fn fencing_commands(&mut self) {
+        while let Some(command) = self.coordinator.poll_command() {
+            match command {
+                tandem_fencing::Command::RunDevice { .. } => {
+                    let devices = self.config.fence_devices.clone();
+                    let paths = self.fence_paths.clone();
+                    let inputs = self.inputs.clone();
+                    std::thread::spawn(move || {
+                        if let Some((id, result)) =
+                            tandem_fencing::execute(&devices, &command, &paths)
+                        {
+                            let _ = inputs.send(Input::FenceDone { id, result });
+                        }
+                    });
+                }
+                tandem_fencing::Command::SendToPeer(record) => {
+                    let r = String::from_utf8_lossy(&record.to_json()).into_owned();
+                    self.send(&PeerMessage::Fence { r });
+                }
+            }
+        }
+        let Some(running) = &mut self.running else {
+            return;
+        };
+        let mut settled = Vec::new();
+        for (id, node) in &running.fences {
+            match self.coordinator.state(node) {
+                s if s.is_down() => settled.push((*id, true)),
+                tandem_fencing::FenceState::Failed => settled.push((*id, false)),
+                _ => {}
+            }
+        }
+        for (id, ok) in settled {
+            running.fences.remove(&id);
+            running.in_flight.remove(&id);
+            if ok {
+                running.done.insert(id);
+            } else {
+                running.abandoned = true;
+                self.replan = true;
+            }
+        }
+    }
+
+    fn fencing_status(&self) -> serde_json::Value {
+        let history = self.coordinator.history().to_json();
+        serde_json::json!({
+            "states": self.coordinator.states(),
+            "history": history,
+            "devices": self.config.fence_devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        })
+    }
+
     fn resource_timeout(&self, group: &str, resource: &str) -> Duration {
         self.config
             .group(group)
@@ -821,7 +955,12 @@ impl Manager {
                     .iter()
                     .all(|g| self.peer_reported.contains(&g.name)),
             },
-            fencing: self.fencing.clone(),
+            fencing: self
+                .coordinator
+                .states()
+                .into_iter()
+                .map(|(node, state)| (node, policy_fence_state(state)))
+                .collect(),
             ping: self.ping.clone(),
             requests: self.requests.clone(),
             groups,
@@ -847,6 +986,16 @@ impl Manager {
     }
 
     fn send_report(&self) {
+        // Until every local resource has been probed this node does not know what it
+        // runs; a report saying "unknown" would read as "may hold everything" and make
+        // the peer fence a node that is only starting. The peer waits for the report.
+        if self
+            .resources
+            .values()
+            .any(|r| r.state == ResourceState::Unknown)
+        {
+            return;
+        }
         if let Some(ok) = self.ping.get(&self.local) {
             self.send(&PeerMessage::Ping { ok: *ok });
         }
@@ -1063,6 +1212,7 @@ impl Manager {
             "groups": groups,
             "maintenance": self.maintenance,
             "ping": self.ping,
+            "fencing": self.fencing_status(),
             "fencing_policy": match self.config.cluster.fencing {
                 FencingPolicy::None => "none",
                 _ => "required",
@@ -1073,6 +1223,24 @@ impl Manager {
             "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
         })
     }
+}
+
+/// The planner's name for a coordinator state (the two enums mirror each other).
+fn policy_fence_state(state: tandem_fencing::FenceState) -> FenceState {
+    use tandem_fencing::FenceState as F;
+    match state {
+        F::NotNeeded => FenceState::NotNeeded,
+        F::Required => FenceState::Required,
+        F::InProgress => FenceState::InProgress,
+        F::FencedOk => FenceState::FencedOk,
+        F::Failed => FenceState::Failed,
+        F::ConfirmedByOperator => FenceState::ConfirmedByOperator,
+    }
+}
+
+/// A seed for the coordinator's retry jitter: different on every start and node.
+fn seed() -> u64 {
+    clock::wall_ms() ^ (u64::from(std::process::id()) << 32)
 }
 
 fn log_transition(t: &Transition) {

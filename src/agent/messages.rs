@@ -42,6 +42,12 @@ pub enum PeerMessage {
         /// On or off.
         on: bool,
     },
+    /// A fencing attempt's record (result), so both nodes' histories show it and a
+    /// node waiting for the same fence learns it is done.
+    Fence {
+        /// The record as JSON (decoded with its size caps by `FenceRecord::from_json`).
+        r: String,
+    },
     /// The sender's outside connectivity (ipfail): its ping targets answer or not.
     Ping {
         /// Reachable.

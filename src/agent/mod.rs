@@ -190,6 +190,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         ),
         Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
         Request::Disk { name, command } => crate::disks::request(&name, command),
+        Request::Fence { node } => operator(manager.as_ref(), Operator::Fence(node)),
+        Request::FenceConfirm { node } => operator(manager.as_ref(), Operator::FenceConfirm(node)),
+        Request::FenceHistory => operator(manager.as_ref(), Operator::FenceHistory),
     });
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the root gate, the binary, polling.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cluster;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -970,11 +970,19 @@ impl<'s> Walker<'s> {
                     Some(FenceAgent::External(n.to_string()))
                 } else if s.starts_with("fence_") && valid_word(&s) {
                     Some(FenceAgent::FenceAgents(s.clone()))
+                } else if s.starts_with('/')
+                    && std::path::Path::new(&s)
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| f.starts_with("fence_") && valid_word(f))
+                {
+                    // A fence-agents program outside the standard directories.
+                    Some(FenceAgent::FenceAgents(s.clone()))
                 } else {
                     None
                 };
                 if agent.is_none() {
-                    self.err(v.span(), format!("invalid fence agent {s:?}: expected \"fence_NAME\" (fence-agents), \"external/NAME\" (Heartbeat plugin) or \"manual\""));
+                    self.err(v.span(), format!("invalid fence agent {s:?}: expected \"fence_NAME\" or \"/PATH/fence_NAME\" (fence-agents), \"external/NAME\" (Heartbeat plugin) or \"manual\""));
                 }
                 agent
             });

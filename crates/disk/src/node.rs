@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -91,7 +92,11 @@ enum Cmd {
 
 enum Event {
     IoDone(u64, Result<Option<Bytes>, IoFailure>),
-    LinkUp(u64, mpsc::UnboundedSender<Frame>, Vec<JoinHandle<()>>),
+    /// An authenticated connection. Its reader and writer are started by the event loop
+    /// only once it has made this connection the link: were the reader started earlier,
+    /// the peer's first `State` could reach the loop before `LinkUp`, be dropped as a
+    /// frame of an unknown link, and leave the core in `Handshaking` for good.
+    LinkUp(u64, OwnedReadHalf, OwnedWriteHalf),
     Frame(u64, Frame),
     LinkDown(u64),
     DialFailed,
@@ -454,19 +459,19 @@ impl Driver {
         let now = self.now_ms();
         match ev {
             Event::IoDone(io, result) => self.core.handle(now, Input::IoDone { io, result }),
-            Event::LinkUp(id, tx, tasks) => {
+            Event::LinkUp(id, rd, wr) => {
                 self.dialing = false;
                 if self.link.is_none()
                     && self.core.wants_connection()
                     && self.core.connection() == crate::core::ConnState::Connecting
                 {
+                    // Registered before its reader exists: every `Frame(id)` event is
+                    // queued behind this one.
+                    let (tx, tasks) = run_link(id, rd, wr, self.ev_tx.clone());
                     self.link = Some(Link { id, tx, tasks });
                     self.core.handle(now, Input::Connected);
-                } else {
-                    for t in tasks {
-                        t.abort();
-                    }
                 }
+                // Otherwise the halves drop here and the socket closes.
             }
             Event::Frame(id, f) => {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
@@ -574,8 +579,9 @@ impl Driver {
     }
 }
 
-/// Authenticates a fresh TCP connection in both directions, then runs its reader and
-/// writer and reports `LinkUp` (or nothing, if authentication fails).
+/// Authenticates a fresh TCP connection in both directions and hands it to the event
+/// loop as `LinkUp` (or reports `LinkDown`, if authentication fails). Nothing reads
+/// past the handshake here: the frames after it belong to the loop (see [`run_link`]).
 async fn establish(
     sock: TcpStream,
     initiator: bool,
@@ -611,16 +617,20 @@ async fn establish(
         let _ = ev.send(Event::LinkDown(id)).await;
         return;
     }
+    let _ = ev.send(Event::LinkUp(id, rd, wr)).await;
+}
+
+/// Starts the reader and writer of the link `id`. Called by the event loop after it
+/// registered the link, so the reader's first `Frame(id)` cannot overtake `LinkUp`.
+fn run_link(
+    id: u64,
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    ev: mpsc::Sender<Event>,
+) -> (mpsc::UnboundedSender<Frame>, Vec<JoinHandle<()>>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let ev_r = ev.clone();
-    // The reader starts only once `LinkUp` is queued: a frame queued before it would be
-    // dropped as belonging to no link (the peer's first State frame, leaving the
-    // handshake stuck).
-    let (go_tx, go_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
-        if go_rx.await.is_err() {
-            return;
-        }
         loop {
             match read_frame(&mut rd).await {
                 Ok(f) => {
@@ -635,7 +645,7 @@ async fn establish(
             }
         }
     });
-    let ev_w = ev.clone();
+    let ev_w = ev;
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(1 << 20);
         while let Some(f) = rx.recv().await {
@@ -654,8 +664,7 @@ async fn establish(
             }
         }
     });
-    let _ = ev.send(Event::LinkUp(id, tx, vec![reader, writer])).await;
-    let _ = go_tx.send(());
+    (tx, vec![reader, writer])
 }
 
 #[derive(Debug)]
@@ -664,7 +673,7 @@ enum ReadError {
     Decode,
 }
 
-async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Frame, ReadError> {
+async fn read_frame(rd: &mut OwnedReadHalf) -> Result<Frame, ReadError> {
     let mut h = [0u8; HEADER_LEN];
     rd.read_exact(&mut h).await.map_err(|_| ReadError::Io)?;
     let header = Header::decode(&h).map_err(|_| ReadError::Decode)?;
@@ -673,4 +682,67 @@ async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Frame, Re
         .await
         .map_err(|_| ReadError::Io)?;
     Frame::decode_payload(&header, &h, &payload).map_err(|_| ReadError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression for the precise cause of `node_loopback` hanging in `Handshaking`: the
+    /// link's reader used to start inside `establish`, before `LinkUp` was queued, so a
+    /// `State` sent right behind the handshake could reach the loop first and be dropped
+    /// as a frame of an unknown link. Now nothing past the handshake is read until the
+    /// loop starts the link, and then that frame is the first event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_frame_of_a_link_is_read_before_the_loop_starts_it() {
+        let secret = b"s3cret".to_vec();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer_secret = secret.clone();
+        // Scripted initiator: its answer and the next frame leave in one write.
+        let peer = tokio::spawn(async move {
+            let sock = TcpStream::connect(addr).await.unwrap();
+            let (mut rd, mut wr) = sock.into_split();
+            let mine = [7u8; 32];
+            wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes())
+                .await
+                .unwrap();
+            let Ok(Frame::AuthChallenge { nonce }) = read_frame(&mut rd).await else {
+                panic!("no challenge");
+            };
+            let mac = frame::auth_response(&peer_secret, &nonce, true);
+            let mut glued = Frame::AuthResponse { mac }.to_bytes();
+            glued.extend(Frame::Ping.to_bytes());
+            wr.write_all(&glued).await.unwrap();
+            let Ok(Frame::AuthResponse { mac }) = read_frame(&mut rd).await else {
+                panic!("no answer");
+            };
+            assert!(frame::auth_verify(&peer_secret, &mine, false, &mac));
+            (rd, wr)
+        });
+        let (sock, _) = listener.accept().await.unwrap();
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        establish(sock, false, secret, 7, ev_tx.clone()).await;
+        let _peer_halves = peer.await.unwrap();
+        let Some(Event::LinkUp(7, mut rd, wr)) = ev_rx.recv().await else {
+            panic!("authenticated link not handed to the loop first");
+        };
+        // The frame behind the handshake is still unread, and no event overtook LinkUp.
+        let mut magic = [0u8; 4];
+        rd.peek(&mut magic).await.unwrap();
+        assert_eq!(&magic, b"TDRF", "the next frame waits in the socket");
+        assert!(
+            ev_rx.try_recv().is_err(),
+            "nothing queued behind LinkUp yet"
+        );
+        // Once the loop has registered the link it starts it; the frame follows.
+        let (_tx, tasks) = run_link(7, rd, wr, ev_tx);
+        match ev_rx.recv().await {
+            Some(Event::Frame(7, Frame::Ping)) => {}
+            _ => panic!("the glued frame is the link's first event"),
+        }
+        for t in tasks {
+            t.abort();
+        }
+    }
 }

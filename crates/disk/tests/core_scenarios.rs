@@ -671,6 +671,50 @@ fn a_disk_that_ran_alone_uses_the_degraded_startup_wait() {
     assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 60_000);
 }
 
+/// Regression (node_loopback hung in `Handshaking` for 30 s): a link on which the
+/// peer's `State` never arrives — it was lost by the driver — while pings keep flowing
+/// must not park the core in the handshake for good. Within the ping timeout the core
+/// waits; after it, it drops the link and is `Connecting` again, so the driver redials.
+#[test]
+fn a_handshake_without_the_peers_state_times_out_despite_pings() {
+    let cfg = Config::default();
+    let timeout_ms = cfg.ping_timeout_ms;
+    let mut core = Core::new(cfg, meta(1), 1, 0);
+    core.connect(0, false);
+    core.handle(0, Input::Connected);
+    assert_eq!(core.connection(), ConnState::Handshaking);
+    let mut sent_state = false;
+    let mut disconnected = None;
+    let mut now = 0;
+    while now <= timeout_ms + 1000 {
+        // The peer answers and pings (last_rx stays fresh) but its State is gone.
+        core.handle(now, Input::Frame(Frame::Ping));
+        core.handle(now, Input::Tick);
+        while let Some(o) = core.poll_output() {
+            match o {
+                Output::Send(Frame::State(_)) => sent_state = true,
+                Output::Disconnect { reason } => {
+                    disconnected.get_or_insert((now, reason));
+                }
+                _ => {}
+            }
+        }
+        if now <= timeout_ms {
+            assert_eq!(core.connection(), ConnState::Handshaking, "at {now} ms");
+        }
+        now += 100;
+    }
+    assert!(sent_state, "our state went out at link up");
+    let (at_ms, reason) = disconnected.expect("the stuck handshake was dropped");
+    assert!(at_ms > timeout_ms && at_ms <= timeout_ms + 100, "{at_ms}");
+    assert!(reason.contains("handshake"), "{reason}");
+    assert_eq!(core.connection(), ConnState::Connecting);
+    assert!(core.wants_connection(), "the driver dials again");
+    // The next link handshakes normally.
+    core.handle(now, Input::Connected);
+    assert_eq!(core.connection(), ConnState::Handshaking);
+}
+
 /// A hostile (but authenticated) peer: random frames in random states never panic the
 /// core; at worst it drops the link.
 #[test]

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use tandem_disk::core::{Config, ConnState, DiskState, Status};
 use tandem_disk::meta::{MetaLocation, MetaStore};
 use tandem_disk::node::{NodeConfig, NodeHandle, start};
+use tandem_wire::frame::{self, Frame, HEADER_LEN, Header, StateReport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct TempDir(PathBuf);
 impl TempDir {
@@ -222,6 +224,87 @@ async fn a_wrong_secret_never_connects() {
     }
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Frame {
+    let mut h = [0u8; HEADER_LEN];
+    rd.read_exact(&mut h).await.unwrap();
+    let header = Header::decode(&h).unwrap();
+    let mut payload = vec![0u8; header.length as usize];
+    rd.read_exact(&mut payload).await.unwrap();
+    Frame::decode_payload(&header, &h, &payload).unwrap()
+}
+
+/// Regression for the 30 s hang in `Handshaking`: a peer that sends its `State` in the
+/// same TCP write as its authentication answer (the race the real peer wins when it gets
+/// its own `LinkUp` first). The node used to be able to read that frame before it had
+/// registered the link and drop it. A scripted peer does this 20 times in a row; each
+/// time the node must take the state (peer role known) and answer with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_right_behind_the_handshake_is_never_lost() {
+    let dir = TempDir::new("glued");
+    let listen = free_port();
+    let f = backing(&dir.0, "n.img", 1);
+    // "127.0.0.1:1" sorts below any other port: the node accepts, we dial.
+    let node = start(NodeConfig {
+        backing: f,
+        meta: MetaLocation::Internal,
+        listen,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        secret: b"g".to_vec(),
+        core: Config::default(),
+    })
+    .await
+    .unwrap();
+    let state = Frame::State(StateReport {
+        protocol: b'C',
+        role: 0,
+        disk: DiskState::Inconsistent as u8,
+        node_id: 99,
+        generations: [4, 0, 0, 0],
+        bitmap_bits: 0,
+        size_bytes: node.size_bytes(),
+        flags: 0,
+    });
+    for round in 0..20 {
+        let (mut rd, mut wr) = tokio::net::TcpStream::connect(listen)
+            .await
+            .unwrap()
+            .into_split();
+        let mine = [round as u8; 32];
+        wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes())
+            .await
+            .unwrap();
+        let Frame::AuthChallenge { nonce } = read_frame(&mut rd).await else {
+            panic!("no challenge");
+        };
+        let mut glued = Frame::AuthResponse {
+            mac: frame::auth_response(b"g", &nonce, true),
+        }
+        .to_bytes();
+        glued.extend(state.to_bytes());
+        wr.write_all(&glued).await.unwrap();
+        let Frame::AuthResponse { mac } = read_frame(&mut rd).await else {
+            panic!("no answer");
+        };
+        assert!(frame::auth_verify(b"g", &mine, false, &mac));
+        loop {
+            if let Frame::State(s) = read_frame(&mut rd).await {
+                assert_eq!(s.node_id, 1);
+                break;
+            }
+        }
+        wait_for(&node, &format!("peer state taken (round {round})"), |s| {
+            s.peer_role.is_some()
+        })
+        .await;
+        drop((rd, wr));
+        wait_for(&node, "link down", |s| {
+            s.connection == ConnState::Connecting
+        })
+        .await;
+    }
+    node.shutdown().await.unwrap();
 }
 
 /// Figures for docs/disk.md (not a timed assertion):

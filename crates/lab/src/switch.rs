@@ -89,6 +89,8 @@ pub fn switch_socket(lab: &str) -> PathBuf {
 pub struct PowerSwitch {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket, kept to wake the accept loop on drop.
+    listener: Arc<UnixListener>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -102,7 +104,15 @@ impl PowerSwitch {
 impl Drop for PowerSwitch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
+        // Wake the blocking accept. shutdown(2) on the listening socket does it even when
+        // its path is gone already (the lab's teardown removes the state directory).
+        // SAFETY: the descriptor stays open (we hold an Arc of the listener) for the call.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.listener),
+                libc::SHUT_RDWR,
+            )
+        };
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -129,17 +139,19 @@ impl Lab {
     /// Starts the lab's power switch in a thread of this process.
     pub fn power_switch(&self) -> Result<PowerSwitch, LabError> {
         let path = switch_socket(self.name());
-        let listener = bind(&path)?;
+        let listener = Arc::new(bind(&path)?);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        let listener2 = Arc::clone(&listener);
         let mut lab = self.handle();
         let thread = std::thread::Builder::new()
             .name(format!("lab-switch-{}", self.name()))
-            .spawn(move || serve(&listener, &mut lab, &stop2))
+            .spawn(move || serve(&listener2, &mut lab, &stop2))
             .map_err(crate::sys::io_err("spawn the power switch thread"))?;
         Ok(PowerSwitch {
             path,
             stop,
+            listener,
             thread: Some(thread),
         })
     }
@@ -161,7 +173,13 @@ fn serve(listener: &UnixListener, lab: &mut Lab, stop: &AtomicBool) {
         if stop.load(Ordering::SeqCst) || !crate::lab::state_dir(lab.name()).exists() {
             return;
         }
-        let Ok(stream) = conn else { continue };
+        let Ok(stream) = conn else {
+            // A listener shut down from another thread keeps failing: stop.
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        };
         let _ = handle(stream, lab);
     }
 }

@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
-use std::time::Duration;
 
 use crate::device::{BlockDevice, BufResult, DeviceError, DeviceFuture, check_range};
 
@@ -23,9 +22,7 @@ const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// disk would be involved, in which case the request goes to the pool after all.
 pub const DEFAULT_INLINE_MAX_BYTES: usize = 64 * 1024;
 
-/// An inline write slower than this slept in the kernel; stop writing inline for a while.
-const SLOW_INLINE_WRITE: Duration = Duration::from_micros(200);
-/// Writes sent to the pool after a slow inline write before inline writes are tried again.
+/// Writes sent to the pool after an inline write slept before inline writes are tried again.
 const INLINE_BACKOFF_WRITES: u32 = 1024;
 
 const FALLOC_UNKNOWN: u8 = 0;
@@ -103,6 +100,19 @@ fn pwrite_dsync(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()>
     Ok(())
 }
 
+/// Voluntary context switches of the calling thread so far (0 if unknown).
+fn voluntary_switches() -> i64 {
+    // SAFETY: getrusage writes only into the zeroed struct we pass.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut u) == 0 {
+            u.ru_nvcsw
+        } else {
+            0
+        }
+    }
+}
+
 /// Outcome of a non-blocking attempt.
 enum Nowait {
     /// Completed (fully) or failed for good.
@@ -177,7 +187,7 @@ fn pwritev2_nowait(file: &File, data: &[u8], offset: u64) -> Nowait {
 
 impl Inner {
     /// A plain buffered write on the calling thread, or `None` to use the pool while a
-    /// back-off from a slow inline write is running.
+    /// back-off from an inline write that slept is running.
     fn timed_inline_write(&self, data: &[u8], offset: u64) -> Option<io::Result<()>> {
         if self.inline_backoff_writes.load(Ordering::Relaxed) > 0 {
             let _ = self.inline_backoff_writes.fetch_update(
@@ -187,11 +197,12 @@ impl Inner {
             );
             return None;
         }
-        // The device measures its own syscall; this is I/O code, not a sans-IO core.
-        #[allow(clippy::disallowed_methods)]
-        let started = std::time::Instant::now();
+        // A write that slept in the kernel (page under writeback, dirty throttling, a
+        // lock) shows up as a voluntary context switch of this thread; being preempted on
+        // a busy machine does not, so wall-clock time would be the wrong signal.
+        let before = voluntary_switches();
         let r = self.file.write_all_at(data, offset);
-        if started.elapsed() > SLOW_INLINE_WRITE {
+        if voluntary_switches() != before {
             self.inline_backoff_writes
                 .store(INLINE_BACKOFF_WRITES, Ordering::Relaxed);
         }

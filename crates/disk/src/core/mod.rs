@@ -737,6 +737,8 @@ pub struct Core {
 
     // Link.
     last_rx_ms: u64,
+    /// When the current link came up (the handshake's deadline counts from here).
+    link_up_ms: u64,
     last_ping_ms: u64,
     now_ms: u64,
     sent_bytes: u64,
@@ -830,6 +832,7 @@ impl Core {
             verify_inflight: 0,
             verify_oos_blocks: 0,
             last_rx_ms: now_ms,
+            link_up_ms: now_ms,
             last_ping_ms: now_ms,
             now_ms,
             sent_bytes: 0,
@@ -1979,6 +1982,7 @@ impl Core {
         self.wire_ids.clear();
         self.peer = None;
         self.last_rx_ms = self.now_ms;
+        self.link_up_ms = self.now_ms;
         self.last_ping_ms = self.now_ms;
         self.bitmap_received = false;
         self.bitmap_sent = false;
@@ -2073,6 +2077,14 @@ impl Core {
         if self.conn.link_up() {
             if now.saturating_sub(self.last_rx_ms) > self.cfg.ping_timeout_ms {
                 self.drop_link("ping timeout");
+            } else if self.conn == ConnState::Handshaking
+                && self.peer.is_none()
+                && now.saturating_sub(self.link_up_ms) > self.cfg.ping_timeout_ms
+            {
+                // Pings keep a link alive, but a link whose peer never told us its state
+                // can never leave the handshake: drop it and let the driver dial again
+                // (a lost or misrouted `State` must not park the resource for good).
+                self.drop_link("handshake timeout: no state from the peer");
             } else if now.saturating_sub(self.last_ping_ms) >= self.cfg.ping_interval_ms {
                 self.last_ping_ms = now;
                 self.send(Frame::Ping);

@@ -229,10 +229,18 @@ impl RawClient {
         b
     }
 
-    /// True when the server closed the connection (EOF or reset) within the timeout.
+    /// True when the server closed the connection (EOF or reset) within the read timeout;
+    /// a timeout or stray data means it did not.
     pub fn closed_by_server(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+        match self.s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+        }
     }
 
     pub fn option(&mut self, option: u32, data: &[u8]) {

@@ -1,0 +1,302 @@
+//! A two-node cluster in the whitepaper's lab for the resource and fencing tests: a group
+//! of a service address (built-in ipaddr), a middle resource (Debian's
+//! `ocf:heartbeat:Dummy` by default) and an LSB init script that serves TCP, which the
+//! client host reaches through the address.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_lab::{HostProcess, Lab, PowerSwitch, Topology};
+
+use super::{TANDEM, wait_for, write_private};
+
+pub const VIP: &str = "192.168.1.100";
+
+/// An LSB init script: a TCP service on port 8080 with a pid file in the host's own /run.
+pub const WEB_SCRIPT: &str = r#"#!/bin/sh
+PIDFILE=/run/tandem/web.pid
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+case "$1" in
+  start)
+    running && exit 0
+    python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &
+    echo $! > "$PIDFILE"
+    # Ready when the port answers.
+    for i in $(seq 50); do
+      python3 -c "import socket; socket.create_connection(('127.0.0.1', 8080), 0.2)" 2>/dev/null && exit 0
+      sleep 0.1
+    done
+    exit 1 ;;
+  stop)
+    if [ -f "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null; rm -f "$PIDFILE"; fi
+    exit 0 ;;
+  status)
+    running && exit 0
+    exit 3 ;;
+  *) exit 2 ;;
+esac
+"#;
+
+/// What differs between the clusters the tests build.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// `auto_failback`.
+    pub auto_failback: &'static str,
+    /// The middle resource of the group (TOML), e.g. [`DUMMY`].
+    pub middle: &'static str,
+    /// Extra `[cluster]` keys.
+    pub cluster_extra: String,
+    /// `fencing`: `none` or `required`.
+    pub fencing: &'static str,
+    /// Tables appended to the file (fence devices); `{lab}` becomes the lab's name.
+    pub tail: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            auto_failback: "off",
+            middle: DUMMY,
+            cluster_extra: String::new(),
+            fencing: "none",
+            tail: String::new(),
+        }
+    }
+}
+
+/// The lab's power switch as the cluster's fence device (plugs are the host names).
+pub const LAB_FENCE_DEVICE: &str = r#"[[fence_device]]
+name = "lab-switch"
+agent = "fence_tandem_lab"
+params = { ipaddr = "{lab}" }
+timeout = "20s""#;
+
+fn cluster_toml(dir: &std::path::Path, lab: &str, o: &Opts) -> String {
+    let (auto_failback, middle, extra, fencing) =
+        (o.auto_failback, o.middle, &o.cluster_extra, o.fencing);
+    let tail = o.tail.replace("{lab}", lab);
+    format!(
+        r#"[cluster]
+name = "failover"
+{extra}
+keepalive = "200ms"
+deadtime = "1s"
+warntime = "500ms"
+initdead = "3s"
+auto_failback = "{auto_failback}"
+key_file = "{dir}/authkey"
+fencing = "{fencing}"
+
+[[node]]
+name = "ox1"
+[[node]]
+name = "ox2"
+
+[[link]]
+name = "hb"
+type = "ucast"
+interface = "eth1"
+peers = ["192.168.180.20", "192.168.180.10"]
+
+[[link]]
+name = "lan"
+type = "bcast"
+interface = "eth0"
+
+[[group]]
+name = "web"
+home = "ox1"
+
+[[group.resource]]
+name = "vip"
+type = "ipaddr"
+address = "{VIP}/24"
+interface = "eth0"
+monitor_interval = "1s"
+
+{middle}
+
+[[group.resource]]
+name = "httpd"
+type = "lsb"
+script = "{dir}/web"
+monitor_interval = "1s"
+
+{tail}
+"#,
+        dir = dir.display()
+    )
+}
+
+pub const DUMMY: &str = r#"[[group.resource]]
+name = "dummy"
+type = "ocf"
+provider = "heartbeat"
+agent = "Dummy"
+params = { state = "/run/tandem/dummy.state" }
+monitor_interval = "1s""#;
+
+/// Two agents in the whitepaper's lab, with the lab's power switch running in this
+/// process (so that fencing from inside a host works, and reaps what it kills).
+pub struct Cluster {
+    // Fields drop in order: the switch stops before the lab is torn down.
+    _switch: PowerSwitch,
+    /// The lab (ox1, ox2, client).
+    pub lab: Lab,
+    /// The configuration file.
+    pub config: PathBuf,
+    agents: Vec<(String, HostProcess)>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in ["ox1", "ox2"] {
+                let log = self.lab.data_dir().join(format!("{node}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                eprintln!("----- {node} agent log -----\n{text}");
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Builds the lab, writes the configuration and starts both agents.
+    pub fn start(opts: Opts) -> Cluster {
+        Self::start_with_files(opts, &[])
+    }
+
+    /// As [`Cluster::start`], with extra executable files in the lab's data directory
+    /// (`{dir}` in the configuration; `{tandem}` in a file is the tandem binary).
+    pub fn start_with_files(opts: Opts, files: &[(&str, &str)]) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
+        let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
+        let switch = lab.power_switch().expect("lab power switch");
+        let dir = lab.data_dir();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text.replace("{tandem}", TANDEM)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config = dir.join("cluster.toml");
+        let text =
+            cluster_toml(&dir, lab.name(), &opts).replace("{dir}", &dir.display().to_string());
+        std::fs::write(&config, text).unwrap();
+        write_private(&dir.join("authkey"), "failover test key 0123456789\n");
+        std::fs::write(dir.join("web"), WEB_SCRIPT).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join("web"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let mut c = Cluster {
+            lab,
+            config,
+            agents: Vec::new(),
+            _switch: switch,
+        };
+        c.start_agent("ox1");
+        c.start_agent("ox2");
+        c
+    }
+
+    pub fn start_agent(&mut self, node: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lab.data_dir().join(format!("{node}.log")))
+            .unwrap();
+        let mut cmd = Command::new(TANDEM);
+        cmd.arg("-c")
+            .arg(&self.config)
+            .args(["agent", "--node", node])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let p = self.lab.spawn(node, cmd).expect("spawn agent");
+        self.agents.push((node.to_string(), p));
+    }
+
+    /// Starts a node's agent again after its host was powered off and on.
+    pub fn restart_agent(&mut self, node: &str) {
+        self.agents.retain(|(n, _)| n != node);
+        self.start_agent(node);
+    }
+
+    /// Stops a node's agent cleanly (SIGTERM) and waits for it to exit.
+    pub fn stop_agent(&mut self, node: &str) {
+        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
+        let (_, p) = self.agents.remove(i);
+        assert!(p.signal(libc::SIGTERM), "{node}'s agent was not running");
+        let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{node}'s agent did not exit cleanly: {status:?}"
+        );
+    }
+
+    pub fn tandem(&self, node: &str, args: &[&str]) -> String {
+        let mut argv = vec![TANDEM, "-c", self.config.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        self.lab.run(node, &argv).expect("tandem command")
+    }
+
+    pub fn status(&self, node: &str) -> Option<Value> {
+        let config = self.config.to_str().unwrap();
+        let out = self
+            .lab
+            .run(node, &[TANDEM, "-c", config, "status", "--json"])
+            .ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    pub fn group(&self, node: &str) -> Option<Value> {
+        self.status(node)?["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["name"] == "web")
+            .cloned()
+    }
+
+    /// Waits until `node` reports the group started with `owner` owning it.
+    pub fn wait_owner(&self, node: &str, owner: &str) {
+        wait_for(Duration::from_secs(30), &format!("web on {owner}"), || {
+            let g = self.group(node)?;
+            (g["owner"] == owner && g["state"] == "started").then_some(())
+        });
+    }
+
+    pub fn client_connects(&self) -> bool {
+        self.lab
+            .run(
+                "client",
+                &[
+                    "python3",
+                    "-c",
+                    &format!("import socket; socket.create_connection(('{VIP}', 8080), 2)"),
+                ],
+            )
+            .is_ok()
+    }
+
+    pub fn client_neighbour_mac(&self) -> Option<String> {
+        self.lab
+            .neighbors("client")
+            .ok()?
+            .into_iter()
+            .find(|n| n.address == VIP)
+            .and_then(|n| n.mac)
+    }
+
+    /// Local resource start actions on `node`, in the order they ran.
+    pub fn starts(&self, node: &str) -> Vec<String> {
+        self.status(node)
+            .and_then(|s| s["actions"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["action"] == "start" && a["ok"] == true)
+            .map(|a| a["resource"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
