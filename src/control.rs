@@ -43,6 +43,13 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// `tandem disk up|down|primary|… NAME` (NAME may be `all`).
+    Disk {
+        /// The disk, or `all`.
+        name: String,
+        /// What to do.
+        command: crate::disks::DiskCommand,
+    },
     /// `tandem fence NODE`: fence it now through the configured devices.
     Fence {
         /// The node.
@@ -60,7 +67,11 @@ pub enum Request {
 impl Request {
     /// Whether this request changes the cluster's state (and must be logged).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Status | Request::FenceHistory)
+        match self {
+            Request::Status | Request::FenceHistory => false,
+            Request::Disk { command, .. } => command.changes_state(),
+            _ => true,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod clock;
 mod cmd;
 mod control;
 mod demo;
+mod disks;
 mod labcluster;
 mod state;
 
@@ -63,6 +64,8 @@ enum Command {
     /// Measure and print tables (root: runs in a lab).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// Replicated disks, in the manner of drbdadm (create-md, up, primary, status …).
+    Disk(cmd::disk::Args),
     /// Print the transition the policy engine plans for a case file.
     Simulate(cmd::simulate::Args),
     /// Fence a node, or check the fence devices.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Takeover(a) => cmd::operator::takeover(&cli.global, a),
         Command::Maintenance(a) => cmd::operator::maintenance(&cli.global, a),
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
+        Command::Disk(a) => cmd::disk::run(&cli.global, a),
         Command::Fence(a) => cmd::fence::run(&cli.global, a),
     };
     match result {

@@ -175,6 +175,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         manager.clone(),
     )?;
     handle_signals(stop_signals, manager.clone())?;
+    crate::disks::start(&config, &local)?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
@@ -188,6 +189,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Operator::Request(RequestKind::Takeover, scope),
         ),
         Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
+        Request::Disk { name, command } => crate::disks::request(&name, command),
         Request::Fence { node } => operator(manager.as_ref(), Operator::Fence(node)),
         Request::FenceConfirm { node } => operator(manager.as_ref(), Operator::FenceConfirm(node)),
         Request::FenceHistory => operator(manager.as_ref(), Operator::FenceHistory),
@@ -214,6 +216,7 @@ fn status_json(
             "links": m.links,
             "events": shared.events,
             "groups": [],
+            "disks": crate::disks::status_json(),
         })
     };
     if manager.is_some() {

@@ -1,3 +1,4 @@
 //! `tandem bench …`: measurements that print tables (never timed tests).
 
 pub mod detection;
+pub mod replication;

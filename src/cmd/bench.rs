@@ -8,12 +8,15 @@ use std::process::ExitCode;
 pub enum Command {
     /// Failure detection: power-off to node_dead, and false verdicts under a CPU hog.
     Detection(crate::bench::detection::Args),
+    /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
+    Replication(crate::bench::replication::Args),
 }
 
 /// Runs a benchmark.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Detection(args) => crate::bench::detection::run(args)?,
+        Command::Replication(args) => crate::bench::replication::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

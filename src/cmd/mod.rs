@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod disk;
 pub mod fence;
 pub mod lab;
 pub mod operator;

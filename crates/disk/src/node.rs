@@ -85,6 +85,8 @@ enum Cmd {
     Verify(oneshot::Sender<Result<(), AdminError>>),
     Invalidate(oneshot::Sender<Result<(), AdminError>>),
     Status(oneshot::Sender<Status>),
+    SetResyncPaused(bool),
+    StartupWait(u64, u64, oneshot::Sender<u64>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -185,6 +187,26 @@ impl NodeHandle {
     /// Status snapshot.
     pub async fn status(&self) -> Result<Status, NodeError> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Holds back (or releases) this disk's resync requests: the agent runs resync
+    /// groups in order with it (see `core::resync::groups_allowed`).
+    pub async fn set_resync_paused(&self, paused: bool) -> Result<(), NodeError> {
+        self.tx
+            .send(Cmd::SetResyncPaused(paused))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// How long startup should wait for the peer (`Core::startup_wait_ms`: the degraded
+    /// value when this disk last ran without its peer; 0 = forever).
+    pub async fn startup_wait_ms(
+        &self,
+        wfc_timeout_ms: u64,
+        degr_wfc_timeout_ms: u64,
+    ) -> Result<u64, NodeError> {
+        self.ask(|tx| Cmd::StartupWait(wfc_timeout_ms, degr_wfc_timeout_ms, tx))
+            .await
     }
 
     /// Stops the node (`tandem disk down`): the link closes, metadata stays as it is.
@@ -419,6 +441,10 @@ impl Driver {
             }
             Cmd::Status(tx) => {
                 let _ = tx.send(self.core.status());
+            }
+            Cmd::SetResyncPaused(paused) => self.core.set_resync_paused(now, paused),
+            Cmd::StartupWait(wfc, degr, tx) => {
+                let _ = tx.send(self.core.startup_wait_ms(wfc, degr));
             }
             Cmd::Shutdown(_) => {}
         }

@@ -1,0 +1,373 @@
+//! `tandem bench replication`: what replication costs, through the product's own path.
+//!
+//! Two `tandem agent`s run in lab hosts ox1 and ox2 (whitepaper topology) with three
+//! disks on preallocated files of the same size: `r0` protocol C and `r1` protocol A,
+//! replicated over the `hb` network, and `r2` (protocol C) disconnected after its initial
+//! sync, so it writes locally only. ox1 is primary for all three; fio's `nbd` engine
+//! drives each through the agent's NBD socket (reached from outside the host through
+//! `/proc/INIT/root`). As baselines, `qemu-nbd` and `nbdkit file` serve plain files in
+//! the same directory. Jobs and the table come from `tandem_nbd::bench`; every cell is
+//! the median of the rounds, and ratios are against qemu-nbd in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tandem_lab::{HostProcess, Lab, Topology};
+use tandem_nbd::bench::{BenchRow, FioJob, format_table, run_fio_job, standard_jobs};
+
+/// `tandem bench replication` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Size of every backing file, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Measured seconds per fio job.
+    #[arg(long, default_value_t = 5)]
+    pub runtime_s: u64,
+    /// Rounds (the median is reported).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Only jobs whose name contains this.
+    #[arg(long)]
+    pub jobs: Option<String>,
+    /// Comma-separated subset of: tandem-C, tandem-A, tandem-local, qemu-nbd, nbdkit.
+    #[arg(long)]
+    pub targets: Option<String>,
+}
+
+const TARGETS: [&str; 5] = ["qemu-nbd", "tandem-C", "tandem-A", "tandem-local", "nbdkit"];
+
+/// The tandem targets: (target, disk, protocol, replication port).
+const DISKS: [(&str, &str, &str, u16); 3] = [
+    ("tandem-C", "r0", "C", 7788),
+    ("tandem-A", "r1", "A", 7789),
+    ("tandem-local", "r2", "C", 7790),
+];
+
+fn config(dir: &Path) -> String {
+    let mut s = format!(
+        r#"[cluster]
+name = "benchrepl"
+keepalive = "200ms"
+deadtime = "2s"
+warntime = "1s"
+initdead = "4s"
+key_file = "{dir}/authkey"
+fencing = "none"
+
+[[node]]
+name = "ox1"
+[[node]]
+name = "ox2"
+
+[[link]]
+name = "hb"
+type = "ucast"
+interface = "eth1"
+peers = ["192.168.180.20", "192.168.180.10"]
+"#,
+        dir = dir.display()
+    );
+    for (_, disk, protocol, port) in DISKS {
+        s.push_str(&format!(
+            r#"
+[[disk]]
+name = "{disk}"
+protocol = "{protocol}"
+al_extents = 1000
+
+[disk.on.ox1]
+device = "/dev/tandem/{disk}"
+backing = "{dir}/ox1-{disk}.img"
+address = "192.168.180.20:{port}"
+
+[disk.on.ox2]
+device = "/dev/tandem/{disk}"
+backing = "{dir}/ox2-{disk}.img"
+address = "192.168.180.10:{port}"
+"#,
+            dir = dir.display()
+        ));
+    }
+    s
+}
+
+/// A child killed (by its own PID) when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn preallocate(path: &Path, size: u64) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let _ = std::fs::remove_file(path);
+    let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let len = i64::try_from(size).context("file size")?;
+    // SAFETY: plain syscall on an owned descriptor; no memory is passed.
+    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        bail!(
+            "fallocate {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::disallowed_methods)]
+fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Bench {
+    lab: Lab,
+    tandem: String,
+    config: PathBuf,
+    agents: Vec<HostProcess>,
+}
+
+impl Bench {
+    fn tandem(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut argv = vec![
+            self.tandem.as_str(),
+            "-c",
+            self.config.to_str().unwrap_or(""),
+        ];
+        argv.extend_from_slice(args);
+        self.lab
+            .run(node, &argv)
+            .map_err(|e| anyhow::anyhow!("tandem {args:?} on {node}: {e}"))
+    }
+
+    fn disk(&self, node: &str, disk: &str) -> Option<Value> {
+        let out = self
+            .tandem(node, &["disk", "status", "--json", disk])
+            .ok()?;
+        serde_json::from_str(&out).ok()
+    }
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("tandem bench replication needs root (it builds a lab)");
+    }
+    let targets: Vec<&str> = TARGETS
+        .into_iter()
+        .filter(|t| {
+            args.targets
+                .as_ref()
+                .is_none_or(|list| list.split(',').any(|x| x == *t))
+        })
+        .collect();
+    let jobs: Vec<FioJob> = standard_jobs()
+        .into_iter()
+        .filter(|j| {
+            args.jobs
+                .as_ref()
+                .is_none_or(|f| j.name.contains(f.as_str()))
+        })
+        .collect();
+    let size = args.size_mib << 20;
+    let data_bytes = tandem_disk::meta::Layout::internal(size)?.size_bytes;
+    // The same extent for every target: the tandem disks' data area, whole MiB.
+    let fio_bytes = data_bytes / (1 << 20) * (1 << 20);
+
+    let lab = Lab::up_auto(Topology::whitepaper()).context("build the lab")?;
+    let dir = lab.data_dir();
+    let key = dir.join("authkey");
+    std::fs::write(&key, "replication benchmark key 0123456789\n")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, config(&dir))?;
+    let mut bench = Bench {
+        lab,
+        tandem: std::env::current_exe()?.to_string_lossy().into_owned(),
+        config: config_path,
+        agents: Vec::new(),
+    };
+    eprintln!("preallocating {} files of {} MiB", 8, args.size_mib);
+    for node in ["ox1", "ox2"] {
+        for (_, disk, _, _) in DISKS {
+            preallocate(&dir.join(format!("{node}-{disk}.img")), size)?;
+            bench.tandem(node, &["disk", "create-md", disk, "--node", node])?;
+        }
+    }
+    for n in ["qemu-nbd", "nbdkit"] {
+        preallocate(&dir.join(format!("{n}.img")), size)?;
+    }
+    for node in ["ox1", "ox2"] {
+        let log = std::fs::File::create(dir.join(format!("{node}.log")))?;
+        let mut cmd = Command::new(&bench.tandem);
+        cmd.arg("-c")
+            .arg(&bench.config)
+            .args(["agent", "--node", node])
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        bench.agents.push(bench.lab.spawn(node, cmd)?);
+    }
+    for (_, disk, _, _) in DISKS {
+        for node in ["ox1", "ox2"] {
+            wait_for(
+                Duration::from_secs(30),
+                &format!("{disk} connected on {node}"),
+                || {
+                    bench
+                        .disk(node, disk)
+                        .filter(|s| s["connection"] == "connected")
+                },
+            )?;
+        }
+        bench.tandem("ox1", &["disk", "primary", "--force", disk])?;
+    }
+    eprintln!("initial full sync of {} MiB x 3", args.size_mib);
+    for (_, disk, _, _) in DISKS {
+        wait_for(Duration::from_secs(600), &format!("{disk} in sync"), || {
+            bench
+                .disk("ox2", disk)
+                .filter(|s| s["connection"] == "connected" && s["disk_state"] == "up_to_date")
+        })?;
+    }
+    bench.tandem("ox1", &["disk", "disconnect", "r2"])?;
+
+    let path_str = |p: PathBuf| p.to_string_lossy().into_owned();
+    let (qf, qs) = (
+        path_str(dir.join("qemu-nbd.img")),
+        path_str(dir.join("qemu-nbd.sock")),
+    );
+    let (kf, ks) = (
+        path_str(dir.join("nbdkit.img")),
+        path_str(dir.join("nbdkit.sock")),
+    );
+    let spawn = |tool: &str, a: &[&str]| -> anyhow::Result<ChildGuard> {
+        Command::new(tool)
+            .args(a)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(ChildGuard)
+            .with_context(|| format!("start {tool}"))
+    };
+    let qemu = spawn(
+        "qemu-nbd",
+        &[
+            "-f",
+            "raw",
+            "-x",
+            "bench",
+            "-k",
+            &qs,
+            "-t",
+            "-e",
+            "16",
+            "--cache=writeback",
+            "--aio=threads",
+            &qf,
+        ],
+    )?;
+    let nbdkit = spawn("nbdkit", &["-f", "-U", &ks, "file", &kf])?;
+    for s in [&qs, &ks] {
+        wait_for(Duration::from_secs(10), s, || {
+            std::os::unix::net::UnixStream::connect(s).ok()
+        })?;
+    }
+    let agent_pid = bench.agents.first().map(|a| a.pid());
+    let target_uri = |t: &str| -> anyhow::Result<(String, Option<u32>)> {
+        Ok(match t {
+            "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), Some(qemu.0.id())),
+            "nbdkit" => (format!("nbd+unix:///?socket={ks}"), Some(nbdkit.0.id())),
+            _ => {
+                let disk = DISKS
+                    .iter()
+                    .find(|d| d.0 == t)
+                    .map(|d| d.1)
+                    .context("unknown target")?;
+                let sock = bench
+                    .lab
+                    .host_path("ox1", &format!("/run/tandem/disk/{disk}.nbd"))?;
+                (
+                    format!("nbd+unix:///{disk}?socket={}", sock.display()),
+                    agent_pid,
+                )
+            }
+        })
+    };
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for job in &jobs {
+        let mut samples: Vec<Vec<BenchRow>> = vec![Vec::new(); targets.len()];
+        for _ in 0..args.rounds.max(1) {
+            for (i, t) in targets.iter().enumerate() {
+                let (uri, pid) = target_uri(t)?;
+                let row = run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, pid)?;
+                eprintln!(
+                    "{:<20} {:<13} {:>9.1} MiB/s {:>9.0} IOPS",
+                    job.name,
+                    t,
+                    row.bytes_per_s / 1048576.0,
+                    row.iops
+                );
+                samples[i].push(row);
+            }
+        }
+        for mut s in samples {
+            s.sort_by(|a, b| a.bytes_per_s.total_cmp(&b.bytes_per_s));
+            let mid = s.len() / 2;
+            if let Some(r) = s.into_iter().nth(mid) {
+                rows.push(r);
+            }
+        }
+    }
+    // How much crossed the link, as a sanity check that C and A did replicate.
+    let mut link = String::new();
+    for (t, disk, _, _) in DISKS {
+        if let Some(s) = bench.disk("ox1", disk) {
+            link.push_str(&format!(
+                "{t} ({disk}): {} on ox1, sent {} MiB to the peer\n",
+                s["connection"].as_str().unwrap_or("?"),
+                s["sent_bytes"].as_u64().unwrap_or(0) >> 20
+            ));
+        }
+    }
+    println!(
+        "Replication benchmark: fio {} s per job, {} round(s), {} MiB files, fio size {} MiB",
+        args.runtime_s,
+        args.rounds.max(1),
+        args.size_mib,
+        fio_bytes >> 20
+    );
+    println!();
+    print!("{}", format_table(&rows, "qemu-nbd"));
+    println!();
+    print!("{link}");
+    println!("server CPU/op for tandem-* is the primary's whole agent (ox1), replication included");
+    for a in &bench.agents {
+        let _ = a.kill();
+    }
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! The disk service of `tandem agent`: every configured `[[disk]]` with a host entry for
+//! this node runs here — a replication node (`tandem_disk::node`) and an NBD export on a
+//! Unix socket (default `/run/tandem/disk/NAME.nbd`, export name `NAME`).
+//!
+//! ```text
+//!   control socket thread ──block_on──▶ ┌─────────── tokio runtime "disk-*" ───────────┐
+//!   (tandem disk …, tandem status)      │ per disk: node (core + link) ◀── NBD server  │
+//!                                       │ monitor task: roles, resync groups, startup  │
+//!                                       └──────────────────────────────────────────────┘
+//! ```
+//!
+//! The rest of the agent is threads; this module owns the only tokio runtime (two worker
+//! threads) and never blocks the heartbeat or resource threads: control requests are
+//! answered by `block_on` from the control socket's own connection thread.
+//!
+//! The replication link's secret is derived from the cluster key file, per disk:
+//! `HMAC-SHA256(key = the key file's secret, message = "tandem disk link v1: " ‖ NAME)`.
+//! Both nodes hold the same key file, so they derive the same secret; a node with a
+//! different key file never passes the link's challenge/response. The key file's secret
+//! itself never crosses the link.
+
+mod device;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
+use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
+use tandem_disk::core::{ConnState, Protocol, Role};
+use tandem_disk::meta::MetaLocation;
+use tandem_disk::node::{self, NodeConfig, NodeHandle};
+use tandem_nbd::{Server, ServerConfig};
+use tokio::sync::watch;
+
+use crate::control::Response;
+pub use device::ReplicatedDevice;
+
+/// How long `primary` (without `--force`) waits for a running startup wait to end.
+const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
+/// How often the monitor looks at every disk (roles, resync groups).
+const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a status query may take before the disk is reported unresponsive.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `tandem disk` command carried over the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskCommand {
+    /// Attach the backing store, start replicating and serving NBD.
+    Up,
+    /// Stop serving and replicating (a primary is demoted first).
+    Down,
+    /// Become primary.
+    Primary {
+        /// Promote even on inconsistent/outdated data, or during the startup wait.
+        force: bool,
+    },
+    /// Become secondary.
+    Secondary,
+    /// (Re)connect to the peer.
+    Connect {
+        /// Resolve a split brain by throwing this side's changes away.
+        discard_my_data: bool,
+    },
+    /// Drop the link and stay standalone.
+    Disconnect,
+    /// Online verify against the peer.
+    Verify,
+    /// Mark the whole local disk out of sync (full resync from the peer).
+    Invalidate,
+    /// Report the state.
+    Status,
+}
+
+impl DiskCommand {
+    /// Whether the command changes state (and must be logged).
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, DiskCommand::Status)
+    }
+}
+
+/// One configured disk of this node.
+struct Slot {
+    disk: Disk,
+    running: Option<Arc<Running>>,
+    /// Why the last `up` failed, for status.
+    error: Option<String>,
+}
+
+/// A disk that is up.
+struct Running {
+    node: NodeHandle,
+    server: Arc<Server>,
+    socket: PathBuf,
+    /// Kept current by the monitor and by promote/demote; the NBD device reads it.
+    primary: Arc<AtomicBool>,
+    /// What the monitor last told the core about resync groups.
+    resync_paused: AtomicBool,
+    /// True while the startup wait (wfc_timeout / degr_wfc_timeout) runs.
+    waiting: watch::Receiver<bool>,
+    /// The startup wait in ms (0 = forever).
+    wait_ms: u64,
+    started: Instant,
+}
+
+/// The service: one per agent.
+struct Service {
+    runtime: tokio::runtime::Runtime,
+    local: String,
+    key_secret: Vec<u8>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+}
+
+static SERVICE: OnceLock<Service> = OnceLock::new();
+
+/// Starts the disk service: brings up every configured disk that has a host entry for
+/// `local` (errors are logged and shown in status; they never stop the agent), and the
+/// monitor that keeps roles and resync groups current. Call once.
+pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
+    let mine: Vec<Disk> = config
+        .disks
+        .iter()
+        .filter(|d| d.host(local).is_some())
+        .cloned()
+        .collect();
+    let key_secret = if mine.is_empty() {
+        Vec::new()
+    } else {
+        let path = &config.cluster.key_file;
+        let (key, _) =
+            tandem_config::key::check_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        if key.secret.is_empty() {
+            tracing::warn!(
+                "{}: the key has no secret (crc): replication links are not authenticated",
+                path.display()
+            );
+        }
+        key.secret
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("disk")
+        .enable_all()
+        .build()
+        .context("start the disk service's runtime")?;
+    let slots = mine
+        .into_iter()
+        .map(|disk| {
+            (
+                disk.name.clone(),
+                Slot {
+                    disk,
+                    running: None,
+                    error: None,
+                },
+            )
+        })
+        .collect();
+    let service = Service {
+        runtime,
+        local: local.to_string(),
+        key_secret,
+        slots: Mutex::new(slots),
+    };
+    if SERVICE.set(service).is_err() {
+        bail!("the disk service was started twice");
+    }
+    let Some(service) = SERVICE.get() else {
+        bail!("the disk service did not start");
+    };
+    let names: Vec<String> = service.lock().keys().cloned().collect();
+    for name in names {
+        if let Err(err) = service.up(&name) {
+            tracing::error!(disk = %name, "disk did not come up: {err:#}");
+        }
+    }
+    service.runtime.spawn(monitor(service));
+    Ok(())
+}
+
+/// Answers a `tandem disk` request (`name` may be `all`).
+pub fn request(name: &str, command: DiskCommand) -> Response {
+    let Some(service) = SERVICE.get() else {
+        return Response::error("the disk service is not running");
+    };
+    let names: Vec<String> = if name == "all" {
+        service.lock().keys().cloned().collect()
+    } else if service.lock().contains_key(name) {
+        vec![name.to_string()]
+    } else {
+        return Response::error(format!(
+            "no disk {name:?} on this node ({}): not configured, or no [disk.on.{}] entry",
+            service.local, service.local
+        ));
+    };
+    let mut bodies = Vec::new();
+    let mut errors = Vec::new();
+    for n in &names {
+        match service.command(n, &command) {
+            Ok(()) => {}
+            Err(err) => errors.push(format!("{n}: {err:#}")),
+        }
+        bodies.push(service.disk_json(n));
+    }
+    if !errors.is_empty() {
+        return Response::error(errors.join("; "));
+    }
+    if name == "all" {
+        Response::ok(json!({ "disks": bodies }))
+    } else {
+        Response::ok(bodies.pop().unwrap_or(Value::Null))
+    }
+}
+
+/// Every disk of this node as `tandem status --json` shows it under `disks` (empty when
+/// the service is not running or this node has no disks).
+pub fn status_json() -> Value {
+    let Some(service) = SERVICE.get() else {
+        return json!([]);
+    };
+    let names: Vec<String> = service.lock().keys().cloned().collect();
+    Value::Array(names.iter().map(|n| service.disk_json(n)).collect())
+}
+
+/// `HMAC-SHA256(key, "tandem disk link v1: " ‖ name)`: the replication link's secret.
+pub fn link_secret(key_secret: &[u8], name: &str) -> Vec<u8> {
+    hmac_sha256(
+        key_secret,
+        format!("tandem disk link v1: {name}").as_bytes(),
+    )
+    .to_vec()
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&tandem_wire::sha256(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Vec::with_capacity(BLOCK + message.len());
+    inner.extend(k.iter().map(|b| b ^ 0x36));
+    inner.extend_from_slice(message);
+    let inner_hash = tandem_wire::sha256(&inner);
+    let mut outer = Vec::with_capacity(BLOCK + 32);
+    outer.extend(k.iter().map(|b| b ^ 0x5c));
+    outer.extend_from_slice(&inner_hash);
+    tandem_wire::sha256(&outer)
+}
+
+/// The disk's metadata location from its host entry.
+pub fn meta_location(meta: &Meta) -> anyhow::Result<MetaLocation> {
+    match meta {
+        Meta::Internal => Ok(MetaLocation::Internal),
+        Meta::External { path, index: None } => Ok(MetaLocation::External(path.clone())),
+        Meta::External {
+            path,
+            index: Some(i),
+        } => bail!(
+            "meta {} [{i}]: indexed metadata slots are not supported; give each disk its own metadata file",
+            path.display()
+        ),
+    }
+}
+
+/// The core's settings from the configuration.
+pub fn core_config(disk: &Disk) -> tandem_disk::core::Config {
+    let no_primary = match disk.after_sb_0pri {
+        AfterSb0Pri::Disconnect => SplitBrainPolicy::Disconnect,
+        AfterSb0Pri::DiscardYoungerPrimary => SplitBrainPolicy::DiscardYoungerPrimary,
+        AfterSb0Pri::DiscardZeroChanges => SplitBrainPolicy::DiscardZeroChanges,
+        AfterSb0Pri::DiscardLeastChanges => SplitBrainPolicy::DiscardLeastChanges,
+        // Not implemented by the core: the safe choice is to leave it to the operator.
+        AfterSb0Pri::DiscardOlderPrimary => SplitBrainPolicy::Disconnect,
+    };
+    let one_primary = match disk.after_sb_1pri {
+        AfterSb1Pri::Disconnect => SplitBrainPolicy::Disconnect,
+        AfterSb1Pri::Consensus => SplitBrainPolicy::Consensus,
+        AfterSb1Pri::DiscardSecondary => SplitBrainPolicy::DiscardSecondary,
+    };
+    let net_timeout_ms = (disk.net_timeout.as_millis() as u64).max(1000);
+    tandem_disk::core::Config {
+        protocol: match disk.protocol {
+            tandem_config::Protocol::A => Protocol::A,
+            tandem_config::Protocol::B => Protocol::B,
+            tandem_config::Protocol::C => Protocol::C,
+        },
+        al_extents: disk.al_extents,
+        resync_rate_bytes_per_s: disk.rate_bytes_per_s,
+        after_split_brain: AfterSplitBrain {
+            no_primary,
+            one_primary,
+            two_primaries: SplitBrainPolicy::Disconnect,
+        },
+        // The core drops the link after `ping_timeout_ms` of silence, so an idle link
+        // must be pinged well within `net_timeout`.
+        ping_interval_ms: (disk.ping_interval.as_millis() as u64).min(net_timeout_ms / 3),
+        ping_timeout_ms: net_timeout_ms,
+        ..Default::default()
+    }
+}
+
+fn millis(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| (d.as_millis() as u64).max(1))
+}
+
+impl Service {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self, name: &str) -> Option<Arc<Running>> {
+        self.lock().get(name).and_then(|s| s.running.clone())
+    }
+
+    fn command(&'static self, name: &str, command: &DiskCommand) -> anyhow::Result<()> {
+        if *command == DiskCommand::Up {
+            return self.up(name);
+        }
+        if *command == DiskCommand::Status {
+            return Ok(());
+        }
+        let Some(r) = self.running(name) else {
+            bail!("disk is down (tandem disk up {name})");
+        };
+        let rt = &self.runtime;
+        match command {
+            DiskCommand::Up | DiskCommand::Status => Ok(()),
+            DiskCommand::Down => self.down(name, &r),
+            DiskCommand::Primary { force } => {
+                if !force && *r.waiting.borrow() {
+                    let mut waiting = r.waiting.clone();
+                    // The timer must be made inside the runtime.
+                    let _ = rt.block_on(async {
+                        tokio::time::timeout(PRIMARY_WAITS_FOR_STARTUP, waiting.wait_for(|w| !*w))
+                            .await
+                    });
+                    if *r.waiting.borrow() {
+                        let left = if r.wait_ms == 0 {
+                            "no timeout (wfc_timeout = 0)".to_string()
+                        } else {
+                            let left_ms = r.wait_ms.saturating_sub(
+                                crate::clock::now().duration_since(r.started).as_millis() as u64,
+                            );
+                            format!("{} s left", left_ms.div_ceil(1000))
+                        };
+                        bail!(
+                            "still waiting for the peer at startup ({left}); `primary --force` goes on alone"
+                        );
+                    }
+                }
+                rt.block_on(r.node.promote(*force))??;
+                r.primary.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            DiskCommand::Secondary => {
+                rt.block_on(r.node.demote())??;
+                r.primary.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            DiskCommand::Connect { discard_my_data } => {
+                Ok(rt.block_on(r.node.connect(*discard_my_data))?)
+            }
+            DiskCommand::Disconnect => Ok(rt.block_on(r.node.disconnect())?),
+            DiskCommand::Verify => Ok(rt.block_on(r.node.verify())??),
+            DiskCommand::Invalidate => Ok(rt.block_on(r.node.invalidate())??),
+        }
+    }
+
+    /// Starts a disk: metadata checked, node started, NBD socket bound, startup wait.
+    fn up(&'static self, name: &str) -> anyhow::Result<()> {
+        let disk = {
+            let slots = self.lock();
+            let Some(slot) = slots.get(name) else {
+                bail!("no disk {name:?} on this node");
+            };
+            if slot.running.is_some() {
+                return Ok(());
+            }
+            slot.disk.clone()
+        };
+        let result = self.start_disk(&disk);
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(name) else {
+            bail!("no disk {name:?} on this node");
+        };
+        match result {
+            Ok(running) => {
+                slot.running = Some(running);
+                slot.error = None;
+                Ok(())
+            }
+            Err(err) => {
+                slot.error = Some(format!("{err:#}"));
+                Err(err)
+            }
+        }
+    }
+
+    fn start_disk(&'static self, disk: &Disk) -> anyhow::Result<Arc<Running>> {
+        let name = disk.name.clone();
+        let host = disk
+            .host(&self.local)
+            .with_context(|| format!("no [disk.on.{}] entry", self.local))?;
+        let peer = disk
+            .hosts
+            .iter()
+            .find(|h| h.node != self.local)
+            .context("the disk names no peer node")?;
+        let cfg = NodeConfig {
+            backing: host.backing.clone(),
+            meta: meta_location(&host.meta)?,
+            listen: host.address,
+            peer: peer.address,
+            secret: link_secret(&self.key_secret, &name),
+            core: core_config(disk),
+        };
+        let socket = tandem_nbd::default_socket_path(&name);
+        let several_groups = {
+            let slots = self.lock();
+            let first = slots.values().next().map(|s| s.disk.resync_group);
+            slots.values().any(|s| Some(s.disk.resync_group) != first)
+        };
+        let (wfc, degr) = (millis(disk.wfc_timeout), millis(disk.degr_wfc_timeout));
+        let rt = &self.runtime;
+        let (node, server, primary, wait_ms) = rt.block_on(async {
+            let node = node::start(cfg)
+                .await
+                .with_context(|| format!("start the replication node on {}", host.address))?;
+            let primary = Arc::new(AtomicBool::new(false));
+            let device = Arc::new(ReplicatedDevice::new(node.clone(), primary.clone()));
+            let server = Server::new(ServerConfig::default());
+            let listener = match async {
+                server.add_export(&name, &format!("tandem disk {name}"), device)?;
+                tandem_nbd::bind_unix(&socket).await
+            }
+            .await
+            {
+                Ok(l) => l,
+                Err(err) => {
+                    let _ = node.shutdown().await;
+                    return Err(anyhow!(err).context(format!("serve NBD on {}", socket.display())));
+                }
+            };
+            tokio::spawn(server.clone().serve_unix(listener, Some(name.clone())));
+            if several_groups {
+                // Until the monitor has seen every disk, no resync may jump the order.
+                let _ = node.set_resync_paused(true).await;
+            }
+            let wait_ms = node.startup_wait_ms(wfc, degr).await?;
+            anyhow::Ok((node, server, primary, wait_ms))
+        })?;
+        let (wait_tx, wait_rx) = watch::channel(true);
+        let running = Arc::new(Running {
+            node: node.clone(),
+            server,
+            socket: socket.clone(),
+            primary,
+            resync_paused: AtomicBool::new(several_groups),
+            waiting: wait_rx,
+            wait_ms,
+            started: crate::clock::now(),
+        });
+        rt.spawn(startup_wait(name.clone(), node, wait_ms, wait_tx));
+        tracing::info!(
+            disk = %name,
+            listen = %host.address,
+            peer = %peer.address,
+            nbd = %socket.display(),
+            "disk up"
+        );
+        Ok(running)
+    }
+
+    fn down(&self, name: &str, r: &Running) -> anyhow::Result<()> {
+        let rt = &self.runtime;
+        // As DRBD refuses to take down a device someone holds open.
+        let clients = r.server.stats().connections_active;
+        if clients > 0 {
+            bail!(
+                "in use by {clients} NBD client(s) on {}",
+                r.socket.display()
+            );
+        }
+        // No new NBD clients from here on.
+        r.server.shutdown();
+        r.server.remove_export(name);
+        let status = rt.block_on(r.node.status())?;
+        if status.role == Role::Primary {
+            let mut last = None;
+            for _ in 0..50 {
+                match rt.block_on(r.node.demote())? {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(e) = last {
+                bail!("cannot demote before going down: {e}");
+            }
+        }
+        r.primary.store(false, Ordering::Relaxed);
+        rt.block_on(r.node.shutdown())?;
+        let _ = std::fs::remove_file(&r.socket);
+        if let Some(slot) = self.lock().get_mut(name) {
+            slot.running = None;
+        }
+        tracing::info!(disk = %name, "disk down");
+        Ok(())
+    }
+
+    fn disk_json(&self, name: &str) -> Value {
+        let (disk, running, error) = {
+            let slots = self.lock();
+            let Some(s) = slots.get(name) else {
+                return json!({ "name": name, "error": "not configured on this node" });
+            };
+            (s.disk.clone(), s.running.clone(), s.error.clone())
+        };
+        let mut v = json!({
+            "name": name,
+            "up": running.is_some(),
+            "protocol": format!("{:?}", disk.protocol),
+            "resync_group": disk.resync_group,
+            "rate_limit_bytes_per_s": disk.rate_bytes_per_s,
+        });
+        if let Some(e) = error {
+            v["error"] = json!(e);
+        }
+        let Some(r) = running else {
+            return v;
+        };
+        v["nbd_socket"] = json!(r.socket);
+        v["waiting_for_peer"] = json!(*r.waiting.borrow());
+        v["resync_paused"] = json!(r.resync_paused.load(Ordering::Relaxed));
+        v["nbd"] = json!(
+            r.server
+                .stats()
+                .pairs()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+        );
+        let status = self
+            .runtime
+            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.status()).await });
+        match status {
+            Ok(Ok(s)) => {
+                if let (Some(obj), Ok(Value::Object(report))) =
+                    (v.as_object_mut(), serde_json::to_value(s.report()))
+                {
+                    obj.extend(report);
+                }
+                v["resync_moved_bytes"] = json!(s.resync_moved_bytes);
+                v["generations"] = json!(s.generations);
+                v["last_disconnect_reason"] = json!(s.last_disconnect_reason);
+                v["verify_out_of_sync_blocks"] = json!(s.verify_out_of_sync_blocks);
+                v["last_decision"] = json!(s.last_decision);
+            }
+            Ok(Err(e)) => v["error"] = json!(format!("{e}")),
+            Err(_) => v["error"] = json!("the disk did not answer within 5 s"),
+        }
+        v
+    }
+}
+
+/// The startup wait (DRBD's `wfc-timeout` / `degr-wfc-timeout`): logs while the peer is
+/// awaited and clears `waiting` when the handshake is done or the time is up.
+async fn startup_wait(name: String, node: NodeHandle, wait_ms: u64, waiting: watch::Sender<bool>) {
+    let start = crate::clock::now();
+    if wait_ms == 0 {
+        tracing::info!(disk = %name, "waiting for the peer (no timeout)");
+    } else {
+        tracing::info!(disk = %name, wait_ms, "waiting for the peer");
+    }
+    let mut next_log = Duration::from_secs(30);
+    loop {
+        match node.status().await {
+            Ok(s) => match s.connection {
+                ConnState::Connected
+                | ConnState::SyncSource
+                | ConnState::SyncTarget
+                | ConnState::VerifySource => {
+                    tracing::info!(disk = %name, connection = ?s.connection, "peer connected");
+                    break;
+                }
+                ConnState::StandAlone => {
+                    tracing::warn!(
+                        disk = %name,
+                        reason = ?s.last_disconnect_reason,
+                        "standalone: not waiting for the peer any longer"
+                    );
+                    break;
+                }
+                _ => {}
+            },
+            Err(_) => break,
+        }
+        let waited = crate::clock::now().duration_since(start);
+        if wait_ms != 0 && waited >= Duration::from_millis(wait_ms) {
+            tracing::warn!(disk = %name, wait_ms, "no peer: going on alone (degraded)");
+            break;
+        }
+        if waited >= next_log {
+            tracing::info!(disk = %name, waited_s = waited.as_secs(), "still waiting for the peer");
+            next_log += Duration::from_secs(30);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = waiting.send(false);
+}
+
+/// Keeps every running disk's role flag current and runs resync groups in order: only
+/// the lowest group with a pending resync may resync (`groups_allowed`).
+async fn monitor(service: &'static Service) {
+    loop {
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+        let disks: Vec<(u32, Arc<Running>)> = service
+            .lock()
+            .values()
+            .filter_map(|s| s.running.clone().map(|r| (s.disk.resync_group, r)))
+            .collect();
+        let mut pending = Vec::with_capacity(disks.len());
+        for (group, r) in &disks {
+            let needs = match r.node.status().await {
+                Ok(s) => {
+                    r.primary.store(s.role == Role::Primary, Ordering::Relaxed);
+                    matches!(
+                        s.connection,
+                        ConnState::SyncTarget | ConnState::WaitBitmapTarget
+                    )
+                }
+                Err(_) => false,
+            };
+            pending.push((*group, needs));
+        }
+        let allowed = tandem_disk::core::resync::groups_allowed(&pending);
+        // With one group nothing is ever held back. With several, every disk that is not
+        // allowed stays paused — also one with nothing to resync yet, so that a resync
+        // starting between two looks cannot run ahead of a lower group.
+        let several_groups = pending.windows(2).any(|w| w[0].0 != w[1].0);
+        for ((_, r), ok) in disks.iter().zip(&allowed) {
+            let pause = several_groups && !ok;
+            if r.resync_paused.swap(pause, Ordering::Relaxed) != pause {
+                let _ = r.node.set_resync_paused(pause).await;
+            }
+        }
+    }
+}

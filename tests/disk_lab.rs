@@ -1,0 +1,756 @@
+//! Replicated disks for real: two `tandem agent`s in lab hosts ox1 and ox2 replicate a
+//! disk over the `hb` network (192.168.180.20 ↔ .10); clients write through the NBD
+//! socket each agent serves (`/run/tandem/disk/r0.nbd` inside the host), with qemu-io and
+//! nbdcopy. Backing files live in the lab's data directory, one per host.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TANDEM, root_or_skip, wait_for, write_private};
+use serde_json::Value;
+use tandem_lab::{HostProcess, Lab, Topology};
+
+const SOCK: &str = "/run/tandem/disk/r0.nbd";
+const URI: &str = "nbd+unix:///r0?socket=/run/tandem/disk/r0.nbd";
+const MIB: u64 = 1 << 20;
+
+fn config_toml(
+    dir: &std::path::Path,
+    key: &str,
+    disk_extra: &str,
+    size_note: &str,
+    r1: Option<&str>,
+) -> String {
+    let r1 = r1.map_or(String::new(), |extra| {
+        format!(
+            r#"
+[[disk]]
+name = "r1"
+{extra}
+
+[disk.on.ox1]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox1-r1.img"
+address = "192.168.180.20:7789"
+
+[disk.on.ox2]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox2-r1.img"
+address = "192.168.180.10:7789"
+"#,
+            dir = dir.display()
+        )
+    });
+    let mut s = format!(
+        r#"# {size_note}
+[cluster]
+name = "disklab"
+keepalive = "200ms"
+deadtime = "2s"
+warntime = "1s"
+initdead = "4s"
+key_file = "{dir}/{key}"
+fencing = "none"
+
+[[node]]
+name = "ox1"
+[[node]]
+name = "ox2"
+
+[[link]]
+name = "hb"
+type = "ucast"
+interface = "eth1"
+peers = ["192.168.180.20", "192.168.180.10"]
+
+[[disk]]
+name = "r0"
+protocol = "C"
+{disk_extra}
+
+[disk.on.ox1]
+device = "/dev/tandem/r0"
+backing = "{dir}/ox1-r0.img"
+address = "192.168.180.20:7788"
+
+[disk.on.ox2]
+device = "/dev/tandem/r0"
+backing = "{dir}/ox2-r0.img"
+address = "192.168.180.10:7788"
+"#,
+        dir = dir.display()
+    );
+    s.push_str(&r1);
+    s
+}
+
+struct Cluster {
+    lab: Lab,
+    configs: [PathBuf; 2],
+    agents: Vec<(String, HostProcess)>,
+    size_bytes: u64,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in ["ox1", "ox2"] {
+                let log = self.lab.data_dir().join(format!("{node}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("----- {node} agent log (tail) -----");
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+fn idx(node: &str) -> usize {
+    if node == "ox1" { 0 } else { 1 }
+}
+
+impl Cluster {
+    /// A lab with backing files of `backing_mib` MiB and metadata created on both nodes;
+    /// `same_key = false` gives the nodes different key files.
+    fn new(backing_mib: u64, disk_extra: &str, same_key: bool) -> Cluster {
+        Self::with_r1(backing_mib, disk_extra, same_key, None)
+    }
+
+    /// As `new`, with a second disk `r1` (its `[[disk]]` extra keys) when given.
+    fn with_r1(backing_mib: u64, disk_extra: &str, same_key: bool, r1: Option<&str>) -> Cluster {
+        let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
+        let dir = lab.data_dir();
+        write_private(&dir.join("authkey"), "disk lab key 0123456789abcdef\n");
+        write_private(&dir.join("otherkey"), "another key entirely 987654321\n");
+        let c1 = dir.join("ox1.toml");
+        let c2 = dir.join("ox2.toml");
+        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1", r1)).unwrap();
+        let key2 = if same_key { "authkey" } else { "otherkey" };
+        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2", r1)).unwrap();
+        for node in ["ox1", "ox2"] {
+            for disk in ["r0", "r1"] {
+                let f = std::fs::File::create(dir.join(format!("{node}-{disk}.img"))).unwrap();
+                f.set_len(backing_mib * MIB).unwrap();
+            }
+        }
+        let size_bytes = tandem_disk::meta::Layout::internal(backing_mib * MIB)
+            .unwrap()
+            .size_bytes;
+        let c = Cluster {
+            lab,
+            configs: [c1, c2],
+            agents: Vec::new(),
+            size_bytes,
+        };
+        for node in ["ox1", "ox2"] {
+            let out = c.tandem(node, &["disk", "create-md", "r0", "--node", node]);
+            assert!(out.contains("metadata written"), "{out}");
+            if r1.is_some() {
+                c.tandem(node, &["disk", "create-md", "r1", "--node", node]);
+            }
+        }
+        c
+    }
+
+    fn start_agent(&mut self, node: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lab.data_dir().join(format!("{node}.log")))
+            .unwrap();
+        let mut cmd = Command::new(TANDEM);
+        cmd.arg("-c")
+            .arg(&self.configs[idx(node)])
+            .args(["agent", "--node", node])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let p = self.lab.spawn(node, cmd).expect("spawn agent");
+        self.agents.push((node.to_string(), p));
+        wait_for(Duration::from_secs(20), "the disk to come up", || {
+            self.status(node).filter(|s| s["up"] == true)
+        });
+    }
+
+    fn tandem_result(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec![TANDEM, "-c", self.configs[idx(node)].to_str().unwrap()];
+        argv.extend_from_slice(args);
+        self.lab.run(node, &argv).map_err(|e| e.to_string())
+    }
+
+    fn tandem(&self, node: &str, args: &[&str]) -> String {
+        self.tandem_result(node, args)
+            .unwrap_or_else(|e| panic!("tandem {args:?} on {node}: {e}"))
+    }
+
+    fn status(&self, node: &str) -> Option<Value> {
+        self.disk_status(node, "r0")
+    }
+
+    fn disk_status(&self, node: &str, disk: &str) -> Option<Value> {
+        let out = self
+            .tandem_result(node, &["disk", "status", "--json", disk])
+            .ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    fn wait_state(
+        &self,
+        node: &str,
+        what: &str,
+        timeout_s: u64,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let last = std::cell::RefCell::new(None);
+        let guard = PrintOnPanic(&last);
+        let v = wait_for(
+            Duration::from_secs(timeout_s),
+            &format!("{node}: {what}"),
+            || {
+                let s = self.status(node);
+                *last.borrow_mut() = s.clone();
+                s.filter(|s| f(s))
+            },
+        );
+        drop(guard);
+        v
+    }
+
+    /// Both connected, in sync, up to date.
+    fn wait_in_sync(&self, timeout_s: u64) {
+        for node in ["ox1", "ox2"] {
+            self.wait_state(node, "connected and in sync", timeout_s, |s| {
+                s["connection"] == "connected"
+                    && s["disk_state"] == "up_to_date"
+                    && s["peer_disk_state"] == "up_to_date"
+                    && s["out_of_sync_bytes"] == 0
+            });
+        }
+    }
+
+    /// Both agents up and connected, ox1 primary after the initial full sync.
+    fn start_primary_ox1(&mut self) {
+        self.start_agent("ox1");
+        self.start_agent("ox2");
+        for node in ["ox1", "ox2"] {
+            self.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
+        }
+        self.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+        self.wait_in_sync(120);
+    }
+
+    fn qemu_io(&self, node: &str, cmd: &str) -> String {
+        self.lab
+            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
+            .unwrap_or_else(|e| panic!("qemu-io {cmd} on {node}: {e}"))
+    }
+
+    fn qemu_io_result(&self, node: &str, cmd: &str) -> Result<String, String> {
+        self.lab
+            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
+            .map_err(|e| e.to_string())
+    }
+
+    fn data(&self, node: &str) -> Vec<u8> {
+        let path = self.lab.data_dir().join(format!("{node}-r0.img"));
+        let mut b = std::fs::read(path).unwrap();
+        b.truncate(self.size_bytes as usize);
+        b
+    }
+
+    fn assert_identical(&self) {
+        let a = self.data("ox1");
+        let b = self.data("ox2");
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        assert!(
+            first.is_none(),
+            "backing files differ first at byte {first:?} (data area {} bytes)",
+            self.size_bytes
+        );
+    }
+}
+
+/// Prints the last status seen when a wait times out.
+struct PrintOnPanic<'a>(&'a std::cell::RefCell<Option<Value>>);
+
+impl Drop for PrintOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last status: {:?}", self.0.borrow());
+        }
+    }
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn resync_after_disconnect_moves_only_what_changed() {
+    if !root_or_skip("resync_after_disconnect_moves_only_what_changed") {
+        return;
+    }
+    let mut c = Cluster::new(160, "", true);
+    c.start_primary_ox1();
+    // The secondary refuses writes (read-only export, EPERM).
+    let refused = c.qemu_io_result("ox2", "write -P 0x11 0 4k");
+    assert!(
+        refused.is_err(),
+        "a secondary accepted a write: {refused:?}"
+    );
+
+    // 64 MiB of random data through NBD on the primary.
+    let src = c.lab.data_dir().join("random64.bin");
+    let mut f = std::fs::File::create(&src).unwrap();
+    let mut rnd = std::fs::File::open("/dev/urandom").unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    for _ in 0..64 {
+        rnd.read_exact(&mut buf).unwrap();
+        f.write_all(&buf).unwrap();
+    }
+    drop(f);
+    c.lab
+        .run("ox1", &["nbdcopy", src.to_str().unwrap(), URI])
+        .expect("nbdcopy 64 MiB");
+    c.wait_in_sync(60);
+    let before = c.status("ox1").unwrap();
+    let sent_after_64 = num(&before["sent_bytes"]);
+    assert!(sent_after_64 >= 64 * MIB, "{before}");
+
+    c.tandem("ox1", &["disk", "disconnect", "r0"]);
+    c.wait_state("ox1", "standalone", 10, |s| {
+        s["connection"] == "stand_alone"
+    });
+    // 8 MiB more, while alone: 4 MiB at 20 MiB and 4 MiB at 100 MiB.
+    c.qemu_io("ox1", "write -P 0xa5 20M 4M");
+    c.qemu_io("ox1", "write -P 0x5a 100M 4M");
+    let alone = c.status("ox1").unwrap();
+    assert_eq!(num(&alone["out_of_sync_bytes"]), 8 * MIB, "{alone}");
+    let moved_before = num(&alone["resync_moved_bytes"]);
+
+    c.tandem("ox1", &["disk", "connect", "r0"]);
+    c.wait_in_sync(60);
+    let after = c.status("ox1").unwrap();
+    let moved = num(&after["resync_moved_bytes"]) - moved_before;
+    eprintln!("resync moved {moved} bytes for 8 MiB dirtied");
+    assert!(moved >= 8 * MIB, "resync moved only {moved} bytes: {after}");
+    assert!(
+        moved * 10 <= 8 * MIB * 11,
+        "resync moved {moved} bytes, more than 1.1 x 8 MiB: {after}"
+    );
+    c.qemu_io("ox1", "flush");
+    c.assert_identical();
+    let data = c.data("ox2");
+    assert_eq!(data[20 * MIB as usize], 0xa5);
+    assert_eq!(data[100 * MIB as usize + 5], 0x5a);
+    let mut random_part = vec![0u8; MIB as usize];
+    std::fs::File::open(&src)
+        .unwrap()
+        .read_exact(&mut random_part)
+        .unwrap();
+    assert_eq!(&data[..MIB as usize], &random_part[..]);
+
+    // The agent's status lists the disk too.
+    let out = c.tandem("ox1", &["status", "--json"]);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["disks"][0]["name"], "r0", "{st}");
+    assert_eq!(st["disks"][0]["role"], "primary", "{st}");
+    // The human form.
+    let human = c.tandem("ox1", &["disk", "status", "r0"]);
+    assert!(
+        human.contains("r0: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C"),
+        "{human}"
+    );
+
+    // `down` is refused while a client holds the export open; then down and up again.
+    let path = c.lab.host_path("ox1", SOCK).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let mut hello = [0u8; 18];
+    (&client).read_exact(&mut hello).unwrap();
+    let err = c.tandem_result("ox1", &["disk", "down", "r0"]).unwrap_err();
+    assert!(err.contains("in use by 1 NBD client"), "{err}");
+    drop(client);
+    wait_for(
+        Duration::from_secs(10),
+        "down after the client left",
+        || c.tandem_result("ox1", &["disk", "down", "r0"]).ok(),
+    );
+    assert_eq!(c.status("ox1").unwrap()["up"], false);
+    c.tandem("ox1", &["disk", "up", "r0"]);
+    c.wait_state("ox1", "reconnected", 30, |s| {
+        s["connection"] == "connected" && s["role"] == "secondary"
+    });
+    c.wait_in_sync(30);
+    c.assert_identical();
+}
+
+#[test]
+fn split_brain_is_detected_and_resolved_only_by_the_operator() {
+    if !root_or_skip("split_brain_is_detected_and_resolved_only_by_the_operator") {
+        return;
+    }
+    let mut c = Cluster::new(48, "", true);
+    c.start_primary_ox1();
+    c.qemu_io("ox1", "write -P 0x01 0 8M");
+    c.wait_in_sync(30);
+    for node in ["ox1", "ox2"] {
+        c.tandem(node, &["disk", "disconnect", "r0"]);
+        c.wait_state(node, "standalone", 10, |s| s["connection"] == "stand_alone");
+    }
+    c.tandem("ox2", &["disk", "primary", "r0"]);
+    c.qemu_io("ox1", "write -P 0x0a 1M 1M");
+    c.qemu_io("ox2", "write -P 0x0b 2M 1M");
+    // ox2 steps down again: with one primary the generations decide (after_sb_1pri is
+    // `disconnect`): both changed since they last agreed, so it is a split brain.
+    c.tandem("ox2", &["disk", "secondary", "r0"]);
+    for node in ["ox1", "ox2"] {
+        c.tandem(node, &["disk", "connect", "r0"]);
+    }
+    // The side that decides first drops the link and stands alone (DRBD: one side
+    // StandAlone, the other may stay WFConnection, here `connecting`).
+    let detected = wait_for(Duration::from_secs(30), "split brain detected", || {
+        ["ox1", "ox2"].into_iter().find(|n| {
+            c.status(n).is_some_and(|s| {
+                s["connection"] == "stand_alone"
+                    && s["last_decision"].get("split_brain").is_some()
+                    && s["last_disconnect_reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("split brain"))
+            })
+        })
+    });
+    eprintln!("split brain detected by {detected}");
+    // Neither side was overwritten: each still reads its own writes.
+    c.qemu_io("ox1", "read -P 0x0a 1M 1M");
+    c.qemu_io("ox1", "read -P 0x01 2M 1M");
+    c.tandem("ox2", &["disk", "primary", "r0"]);
+    c.qemu_io("ox2", "read -P 0x0b 2M 1M");
+    c.qemu_io("ox2", "read -P 0x01 1M 1M");
+    // Still standalone a while later: nothing resolves it by itself.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in ["ox1", "ox2"] {
+        let st = c.status(node).unwrap();
+        assert!(
+            st["connection"] == "stand_alone" || st["connection"] == "connecting",
+            "{node}: {st}"
+        );
+    }
+    // The operator throws ox2's changes away.
+    c.tandem("ox2", &["disk", "secondary", "r0"]);
+    c.tandem("ox2", &["disk", "connect", "--discard-my-data", "r0"]);
+    c.tandem("ox1", &["disk", "connect", "r0"]);
+    c.wait_in_sync(60);
+    c.qemu_io("ox1", "flush");
+    c.assert_identical();
+    let d = c.data("ox2");
+    assert_eq!(d[MIB as usize], 0x0a);
+    assert_eq!(d[2 * MIB as usize], 0x01, "ox2's discarded write survived");
+}
+
+#[test]
+fn rate_limited_resync_holds_the_rate() {
+    if !root_or_skip("rate_limited_resync_holds_the_rate") {
+        return;
+    }
+    // 40 MiB of backing: the initial full sync is the measured resync (~10 s at 4 MiB/s).
+    let mut c = Cluster::new(40, "rate = \"4M\"", true);
+    c.start_agent("ox1");
+    c.start_agent("ox2");
+    for node in ["ox1", "ox2"] {
+        c.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
+    }
+    c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+    let mut samples: Vec<(std::time::Instant, u64, u64)> = Vec::new();
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now;
+    let deadline = now() + Duration::from_secs(60);
+    loop {
+        let s = c.status("ox2").unwrap();
+        if s["connection"] == "sync_target" {
+            samples.push((
+                now(),
+                num(&s["resync"]["done_bytes"]),
+                num(&s["resync"]["rate_bytes_per_s"]),
+            ));
+        } else if !samples.is_empty() {
+            break;
+        }
+        assert!(now() < deadline, "resync did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.wait_in_sync(30);
+    // Slope over the resync, leaving out the first second (the token bucket's burst).
+    let first = samples
+        .iter()
+        .find(|s| s.0.duration_since(samples[0].0) >= Duration::from_secs(1))
+        .copied()
+        .unwrap();
+    let last = *samples.last().unwrap();
+    let measured = (last.1 - first.1) as f64 / last.0.duration_since(first.0).as_secs_f64();
+    let limit = 4.0 * MIB as f64;
+    eprintln!(
+        "resync: {} samples, measured {:.0} B/s, status says {} B/s, limit {limit}",
+        samples.len(),
+        measured,
+        last.2
+    );
+    assert!(
+        (measured - limit).abs() <= 0.1 * limit,
+        "measured {measured:.0} B/s against a 4 MiB/s limit"
+    );
+    let reported = last.2 as f64;
+    assert!(
+        (reported - limit).abs() <= 0.1 * limit,
+        "status reports {reported} B/s against a 4 MiB/s limit"
+    );
+    c.assert_identical();
+}
+
+#[test]
+fn a_killed_primary_resyncs_its_activity_log() {
+    if !root_or_skip("a_killed_primary_resyncs_its_activity_log") {
+        return;
+    }
+    let mut c = Cluster::new(96, "al_extents = 7", true);
+    c.start_primary_ox1();
+    // A writer that keeps writing until the host dies.
+    let mut w = Command::new("fio");
+    w.args([
+        "--name=crash",
+        "--ioengine=nbd",
+        &format!("--uri={URI}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=16",
+        "--size=64M",
+        "--time_based",
+        "--runtime=60",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let sent_before = num(&c.status("ox1").unwrap()["sent_bytes"]);
+    let _writer = c.lab.spawn("ox1", w).expect("spawn fio");
+    c.wait_state("ox1", "writes flowing", 20, |s| {
+        num(&s["sent_bytes"]) > sent_before + 8 * MIB
+    });
+    let moved_before = num(&c.status("ox2").unwrap()["resync_moved_bytes"]);
+    c.lab.power_off("ox1").expect("power off ox1");
+    c.agents.retain(|(n, _)| n != "ox1");
+    c.wait_state("ox2", "peer lost", 30, |s| s["connection"] != "connected");
+    c.lab.power_on("ox1").expect("power on ox1");
+    c.start_agent("ox1");
+    let s = c.wait_state("ox1", "crashed primary resynced", 60, |s| {
+        s["connection"] == "connected"
+            && s["out_of_sync_bytes"] == 0
+            && s["disk_state"] == "up_to_date"
+    });
+    let src = c.status("ox2").unwrap();
+    eprintln!("ox1 after restart: {s}\nox2: {src}");
+    let moved = num(&src["resync_moved_bytes"]) - moved_before;
+    assert!(moved > 0, "no activity-log extent was resynced: {src}");
+    assert!(
+        moved <= 7 * 4 * MIB,
+        "resynced {moved} bytes, more than the activity log covers"
+    );
+    assert_eq!(s["role"], "secondary");
+    c.assert_identical();
+}
+
+#[test]
+fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
+    if !root_or_skip("a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused") {
+        return;
+    }
+    let mut c = Cluster::new(24, "", false);
+    c.start_agent("ox1");
+    c.start_agent("ox2");
+    for _ in 0..30 {
+        for node in ["ox1", "ox2"] {
+            let s = c.status(node).unwrap();
+            assert_eq!(s["connection"], "connecting", "{node} connected: {s}");
+            assert_eq!(s["received_bytes"], 0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+    c.qemu_io("ox1", "write -P 0x33 0 64k");
+
+    // Malformed requests straight at the agent's NBD socket.
+    let path = c.lab.host_path("ox1", SOCK).unwrap();
+    let mut s = UnixStream::connect(&path).expect("connect to the NBD socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    // Client flags: fixed newstyle + no zeroes; then OPT_EXPORT_NAME "r0".
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut opt = Vec::new();
+    opt.extend_from_slice(b"IHAVEOPT");
+    opt.extend_from_slice(&1u32.to_be_bytes());
+    opt.extend_from_slice(&2u32.to_be_bytes());
+    opt.extend_from_slice(b"r0");
+    s.write_all(&opt).unwrap();
+    let mut export = [0u8; 10];
+    s.read_exact(&mut export).unwrap();
+    let size = u64::from_be_bytes(export[..8].try_into().unwrap());
+    assert_eq!(size, c.size_bytes);
+    let request = |s: &mut UnixStream, ty: u16, handle: u64, offset: u64, len: u32| {
+        let mut r = Vec::new();
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&ty.to_be_bytes());
+        r.extend_from_slice(&handle.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        s.write_all(&r).unwrap();
+        let mut reply = [0u8; 16];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..4], &0x6744_6698u32.to_be_bytes());
+        assert_eq!(u64::from_be_bytes(reply[8..].try_into().unwrap()), handle);
+        let err = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        if ty == 0 && err == 0 {
+            let mut payload = vec![0u8; len as usize];
+            s.read_exact(&mut payload).unwrap();
+        }
+        err
+    };
+    const EINVAL: u32 = 22;
+    assert_eq!(
+        request(&mut s, 0, 1, size, 4096),
+        EINVAL,
+        "read past the end"
+    );
+    assert_eq!(request(&mut s, 0, 2, 0, 64 << 20), EINVAL, "oversized read");
+    assert_eq!(request(&mut s, 99, 3, 0, 4096), EINVAL, "unknown command");
+    // A good unaligned read still works on the same connection.
+    assert_eq!(request(&mut s, 0, 4, 100, 1000), 0);
+    // Bad magic: the server hangs up.
+    s.write_all(&[0xde; 28]).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    // Random garbage on a fresh connection.
+    let mut g = UnixStream::connect(&path).unwrap();
+    let _ = g.write_all(&[0x41; 4096]);
+    drop(g);
+
+    // The agent survived and serves correctly.
+    c.qemu_io("ox1", "read -P 0x33 0 64k");
+    c.qemu_io("ox1", "write -P 0x44 513 1000");
+    c.qemu_io("ox1", "read -P 0x44 513 1000");
+    c.qemu_io("ox1", "read -P 0x33 0 512");
+    assert_eq!(c.status("ox1").unwrap()["role"], "primary");
+    // Metadata damage is refused with a clear error at `up`.
+    c.tandem("ox2", &["disk", "down", "r0"]);
+    let img = c.lab.data_dir().join("ox2-r0.img");
+    let len = std::fs::metadata(&img).unwrap().len();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0xff; 16], len - 4096 + 32).unwrap();
+    }
+    let err = c.tandem_result("ox2", &["disk", "up", "r0"]).unwrap_err();
+    assert!(err.to_lowercase().contains("checksum"), "{err}");
+    let st = c.status("ox2").unwrap();
+    assert_eq!(st["up"], false, "{st}");
+}
+
+#[test]
+fn resync_groups_run_in_order() {
+    if !root_or_skip("resync_groups_run_in_order") {
+        return;
+    }
+    // r0 in group 0 (rate-limited, ~4 s of full sync), r1 in group 1: r1's resync waits.
+    let mut c = Cluster::with_r1(
+        24,
+        "rate = \"4M\"\nresync_group = 0",
+        true,
+        Some("resync_group = 1"),
+    );
+    c.start_agent("ox1");
+    c.start_agent("ox2");
+    for disk in ["r0", "r1"] {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{disk} connected"),
+            || {
+                c.disk_status("ox2", disk)
+                    .filter(|s| s["connection"] == "connected")
+            },
+        );
+    }
+    c.tandem("ox1", &["disk", "primary", "--force", "all"]);
+    wait_for(Duration::from_secs(10), "r0 resyncing", || {
+        c.disk_status("ox2", "r0")
+            .filter(|s| s["connection"] == "sync_target")
+    });
+    // While r0 (group 0) resyncs, r1 (group 1) is held back.
+    let mut saw_r1_paused = 0;
+    loop {
+        let r0 = c.disk_status("ox2", "r0").unwrap();
+        let r1 = c.disk_status("ox2", "r1").unwrap();
+        if r0["connection"] != "sync_target" {
+            break;
+        }
+        if r1["connection"] == "sync_target" {
+            assert_eq!(r1["resync_paused"], true, "r1 not paused: {r1}");
+            assert!(
+                num(&r1["resync"]["done_bytes"]) <= 256 << 10,
+                "r1 resynced while group 0 ran: {r1}"
+            );
+            saw_r1_paused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        saw_r1_paused >= 3,
+        "r1 was never seen waiting ({saw_r1_paused})"
+    );
+    // Then r1 runs and both end in sync.
+    for disk in ["r0", "r1"] {
+        wait_for(Duration::from_secs(60), &format!("{disk} in sync"), || {
+            c.disk_status("ox2", disk)
+                .filter(|s| s["connection"] == "connected" && s["disk_state"] == "up_to_date")
+        });
+    }
+    let human = c.tandem("ox1", &["disk", "status"]);
+    assert!(
+        human.contains("r0: cs:Connected") && human.contains("r1: cs:Connected"),
+        "{human}"
+    );
+}
+
+#[test]
+fn startup_waits_for_the_peer_before_promotion() {
+    if !root_or_skip("startup_waits_for_the_peer_before_promotion") {
+        return;
+    }
+    let mut c = Cluster::new(24, "wfc_timeout = \"4s\"", true);
+    c.start_primary_ox1();
+    // Both nodes go away; ox2 (consistent, not degraded: it never ran alone) restarts
+    // alone and waits `wfc_timeout` for its peer before it may be promoted.
+    c.lab.power_off("ox1").expect("power off ox1");
+    let i = c.agents.iter().position(|(n, _)| n == "ox2").unwrap();
+    let (_, p) = c.agents.remove(i);
+    assert!(p.signal(libc::SIGTERM));
+    p.wait_timeout(Duration::from_secs(20)).unwrap();
+    c.agents.retain(|(n, _)| n != "ox1");
+    c.start_agent("ox2");
+    let s = c.status("ox2").unwrap();
+    assert_eq!(s["waiting_for_peer"], true, "{s}");
+    let refused = c.tandem_result("ox2", &["disk", "status", "r0"]).unwrap();
+    assert!(refused.contains("(waiting for peer)"), "{refused}");
+    // `primary` waits for the startup wait to end, then promotes the consistent disk.
+    c.tandem("ox2", &["disk", "primary", "r0"]);
+    let s = c.status("ox2").unwrap();
+    assert_eq!(s["waiting_for_peer"], false, "{s}");
+    assert_eq!(s["role"], "primary", "{s}");
+    let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
+    assert!(log.contains("no peer: going on alone"), "{log}");
+    c.qemu_io("ox2", "write -P 0x77 0 64k");
+}
