@@ -245,3 +245,25 @@ script = "{dir}/stuck""#;
     assert!(fenced_successfully(&c, "ox2", "ox1"));
     sampler.finish();
 }
+
+#[test]
+fn a_node_that_leaves_cleanly_is_not_fenced() {
+    if !root_or_skip("clean leave") {
+        return;
+    }
+    let mut c = Cluster::start(fenced_opts());
+    c.wait_owner("ox2", "ox1");
+    let sampler = Sampler::start(c.lab.name());
+    c.stop_agent("ox1");
+    c.wait_owner("ox2", "ox2");
+    assert!(
+        c.lab.is_powered("ox1").unwrap(),
+        "ox1 said goodbye and was fenced anyway"
+    );
+    assert!(
+        fence_history(&c, "ox2").is_empty(),
+        "no fencing after a goodbye: {:?}",
+        fence_history(&c, "ox2")
+    );
+    sampler.finish();
+}
