@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The rest of the agent is threads; this module owns the only tokio runtime (two worker
-//! threads) and never blocks the heartbeat or resource threads: control requests are
+//! threads by default, `TANDEM_DISK_WORKERS=N` to change) and never blocks the heartbeat or resource threads: control requests are
 //! answered by `block_on` from the control socket's own connection thread.
 //!
 //! The replication link's secret is derived from the cluster key file, per disk:
@@ -41,6 +41,10 @@ use tokio::sync::watch;
 use crate::control::Response;
 pub use device::ReplicatedDevice;
 
+/// Worker threads of the disk runtime (`TANDEM_DISK_WORKERS` overrides; file I/O runs on
+/// tokio's blocking pool either way). Paired benchmark runs with one worker showed no
+/// consistent difference on this 2-core machine.
+const DEFAULT_WORKERS: usize = 2;
 /// How long `primary` (without `--force`) waits for a running startup wait to end.
 const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
 /// How often the monitor looks at every disk (roles, resync groups).
@@ -144,7 +148,13 @@ pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
         key.secret
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("TANDEM_DISK_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_WORKERS)
+                .max(1),
+        )
         .thread_name("disk")
         .enable_all()
         .build()
