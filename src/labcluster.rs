@@ -31,8 +31,15 @@ pub struct LabCluster {
 }
 
 impl LabCluster {
-    /// Builds the whitepaper's lab and writes the configuration.
+    /// Builds the whitepaper's lab and writes the configuration (membership only).
     pub fn up(timing: Timing) -> anyhow::Result<Self> {
+        Self::up_with(timing, "none", "")
+    }
+
+    /// As [`LabCluster::up`], with `fencing` (`none` or `required`) and more tables
+    /// appended to the configuration; `{dir}` in them is the lab's data directory and
+    /// `{lab}` the lab's name.
+    pub fn up_with(timing: Timing, fencing: &str, tables: &str) -> anyhow::Result<Self> {
         let lab = Lab::up_auto(Topology::whitepaper()).context("build the lab")?;
         let dir = lab.data_dir();
         let config = dir.join("cluster.toml");
@@ -47,7 +54,7 @@ deadtime = "{deadtime}ms"
 warntime = "{warntime}ms"
 initdead = "{initdead}ms"
 key_file = "{dir}/authkey"
-fencing = "none"
+fencing = "{fencing}"
 
 [[node]]
 name = "ox1"
@@ -67,12 +74,17 @@ peers = ["192.168.180.20", "192.168.180.10"]
 name = "lan"
 type = "bcast"
 interface = "eth0"
+
+{tables}
 "#,
                 keepalive = ms(timing.keepalive),
                 deadtime = ms(timing.deadtime),
                 warntime = ms(timing.deadtime / 2).max(ms(timing.keepalive)),
                 initdead = ms(timing.deadtime * 2),
-                dir = dir.display()
+                dir = dir.display(),
+                tables = tables
+                    .replace("{dir}", &dir.display().to_string())
+                    .replace("{lab}", lab.name()),
             ),
         )?;
         write_private(

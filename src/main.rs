@@ -6,6 +6,7 @@ mod bench;
 mod clock;
 mod cmd;
 mod control;
+mod demo;
 mod disks;
 mod labcluster;
 mod state;
@@ -43,6 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fail the whitepaper's cluster over in a lab on this machine, and show the timeline (root).
+    Demo(demo::Args),
     /// Check, import and show the cluster configuration.
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
+        Command::Demo(a) => demo::run(a).map(|()| ExitCode::SUCCESS),
         Command::Config(c) => cmd::config::run(&cli.global, c),
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),

@@ -217,3 +217,34 @@ fn maintenance_mode_stops_managing_without_stopping_anything() {
         c.client_connects().then_some(())
     });
 }
+
+#[test]
+fn failures_expire_and_the_group_fails_back_to_its_home() {
+    if !root_or_skip("failure expiry") {
+        return;
+    }
+    let c = Cluster::start(Opts {
+        auto_failback: "on",
+        group_extra: "migration_threshold = 1\nfailure_timeout = \"4s\"".into(),
+        ..Opts::default()
+    });
+    c.wait_owner("ox2", "ox1");
+    // One failure reaches the threshold of 1: the group leaves its home.
+    c.lab
+        .run("ox1", &["sh", "-c", "kill -9 $(cat /run/tandem/web.pid)"])
+        .unwrap();
+    c.wait_owner("ox2", "ox2");
+    // Once the failure is older than failure_timeout, ox1 may run the group again, and
+    // auto_failback brings it home.
+    c.wait_owner("ox2", "ox1");
+    let g = c.group("ox1").unwrap();
+    let httpd = g["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "httpd")
+        .unwrap()
+        .clone();
+    assert_eq!(httpd["failcount"], 0, "the failure expired: {httpd}");
+    assert!(c.client_connects());
+}

@@ -39,9 +39,6 @@ use crate::clock;
 /// How often the manager looks at monitors and expiries when nothing else happens.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Failures older than this no longer count against the migration threshold.
-pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Resource actions kept for status.
 const ACTION_HISTORY_LEN: usize = 64;
 
@@ -164,6 +161,10 @@ pub struct Manager {
     fence_paths: ProgramPaths,
     running: Option<Running>,
     replan: bool,
+    /// Whether initdead had passed at the last tick.
+    initdead_over: bool,
+    /// Unexpired local failures at the last tick (a drop means some expired).
+    unexpired_failures: usize,
     last_transition: Transition,
     history: VecDeque<ActionRecord>,
 }
@@ -236,6 +237,8 @@ impl Manager {
             ),
             running: None,
             replan: true,
+            initdead_over: false,
+            unexpired_failures: 0,
             last_transition: Transition::new(local),
             history: VecDeque::new(),
         })
@@ -615,17 +618,28 @@ impl Manager {
             });
         }
         // The end of initdead and the expiry of a failure change the view by themselves.
-        let initdead_ends = self.started_at + self.config.cluster.initdead;
-        if now >= initdead_ends && now < initdead_ends + TICK {
+        // Counted, not compared with a window of one tick: a late tick must not miss the
+        // moment initdead ends or a failure expires.
+        let initdead_over = now >= self.started_at + self.config.cluster.initdead;
+        if initdead_over != self.initdead_over {
+            self.initdead_over = initdead_over;
             self.replan = true;
         }
-        for r in self.resources.values() {
-            if r.failures
+        let mut unexpired = 0;
+        for ((group, _), r) in &self.resources {
+            let timeout = self.failure_timeout(group);
+            unexpired += r
+                .failures
                 .iter()
-                .any(|(_, at)| now >= *at + FAILURE_TIMEOUT && now < *at + FAILURE_TIMEOUT + TICK)
-            {
-                self.replan = true;
-            }
+                .filter(|(_, at)| now < *at + timeout)
+                .count();
+        }
+        let expired = unexpired < self.unexpired_failures;
+        self.unexpired_failures = unexpired;
+        if expired {
+            // The peer's planner counts our failures from our reports: tell it.
+            self.send_report();
+            self.replan = true;
         }
     }
 
@@ -893,6 +907,15 @@ impl Manager {
         })
     }
 
+    /// The age at which a failure of `group` stops counting.
+    fn failure_timeout(&self, group: &str) -> Duration {
+        self.config
+            .group(group)
+            .map_or(tandem_config::defaults::FAILURE_TIMEOUT, |g| {
+                g.failure_timeout
+            })
+    }
+
     fn resource_timeout(&self, group: &str, resource: &str) -> Duration {
         self.config
             .group(group)
@@ -904,13 +927,20 @@ impl Manager {
     fn view(&self) -> ClusterView {
         let now = clock::now();
         let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+        for g in &self.config.groups {
+            groups
+                .entry(g.name.clone())
+                .or_default()
+                .migration_threshold = Some(g.migration_threshold);
+        }
         for ((group, resource), r) in &self.resources {
+            let timeout = self.failure_timeout(group);
             let failures = r
                 .failures
                 .iter()
                 .map(|(op, at)| Failure {
                     op: *op,
-                    expired: now >= *at + FAILURE_TIMEOUT,
+                    expired: now >= *at + timeout,
                 })
                 .collect();
             groups
@@ -1007,10 +1037,11 @@ impl Manager {
             .map(|group| (group.name.clone(), BTreeMap::new()))
             .collect();
         for ((group, resource), r) in &self.resources {
+            let timeout = self.failure_timeout(group);
             let f: String = r
                 .failures
                 .iter()
-                .filter(|(_, at)| now < *at + FAILURE_TIMEOUT)
+                .filter(|(_, at)| now < *at + timeout)
                 .map(|(op, _)| failure_code(*op))
                 .collect();
             if r.state != ResourceState::Stopped || !f.is_empty() {
@@ -1135,7 +1166,7 @@ impl Manager {
                 let failcount = lr.map_or(0, |l| {
                     l.failures
                         .iter()
-                        .filter(|(_, at)| now < *at + FAILURE_TIMEOUT)
+                        .filter(|(_, at)| now < *at + group.failure_timeout)
                         .count()
                 });
                 let peer_state = peer_states

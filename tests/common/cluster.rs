@@ -52,6 +52,8 @@ pub struct Opts {
     pub fencing: &'static str,
     /// Tables appended to the file (fence devices); `{lab}` becomes the lab's name.
     pub tail: String,
+    /// Extra `[[group]]` keys.
+    pub group_extra: String,
 }
 
 impl Default for Opts {
@@ -62,6 +64,7 @@ impl Default for Opts {
             cluster_extra: String::new(),
             fencing: "none",
             tail: String::new(),
+            group_extra: String::new(),
         }
     }
 }
@@ -77,6 +80,7 @@ fn cluster_toml(dir: &std::path::Path, lab: &str, o: &Opts) -> String {
     let (auto_failback, middle, extra, fencing) =
         (o.auto_failback, o.middle, &o.cluster_extra, o.fencing);
     let tail = o.tail.replace("{lab}", lab);
+    let group_extra = &o.group_extra;
     format!(
         r#"[cluster]
 name = "failover"
@@ -108,6 +112,7 @@ interface = "eth0"
 [[group]]
 name = "web"
 home = "ox1"
+{group_extra}
 
 [[group.resource]]
 name = "vip"

@@ -70,6 +70,7 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
         &list(c.ping.iter().map(|p| q(&p.to_string()))),
     );
     kv(&mut o, "deadping", &d(c.deadping));
+    kv(&mut o, "fencing_delay", &d(c.fencing_delay));
     if !c.ping_groups.is_empty() {
         let groups: Vec<String> = c
             .ping_groups
@@ -253,6 +254,12 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
         o.push_str("\n[[group]]\n");
         kv(&mut o, "name", &q(&g.name));
         kv(&mut o, "home", &q(&g.home));
+        kv(
+            &mut o,
+            "migration_threshold",
+            &g.migration_threshold.to_string(),
+        );
+        kv(&mut o, "failure_timeout", &d(g.failure_timeout));
         for r in &g.resources {
             o.push_str("\n[[group.resource]]\n");
             kv(&mut o, "type", &q(r.kind.type_name()));

@@ -62,6 +62,10 @@ pub struct Cluster {
     pub ping_groups: Vec<PingGroup>,
     /// Silence after which a ping target (or whole group) counts as unreachable.
     pub deadping: Duration,
+    /// How long the node that holds no group waits before fencing its peer, so that
+    /// in a partition the node serving the groups fences first and keeps serving
+    /// (Pacemaker's priority-fencing-delay).
+    pub fencing_delay: Duration,
 }
 
 /// `auto_failback`.
@@ -326,6 +330,11 @@ pub struct Group {
     pub name: String,
     /// The node the group prefers (haresources' first token).
     pub home: String,
+    /// Unexpired monitor failures of one resource on a node after which that node no
+    /// longer runs the group (Pacemaker's migration-threshold).
+    pub migration_threshold: u32,
+    /// Age after which a failure no longer counts (Pacemaker's failure-timeout).
+    pub failure_timeout: Duration,
     /// Resources in start order.
     pub resources: Vec<Resource>,
 }
@@ -495,8 +504,14 @@ pub mod defaults {
     pub const STATE_DIR: &str = "/var/lib/tandem";
     /// `cluster.control_socket`.
     pub const CONTROL_SOCKET: &str = "/run/tandem/tandem.sock";
+    /// `group.migration_threshold`.
+    pub const MIGRATION_THRESHOLD: u32 = 3;
+    /// `group.failure_timeout`.
+    pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(600);
     /// `cluster.deadping`.
     pub const DEADPING: Duration = Duration::from_secs(30);
+    /// `cluster.fencing_delay`.
+    pub const FENCING_DELAY: Duration = Duration::from_secs(5);
     /// `link.baud` for serial links (Heartbeat's default).
     pub const BAUD: u32 = 19200;
     /// `link.ttl` for mcast links.

@@ -36,6 +36,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "ping",
     "ping_group",
     "deadping",
+    "fencing_delay",
 ];
 const LOG_KEYS: &[&str] = &["syslog_facility", "file", "debug_file"];
 const NODE_KEYS: &[&str] = &["name", "address"];
@@ -73,7 +74,13 @@ const DISK_KEYS: &[&str] = &[
     "on",
 ];
 const DISK_HOST_KEYS: &[&str] = &["device", "backing", "address", "meta", "meta_index"];
-const GROUP_KEYS: &[&str] = &["name", "home", "resource"];
+const GROUP_KEYS: &[&str] = &[
+    "name",
+    "home",
+    "migration_threshold",
+    "failure_timeout",
+    "resource",
+];
 const RESOURCE_COMMON_KEYS: &[&str] = &["type", "name", "timeout", "monitor_interval"];
 const TOP_KEYS: &[&str] = &[
     "cluster",
@@ -695,6 +702,7 @@ impl<'s> Walker<'s> {
             }
         }
         let deadping = self.duration(t, "deadping", defaults::DEADPING);
+        let fencing_delay = self.duration(t, "fencing_delay", defaults::FENCING_DELAY);
         Cluster {
             name,
             keepalive,
@@ -710,6 +718,7 @@ impl<'s> Walker<'s> {
             ping,
             ping_groups,
             deadping,
+            fencing_delay,
         }
     }
 
@@ -1293,6 +1302,11 @@ impl<'s> Walker<'s> {
                 let h = self.name(v, "home")?;
                 self.node_ref(nodes, &h, v.span(), "`home`").then_some(h)
             });
+        let migration_threshold = self
+            .opt_integer(t, "migration_threshold", 1, 1_000_000)
+            .map(|n| n as u32)
+            .unwrap_or(defaults::MIGRATION_THRESHOLD);
+        let failure_timeout = self.duration(t, "failure_timeout", defaults::FAILURE_TIMEOUT);
         let mut resources = Vec::new();
         let entries = self.array_of_tables(t, "resource", "group.resource");
         if entries.is_empty() {
@@ -1338,6 +1352,8 @@ impl<'s> Walker<'s> {
             Group {
                 name: name?,
                 home: home?,
+                migration_threshold,
+                failure_timeout,
                 resources,
             },
             name_v?.span(),

@@ -177,6 +177,7 @@ fn config() -> impl Strategy<Value = Config> {
                             }]
                         },
                         deadping: deadtime,
+                        fencing_delay: deadtime,
                     },
                     log: Log {
                         syslog_facility: facility,
@@ -250,6 +251,8 @@ fn config() -> impl Strategy<Value = Config> {
                     groups: vec![Group {
                         name: "g".into(),
                         home: "b".into(),
+                        migration_threshold: 3,
+                        failure_timeout: deadtime,
                         resources: resources
                             .into_iter()
                             .enumerate()

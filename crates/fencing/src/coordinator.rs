@@ -128,6 +128,7 @@ impl CoordinatorConfig {
         CoordinatorConfig {
             local_node: Some(local_node.to_string()),
             devices: cfg.fence_devices.clone(),
+            priority_delay: cfg.cluster.fencing_delay,
             ..CoordinatorConfig::with_devices(Vec::new())
         }
     }

@@ -205,6 +205,7 @@ pub fn import_texts(
             ping: hacf.ping.clone(),
             ping_groups: hacf.ping_groups.clone(),
             deadping: hacf.deadping.unwrap_or(defaults::DEADPING),
+            fencing_delay: defaults::FENCING_DELAY,
         },
         log: hacf.log.clone(),
         nodes,
@@ -469,6 +470,8 @@ fn make_groups(cluster: &str, raw: Vec<haresources::RawGroup>) -> Vec<Group> {
                     format!("{cluster}-{}", i + 1)
                 },
                 home: g.home,
+                migration_threshold: defaults::MIGRATION_THRESHOLD,
+                failure_timeout: defaults::FAILURE_TIMEOUT,
                 resources,
             }
         })
