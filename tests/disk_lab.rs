@@ -318,6 +318,10 @@ fn resync_after_disconnect_moves_only_what_changed() {
     c.lab
         .run("ox1", &["nbdcopy", src.to_str().unwrap(), URI])
         .expect("nbdcopy 64 MiB");
+    // WRITE_ZEROES is replicated like a write; TRIM is accepted (and ignored).
+    c.qemu_io("ox1", "write -z 40M 1M");
+    c.qemu_io("ox1", "discard 44M 64k");
+    c.qemu_io("ox1", "read -P 0 40M 1M");
     c.wait_in_sync(60);
     let before = c.status("ox1").unwrap();
     let sent_after_64 = num(&before["sent_bytes"]);
@@ -355,6 +359,12 @@ fn resync_after_disconnect_moves_only_what_changed() {
         .read_exact(&mut random_part)
         .unwrap();
     assert_eq!(&data[..MIB as usize], &random_part[..]);
+    assert!(
+        data[40 * MIB as usize..41 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0),
+        "zeroes not replicated"
+    );
 
     // The agent's status lists the disk too.
     let out = c.tandem("ox1", &["status", "--json"]);
