@@ -144,7 +144,7 @@ pub struct Manager {
     started_at: Instant,
     driver: Arc<Driver>,
     inputs: Sender<Input>,
-    agents: BTreeMap<(String, String), Result<Agent, String>>,
+    agents: BTreeMap<(String, String), Result<Exec, String>>,
     resources: BTreeMap<(String, String), LocalResource>,
     peer_state: PeerState,
     /// Groups the peer's current incarnation has reported; its view is trusted once
@@ -188,11 +188,10 @@ impl Manager {
             for r in &group.resources {
                 let key = (group.name.clone(), r.name.clone());
                 let agent = match &r.kind {
-                    ResourceKind::Disk { .. } => Err(
-                        "disk resources are promoted by tandem disk, which this agent does not run yet"
-                            .to_string(),
-                    ),
-                    _ => Agent::new(r, &paths).map_err(|e| e.to_string()),
+                    ResourceKind::Disk { disk } => Ok(Exec::Disk(disk.clone())),
+                    _ => Agent::new(r, &paths)
+                        .map(Exec::Agent)
+                        .map_err(|e| e.to_string()),
                 };
                 agents.insert(key.clone(), agent);
                 resources.insert(
@@ -1100,7 +1099,7 @@ impl Manager {
                     lr.monitor = None;
                 }
                 let result = match self.agents.get(&key) {
-                    Some(Ok(agent)) => agent.run(Action::Stop, &RunOptions::new(r.timeout)),
+                    Some(Ok(exec)) => exec.run(Action::Stop, &RunOptions::new(r.timeout)),
                     _ => continue,
                 };
                 let ok = result.outcome(Action::Stop) == Outcome::Ok;
@@ -1316,4 +1315,44 @@ pub fn spawn(manager: Manager, inputs: Receiver<Input>) -> anyhow::Result<()> {
 /// A fresh input channel.
 pub fn channel() -> (Sender<Input>, Receiver<Input>) {
     mpsc::channel()
+}
+
+/// What runs a resource's actions: an agent from `tandem-agents`, or this node's disk
+/// service for a `disk` resource (start = promote, stop = demote, monitor = role).
+#[derive(Debug, Clone)]
+pub enum Exec {
+    /// A built-in, OCF, LSB or systemd agent.
+    Agent(Agent),
+    /// The replicated disk of that name (Heartbeat's `datadisk::NAME`).
+    Disk(String),
+}
+
+impl Exec {
+    /// Runs one action, blocking the calling (worker) thread.
+    pub fn run(&self, action: Action, options: &RunOptions) -> ActionResult {
+        let disk = match self {
+            Exec::Agent(agent) => return agent.run(action, options),
+            Exec::Disk(disk) => disk,
+        };
+        let start = clock::now();
+        let command = match action {
+            Action::Start => crate::disks::DiskCommand::Primary { force: false },
+            Action::Stop => crate::disks::DiskCommand::Secondary,
+            _ => crate::disks::DiskCommand::Status,
+        };
+        let response = crate::disks::request(disk, command);
+        let duration = clock::now().saturating_duration_since(start);
+        if let Some(error) = response.error {
+            return ActionResult::done(tandem_agents::OcfExit::Generic, error, duration);
+        }
+        let exit = match action {
+            Action::Monitor => match response.body["role"].as_str() {
+                Some("primary") => tandem_agents::OcfExit::Success,
+                Some(_) => tandem_agents::OcfExit::NotRunning,
+                None => tandem_agents::OcfExit::Generic,
+            },
+            _ => tandem_agents::OcfExit::Success,
+        };
+        ActionResult::done(exit, format!("disk {disk}"), duration)
+    }
 }

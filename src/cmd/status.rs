@@ -109,6 +109,13 @@ fn render(status: &serde_json::Value) -> String {
         );
     }
     render_groups(&mut out, status);
+    let disks = status["disks"].as_array().cloned().unwrap_or_default();
+    if !disks.is_empty() {
+        let _ = writeln!(out, "\nDISKS");
+        for d in &disks {
+            out.push_str(&super::disk::render(d));
+        }
+    }
     let events = status["events"].as_array().cloned().unwrap_or_default();
     if !events.is_empty() {
         let _ = writeln!(out, "\nRECENT EVENTS");
