@@ -1335,6 +1335,28 @@ impl Exec {
             Exec::Disk(disk) => disk,
         };
         let start = clock::now();
+        let deadline = start + options.timeout;
+        let is_up =
+            || crate::disks::request(disk, crate::disks::DiskCommand::Status).body["up"] == true;
+        match action {
+            // A disk that is not up is certainly not primary here.
+            Action::Monitor | Action::Stop if !is_up() => {
+                let exit = if action == Action::Stop {
+                    tandem_agents::OcfExit::Success
+                } else {
+                    tandem_agents::OcfExit::NotRunning
+                };
+                let duration = clock::now().saturating_duration_since(start);
+                return ActionResult::done(exit, format!("disk {disk} is not up"), duration);
+            }
+            // The disk service brings disks up in the background at agent start.
+            Action::Start => {
+                while !is_up() && clock::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            _ => {}
+        }
         let command = match action {
             Action::Start => crate::disks::DiskCommand::Primary { force: false },
             Action::Stop => crate::disks::DiskCommand::Secondary,

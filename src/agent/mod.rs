@@ -152,6 +152,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let config = Arc::new(config);
+    // Disks first: a group's `disk` resource acts on them from its first probe.
+    crate::disks::start(&config, &local)?;
     let manager = if config.groups.is_empty() {
         None
     } else {
@@ -175,7 +177,6 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         manager.clone(),
     )?;
     handle_signals(stop_signals, manager.clone())?;
-    crate::disks::start(&config, &local)?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
