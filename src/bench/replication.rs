@@ -264,7 +264,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         path_str(dir.join("nbdkit.img")),
         path_str(dir.join("nbdkit.sock")),
     );
-    let spawn = |tool: &str, a: &[&str]| -> anyhow::Result<ChildGuard> {
+    let spawn = |tool: &str, a: &[String]| -> anyhow::Result<ChildGuard> {
         Command::new(tool)
             .args(a)
             .stdin(Stdio::null())
@@ -274,24 +274,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(ChildGuard)
             .with_context(|| format!("start {tool}"))
     };
-    let qemu = spawn(
-        "qemu-nbd",
-        &[
-            "-f",
-            "raw",
-            "-x",
-            "bench",
-            "-k",
-            &qs,
-            "-t",
-            "-e",
-            "16",
-            "--cache=writeback",
-            "--aio=threads",
-            &qf,
-        ],
-    )?;
-    let nbdkit = spawn("nbdkit", &["-f", "-U", &ks, "file", &kf])?;
+    let qemu = spawn("qemu-nbd", &tandem_nbd::bench::qemu_nbd_args(&qf, &qs))?;
+    let nbdkit = spawn("nbdkit", &tandem_nbd::bench::nbdkit_args(&kf, &ks))?;
     for s in [&qs, &ks] {
         wait_for(Duration::from_secs(10), s, || {
             std::os::unix::net::UnixStream::connect(s).ok()

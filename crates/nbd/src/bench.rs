@@ -351,7 +351,7 @@ fn unsafe_fallocate(f: &std::fs::File, size: u64) -> i32 {
     unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) }
 }
 
-fn spawn(tool: &str, args: &[&str]) -> Result<ChildGuard, BenchError> {
+fn spawn(tool: &str, args: &[String]) -> Result<ChildGuard, BenchError> {
     Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
@@ -365,14 +365,32 @@ fn spawn(tool: &str, args: &[&str]) -> Result<ChildGuard, BenchError> {
         })
 }
 
-/// The command lines used for the baselines (for the record in the docs).
-pub fn baseline_commands(file: &str, socket: &str) -> Vec<String> {
-    vec![
-        format!(
-            "qemu-nbd -f raw -x bench -k {socket} -t -e 16 --cache=writeback --aio=threads {file}"
-        ),
-        format!("nbdkit -f -U {socket} file {file}"),
+/// The qemu-nbd baseline's command line (without the program): writeback cache and its
+/// thread pool, as qemu-nbd defaults to, 16 connections allowed.
+pub fn qemu_nbd_args(file: &str, socket: &str) -> Vec<String> {
+    [
+        "-f",
+        "raw",
+        "-x",
+        "bench",
+        "-k",
+        socket,
+        "-t",
+        "-e",
+        "16",
+        "--cache=writeback",
+        "--aio=threads",
+        file,
     ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// The nbdkit baseline's command line (without the program): its `file` plugin.
+pub fn nbdkit_args(file: &str, socket: &str) -> Vec<String> {
+    ["-f", "-U", socket, "file", file]
+        .map(str::to_string)
+        .to_vec()
 }
 
 /// The servers [`run_nbd_bench`] knows.
@@ -405,29 +423,11 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
     // qemu-nbd: writeback cache and its thread pool, as qemu-nbd defaults to.
     let (qf, qs) = (path_str(file("qemu-nbd")), path_str(sock("qemu-nbd")));
     let qemu_child = wanted("qemu-nbd")
-        .then(|| {
-            spawn(
-                "qemu-nbd",
-                &[
-                    "-f",
-                    "raw",
-                    "-x",
-                    "bench",
-                    "-k",
-                    &qs,
-                    "-t",
-                    "-e",
-                    "16",
-                    "--cache=writeback",
-                    "--aio=threads",
-                    &qf,
-                ],
-            )
-        })
+        .then(|| spawn("qemu-nbd", &qemu_nbd_args(&qf, &qs)))
         .transpose()?;
     let (kf, ks) = (path_str(file("nbdkit")), path_str(sock("nbdkit")));
     let nbdkit_child = wanted("nbdkit")
-        .then(|| spawn("nbdkit", &["-f", "-U", &ks, "file", &kf]))
+        .then(|| spawn("nbdkit", &nbdkit_args(&kf, &ks)))
         .transpose()?;
 
     // tandem-nbd in this process, on its own runtime.
