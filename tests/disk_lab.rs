@@ -98,17 +98,7 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in ["ox1", "ox2"] {
-                let log = self.lab.data_dir().join(format!("{node}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("----- {node} agent log (tail) -----");
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
+        common::print_agent_logs_on_panic(&self.lab, 60);
     }
 }
 
@@ -160,18 +150,7 @@ impl Cluster {
     }
 
     fn start_agent(&mut self, node: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.lab.data_dir().join(format!("{node}.log")))
-            .unwrap();
-        let mut cmd = Command::new(TANDEM);
-        cmd.arg("-c")
-            .arg(&self.configs[idx(node)])
-            .args(["agent", "--node", node])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let p = self.lab.spawn(node, cmd).expect("spawn agent");
+        let p = common::spawn_agent(&self.lab, &self.configs[idx(node)], node);
         self.agents.push((node.to_string(), p));
         wait_for(Duration::from_secs(20), "the disk to come up", || {
             self.status(node).filter(|s| s["up"] == true)

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{TANDEM, root_or_skip, wait_for, wall_ms, write_private};
@@ -61,13 +60,7 @@ impl Drop for Cluster {
     /// On failure, the agents' logs are the first thing to read: print them before the
     /// lab (and its data directory) is torn down.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in ["ox1", "ox2"] {
-                let log = self.lab.data_dir().join(format!("{node}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                eprintln!("----- {node} agent log -----\n{text}");
-            }
-        }
+        common::print_agent_logs_on_panic(&self.lab, 200);
     }
 }
 
@@ -86,14 +79,7 @@ impl Cluster {
     }
 
     fn start_agent(&self, node: &str) {
-        let log = std::fs::File::create(self.lab.data_dir().join(format!("{node}.log"))).unwrap();
-        let mut cmd = Command::new(TANDEM);
-        cmd.arg("-c")
-            .arg(&self.config)
-            .args(["agent", "--node", node])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.lab.spawn(node, cmd).expect("spawn agent");
+        common::spawn_agent(&self.lab, &self.config, node);
     }
 
     fn status(&self, node: &str) -> Option<Value> {

@@ -4,7 +4,6 @@
 //! client host reaches through the address.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -157,13 +156,7 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in ["ox1", "ox2"] {
-                let log = self.lab.data_dir().join(format!("{node}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                eprintln!("----- {node} agent log -----\n{text}");
-            }
-        }
+        super::print_agent_logs_on_panic(&self.lab, 200);
     }
 }
 
@@ -208,18 +201,7 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, node: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.lab.data_dir().join(format!("{node}.log")))
-            .unwrap();
-        let mut cmd = Command::new(TANDEM);
-        cmd.arg("-c")
-            .arg(&self.config)
-            .args(["agent", "--node", node])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let p = self.lab.spawn(node, cmd).expect("spawn agent");
+        let p = super::spawn_agent(&self.lab, &self.config, node);
         self.agents.push((node.to_string(), p));
     }
 

@@ -53,3 +53,37 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// Starts `tandem -c CONFIG agent --node NODE` in lab host `node`, its output appended
+/// to `NODE.log` in the lab's data directory.
+pub fn spawn_agent(lab: &tandem_lab::Lab, config: &Path, node: &str) -> tandem_lab::HostProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lab.data_dir().join(format!("{node}.log")))
+        .unwrap();
+    let mut cmd = std::process::Command::new(TANDEM);
+    cmd.arg("-c")
+        .arg(config)
+        .args(["agent", "--node", node])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    lab.spawn(node, cmd).expect("spawn agent")
+}
+
+/// Prints the last `lines` lines of ox1's and ox2's agent logs when the test is
+/// failing: the first thing to read, and gone once the lab is torn down.
+pub fn print_agent_logs_on_panic(lab: &tandem_lab::Lab, lines: usize) {
+    if !std::thread::panicking() {
+        return;
+    }
+    for node in ["ox1", "ox2"] {
+        let text =
+            std::fs::read_to_string(lab.data_dir().join(format!("{node}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        eprintln!("----- {node} agent log (last {lines} lines) -----");
+        for l in &all[all.len().saturating_sub(lines)..] {
+            eprintln!("{l}");
+        }
+    }
+}
