@@ -1162,23 +1162,28 @@ impl Core {
 
     // ------------------------------------------------------------------ frontend
 
-    fn on_write(&mut self, req: u64, offset: u64, data: Bytes, fua: bool) {
-        let len = data.len() as u64;
-        let err = if self.role != Role::Primary {
+    /// Why a frontend request of `len` bytes at `offset` cannot be taken, if it cannot:
+    /// only a primary serves I/O, in whole sectors, within the disk, under unique ids.
+    fn check_request(&self, offset: u64, len: u64, duplicate: bool) -> Option<RequestError> {
+        if self.role != Role::Primary {
             Some(RequestError::NotPrimary)
         } else if offset % SECTOR_BYTES != 0
             || len % SECTOR_BYTES != 0
             || len == 0
-            || len as usize > MAX_DATA_BYTES
+            || len > MAX_DATA_BYTES as u64
         {
             Some(RequestError::Misaligned)
         } else if offset.checked_add(len).is_none_or(|e| e > self.size_bytes) {
             Some(RequestError::OutOfRange)
-        } else if self.writes.contains_key(&req) {
+        } else if duplicate {
             Some(RequestError::DuplicateId)
         } else {
             None
-        };
+        }
+    }
+
+    fn on_write(&mut self, req: u64, offset: u64, data: Bytes, fua: bool) {
+        let err = self.check_request(offset, data.len() as u64, self.writes.contains_key(&req));
         if let Some(e) = err {
             self.outputs.push_back(Output::WriteDone {
                 req,
@@ -1206,22 +1211,7 @@ impl Core {
     }
 
     fn on_read(&mut self, req: u64, offset: u64, len: u32) {
-        let l = u64::from(len);
-        let err = if self.role != Role::Primary {
-            Some(RequestError::NotPrimary)
-        } else if offset % SECTOR_BYTES != 0
-            || l % SECTOR_BYTES != 0
-            || l == 0
-            || len as usize > MAX_DATA_BYTES
-        {
-            Some(RequestError::Misaligned)
-        } else if offset.checked_add(l).is_none_or(|e| e > self.size_bytes) {
-            Some(RequestError::OutOfRange)
-        } else if self.reads.contains_key(&req) {
-            Some(RequestError::DuplicateId)
-        } else {
-            None
-        };
+        let err = self.check_request(offset, u64::from(len), self.reads.contains_key(&req));
         if let Some(e) = err {
             self.outputs.push_back(Output::ReadDone {
                 req,
