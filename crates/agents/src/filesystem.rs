@@ -229,6 +229,17 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountEntry>, MountInfoError> {
     Ok(out)
 }
 
+/// The mount table, or the result an action returns when it cannot be read.
+fn mount_table() -> Result<Vec<MountEntry>, ActionResult> {
+    read_mountinfo().map_err(|e| {
+        ActionResult::not_done(
+            ExecStatus::Error(format!("read mountinfo: {e}")),
+            "",
+            Duration::ZERO,
+        )
+    })
+}
+
 /// Reads this process's mount table.
 pub fn read_mountinfo() -> io::Result<Vec<MountEntry>> {
     let text = fs::read_to_string("/proc/self/mountinfo")?;
@@ -335,15 +346,9 @@ impl FilesystemAgent {
     }
 
     fn monitor(&self) -> ActionResult {
-        let table = match read_mountinfo() {
+        let table = match mount_table() {
             Ok(t) => t,
-            Err(e) => {
-                return ActionResult::not_done(
-                    ExecStatus::Error(format!("read mountinfo: {e}")),
-                    "",
-                    Duration::ZERO,
-                );
-            }
+            Err(failed) => return failed,
         };
         match self.state_in(&table) {
             // ext4 `errors=remount-ro` (and xfs shutdowns) leave a mount that looks
@@ -436,15 +441,9 @@ impl FilesystemAgent {
         let mut killed: Vec<i32> = Vec::new();
         let mut last_err = String::new();
         for attempt in 0..UNMOUNT_ATTEMPTS {
-            let table = match read_mountinfo() {
+            let table = match mount_table() {
                 Ok(t) => t,
-                Err(e) => {
-                    return ActionResult::not_done(
-                        ExecStatus::Error(format!("read mountinfo: {e}")),
-                        "",
-                        Duration::ZERO,
-                    );
-                }
+                Err(failed) => return failed,
             };
             let entry = match self.state_in(&table) {
                 MountState::NotMounted => {
