@@ -176,7 +176,16 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         Arc::clone(&shared),
         manager.clone(),
     )?;
-    handle_signals(stop_signals, manager.clone())?;
+    let managed_disks: Vec<String> = config
+        .groups
+        .iter()
+        .flat_map(|g| &g.resources)
+        .filter_map(|r| match &r.kind {
+            tandem_config::ResourceKind::Disk { disk } => Some(disk.clone()),
+            _ => None,
+        })
+        .collect();
+    handle_signals(stop_signals, manager.clone(), managed_disks)?;
 
     let local_name = local.clone();
     control::serve(listener, move |request, _peer| match request {
@@ -279,10 +288,15 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-/// SIGTERM and SIGINT stop the node cleanly: the manager stops every group and says
-/// goodbye, so the peer takes over without fencing. Signals are blocked in every thread
-/// (the mask is inherited) and taken by one thread with sigwait.
-fn handle_signals(set: libc::sigset_t, manager: Option<Sender<Input>>) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT stop the node cleanly: primary disks outside every group are
+/// demoted (`managed_disks` are left to their group), then the manager stops every group
+/// and says goodbye, so the peer takes over without fencing. Signals are blocked in every
+/// thread (the mask is inherited) and taken by one thread with sigwait.
+fn handle_signals(
+    set: libc::sigset_t,
+    manager: Option<Sender<Input>>,
+    managed_disks: Vec<String>,
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -290,6 +304,7 @@ fn handle_signals(set: libc::sigset_t, manager: Option<Sender<Input>>) -> anyhow
             // SAFETY: waits for one of the blocked signals in `set`.
             unsafe { libc::sigwait(&set, &mut signal) };
             tracing::info!(signal, "stop requested");
+            crate::disks::stop(&managed_disks);
             match manager {
                 Some(m) if m.send(Input::Shutdown).is_ok() => {}
                 _ => std::process::exit(0),

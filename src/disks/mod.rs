@@ -34,7 +34,7 @@ use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
 use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
 use tandem_disk::core::{ConnState, Protocol, Role};
 use tandem_disk::meta::MetaLocation;
-use tandem_disk::node::{self, NodeConfig, NodeHandle};
+use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
 use tandem_nbd::{Server, ServerConfig};
 use tokio::sync::watch;
 
@@ -49,6 +49,11 @@ const DEFAULT_WORKERS: usize = 2;
 const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
 /// How often the monitor looks at every disk (roles, resync groups).
 const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `down` and a clean stop try to demote while I/O is in flight (100 ms apart).
+const DEMOTE_TRIES: usize = 50;
+/// How long a demote's superblock write may take to land before the demote is reported
+/// as not durable.
+const METADATA_SETTLES: Duration = Duration::from_secs(5);
 /// How long a status query may take before the disk is reported unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -106,11 +111,40 @@ struct Running {
     primary: Arc<AtomicBool>,
     /// What the monitor last told the core about resync groups.
     resync_paused: AtomicBool,
-    /// True while the startup wait (wfc_timeout / degr_wfc_timeout) runs.
-    waiting: watch::Receiver<bool>,
+    /// The link as the node's event loop publishes it: the startup wait is over once a
+    /// handshake has completed (see [`Running::waiting`]).
+    link: watch::Receiver<LinkState>,
+    /// Set when the link stood alone during the startup wait (not waiting any longer).
+    wait_gave_up: Arc<AtomicBool>,
     /// The startup wait in ms (0 = forever).
     wait_ms: u64,
     started: Instant,
+}
+
+impl Running {
+    /// Whether the startup wait (wfc_timeout / degr_wfc_timeout) still runs: no handshake
+    /// has completed since the disk came up, the link is not standing alone, and the time
+    /// is not up. Computed from the node's own link state at the moment of asking, so it
+    /// cannot lag behind what `status` shows.
+    fn waiting(&self) -> bool {
+        let link = *self.link.borrow();
+        !(startup_over(&link) || self.wait_gave_up.load(Ordering::Relaxed))
+            && self.wait_left().is_none_or(|left| !left.is_zero())
+    }
+
+    /// What is left of the startup wait's time (None: no timeout).
+    fn wait_left(&self) -> Option<Duration> {
+        (self.wait_ms != 0).then(|| {
+            Duration::from_millis(self.wait_ms)
+                .saturating_sub(crate::clock::now().duration_since(self.started))
+        })
+    }
+}
+
+/// Whether the link tells the startup wait to end: a handshake completed, or the disk
+/// stands alone (it is not trying to connect, so waiting would be for nothing).
+fn startup_over(link: &LinkState) -> bool {
+    link.handshakes > 0 || link.connection == ConnState::StandAlone
 }
 
 /// The service: one per agent.
@@ -225,6 +259,34 @@ pub fn request(name: &str, command: DiskCommand) -> Response {
         Response::ok(json!({ "disks": bodies }))
     } else {
         Response::ok(bodies.pop().unwrap_or(Value::Null))
+    }
+}
+
+/// A clean stop of the agent (SIGTERM, SIGINT): demotes every primary disk of this node
+/// except those in `managed` (a resource group's disks: the resource manager demotes
+/// them in order, after whatever sits on top of them has stopped), so that the next
+/// start is not taken for a crashed primary. Errors are logged; the agent exits anyway.
+pub fn stop(managed: &[String]) {
+    let Some(service) = SERVICE.get() else {
+        return;
+    };
+    let running: Vec<(String, Arc<Running>)> = service
+        .lock()
+        .iter()
+        .filter(|(name, _)| !managed.contains(name))
+        .filter_map(|(name, s)| s.running.clone().map(|r| (name.clone(), r)))
+        .collect();
+    for (name, r) in running {
+        let role = service
+            .runtime
+            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.status()).await });
+        if !matches!(role, Ok(Ok(ref s)) if s.role == Role::Primary) {
+            continue;
+        }
+        match service.demote_durably(&name, &r, DEMOTE_TRIES) {
+            Ok(()) => tracing::info!(disk = %name, "stopping: demoted to secondary"),
+            Err(err) => tracing::error!(disk = %name, "stopping: still primary: {err:#}"),
+        }
     }
 }
 
@@ -345,21 +407,23 @@ impl Service {
             DiskCommand::Up | DiskCommand::Status => Ok(()),
             DiskCommand::Down => self.down(name, &r),
             DiskCommand::Primary { force } => {
-                if !force && *r.waiting.borrow() {
-                    let mut waiting = r.waiting.clone();
+                if !force && r.waiting() {
+                    // Woken by the node's event loop in the step that connects, or at
+                    // the end of the wait's time, whichever comes first.
+                    let limit = r.wait_left().map_or(PRIMARY_WAITS_FOR_STARTUP, |l| {
+                        l.min(PRIMARY_WAITS_FOR_STARTUP)
+                    });
+                    let mut link = r.link.clone();
                     // The timer must be made inside the runtime.
                     let _ = rt.block_on(async {
-                        tokio::time::timeout(PRIMARY_WAITS_FOR_STARTUP, waiting.wait_for(|w| !*w))
+                        tokio::time::timeout(limit, link.wait_for(startup_over))
                             .await
+                            .map(|r| r.map(|l| *l))
                     });
-                    if *r.waiting.borrow() {
-                        let left = if r.wait_ms == 0 {
-                            "no timeout (wfc_timeout = 0)".to_string()
-                        } else {
-                            let left_ms = r.wait_ms.saturating_sub(
-                                crate::clock::now().duration_since(r.started).as_millis() as u64,
-                            );
-                            format!("{} s left", left_ms.div_ceil(1000))
+                    if r.waiting() {
+                        let left = match r.wait_left() {
+                            None => "no timeout (wfc_timeout = 0)".to_string(),
+                            Some(left) => format!("{} s left", left.as_millis().div_ceil(1000)),
                         };
                         bail!(
                             "still waiting for the peer at startup ({left}); `primary --force` goes on alone"
@@ -370,11 +434,7 @@ impl Service {
                 r.primary.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            DiskCommand::Secondary => {
-                rt.block_on(r.node.demote())??;
-                r.primary.store(false, Ordering::Relaxed);
-                Ok(())
-            }
+            DiskCommand::Secondary => self.demote_durably(name, &r, 1),
             DiskCommand::Connect { discard_my_data } => {
                 Ok(rt.block_on(r.node.connect(*discard_my_data))?)
             }
@@ -467,18 +527,24 @@ impl Service {
             let wait_ms = node.startup_wait_ms(wfc, degr).await?;
             anyhow::Ok((node, server, primary, wait_ms))
         })?;
-        let (wait_tx, wait_rx) = watch::channel(true);
         let running = Arc::new(Running {
-            node: node.clone(),
+            link: node.link(),
+            node,
             server,
             socket: socket.clone(),
             primary,
             resync_paused: AtomicBool::new(several_groups),
-            waiting: wait_rx,
+            wait_gave_up: Arc::new(AtomicBool::new(false)),
             wait_ms,
             started: crate::clock::now(),
         });
-        rt.spawn(startup_wait(name.clone(), node, wait_ms, wait_tx));
+        rt.spawn(startup_wait_log(
+            name.clone(),
+            running.link.clone(),
+            wait_ms,
+            running.started,
+            running.wait_gave_up.clone(),
+        ));
         tracing::info!(
             disk = %name,
             listen = %host.address,
@@ -502,24 +568,8 @@ impl Service {
         // No new NBD clients from here on.
         r.server.shutdown();
         r.server.remove_export(name);
-        let status = rt.block_on(r.node.status())?;
-        if status.role == Role::Primary {
-            let mut last = None;
-            for _ in 0..50 {
-                match rt.block_on(r.node.demote())? {
-                    Ok(()) => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if let Some(e) = last {
-                bail!("cannot demote before going down: {e}");
-            }
-        }
-        r.primary.store(false, Ordering::Relaxed);
+        self.demote_durably(name, r, DEMOTE_TRIES)
+            .context("cannot demote before going down")?;
         rt.block_on(r.node.shutdown())?;
         let _ = std::fs::remove_file(&r.socket);
         if let Some(slot) = self.lock().get_mut(name) {
@@ -527,6 +577,51 @@ impl Service {
         }
         tracing::info!(disk = %name, "disk down");
         Ok(())
+    }
+
+    /// Demotes (trying `tries` times, 100 ms apart, while I/O is in flight) and returns
+    /// once the superblock in the backing store says "not primary". The core answers
+    /// `demote` before its metadata write has run on the blocking pool; an agent that
+    /// exits right after (a clean stop) would otherwise leave a superblock that reads as
+    /// a crashed primary at the next start, and its activity log would be resynced.
+    fn demote_durably(&self, name: &str, r: &Running, tries: usize) -> anyhow::Result<()> {
+        let rt = &self.runtime;
+        let mut result = Ok(());
+        for attempt in 0..tries.max(1) {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result = rt.block_on(r.node.demote())?;
+            if result.is_ok() {
+                break;
+            }
+        }
+        result?;
+        r.primary.store(false, Ordering::Relaxed);
+        let (backing, meta) = {
+            let slots = self.lock();
+            let host = slots
+                .get(name)
+                .and_then(|s| s.disk.host(&self.local))
+                .with_context(|| format!("no [disk.on.{}] entry", self.local))?;
+            (host.backing.clone(), meta_location(&host.meta)?)
+        };
+        let deadline = crate::clock::now() + METADATA_SETTLES;
+        loop {
+            // Visible in the file is enough: it reaches the disk even if the agent exits
+            // now (the page cache outlives the process; the core syncs it anyway).
+            match tandem_disk::meta::MetaStore::open(&backing, &meta) {
+                Ok((_, m)) if !m.flags.was_primary => return Ok(()),
+                _ => {}
+            }
+            if crate::clock::now() >= deadline {
+                bail!(
+                    "demoted, but the superblock still says primary after {} s",
+                    METADATA_SETTLES.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn disk_json(&self, name: &str) -> Value {
@@ -551,7 +646,7 @@ impl Service {
             return v;
         };
         v["nbd_socket"] = json!(r.socket);
-        v["waiting_for_peer"] = json!(*r.waiting.borrow());
+        v["waiting_for_peer"] = json!(r.waiting());
         v["resync_paused"] = json!(r.resync_paused.load(Ordering::Relaxed));
         v["nbd"] = json!(
             r.server
@@ -583,50 +678,57 @@ impl Service {
     }
 }
 
-/// The startup wait (DRBD's `wfc-timeout` / `degr-wfc-timeout`): logs while the peer is
-/// awaited and clears `waiting` when the handshake is done or the time is up.
-async fn startup_wait(name: String, node: NodeHandle, wait_ms: u64, waiting: watch::Sender<bool>) {
-    let start = crate::clock::now();
+/// Logs the startup wait (DRBD's `wfc-timeout` / `degr-wfc-timeout`): when it starts,
+/// every 30 s while it lasts, and how it ended. It does not decide whether the wait is
+/// over — [`Running::waiting`] reads that from the link state at the moment of asking —
+/// except that a link found standing alone ends it for good (`gave_up`).
+async fn startup_wait_log(
+    name: String,
+    mut link: watch::Receiver<LinkState>,
+    wait_ms: u64,
+    started: Instant,
+    gave_up: Arc<AtomicBool>,
+) {
     if wait_ms == 0 {
         tracing::info!(disk = %name, "waiting for the peer (no timeout)");
     } else {
         tracing::info!(disk = %name, wait_ms, "waiting for the peer");
     }
+    let wait = (wait_ms != 0).then(|| Duration::from_millis(wait_ms));
     let mut next_log = Duration::from_secs(30);
     loop {
-        match node.status().await {
-            Ok(s) => match s.connection {
-                ConnState::Connected
-                | ConnState::SyncSource
-                | ConnState::SyncTarget
-                | ConnState::VerifySource => {
-                    tracing::info!(disk = %name, connection = ?s.connection, "peer connected");
-                    break;
+        let waited = crate::clock::now().duration_since(started);
+        let limit = wait
+            .map_or(next_log, |w| w.min(next_log))
+            .saturating_sub(waited);
+        let ended = tokio::time::timeout(limit, link.wait_for(startup_over))
+            .await
+            .map(|r| r.map(|l| *l));
+        match ended {
+            Ok(Ok(l)) if l.handshakes > 0 => {
+                tracing::info!(disk = %name, connection = ?l.connection, "peer connected");
+                return;
+            }
+            Ok(Ok(_)) => {
+                gave_up.store(true, Ordering::Relaxed);
+                tracing::warn!(disk = %name, "standalone: not waiting for the peer any longer");
+                return;
+            }
+            // The node stopped (`tandem disk down`).
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let waited = crate::clock::now().duration_since(started);
+                if wait.is_some_and(|w| waited >= w) {
+                    tracing::warn!(disk = %name, wait_ms, "no peer: going on alone (degraded)");
+                    return;
                 }
-                ConnState::StandAlone => {
-                    tracing::warn!(
-                        disk = %name,
-                        reason = ?s.last_disconnect_reason,
-                        "standalone: not waiting for the peer any longer"
-                    );
-                    break;
+                if waited >= next_log {
+                    tracing::info!(disk = %name, waited_s = waited.as_secs(), "still waiting for the peer");
+                    next_log += Duration::from_secs(30);
                 }
-                _ => {}
-            },
-            Err(_) => break,
+            }
         }
-        let waited = crate::clock::now().duration_since(start);
-        if wait_ms != 0 && waited >= Duration::from_millis(wait_ms) {
-            tracing::warn!(disk = %name, wait_ms, "no peer: going on alone (degraded)");
-            break;
-        }
-        if waited >= next_log {
-            tracing::info!(disk = %name, waited_s = waited.as_secs(), "still waiting for the peer");
-            next_log += Duration::from_secs(30);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = waiting.send(false);
 }
 
 /// Keeps every running disk's role flag current and runs resync groups in order: only
@@ -699,6 +801,76 @@ mod tests {
         assert_ne!(a, link_secret(b"key one 0123456789", "r1"));
         assert_ne!(a, link_secret(b"key two 0123456789", "r0"));
         assert_eq!(a, link_secret(b"key one 0123456789", "r0"));
+    }
+
+    /// Two real nodes on loopback: the startup wait ends in the event loop's own step
+    /// that completes the handshake (no polling task in between), stays over after the
+    /// link drops again, and `disconnect` (stand alone) also ends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_startup_wait_ends_when_the_node_reports_the_handshake() {
+        use tandem_disk::meta::MetaStore;
+        let dir = std::env::temp_dir().join(format!("tandem-disks-wait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (pa, pb) = (port(), port());
+        let cfg = |name: &str, id: u64, listen, peer| {
+            let backing = dir.join(name);
+            std::fs::File::create(&backing)
+                .unwrap()
+                .set_len(8 << 20)
+                .unwrap();
+            MetaStore::create(&backing, &MetaLocation::Internal, 7, id, false).unwrap();
+            NodeConfig {
+                backing,
+                meta: MetaLocation::Internal,
+                listen,
+                peer,
+                secret: b"wait test".to_vec(),
+                core: Default::default(),
+            }
+        };
+        let a = node::start(cfg("a.img", 1, pa, pb)).await.unwrap();
+        let mut link = a.link();
+        assert!(!startup_over(&link.borrow()), "{:?}", *link.borrow());
+        let b = node::start(cfg("b.img", 2, pb, pa)).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(20), link.wait_for(startup_over))
+            .await
+            .expect("no handshake within 20 s")
+            .map(|l| *l)
+            .expect("node stopped");
+        assert_eq!(seen.handshakes, 1, "{seen:?}");
+        // What the loop published is what status says.
+        let status = a.status().await.unwrap();
+        assert!(status.connection.replicating(), "{status:?}");
+        // The peer goes away: connecting again, but the wait stays over.
+        b.shutdown().await.unwrap();
+        let gone = tokio::time::timeout(
+            Duration::from_secs(20),
+            link.wait_for(|l| l.connection == ConnState::Connecting),
+        )
+        .await
+        .expect("the link never dropped")
+        .map(|l| *l)
+        .unwrap();
+        assert!(startup_over(&gone), "{gone:?}");
+        // A fresh node that stands alone is not waiting either.
+        let c = node::start(cfg("c.img", 3, port(), port())).await.unwrap();
+        let mut alone = c.link();
+        assert!(!startup_over(&alone.borrow()));
+        c.disconnect().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), alone.wait_for(startup_over))
+            .await
+            .expect("standalone not published")
+            .unwrap();
+        a.shutdown().await.unwrap();
+        c.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -24,11 +24,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::{
-    AdminError, Config, Core, Input, IoFailure, Output, RequestError, Status, WriteAck,
+    AdminError, Config, ConnState, Core, Input, IoFailure, Output, RequestError, Status, WriteAck,
 };
 use crate::meta::{MetaError, MetaLocation, MetaStore};
 use tandem_wire::frame::{self, Frame, HEADER_LEN, Header};
@@ -107,12 +107,34 @@ enum Event {
 pub struct NodeHandle {
     tx: mpsc::Sender<Cmd>,
     size_bytes: u64,
+    link: watch::Receiver<LinkState>,
+}
+
+/// The link as the event loop last left it, published on a `watch` channel
+/// ([`NodeHandle::link`]) after every step of the loop.
+///
+/// A watch channel keeps only the newest value, so a waiter may not see every state the
+/// link passes through; `handshakes` is what makes "the peer was here" impossible to
+/// miss: it only grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// The core's connection state.
+    pub connection: ConnState,
+    /// How many handshakes have completed since the node started (the link reached a
+    /// state past `Handshaking`: bitmap exchange, connected, resync or verify).
+    pub handshakes: u64,
 }
 
 impl NodeHandle {
     /// Usable size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    /// The link's state, kept current by the event loop itself (no request, no polling):
+    /// `changed()` / `wait_for()` wake on every change it makes.
+    pub fn link(&self) -> watch::Receiver<LinkState> {
+        self.link.clone()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, NodeError> {
@@ -262,6 +284,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let dialer = cfg.listen.to_string() < cfg.peer.to_string();
+    let (link_tx, link_rx) = watch::channel(LinkState {
+        connection: core.connection(),
+        handshakes: 0,
+    });
     let driver = Driver {
         cfg: Arc::new(cfg),
         core,
@@ -278,11 +304,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         reads: HashMap::new(),
         flushes: HashMap::new(),
         clock,
+        link_state: link_tx,
     };
     tokio::spawn(driver.run(cmd_rx, ev_rx, listener));
     Ok(NodeHandle {
         tx: cmd_tx,
         size_bytes,
+        link: link_rx,
     })
 }
 
@@ -316,6 +344,8 @@ struct Driver {
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     flushes: HashMap<u64, oneshot::Sender<Result<(), RequestError>>>,
     clock: Instant,
+    /// Published after every step of the loop (see [`LinkState`]).
+    link_state: watch::Sender<LinkState>,
 }
 
 impl Driver {
@@ -361,7 +391,24 @@ impl Driver {
                 }
             }
             self.drain();
+            self.publish_link_state();
         }
+    }
+
+    /// Publishes the connection state if this step changed it, counting every completed
+    /// handshake. Waiters are woken by the loop itself, in the step that connected.
+    fn publish_link_state(&self) {
+        let now = self.core.connection();
+        self.link_state.send_if_modified(|l| {
+            if l.connection == now {
+                return false;
+            }
+            if handshake_done(now) && !handshake_done(l.connection) {
+                l.handshakes += 1;
+            }
+            l.connection = now;
+            true
+        });
     }
 
     fn maybe_dial(&mut self) {
@@ -577,6 +624,19 @@ impl Driver {
             let _ = ev.blocking_send(Event::IoDone(io, r));
         });
     }
+}
+
+/// Whether the link is past its handshake: the peer is there and the two sides agreed.
+fn handshake_done(c: ConnState) -> bool {
+    matches!(
+        c,
+        ConnState::WaitBitmapSource
+            | ConnState::WaitBitmapTarget
+            | ConnState::Connected
+            | ConnState::SyncSource
+            | ConnState::SyncTarget
+            | ConnState::VerifySource
+    )
 }
 
 /// Authenticates a fresh TCP connection in both directions and hands it to the event
