@@ -815,11 +815,16 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
     c.qemu_io("ox1", "write -P 0x5c 1M 2M");
     c.qemu_io("ox1", "flush");
     // ox1 stops cleanly: its group stops (disk demoted), ox2 takes the group over.
+    #[allow(clippy::disallowed_methods)]
+    let stopped_at = std::time::Instant::now();
     c.stop_agent("ox1");
     let s = c.wait_state("ox2", "primary through the group", 60, |s| {
         s["role"] == "primary"
     });
-    eprintln!("ox2 took over: {s}");
+    eprintln!(
+        "ox2 primary {} ms after SIGTERM to ox1: {s}",
+        stopped_at.elapsed().as_millis()
+    );
     let st: Value = serde_json::from_str(&c.tandem("ox2", &["status", "--json"])).unwrap();
     let group = &st["groups"][0];
     assert_eq!(group["name"], "data", "{st}");
