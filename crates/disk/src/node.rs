@@ -284,8 +284,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let dialer = cfg.listen.to_string() < cfg.peer.to_string();
+    let link_published = core.connection();
     let (link_tx, link_rx) = watch::channel(LinkState {
-        connection: core.connection(),
+        connection: link_published,
         handshakes: 0,
     });
     let driver = Driver {
@@ -305,6 +306,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         flushes: HashMap::new(),
         clock,
         link_state: link_tx,
+        link_published,
     };
     tokio::spawn(driver.run(cmd_rx, ev_rx, listener));
     Ok(NodeHandle {
@@ -344,8 +346,10 @@ struct Driver {
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     flushes: HashMap<u64, oneshot::Sender<Result<(), RequestError>>>,
     clock: Instant,
-    /// Published after every step of the loop (see [`LinkState`]).
+    /// Published after every step of the loop that changes it (see [`LinkState`]).
     link_state: watch::Sender<LinkState>,
+    /// The connection state last published: the per-step check costs no lock.
+    link_published: ConnState,
 }
 
 impl Driver {
@@ -397,17 +401,17 @@ impl Driver {
 
     /// Publishes the connection state if this step changed it, counting every completed
     /// handshake. Waiters are woken by the loop itself, in the step that connected.
-    fn publish_link_state(&self) {
+    fn publish_link_state(&mut self) {
         let now = self.core.connection();
-        self.link_state.send_if_modified(|l| {
-            if l.connection == now {
-                return false;
-            }
-            if handshake_done(now) && !handshake_done(l.connection) {
+        if now == self.link_published {
+            return;
+        }
+        let was = std::mem::replace(&mut self.link_published, now);
+        self.link_state.send_modify(|l| {
+            if handshake_done(now) && !handshake_done(was) {
                 l.handshakes += 1;
             }
             l.connection = now;
-            true
         });
     }
 
