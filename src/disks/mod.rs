@@ -610,15 +610,13 @@ impl Service {
         loop {
             // Visible in the file is enough: it reaches the disk even if the agent exits
             // now (the page cache outlives the process; the core syncs it anyway).
-            match tandem_disk::meta::MetaStore::open(&backing, &meta) {
+            let seen = match tandem_disk::meta::MetaStore::open(&backing, &meta) {
                 Ok((_, m)) if !m.flags.was_primary => return Ok(()),
-                _ => {}
-            }
+                Ok(_) => "the superblock still says primary".to_string(),
+                Err(e) => format!("the metadata cannot be read back: {e}"),
+            };
             if crate::clock::now() >= deadline {
-                bail!(
-                    "demoted, but the superblock still says primary after {} s",
-                    METADATA_SETTLES.as_secs()
-                );
+                bail!("demoted, but after {} s {seen}", METADATA_SETTLES.as_secs());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
