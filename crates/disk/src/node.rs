@@ -247,6 +247,9 @@ fn random_nonce() -> [u8; 32] {
     n
 }
 
+/// Frontend commands taken in one pass of the event loop at most.
+const CMD_BATCH: usize = 64;
+
 /// Buffered writes up to this size are done by the event loop itself (see the module
 /// documentation); larger ones, and forced-unit-access ones, go to the blocking pool.
 const INLINE_WRITE_MAX_BYTES: usize = 64 << 10;
@@ -499,15 +502,25 @@ impl Driver {
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut stopped = None;
-        loop {
+        'run: loop {
             tokio::select! {
                 cmd = cmd_rx.recv() => {
                     let Some(cmd) = cmd else { break };
-                    if let Cmd::Shutdown(done) = cmd {
-                        stopped = Some(done);
-                        break;
+                    // Whatever else is queued goes in the same pass: its frames leave in
+                    // one link write (at QD16 that is most of a queue per syscall).
+                    let mut next = Some(cmd);
+                    let mut taken = 0;
+                    while let Some(cmd) = next.take() {
+                        if let Cmd::Shutdown(done) = cmd {
+                            stopped = Some(done);
+                            break 'run;
+                        }
+                        self.on_cmd(cmd);
+                        taken += 1;
+                        if taken < CMD_BATCH {
+                            next = cmd_rx.try_recv().ok();
+                        }
                     }
-                    self.on_cmd(cmd);
                 }
                 ev = ev_rx.recv() => {
                     let Some(ev) = ev else { break };
