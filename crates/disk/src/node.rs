@@ -17,7 +17,7 @@
 //! with a challenge/response over the shared secret before the core sees the link.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -36,7 +36,7 @@ use crate::core::{
     AdminError, Config, Core, Input, IoFailure, Output, RequestError, Status, WriteAck,
 };
 use crate::meta::{MetaError, MetaLocation, MetaStore};
-use tandem_wire::frame::{self, Frame, HEADER_LEN, Header};
+use tandem_wire::frame::{self, Frame, FrameType, HEADER_LEN, Header};
 
 /// Everything one node of one resource needs.
 #[derive(Debug, Clone)]
@@ -389,9 +389,14 @@ struct Link {
     wr: OwnedWriteHalf,
     /// Received bytes not yet decoded.
     rbuf: BytesMut,
-    /// Encoded frames from `wpos` on are not yet written.
+    /// A large data frame being read straight into a buffer of its own.
+    big: Option<BigFrame>,
+    payload_pool: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Small frames encoded since the last flush.
     wbuf: Vec<u8>,
-    wpos: usize,
+    /// Output not yet written, in order: encoded bytes, and the data of large frames
+    /// where it lies (written with the rest by one vectored write, never copied).
+    out: VecDeque<Bytes>,
 }
 
 /// What the link socket is ready for.
@@ -404,6 +409,74 @@ enum LinkIo {
 /// which means end of stream).
 const LINK_READ_SPACE_BYTES: usize = 256 << 10;
 
+/// Capacity of a link's buffer of small encoded frames.
+const WBUF_BYTES: usize = 64 << 10;
+
+/// Data frames at least this large are received into a buffer of their own, and sent
+/// from where their data lies.
+const BIG_FRAME_BYTES: usize = 64 << 10;
+
+struct BigFrame {
+    header: Header,
+    header_bytes: [u8; HEADER_LEN],
+    payload: AlignedPayload,
+    filled: usize,
+}
+
+/// A frame payload whose data (after a `prefix` of bytes, the epoch of a `Data` frame)
+/// starts on a [`DIRECT_ALIGN_BYTES`] boundary. Its buffer goes back to the link's
+/// pool when the last `Bytes` of it is dropped (the write is done), so a busy link
+/// neither allocates nor zeroes a megabyte per frame.
+struct AlignedPayload {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// Payload buffers a link keeps for reuse (each 1 MiB + alignment slack).
+const PAYLOAD_POOL_BUFFERS: usize = 16;
+const PAYLOAD_BUFFER_BYTES: usize = frame::MAX_PAYLOAD_BYTES + DIRECT_ALIGN_BYTES;
+
+impl AlignedPayload {
+    fn new(len: usize, prefix: usize, pool: &Arc<Mutex<Vec<Vec<u8>>>>) -> AlignedPayload {
+        let reused = pool.lock().ok().and_then(|mut p| p.pop());
+        let buf =
+            reused.unwrap_or_else(|| vec![0u8; PAYLOAD_BUFFER_BYTES.max(len + DIRECT_ALIGN_BYTES)]);
+        let data_at = buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+        let start =
+            (data_at + DIRECT_ALIGN_BYTES - prefix % DIRECT_ALIGN_BYTES) % DIRECT_ALIGN_BYTES;
+        AlignedPayload {
+            buf,
+            start,
+            len,
+            pool: pool.clone(),
+        }
+    }
+}
+
+impl Drop for AlignedPayload {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < PAYLOAD_POOL_BUFFERS
+        {
+            p.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+impl AsRef<[u8]> for AlignedPayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl AsMut<[u8]> for AlignedPayload {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
 impl Link {
     fn new(id: u64, rd: OwnedReadHalf, wr: OwnedWriteHalf) -> Link {
         Link {
@@ -411,8 +484,10 @@ impl Link {
             rd,
             wr,
             rbuf: BytesMut::with_capacity(LINK_READ_SPACE_BYTES),
-            wbuf: Vec::with_capacity(1 << 20),
-            wpos: 0,
+            big: None,
+            payload_pool: Arc::default(),
+            wbuf: Vec::with_capacity(WBUF_BYTES),
+            out: VecDeque::new(),
         }
     }
 
@@ -422,7 +497,19 @@ impl Link {
         if self.rbuf.capacity() - self.rbuf.len() < LINK_READ_SPACE_BYTES / 4 {
             self.rbuf.reserve(LINK_READ_SPACE_BYTES);
         }
-        let output_waits = self.wpos < self.wbuf.len();
+        let output_waits = !self.out.is_empty();
+        if let Some(big) = &mut self.big {
+            let space = &mut big.payload.as_mut()[big.filled..];
+            return tokio::select! {
+                r = self.rd.read(space) => {
+                    if let Ok(n) = r {
+                        big.filled += n;
+                    }
+                    LinkIo::Read(r)
+                }
+                w = self.wr.writable(), if output_waits => LinkIo::Writable(w),
+            };
+        }
         tokio::select! {
             r = self.rd.read_buf(&mut self.rbuf) => LinkIo::Read(r),
             w = self.wr.writable(), if output_waits => LinkIo::Writable(w),
@@ -431,11 +518,48 @@ impl Link {
 
     /// The next whole frame received, if there is one.
     fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        if let Some(big) = &self.big {
+            if big.filled < big.payload.len {
+                return Ok(None);
+            }
+            let Some(big) = self.big.take() else {
+                return Ok(None);
+            };
+            let payload = Bytes::from_owner(big.payload);
+            return Frame::decode_payload_shared(&big.header, &big.header_bytes, &payload)
+                .map(Some)
+                .map_err(|_| ReadError::Decode);
+        }
         if self.rbuf.len() < HEADER_LEN {
             return Ok(None);
         }
         let header = Header::decode(&self.rbuf[..HEADER_LEN]).map_err(|_| ReadError::Decode)?;
         let total = HEADER_LEN + header.length as usize;
+        let data_prefix = match header.kind {
+            FrameType::Data => Some(8),
+            FrameType::ResyncData | FrameType::ReadReply => Some(0),
+            _ => None,
+        };
+        if let Some(prefix) = data_prefix
+            && header.length as usize >= BIG_FRAME_BYTES
+        {
+            // Read the rest of it straight into a buffer whose data is aligned for
+            // direct I/O: no copy on the way to the disk but this one.
+            let mut payload =
+                AlignedPayload::new(header.length as usize, prefix, &self.payload_pool);
+            let have = (self.rbuf.len() - HEADER_LEN).min(payload.len);
+            payload.as_mut()[..have].copy_from_slice(&self.rbuf[HEADER_LEN..HEADER_LEN + have]);
+            let mut header_bytes = [0u8; HEADER_LEN];
+            header_bytes.copy_from_slice(&self.rbuf[..HEADER_LEN]);
+            self.rbuf.advance(HEADER_LEN + have);
+            self.big = Some(BigFrame {
+                header,
+                header_bytes,
+                payload,
+                filled: have,
+            });
+            return self.next_frame();
+        }
         if self.rbuf.len() < total {
             self.rbuf.reserve(total - self.rbuf.len());
             return Ok(None);
@@ -450,22 +574,53 @@ impl Link {
         frame.map(Some)
     }
 
+    /// Queues a frame for the next flush.
+    fn send(&mut self, f: &Frame) {
+        if f.encoded_len() < BIG_FRAME_BYTES {
+            f.encode(&mut self.wbuf);
+        } else if let Some(data) = f.encode_split(&mut self.wbuf) {
+            self.seal();
+            self.out.push_back(data);
+        }
+    }
+
+    /// Moves the small frames encoded so far to the output queue.
+    fn seal(&mut self) {
+        if !self.wbuf.is_empty() {
+            let full = std::mem::replace(&mut self.wbuf, Vec::with_capacity(WBUF_BYTES));
+            self.out.push_back(Bytes::from(full));
+        }
+    }
+
     /// Writes as much queued output as the socket takes now; never waits.
     fn flush(&mut self) -> std::io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.wr.try_write(&self.wbuf[self.wpos..]) {
+        self.seal();
+        while !self.out.is_empty() {
+            let slices: Vec<std::io::IoSlice<'_>> = self
+                .out
+                .iter()
+                .take(64)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            match self.wr.try_write_vectored(&slices) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
+                Ok(mut n) => {
+                    while n > 0 {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-        } else if self.wpos >= (1 << 20) {
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
         }
         Ok(())
     }
@@ -790,7 +945,7 @@ impl Driver {
             }
             Output::Send(f) => {
                 if let Some(l) = &mut self.link {
-                    f.encode(&mut l.wbuf);
+                    l.send(&f);
                 }
             }
             Output::Disconnect { .. } => self.link = None,
@@ -1027,16 +1182,36 @@ mod tests {
         link.rbuf.extend_from_slice(&bad);
         assert_eq!(link.next_frame().unwrap(), Some(Frame::Ping));
         assert!(link.next_frame().is_err(), "a corrupt frame is an error");
-        // Output queued on the link leaves with `flush`, in order.
+        // Output queued on the link leaves with `flush`, in order — large data frames
+        // from where their data lies, the rest encoded.
+        let mut out_frames = frames.clone();
+        out_frames.insert(
+            1,
+            Frame::ResyncData {
+                id: 3,
+                sector: 0,
+                data: Bytes::from(vec![0x5a; 192 << 10]),
+            },
+        );
         let mut sent = Vec::new();
-        for f in &frames {
-            f.encode(&mut link.wbuf);
+        for f in &out_frames {
+            link.send(f);
             f.encode(&mut sent);
         }
-        link.flush().unwrap();
-        let mut got = vec![0u8; sent.len()];
+        assert_eq!(link.out.len(), 2, "small frames, then the big frame's data");
+        let expect = sent.len();
         let mut client = client;
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, sent);
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expect];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        });
+        while !link.out.is_empty() || !link.wbuf.is_empty() {
+            link.flush().unwrap();
+            if !link.out.is_empty() {
+                link.wr.writable().await.unwrap();
+            }
+        }
+        assert_eq!(reader.await.unwrap(), sent);
     }
 }
