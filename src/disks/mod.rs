@@ -41,10 +41,13 @@ use tokio::sync::watch;
 use crate::control::Response;
 pub use device::ReplicatedDevice;
 
-/// Worker threads of the disk runtime (`TANDEM_DISK_WORKERS` overrides; file I/O runs on
-/// tokio's blocking pool either way). Paired benchmark runs with one worker showed no
-/// consistent difference on this 2-core machine.
-const DEFAULT_WORKERS: usize = 2;
+/// Worker threads of the disk runtime (`TANDEM_DISK_WORKERS` overrides). One: a disk's
+/// event loop, its NBD connections and its link then hand work to each other without
+/// waking another thread — paired runs of 4 KiB QD16 protocol C writes used 18 instead
+/// of 21–25 µs of agent CPU per write (docs/benchmarks.md). Each disk's loop is one task
+/// either way; fsyncs and large writes run on tokio's blocking pool. Hosts with several
+/// busy disks and cores to spare may want more.
+const DEFAULT_WORKERS: usize = 1;
 /// How long `primary` (without `--force`) waits for a running startup wait to end.
 const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
 /// How often the monitor looks at every disk (roles, resync groups).

@@ -502,6 +502,18 @@ impl Frame {
     /// Panics only on a programming error: a data payload over [`MAX_DATA_BYTES`] or a
     /// bitmap over [`MAX_BITMAP_WORDS`] words (senders split their data first).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_inner(out, true);
+    }
+
+    /// As [`Frame::encode`], except that the data of a `Data`, `ResyncData` or
+    /// `ReadReply` frame is not appended but returned (the checksum covers it): the
+    /// sender writes it right behind `out`, from where it is, with a vectored write.
+    /// Other frames are appended whole and `None` is returned.
+    pub fn encode_split(&self, out: &mut Vec<u8>) -> Option<Bytes> {
+        self.encode_inner(out, false)
+    }
+
+    fn encode_inner(&self, out: &mut Vec<u8>, whole: bool) -> Option<Bytes> {
         let (flags, sector, id) = match self {
             Frame::Data {
                 id, sector, fua, ..
@@ -530,7 +542,8 @@ impl Frame {
             assert!(words.len() <= MAX_BITMAP_WORDS, "bitmap frame too large");
         }
         let start = out.len();
-        out.reserve(HEADER_LEN + payload_len);
+        out.reserve(HEADER_LEN + if whole { payload_len } else { 8 });
+        let mut bulk = None;
         out.extend_from_slice(&MAGIC.to_be_bytes());
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&(self.kind() as u16).to_be_bytes());
@@ -558,10 +571,18 @@ impl Frame {
             }
             Frame::Data { epoch, data, .. } => {
                 out.extend_from_slice(&epoch.to_be_bytes());
-                out.extend_from_slice(data);
+                if whole {
+                    out.extend_from_slice(data);
+                } else {
+                    bulk = Some(data.clone());
+                }
             }
             Frame::ResyncData { data, .. } | Frame::ReadReply { data, .. } => {
-                out.extend_from_slice(data)
+                if whole {
+                    out.extend_from_slice(data);
+                } else {
+                    bulk = Some(data.clone());
+                }
             }
             Frame::ResyncRequest { len_bytes, .. }
             | Frame::ResyncAck { len_bytes, .. }
@@ -596,11 +617,15 @@ impl Frame {
             }
             _ => {}
         }
-        let crc = crc32c::crc32c_append(
+        let mut crc = crc32c::crc32c_append(
             crc32c::crc32c(&out[start..start + 36]),
             &out[start + HEADER_LEN..],
         );
+        if let Some(b) = &bulk {
+            crc = crc32c::crc32c_append(crc, b);
+        }
         out[start + 36..start + HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+        bulk
     }
 
     /// Encodes into a fresh buffer.
@@ -631,6 +656,26 @@ impl Frame {
         header: &Header,
         header_bytes: &[u8],
         payload: &[u8],
+    ) -> Result<Frame, DecodeError> {
+        Frame::decode_payload_into(header, header_bytes, payload, Bytes::copy_from_slice)
+    }
+
+    /// As [`Frame::decode_payload`], but the data of `Data`, `ResyncData` and `ReadReply`
+    /// frames shares `payload`'s memory instead of being copied (receivers of large
+    /// frames read them into a buffer of their own, e.g. one aligned for direct I/O).
+    pub fn decode_payload_shared(
+        header: &Header,
+        header_bytes: &[u8],
+        payload: &Bytes,
+    ) -> Result<Frame, DecodeError> {
+        Frame::decode_payload_into(header, header_bytes, payload, |d| payload.slice_ref(d))
+    }
+
+    fn decode_payload_into(
+        header: &Header,
+        header_bytes: &[u8],
+        payload: &[u8],
+        data_of: impl Fn(&[u8]) -> Bytes,
     ) -> Result<Frame, DecodeError> {
         if header_bytes.len() < HEADER_LEN || payload.len() != header.length as usize {
             return Err(DecodeError::Truncated {
@@ -713,14 +758,14 @@ impl Frame {
                     sector,
                     epoch: be_u64(&payload[..8]),
                     fua: header.flags & FLAG_FUA != 0,
-                    data: Bytes::copy_from_slice(data),
+                    data: data_of(data),
                 }
             }
             FrameType::ResyncData | FrameType::ReadReply => {
                 if len == 0 || len > MAX_DATA_BYTES {
                     return Err(field("data length out of range"));
                 }
-                let data = Bytes::copy_from_slice(payload);
+                let data = data_of(payload);
                 if kind == FrameType::ResyncData {
                     Frame::ResyncData { id, sector, data }
                 } else {
@@ -890,6 +935,43 @@ fn arr32(b: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame encoded in two parts (head, then the data from where it lies) is byte
+    /// for byte the frame encoded whole, and a shared decode hands back the data as a
+    /// view of the received buffer instead of a copy.
+    #[test]
+    fn split_encoding_and_shared_decoding_match_the_whole_forms() {
+        for f in samples() {
+            let whole = f.to_bytes();
+            let mut head = Vec::new();
+            let mut joined = match f.encode_split(&mut head) {
+                Some(bulk) => {
+                    assert!(matches!(
+                        f,
+                        Frame::Data { .. } | Frame::ResyncData { .. } | Frame::ReadReply { .. }
+                    ));
+                    let mut j = head.clone();
+                    j.extend_from_slice(&bulk);
+                    j
+                }
+                None => head.clone(),
+            };
+            assert_eq!(joined, whole, "{f:?}");
+            let received = Bytes::from(std::mem::take(&mut joined));
+            let header = Header::decode(&received).unwrap();
+            let payload = received.slice(HEADER_LEN..);
+            let shared =
+                Frame::decode_payload_shared(&header, &received[..HEADER_LEN], &payload).unwrap();
+            assert_eq!(shared, f);
+            if let Frame::Data { data, .. }
+            | Frame::ResyncData { data, .. }
+            | Frame::ReadReply { data, .. } = &shared
+            {
+                let range = payload.as_ptr_range();
+                assert!(range.contains(&data.as_ptr()), "data not copied");
+            }
+        }
+    }
 
     fn samples() -> Vec<Frame> {
         vec![

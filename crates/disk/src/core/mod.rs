@@ -31,6 +31,34 @@ pub mod policy;
 pub mod resync;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Maps keyed by the core's own sequential ids (requests, I/Os, wire ids): a
+/// multiplicative hash, since SipHash's protection against chosen keys buys nothing
+/// for ids we hand out ourselves, and the write path looks them up several times per
+/// write.
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of one integer key: spreads sequential ids over the high bits the
+/// table uses for its control bytes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -679,10 +707,10 @@ pub struct Core {
     discard_my_data: bool,
 
     next_io: u64,
-    ios: HashMap<IoId, (Io, u64)>,
+    ios: IdMap<IoId, (Io, u64)>,
     link_gen: u64,
     next_wire_id: u64,
-    wire_ids: HashMap<u64, u64>,
+    wire_ids: IdMap<u64, u64>,
     outputs: VecDeque<Output>,
 
     // Metadata writes: strictly one at a time, in order.
@@ -694,10 +722,13 @@ pub struct Core {
     bitmap_persisted_ms: u64,
 
     // Primary side.
-    writes: HashMap<u64, WriteReq>,
+    writes: IdMap<u64, WriteReq>,
     write_order: VecDeque<u64>,
-    reads: HashMap<u64, (u64, u32)>,
-    flushes: HashMap<u64, FlushReq>,
+    /// The writes of `write_order` not yet issued: writes are issued strictly in order,
+    /// so these are its tail, and issuing never rescans what already left.
+    to_issue: VecDeque<u64>,
+    reads: IdMap<u64, (u64, u32)>,
+    flushes: IdMap<u64, FlushReq>,
     epoch: u64,
     epoch_writes: u32,
     /// Mirrored writes not yet covered by a barrier ack: (epoch, offset, len, extents).
@@ -715,7 +746,7 @@ pub struct Core {
 
     // Resync.
     planner: Option<ResyncPlanner>,
-    resync_reqs: HashMap<u64, (u64, u64)>,
+    resync_reqs: IdMap<u64, (u64, u64)>,
     next_resync_id: u64,
     resync_reads_inflight: Vec<(u64, u64)>,
     /// Resync requests to serve: (id, offset, len, the target's digest if checksum-based).
@@ -795,10 +826,10 @@ impl Core {
             rng: rng_seed ^ 0x9e37_79b9_7f4a_7c15,
             discard_my_data: false,
             next_io: 1,
-            ios: HashMap::new(),
+            ios: IdMap::default(),
             link_gen: 0,
             next_wire_id: 1,
-            wire_ids: HashMap::new(),
+            wire_ids: IdMap::default(),
             outputs: VecDeque::new(),
             meta_queue: VecDeque::new(),
             meta_inflight: false,
@@ -806,10 +837,11 @@ impl Core {
             meta_done: 0,
             bitmap_dirty_blocks: BTreeSet::new(),
             bitmap_persisted_ms: now_ms,
-            writes: HashMap::new(),
+            writes: IdMap::default(),
             write_order: VecDeque::new(),
-            reads: HashMap::new(),
-            flushes: HashMap::new(),
+            to_issue: VecDeque::new(),
+            reads: IdMap::default(),
+            flushes: IdMap::default(),
             epoch: 1,
             epoch_writes: 0,
             transfer_log: VecDeque::new(),
@@ -817,7 +849,7 @@ impl Core {
             peer_writes_inflight: Vec::new(),
             peer_flush_inflight: false,
             planner: None,
-            resync_reqs: HashMap::new(),
+            resync_reqs: IdMap::default(),
             next_resync_id: 1,
             resync_reads_inflight: Vec::new(),
             resync_reads_waiting: VecDeque::new(),
@@ -1208,6 +1240,7 @@ impl Core {
             },
         );
         self.write_order.push_back(req);
+        self.to_issue.push_back(req);
     }
 
     fn on_read(&mut self, req: u64, offset: u64, len: u32) {
@@ -1292,12 +1325,13 @@ impl Core {
     /// Issues queued frontend writes in order, as far as ordering, the activity log and
     /// metadata allow.
     fn issue_writes(&mut self) {
-        let order: Vec<u64> = self.write_order.iter().copied().collect();
-        for req in order {
+        while let Some(&req) = self.to_issue.front() {
             let Some(w) = self.writes.get(&req) else {
+                self.to_issue.pop_front();
                 continue;
             };
             if w.issued {
+                self.to_issue.pop_front();
                 continue;
             }
             // Writes wait while the handshake decides what the peer gets: a write in
