@@ -851,6 +851,16 @@ impl Sim {
         if self.split_brain_expected && !self.split_brain_seen {
             self.fail("both sides wrote as primary while apart, but no split brain was reported");
         }
+        // Converged means both up to date; each must also know it of the other, or a
+        // primary's later writes would count as unprotected.
+        for (i, n) in self.nodes.iter().enumerate() {
+            let peer = n.core.as_ref().and_then(|c| c.status().peer_disk_state);
+            if peer != Some(DiskState::UpToDate) {
+                let msg =
+                    format!("node {i} sees its up-to-date peer as {peer:?} after convergence");
+                self.fail(&msg);
+            }
+        }
         let g0 = self.nodes[0].core.as_ref().unwrap().generations().current;
         let g1 = self.nodes[1].core.as_ref().unwrap().generations().current;
         assert_eq!(

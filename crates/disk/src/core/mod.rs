@@ -2363,6 +2363,11 @@ impl Core {
                 self.flags.crashed_primary = false;
                 self.flags.primary_at_split = false;
                 self.disk = DiskState::UpToDate;
+                // The handshake chose the source's data, so the source made itself up to
+                // date after it had reported its state: that report is stale.
+                if let Some(p) = &mut self.peer {
+                    p.disk = DiskState::UpToDate;
+                }
                 self.planner = None;
                 self.conn = ConnState::Connected;
                 self.persist_all_dirty_bitmap();
