@@ -673,11 +673,16 @@ fn resync_groups_run_in_order() {
             },
         );
     }
-    c.tandem("ox1", &["disk", "primary", "--force", "all"]);
+    // r0 first; r1's full sync then becomes due while group 0 runs. (`primary --force`
+    // renegotiates each disk's link on its own, so forcing both at once would let a
+    // loaded machine reconnect r1 before r0 — and a group only waits for a lower one
+    // that is resyncing, as DRBD's resync-after does.)
+    c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
     wait_for(Duration::from_secs(10), "r0 resyncing", || {
         c.disk_status("ox2", "r0")
             .filter(|s| s["connection"] == "sync_target")
     });
+    c.tandem("ox1", &["disk", "primary", "--force", "r1"]);
     // While r0 (group 0) resyncs, r1 (group 1) is held back.
     let mut saw_r1_paused = 0;
     loop {
