@@ -493,6 +493,7 @@ impl Service {
             listen: host.address,
             peer: peer.address,
             secret: link_secret(&self.key_secret, &name),
+            connect_interval: disk.connect_interval,
             core: core_config(disk),
         };
         let socket = tandem_nbd::default_socket_path(&name);
@@ -833,6 +834,7 @@ mod tests {
                 listen,
                 peer,
                 secret: b"wait test".to_vec(),
+                connect_interval: Duration::from_secs(1),
                 core: Default::default(),
             }
         };

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub peer: SocketAddr,
     /// Shared secret for the link's challenge/response.
     pub secret: Vec<u8>,
+    /// Longest wait between two connection attempts (DRBD's `connect-int`): the
+    /// dialling side retries after 0.5 s, doubling the wait up to this.
+    pub connect_interval: Duration,
     /// Core tunables.
     pub core: Config,
 }
@@ -269,6 +272,9 @@ fn random_nonce() -> [u8; 32] {
     n
 }
 
+/// The first retry of a failed dial; later ones wait longer, up to `connect_interval`.
+const FIRST_DIAL_WAIT: Duration = Duration::from_millis(500);
+
 /// Frontend commands taken in one pass of the event loop at most.
 const CMD_BATCH: usize = 64;
 
@@ -395,6 +401,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         next_link: 1,
         dialing: false,
         last_dial: None,
+        dial_wait: FIRST_DIAL_WAIT,
         dialer,
         next_req: 1,
         writes: HashMap::new(),
@@ -666,6 +673,8 @@ struct Driver {
     next_link: u64,
     dialing: bool,
     last_dial: Option<Instant>,
+    /// Wait before the next dial: grows while dials fail, back to the first on a link.
+    dial_wait: Duration,
     dialer: bool,
     next_req: u64,
     writes: HashMap<u64, oneshot::Sender<Result<WriteAck, RequestError>>>,
@@ -771,7 +780,7 @@ impl Driver {
         let now = clock_now();
         if self
             .last_dial
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(500))
+            .is_some_and(|t| now.duration_since(t) < self.dial_wait)
         {
             return;
         }
@@ -861,6 +870,7 @@ impl Driver {
             Event::IoDone(io, result) => self.core.handle(now, Input::IoDone { io, result }),
             Event::LinkUp(id, rd, wr) => {
                 self.dialing = false;
+                self.dial_wait = FIRST_DIAL_WAIT;
                 if self.link.is_none()
                     && self.core.wants_connection()
                     && self.core.connection() == crate::core::ConnState::Connecting
@@ -874,10 +884,17 @@ impl Driver {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
                     self.link_lost();
                 } else if self.link.is_none() {
+                    // Authentication failed: retry no faster than a refused dial.
                     self.dialing = false;
+                    self.dial_wait =
+                        (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
                 }
             }
-            Event::DialFailed => self.dialing = false,
+            Event::DialFailed => {
+                self.dialing = false;
+                self.dial_wait =
+                    (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
+            }
         }
     }
 

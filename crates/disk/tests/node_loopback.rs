@@ -80,6 +80,7 @@ async fn pair(dir: &Path, secret_b: &[u8]) -> (NodeHandle, NodeHandle, PathBuf, 
         listen,
         peer,
         secret: secret.to_vec(),
+        connect_interval: Duration::from_secs(1),
         core: Config::default(),
     };
     let na = start(cfg(&a, pa, pb, b"shared secret")).await.unwrap();
@@ -162,6 +163,7 @@ async fn a_primary_killed_mid_write_has_its_activity_log_resynced() {
         listen,
         peer,
         secret: b"k".to_vec(),
+        connect_interval: Duration::from_secs(1),
         core: Config::default(),
     };
     let a = start(cfg(&fa, pa, pb)).await.unwrap();
@@ -252,6 +254,7 @@ async fn a_state_right_behind_the_handshake_is_never_lost() {
         listen,
         peer: "127.0.0.1:1".parse().unwrap(),
         secret: b"g".to_vec(),
+        connect_interval: Duration::from_secs(1),
         core: Config::default(),
     })
     .await
@@ -328,6 +331,7 @@ async fn measure_loopback_throughput() {
         listen,
         peer,
         secret: b"s".to_vec(),
+        connect_interval: Duration::from_secs(1),
         core: Config::default(),
     };
     let a = start(cfg(&fa, pa, pb)).await.unwrap();
@@ -394,4 +398,44 @@ async fn measure_loopback_throughput() {
     assert_eq!(data_of(&fa, size), data_of(&fb, size));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// The dialling side retries a peer that refuses it after 0.5 s, then waits twice as
+/// long each time, up to `connect_interval`: a peer that stays away is not hammered,
+/// one that comes back quickly is found quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_peer_is_redialled_with_growing_waits_up_to_connect_interval() {
+    let dir = TempDir::new("dial");
+    // The dialler is the side whose address sorts lower.
+    let (mut a, mut b) = (free_port(), free_port());
+    if a.to_string() > b.to_string() {
+        std::mem::swap(&mut a, &mut b);
+    }
+    // A "peer" that accepts and hangs up at once: every dial fails its handshake.
+    let fake = tokio::net::TcpListener::bind(b).await.unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = attempts.clone();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((sock, _)) = fake.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    let node = start(NodeConfig {
+        backing: backing(&dir.0, "a.img", 1),
+        meta: MetaLocation::Internal,
+        listen: a,
+        peer: b,
+        secret: b"k".to_vec(),
+        connect_interval: Duration::from_secs(2),
+        core: Config::default(),
+    })
+    .await
+    .unwrap();
+    // Dials at about 0, 0.5, 1.5, 3.5, 5.5 s (a fixed 0.5 s would be 12 by 5.8 s).
+    tokio::time::sleep(Duration::from_millis(5800)).await;
+    let n = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((4..=7).contains(&n), "{n} dials in 5.8 s");
+    node.shutdown().await.unwrap();
+    acceptor.abort();
 }
