@@ -12,7 +12,7 @@
 //! itself and does small buffered writes in place: at 4 KiB a hand-off to another thread
 //! costs more than the write (docs/benchmarks.md). Large aligned writes go around the
 //! page cache (`O_DIRECT`) on the blocking pool, as DRBD's lower-device bios do; reads
-//! go through the page cache with readahead off (see [`open_backing`] for why). Connection rule: the node whose
+//! go through the page cache with readahead off (docs/disk.md, section 9, says why). Connection rule: the node whose
 //! replication address sorts lower dials, the other accepts; both authenticate each other
 //! with a challenge/response over the shared secret before the core sees the link.
 
@@ -1063,7 +1063,7 @@ fn handshake_done(c: ConnState) -> bool {
 
 /// Authenticates a fresh TCP connection in both directions and hands it to the event
 /// loop as `LinkUp` (or reports `LinkDown`, if authentication fails). Nothing reads
-/// past the handshake here: the frames after it belong to the loop (see [`run_link`]).
+/// past the handshake here: the frames after it belong to the loop (see [`Link`]).
 async fn establish(
     sock: TcpStream,
     initiator: bool,
