@@ -54,9 +54,6 @@ const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
 const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
 /// How often `down` and a clean stop try to demote while I/O is in flight (100 ms apart).
 const DEMOTE_TRIES: usize = 50;
-/// How long a demote's superblock write may take to land before the demote is reported
-/// as not durable.
-const METADATA_SETTLES: Duration = Duration::from_secs(5);
 /// How long a status query may take before the disk is reported unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -286,7 +283,7 @@ pub fn stop(managed: &[String]) {
         if !matches!(role, Ok(Ok(ref s)) if s.role == Role::Primary) {
             continue;
         }
-        match service.demote_durably(&name, &r, DEMOTE_TRIES) {
+        match service.demote_durably(&r, DEMOTE_TRIES) {
             Ok(()) => tracing::info!(disk = %name, "stopping: demoted to secondary"),
             Err(err) => tracing::error!(disk = %name, "stopping: still primary: {err:#}"),
         }
@@ -437,7 +434,7 @@ impl Service {
                 r.primary.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            DiskCommand::Secondary => self.demote_durably(name, &r, 1),
+            DiskCommand::Secondary => self.demote_durably(&r, 1),
             DiskCommand::Connect { discard_my_data } => {
                 Ok(rt.block_on(r.node.connect(*discard_my_data))?)
             }
@@ -572,7 +569,7 @@ impl Service {
         // No new NBD clients from here on.
         r.server.shutdown();
         r.server.remove_export(name);
-        self.demote_durably(name, r, DEMOTE_TRIES)
+        self.demote_durably(r, DEMOTE_TRIES)
             .context("cannot demote before going down")?;
         rt.block_on(r.node.shutdown())?;
         let _ = std::fs::remove_file(&r.socket);
@@ -583,12 +580,11 @@ impl Service {
         Ok(())
     }
 
-    /// Demotes (trying `tries` times, 100 ms apart, while I/O is in flight) and returns
-    /// once the superblock in the backing store says "not primary". The core answers
-    /// `demote` before its metadata write has run on the blocking pool; an agent that
-    /// exits right after (a clean stop) would otherwise leave a superblock that reads as
-    /// a crashed primary at the next start, and its activity log would be resynced.
-    fn demote_durably(&self, name: &str, r: &Running, tries: usize) -> anyhow::Result<()> {
+    /// Demotes (trying `tries` times, 100 ms apart, while I/O is in flight). The node
+    /// answers once the superblock on disk says "not primary": an agent that exits
+    /// right after (a clean stop) must not leave a superblock that reads as a crashed
+    /// primary at the next start, or its activity log would be resynced.
+    fn demote_durably(&self, r: &Running, tries: usize) -> anyhow::Result<()> {
         let rt = &self.runtime;
         let mut result = Ok(());
         for attempt in 0..tries.max(1) {
@@ -602,28 +598,7 @@ impl Service {
         }
         result?;
         r.primary.store(false, Ordering::Relaxed);
-        let (backing, meta) = {
-            let slots = self.lock();
-            let host = slots
-                .get(name)
-                .and_then(|s| s.disk.host(&self.local))
-                .with_context(|| format!("no [disk.on.{}] entry", self.local))?;
-            (host.backing.clone(), meta_location(&host.meta)?)
-        };
-        let deadline = crate::clock::now() + METADATA_SETTLES;
-        loop {
-            // Visible in the file is enough: it reaches the disk even if the agent exits
-            // now (the page cache outlives the process; the core syncs it anyway).
-            let seen = match tandem_disk::meta::MetaStore::open(&backing, &meta) {
-                Ok((_, m)) if !m.flags.was_primary => return Ok(()),
-                Ok(_) => "the superblock still says primary".to_string(),
-                Err(e) => format!("the metadata cannot be read back: {e}"),
-            };
-            if crate::clock::now() >= deadline {
-                bail!("demoted, but after {} s {seen}", METADATA_SETTLES.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        Ok(())
     }
 
     fn disk_json(&self, name: &str) -> Value {

@@ -183,7 +183,7 @@ impl NodeHandle {
         self.ask(|tx| Cmd::Promote(force, tx)).await
     }
 
-    /// `tandem disk secondary`.
+    /// `tandem disk secondary`: answers once the superblock on disk says secondary.
     pub async fn demote(&self) -> Result<Result<(), AdminError>, NodeError> {
         self.ask(Cmd::Demote).await
     }
@@ -407,6 +407,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         writes: HashMap::new(),
         reads: HashMap::new(),
         flushes: HashMap::new(),
+        demotes: Vec::new(),
         clock,
         link_state: link_tx,
         link_published,
@@ -680,6 +681,8 @@ struct Driver {
     writes: HashMap<u64, oneshot::Sender<Result<WriteAck, RequestError>>>,
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     flushes: HashMap<u64, oneshot::Sender<Result<(), RequestError>>>,
+    /// Demotes done in the core, answered once their metadata is durable.
+    demotes: Vec<(u64, oneshot::Sender<Result<(), AdminError>>)>,
     clock: Instant,
     /// Published after every pass of the loop that changes it (see [`LinkState`]).
     link_state: watch::Sender<LinkState>,
@@ -837,9 +840,14 @@ impl Driver {
             Cmd::Promote(force, tx) => {
                 let _ = tx.send(self.core.promote(now, force));
             }
-            Cmd::Demote(tx) => {
-                let _ = tx.send(self.core.demote(now));
-            }
+            Cmd::Demote(tx) => match self.core.demote(now) {
+                // Answered once the superblock says secondary: an agent that exits
+                // right after a clean stop must not leave a crashed primary behind.
+                Ok(()) => self.demotes.push((self.core.metadata_ticket(), tx)),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            },
             Cmd::Connect(discard) => self.core.connect(now, discard),
             Cmd::Disconnect => self.core.disconnect(now),
             Cmd::Verify(tx) => {
@@ -949,6 +957,16 @@ impl Driver {
                 break;
             }
             self.link_lost();
+        }
+        if !self.demotes.is_empty() {
+            let core = &self.core;
+            let (done, waiting) = std::mem::take(&mut self.demotes)
+                .into_iter()
+                .partition(|(ticket, _)| core.metadata_durable(*ticket));
+            self.demotes = waiting;
+            for (_, tx) in done {
+                let _ = tx.send(Ok(()));
+            }
         }
     }
 

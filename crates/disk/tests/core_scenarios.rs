@@ -598,6 +598,36 @@ fn after_a_resync_both_sides_see_each_other_up_to_date() {
     assert_eq!(p.n[0].disk, p.n[1].disk);
 }
 
+/// A demote is durable only once its superblock write completed: the driver answers
+/// `demote` when `metadata_durable` says so for the ticket taken right after it, so an
+/// agent that exits after a clean stop leaves no crashed primary behind.
+#[test]
+fn a_demote_is_durable_only_after_its_metadata_write() {
+    let mut p = Pair::synced(Config::default());
+    p.write(1, 0, 4096, 5);
+    p.settle();
+    assert!(p.acked(0, 1));
+    p.n[0].core.demote(p.now).unwrap();
+    let ticket = p.n[0].core.metadata_ticket();
+    p.collect(0);
+    assert!(
+        p.n[0]
+            .ios
+            .iter()
+            .any(|o| matches!(o, Output::PersistMeta { .. })),
+        "the demote asked for a metadata write"
+    );
+    assert!(
+        !p.n[0].core.metadata_durable(ticket),
+        "not durable before the write ran"
+    );
+    p.settle();
+    assert!(
+        p.n[0].core.metadata_durable(ticket),
+        "durable once it completed"
+    );
+}
+
 fn dirty_and_reconnect(p: &mut Pair, n: u64) -> u64 {
     p.n[0].core.disconnect(p.now);
     p.collect(0);

@@ -1111,6 +1111,18 @@ impl Core {
         Ok(())
     }
 
+    /// A ticket for the metadata writes asked for so far: they are all durable once
+    /// [`Core::metadata_durable`] says so for it (a demote is on disk only then).
+    pub fn metadata_ticket(&self) -> u64 {
+        self.meta_enqueued
+    }
+
+    /// Whether every metadata write up to `ticket` has completed (or failed: a failed
+    /// one detaches the disk, and waiting longer would not help).
+    pub fn metadata_durable(&self, ticket: u64) -> bool {
+        self.meta_done >= ticket
+    }
+
     /// `tandem disk connect [--discard-my-data]`.
     pub fn connect(&mut self, now_ms: u64, discard_my_data: bool) {
         self.now_ms = self.now_ms.max(now_ms);
