@@ -398,6 +398,9 @@ impl Manager {
             PeerMessage::Goodbye => {
                 tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
                 self.peer_said_goodbye = true;
+                // It runs nothing from here on: take over now, not a deadtime later when
+                // its silence makes it dead (Heartbeat's graceful handover).
+                self.peer_state = PeerState::LeftCleanly;
                 self.coordinator.cancel(&self.peer);
                 self.peer_groups.clear();
                 self.peer_reported = self.config.groups.iter().map(|g| g.name.clone()).collect();

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
 use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
-use tandem_disk::core::{ConnState, Protocol, Role};
+use tandem_disk::core::{AdminError, ConnState, Protocol, Role};
 use tandem_disk::meta::MetaLocation;
 use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
 use tandem_nbd::{Server, ServerConfig};
@@ -430,7 +430,22 @@ impl Service {
                         );
                     }
                 }
-                rt.block_on(r.node.promote(*force))??;
+                // A peer that is demoting or gone still reads as primary until its state
+                // arrives or the link times out (a node that said goodbye demoted before
+                // it did; a fenced one takes `net_timeout` to be noticed): wait that long.
+                let net_timeout = self
+                    .lock()
+                    .get(name)
+                    .map_or(Duration::from_secs(6), |s| s.disk.net_timeout);
+                let deadline = crate::clock::now() + net_timeout + Duration::from_secs(1);
+                loop {
+                    match rt.block_on(r.node.promote(*force))? {
+                        Err(AdminError::PeerIsPrimary) if crate::clock::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        result => break result?,
+                    }
+                }
                 r.primary.store(true, Ordering::Relaxed);
                 Ok(())
             }
