@@ -845,3 +845,56 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
     .unwrap();
     assert!(!meta.flags.was_primary, "{:?}", meta.flags);
 }
+
+/// The whitepaper's failure: the active node loses power with writes acknowledged. The
+/// survivor declares it dead, fences it through the lab's power switch, and its group
+/// promotes the disk; every write acknowledged under protocol C reads back there.
+#[test]
+fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
+    if !root_or_skip("a_group_with_a_disk_fails_over_when_its_node_loses_power") {
+        return;
+    }
+    let mut c = Cluster::new(24, "", true);
+    let _switch = c.lab.power_switch().expect("lab power switch");
+    let fence = common::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
+    for node in ["ox1", "ox2"] {
+        let path = &c.configs[idx(node)];
+        let text = std::fs::read_to_string(path).unwrap().replace(
+            "fencing = \"none\"",
+            "fencing = \"required\"\nfencing_delay = \"1s\"",
+        );
+        std::fs::write(path, format!("{text}\n{fence}\n{DISK_GROUP}")).unwrap();
+    }
+    // Fresh disks: the group may not force a promotion, the operator does, once.
+    c.start_agent("ox1");
+    c.start_agent("ox2");
+    c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
+    c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+    c.wait_in_sync(60);
+    c.wait_state("ox1", "the group running", 30, |s| s["role"] == "primary");
+
+    // Acknowledged writes: one flushed, one not (protocol C acknowledges a write once
+    // both disks have it, flush or no flush).
+    c.qemu_io("ox1", "write -P 0x3c 0 2M");
+    c.qemu_io("ox1", "flush");
+    c.qemu_io("ox1", "write -P 0xa5 2M 1M");
+    #[allow(clippy::disallowed_methods)]
+    let off_at = std::time::Instant::now();
+    c.lab.power_off("ox1").expect("power off ox1");
+
+    let s = c.wait_state("ox2", "primary through the group", 60, |s| {
+        s["role"] == "primary"
+    });
+    eprintln!(
+        "ox2 primary {} ms after ox1's power-off: {s}",
+        off_at.elapsed().as_millis()
+    );
+    let st: Value = serde_json::from_str(&c.tandem("ox2", &["status", "--json"])).unwrap();
+    let group = &st["groups"][0];
+    assert_eq!(group["owner"], "ox2", "{st}");
+    assert_eq!(group["state"], "started", "{st}");
+    let history = c.tandem("ox2", &["fence", "history"]);
+    assert!(history.contains("ox1"), "ox1 was fenced first: {history}");
+    c.qemu_io("ox2", "read -P 0x3c 0 2M");
+    c.qemu_io("ox2", "read -P 0xa5 2M 1M");
+}
