@@ -349,8 +349,7 @@ pub fn core_config(disk: &Disk) -> tandem_disk::core::Config {
         AfterSb0Pri::DiscardYoungerPrimary => SplitBrainPolicy::DiscardYoungerPrimary,
         AfterSb0Pri::DiscardZeroChanges => SplitBrainPolicy::DiscardZeroChanges,
         AfterSb0Pri::DiscardLeastChanges => SplitBrainPolicy::DiscardLeastChanges,
-        // Not implemented by the core: the safe choice is to leave it to the operator.
-        AfterSb0Pri::DiscardOlderPrimary => SplitBrainPolicy::Disconnect,
+        AfterSb0Pri::DiscardOlderPrimary => SplitBrainPolicy::DiscardOlderPrimary,
     };
     let one_primary = match disk.after_sb_1pri {
         AfterSb1Pri::Disconnect => SplitBrainPolicy::Disconnect,
@@ -900,10 +899,9 @@ address = "10.0.0.2:7788"
         assert_eq!(core.resync_rate_bytes_per_s, Some(5 << 20));
         assert_eq!(core.ping_timeout_ms, 6000);
         assert!(core.ping_interval_ms * 2 < core.ping_timeout_ms);
-        // Not in the core: the operator decides.
         assert_eq!(
             core.after_split_brain.no_primary,
-            SplitBrainPolicy::Disconnect
+            SplitBrainPolicy::DiscardOlderPrimary
         );
         assert!(meta_location(&Meta::Internal).is_ok());
         assert!(

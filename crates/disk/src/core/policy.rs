@@ -18,6 +18,9 @@ pub enum SplitBrainPolicy {
     DiscardLeastChanges,
     /// Keep the side that was primary when the link broke; discard the one promoted later.
     DiscardYoungerPrimary,
+    /// Keep the side promoted while the link was down; discard the one that was primary
+    /// when it broke.
+    DiscardOlderPrimary,
     /// With one primary: apply the no-primary policy, but only if it discards the
     /// secondary; otherwise disconnect.
     Consensus,
@@ -33,6 +36,7 @@ impl SplitBrainPolicy {
             "discard-zero-changes" => SplitBrainPolicy::DiscardZeroChanges,
             "discard-least-changes" => SplitBrainPolicy::DiscardLeastChanges,
             "discard-younger-primary" => SplitBrainPolicy::DiscardYoungerPrimary,
+            "discard-older-primary" => SplitBrainPolicy::DiscardOlderPrimary,
             "consensus" => SplitBrainPolicy::Consensus,
             "discard-secondary" => SplitBrainPolicy::DiscardSecondary,
             _ => return None,
@@ -44,7 +48,7 @@ impl SplitBrainPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AfterSplitBrain {
     /// No primary: `disconnect`, `discard-zero-changes`, `discard-least-changes`,
-    /// `discard-younger-primary`.
+    /// `discard-younger-primary`, `discard-older-primary`.
     pub no_primary: SplitBrainPolicy,
     /// One primary: `disconnect`, `consensus`, `discard-secondary`.
     pub one_primary: SplitBrainPolicy,
@@ -177,6 +181,11 @@ fn no_primary(p: SplitBrainPolicy, l: &SplitBrainSide, r: &SplitBrainSide) -> Re
             (false, true) => Resolution::Resync(Target),
             _ => Resolution::Disconnect,
         },
+        SplitBrainPolicy::DiscardOlderPrimary => match (l.primary_at_split, r.primary_at_split) {
+            (true, false) => Resolution::Resync(Target),
+            (false, true) => Resolution::Resync(Source),
+            _ => Resolution::Disconnect,
+        },
         _ => Resolution::Disconnect,
     }
 }
@@ -281,6 +290,28 @@ mod tests {
                 pol(DiscardYoungerPrimary, Disconnect),
                 s(3, false, true, false, 1),
                 s(5, false, true, false, 2),
+                true,
+                Resolution::Disconnect,
+            ),
+            // discard-older-primary: the other way round.
+            (
+                pol(DiscardOlderPrimary, Disconnect),
+                s(3, false, true, false, 1),
+                s(5, false, false, false, 2),
+                true,
+                Resolution::Resync(Target),
+            ),
+            (
+                pol(DiscardOlderPrimary, Disconnect),
+                s(3, false, false, false, 1),
+                s(5, false, true, false, 2),
+                true,
+                Resolution::Resync(Source),
+            ),
+            (
+                pol(DiscardOlderPrimary, Disconnect),
+                s(3, false, false, false, 1),
+                s(5, false, false, false, 2),
                 true,
                 Resolution::Disconnect,
             ),
