@@ -730,7 +730,10 @@ impl Lab {
 
     fn host_state(&self, host: &str) -> Result<HostState, LabError> {
         self.check_host(host)?;
-        Ok(self.state.hosts.get(host).cloned().unwrap_or_default())
+        // From the state file, not this handle's copy: another handle or process (the
+        // power switch, `tandem lab power`) may have power-cycled the host since.
+        let state = load_state(&self.name)?;
+        Ok(state.hosts.get(host).cloned().unwrap_or_default())
     }
 
     fn entry(&self, host: &str) -> Result<sys::Entry, LabError> {

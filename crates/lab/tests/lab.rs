@@ -650,3 +650,23 @@ fn a_pulled_cable_is_carrier_loss_and_survives_a_power_cycle() {
     assert!(reachable(&lab, "b", lab.address("a", "hb").unwrap()));
     assert_eq!(carrier(&lab), "1");
 }
+
+/// A handle sees what another handle did: after a power cycle through one handle (as
+/// the power switch or `tandem lab power` do from elsewhere), another runs commands on
+/// the host's new init instead of failing on the old one.
+#[test]
+fn a_host_power_cycled_through_another_handle_is_usable_from_this_one() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::up_auto(two_hosts()).unwrap();
+    assert_eq!(lab.run("a", &["echo", "before"]).unwrap().trim(), "before");
+    let mut other = Lab::open(lab.name()).unwrap();
+    other.power_off("a").unwrap();
+    assert!(
+        lab.run("a", &["true"]).is_err(),
+        "a powered-off host runs nothing"
+    );
+    other.power_on("a").unwrap();
+    assert_eq!(lab.run("a", &["echo", "after"]).unwrap().trim(), "after");
+}
