@@ -763,6 +763,30 @@ monitor_interval = "1s"
 "#;
 
 impl Cluster {
+    /// Two agents with the lab's power switch as fence device (`fencing_delay` 1 s) and
+    /// the group `data` (home ox1) holding r0, forced primary and in sync on ox1.
+    fn fenced_with_disk_group(disk_extra: &str) -> (Cluster, tandem_lab::PowerSwitch) {
+        let mut c = Cluster::new(24, disk_extra, true);
+        let switch = c.lab.power_switch().expect("lab power switch");
+        let fence = common::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
+        for node in ["ox1", "ox2"] {
+            let path = &c.configs[idx(node)];
+            let text = std::fs::read_to_string(path).unwrap().replace(
+                "fencing = \"none\"",
+                "fencing = \"required\"\nfencing_delay = \"1s\"",
+            );
+            std::fs::write(path, format!("{text}\n{fence}\n{DISK_GROUP}")).unwrap();
+        }
+        // Fresh disks: the group may not force a promotion, the operator does, once.
+        c.start_agent("ox1");
+        c.start_agent("ox2");
+        c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
+        c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+        c.wait_in_sync(60);
+        c.wait_state("ox1", "the group running", 30, |s| s["role"] == "primary");
+        (c, switch)
+    }
+
     /// SIGTERM to `node`'s agent; waits for it to exit.
     fn stop_agent(&mut self, node: &str) {
         let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
@@ -854,24 +878,7 @@ fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
     if !root_or_skip("a_group_with_a_disk_fails_over_when_its_node_loses_power") {
         return;
     }
-    let mut c = Cluster::new(24, "", true);
-    let _switch = c.lab.power_switch().expect("lab power switch");
-    let fence = common::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
-    for node in ["ox1", "ox2"] {
-        let path = &c.configs[idx(node)];
-        let text = std::fs::read_to_string(path).unwrap().replace(
-            "fencing = \"none\"",
-            "fencing = \"required\"\nfencing_delay = \"1s\"",
-        );
-        std::fs::write(path, format!("{text}\n{fence}\n{DISK_GROUP}")).unwrap();
-    }
-    // Fresh disks: the group may not force a promotion, the operator does, once.
-    c.start_agent("ox1");
-    c.start_agent("ox2");
-    c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
-    c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
-    c.wait_in_sync(60);
-    c.wait_state("ox1", "the group running", 30, |s| s["role"] == "primary");
+    let (mut c, _switch) = Cluster::fenced_with_disk_group("");
 
     // Acknowledged writes: one flushed, one not (protocol C acknowledges a write once
     // both disks have it, flush or no flush).
@@ -897,4 +904,33 @@ fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
     assert!(history.contains("ox1"), "ox1 was fenced first: {history}");
     c.qemu_io("ox2", "read -P 0x3c 0 2M");
     c.qemu_io("ox2", "read -P 0xa5 2M 1M");
+}
+
+/// A node that hangs and then is fenced sends no FIN: its replication link looks alive
+/// until the ping timeout. The survivor's manager tells the disk the peer was fenced, so
+/// the group's promotion does not wait for `net_timeout` (20 s here).
+#[test]
+fn a_fenced_peer_does_not_hold_the_promotion_until_the_link_times_out() {
+    if !root_or_skip("a_fenced_peer_does_not_hold_the_promotion_until_the_link_times_out") {
+        return;
+    }
+    let (mut c, _switch) = Cluster::fenced_with_disk_group("net_timeout = \"20s\"");
+    c.qemu_io("ox1", "write -P 0x6b 0 2M");
+    // ox1 hangs, and the heartbeat network (which carries the link) drops everything:
+    // when the fence powers it off, nothing of its sockets' end reaches ox2.
+    #[allow(clippy::disallowed_methods)]
+    let hung_at = std::time::Instant::now();
+    c.lab.freeze("ox1").expect("freeze ox1");
+    c.lab.partition("hb", &[]).expect("partition hb");
+    let s = c.wait_state("ox2", "primary through the group", 60, |s| {
+        s["role"] == "primary"
+    });
+    let took = hung_at.elapsed();
+    eprintln!("ox2 primary {} ms after ox1 hung: {s}", took.as_millis());
+    assert_eq!(s["last_disconnect_reason"], "the peer was fenced", "{s}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the promotion waited for the link's 20 s timeout: {took:?}"
+    );
+    c.qemu_io("ox2", "read -P 0x6b 0 2M");
 }

@@ -883,7 +883,12 @@ impl Manager {
         let mut settled = Vec::new();
         for (id, node) in &running.fences {
             match self.coordinator.state(node) {
-                s if s.is_down() => settled.push((*id, true)),
+                s if s.is_down() => {
+                    if *node == self.peer {
+                        crate::disks::peer_fenced();
+                    }
+                    settled.push((*id, true))
+                }
                 tandem_fencing::FenceState::Failed => settled.push((*id, false)),
                 _ => {}
             }

@@ -290,6 +290,32 @@ pub fn stop(managed: &[String]) {
     }
 }
 
+/// The cluster fenced the peer (or an operator confirmed it down): every running disk
+/// drops its replication link at once, so a promotion does not wait for the link to
+/// time out — a fenced machine's sockets never say goodbye. Returns at once.
+pub fn peer_fenced() {
+    let Some(service) = SERVICE.get() else {
+        return;
+    };
+    let nodes: Vec<NodeHandle> = service
+        .lock()
+        .values()
+        .filter_map(|s| s.running.as_ref().map(|r| r.node.clone()))
+        .collect();
+    if nodes.is_empty() {
+        return;
+    }
+    tracing::info!(
+        disks = nodes.len(),
+        "peer fenced: dropping the replication links"
+    );
+    service.runtime.spawn(async move {
+        for node in nodes {
+            let _ = node.peer_fenced().await;
+        }
+    });
+}
+
 /// Every disk of this node as `tandem status --json` shows it under `disks` (empty when
 /// the service is not running or this node has no disks).
 pub fn status_json() -> Value {

@@ -90,6 +90,7 @@ enum Cmd {
     Demote(oneshot::Sender<Result<(), AdminError>>),
     Connect(bool),
     Disconnect,
+    PeerFenced,
     Verify(oneshot::Sender<Result<(), AdminError>>),
     Invalidate(oneshot::Sender<Result<(), AdminError>>),
     Status(oneshot::Sender<Status>),
@@ -192,6 +193,14 @@ impl NodeHandle {
     pub async fn connect(&self, discard_my_data: bool) -> Result<(), NodeError> {
         self.tx
             .send(Cmd::Connect(discard_my_data))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// The cluster fenced the peer: drop the link now (see `Core::peer_fenced`).
+    pub async fn peer_fenced(&self) -> Result<(), NodeError> {
+        self.tx
+            .send(Cmd::PeerFenced)
             .await
             .map_err(|_| NodeError::Stopped)
     }
@@ -850,6 +859,7 @@ impl Driver {
             },
             Cmd::Connect(discard) => self.core.connect(now, discard),
             Cmd::Disconnect => self.core.disconnect(now),
+            Cmd::PeerFenced => self.core.peer_fenced(now),
             Cmd::Verify(tx) => {
                 let _ = tx.send(self.core.verify(now));
             }

@@ -1123,6 +1123,16 @@ impl Core {
         self.meta_done >= ticket
     }
 
+    /// The cluster has fenced the peer (or an operator confirmed it down): whatever the
+    /// link looks like, nobody is at the other end. It is dropped now rather than after
+    /// the ping timeout — a powered-off machine sends no FIN — and the core goes on
+    /// connecting, for the peer's return.
+    pub fn peer_fenced(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.drop_link("the peer was fenced");
+        self.pump();
+    }
+
     /// `tandem disk connect [--discard-my-data]`.
     pub fn connect(&mut self, now_ms: u64, discard_my_data: bool) {
         self.now_ms = self.now_ms.max(now_ms);
