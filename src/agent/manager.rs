@@ -151,6 +151,8 @@ pub struct Manager {
     /// every configured group has been (reports come one group per message).
     peer_reported: BTreeSet<String>,
     peer_said_goodbye: bool,
+    /// The disk service was told the peer is down (see `fencing_commands`).
+    peer_down_told_disks: bool,
     peer_groups: BTreeMap<String, BTreeMap<String, ResourceView>>,
     requests: Vec<Request>,
     maintenance: bool,
@@ -220,6 +222,7 @@ impl Manager {
             peer_state: PeerState::Unknown,
             peer_reported: BTreeSet::new(),
             peer_said_goodbye: false,
+            peer_down_told_disks: false,
             peer_groups: BTreeMap::new(),
             requests: Vec::new(),
             maintenance: false,
@@ -857,6 +860,13 @@ impl Manager {
     /// Carries out what the fencing coordinator asks (device runs on worker threads,
     /// records to the peer), then settles fence actions of the running transition.
     fn fencing_commands(&mut self) {
+        // Once the peer is known down (fenced, or confirmed by an operator), its
+        // replication links are dead whatever TCP thinks: drop them, once.
+        let peer_down = self.coordinator.state(&self.peer).is_down();
+        if peer_down && !self.peer_down_told_disks {
+            crate::disks::peer_fenced();
+        }
+        self.peer_down_told_disks = peer_down;
         while let Some(command) = self.coordinator.poll_command() {
             match command {
                 tandem_fencing::Command::RunDevice { .. } => {
@@ -883,12 +893,7 @@ impl Manager {
         let mut settled = Vec::new();
         for (id, node) in &running.fences {
             match self.coordinator.state(node) {
-                s if s.is_down() => {
-                    if *node == self.peer {
-                        crate::disks::peer_fenced();
-                    }
-                    settled.push((*id, true))
-                }
+                s if s.is_down() => settled.push((*id, true)),
                 tandem_fencing::FenceState::Failed => settled.push((*id, false)),
                 _ => {}
             }
