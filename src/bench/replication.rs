@@ -281,11 +281,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::os::unix::net::UnixStream::connect(s).ok()
         })?;
     }
-    let agent_pid = bench.agents.first().map(|a| a.pid());
-    let target_uri = |t: &str| -> anyhow::Result<(String, Option<u32>)> {
+    // CPU is counted on both nodes for replicated disks (the secondary's work is part of
+    // every write), on ox1 alone for the local-only one.
+    let agent_pids: Vec<u32> = bench.agents.iter().map(|a| a.pid()).collect();
+    let primary_pid: Vec<u32> = agent_pids.first().copied().into_iter().collect();
+    let target_uri = |t: &str| -> anyhow::Result<(String, Vec<u32>)> {
         Ok(match t {
-            "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), Some(qemu.0.id())),
-            "nbdkit" => (format!("nbd+unix:///?socket={ks}"), Some(nbdkit.0.id())),
+            "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), vec![qemu.0.id()]),
+            "nbdkit" => (format!("nbd+unix:///?socket={ks}"), vec![nbdkit.0.id()]),
             _ => {
                 let disk = DISKS
                     .iter()
@@ -295,10 +298,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let sock = bench
                     .lab
                     .host_path("ox1", &format!("/run/tandem/disk/{disk}.nbd"))?;
-                (
-                    format!("nbd+unix:///{disk}?socket={}", sock.display()),
-                    agent_pid,
-                )
+                let pids = if t == "tandem-local" {
+                    primary_pid.clone()
+                } else {
+                    agent_pids.clone()
+                };
+                (format!("nbd+unix:///{disk}?socket={}", sock.display()), pids)
             }
         })
     };
@@ -308,7 +313,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.rounds.max(1) {
             for (i, t) in targets.iter().enumerate() {
                 let (uri, pid) = target_uri(t)?;
-                let row = run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, pid)?;
+                let row = run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, &pid)?;
                 eprintln!(
                     "{:<20} {:<13} {:>9.1} MiB/s {:>9.0} IOPS",
                     job.name,
@@ -349,7 +354,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print!("{}", format_table(&rows, "qemu-nbd"));
     println!();
     print!("{link}");
-    println!("server CPU/op for tandem-* is the primary's whole agent (ox1), replication included");
+    println!(
+        "server CPU/op: for tandem-C and tandem-A both nodes' agents (primary and replica), for tandem-local ox1's agent"
+    );
     for a in &bench.agents {
         let _ = a.kill();
     }

@@ -175,17 +175,27 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
 }
 
-/// Run one fio job with the nbd engine against `uri`; with `server_pid`, also measure the
-/// server's CPU time per I/O.
+/// Run one fio job with the nbd engine against `uri`; with `server_pids`, also measure
+/// the CPU time those processes (together: a replicated disk's two nodes) spend per I/O.
 pub fn run_fio_job(
     target: &str,
     uri: &str,
     job: &FioJob,
     size_bytes: u64,
     runtime_s: u64,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<BenchRow, BenchError> {
-    let cpu_before = server_pid.and_then(process_cpu_time);
+    let cpu_of = || -> Option<Duration> {
+        (!server_pids.is_empty())
+            .then(|| {
+                server_pids
+                    .iter()
+                    .map(|p| process_cpu_time(*p))
+                    .sum::<Option<Duration>>()
+            })
+            .flatten()
+    };
+    let cpu_before = cpu_of();
     let fail = |detail: String| BenchError::Fio {
         job: job.name.clone(),
         target: target.into(),
@@ -240,7 +250,7 @@ pub fn run_fio_job(
     let iops = j[dir]["iops"]
         .as_f64()
         .ok_or_else(|| fail("no iops".into()))?;
-    let cpu_after = server_pid.and_then(process_cpu_time);
+    let cpu_after = cpu_of();
     let ios = j[dir]["total_ios"].as_f64().unwrap_or(0.0);
     let server_cpu_us_per_op = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if ios > 0.0 => Some((a - b).as_secs_f64() * 1e6 / ios),
@@ -472,7 +482,14 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
                     // In process: fio is a child, so this process's CPU is the server's.
                     _ => Some(std::process::id()),
                 };
-                let row = run_fio_job(n, &uri, job, cfg.file_size_bytes, cfg.runtime_s, pid)?;
+                let row = run_fio_job(
+                    n,
+                    &uri,
+                    job,
+                    cfg.file_size_bytes,
+                    cfg.runtime_s,
+                    pid.as_slice(),
+                )?;
                 tracing::info!(target = n, job = %job.name, mib_per_s = row.bytes_per_s / 1048576.0, iops = row.iops, "fio job done");
                 samples[i].push(row);
             }
