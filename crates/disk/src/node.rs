@@ -12,9 +12,11 @@
 //! itself and does small buffered writes in place: at 4 KiB a hand-off to another thread
 //! costs more than the write (docs/benchmarks.md). Large aligned writes go around the
 //! page cache (`O_DIRECT`) on the blocking pool, as DRBD's lower-device bios do; reads
-//! go through the page cache with readahead off (docs/disk.md, section 9, says why). Connection rule: the node whose
-//! replication address sorts lower dials, the other accepts; both authenticate each other
-//! with a challenge/response over the shared secret before the core sees the link.
+//! go through the page cache with readahead off (docs/disk.md, section 9, says why).
+//!
+//! Connection rule: the node whose replication address sorts lower dials, the other
+//! accepts; both authenticate each other with a challenge/response over the shared
+//! secret before the core sees the link.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
