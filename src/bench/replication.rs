@@ -303,7 +303,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     agent_pids.clone()
                 };
-                (format!("nbd+unix:///{disk}?socket={}", sock.display()), pids)
+                (
+                    format!("nbd+unix:///{disk}?socket={}", sock.display()),
+                    pids,
+                )
             }
         })
     };

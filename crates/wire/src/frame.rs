@@ -712,6 +712,27 @@ impl Frame {
             FrameType::Bitmap => FLAG_LAST,
             _ => 0,
         })?;
+        // Header fields a frame type does not use must be zero, as `encode` writes them:
+        // one frame, one encoding.
+        let (uses_sector, uses_id) = {
+            use FrameType::*;
+            match kind {
+                Data | ResyncRequest | ResyncData | ChecksumRequest | ChecksumReply
+                | ResyncChecksum | ResyncInSync | ReadRequest => (true, true),
+                ResyncAck | Bitmap => (true, false),
+                AckReceived | AckWritten | ReadError | Barrier | BarrierAck | ReadReply => {
+                    (false, true)
+                }
+                AuthChallenge | AuthResponse | State | ResyncFinished | ResyncComplete | Ping
+                | PingAck | VerifyFinished => (false, false),
+            }
+        };
+        if !uses_sector && header.sector != 0 {
+            return Err(field("sector set on a frame that has none"));
+        }
+        if !uses_id && header.id != 0 {
+            return Err(field("id set on a frame that has none"));
+        }
         let id = header.id;
         let sector = header.sector;
         Ok(match kind {
@@ -935,6 +956,33 @@ fn arr32(b: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header field the frame type does not use must be zero (found by libFuzzer: a
+    /// `BarrierAck` with a sector decoded, and re-encoded to other bytes).
+    #[test]
+    fn unused_header_fields_are_refused() {
+        for (f, at) in [
+            (Frame::BarrierAck { epoch: 3 }, 16..24), // sector
+            (Frame::Ping, 24..32),                    // id
+            (
+                Frame::ResyncAck {
+                    sector: 8,
+                    len_bytes: 4096,
+                },
+                24..32,
+            ), // id
+        ] {
+            let mut b = f.to_bytes();
+            b[at.end - 1] = 1;
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..36]), &b[HEADER_LEN..]);
+            b[36..40].copy_from_slice(&crc.to_be_bytes());
+            assert!(
+                matches!(Frame::decode(&b), Err(DecodeError::BadField { .. })),
+                "{f:?}: {:?}",
+                Frame::decode(&b)
+            );
+        }
+    }
 
     /// A frame encoded in two parts (head, then the data from where it lies) is byte
     /// for byte the frame encoded whole, and a shared decode hands back the data as a
