@@ -83,8 +83,16 @@ pub fn parse_datagram(
                 buf.len()
             )));
         }
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
-            .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+        let bytes = &buf[..len];
+        // netlink-packet-route 0.25 indexes some attributes (IFA_CACHEINFO shorter than
+        // 16 bytes, found by fuzzing) without checking their length: its panic becomes
+        // a decode error here, like any other malformed message.
+        let msg =
+            std::panic::catch_unwind(|| NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes))
+                .map_err(|_| {
+                    NetlinkError::Decode("malformed message (the parser panicked)".into())
+                })?
+                .map_err(|e| NetlinkError::Decode(e.to_string()))?;
         out.push(msg);
         let aligned = (len + 3) & !3;
         buf = &buf[aligned.min(buf.len())..];
@@ -316,6 +324,20 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The input libFuzzer found: a new-address message whose IFA_CACHEINFO attribute is
+    /// shorter than the 16 bytes the parser reads from it.
+    #[test]
+    fn a_short_cacheinfo_attribute_is_an_error_not_a_panic() {
+        let datagram: [u8; 60] = [
+            0x2c, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00, 0x08, 0x00, 0x10, 0x00, 0x00, 0x00, 0x15,
+            0x00, 0x00, 0x00, 0x0f, 0xff, 0x00, 0x00, 0x60, 0x00, 0x00, 0x0c, 0x00, 0x06, 0x00,
+            0xff, 0xff, 0xff, 0xff, 0x0a, 0x25, 0x00, 0x48, 0x3d, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x10, 0x00, 0x00, 0x00, 0xfa, 0x0a, 0x00, 0xff, 0xff, 0x00, 0x2b, 0x04, 0xff,
+            0xff, 0xff, 0x0a, 0x25,
+        ];
+        assert!(parse_datagram(&datagram).is_err());
+    }
 
     #[test]
     fn datagram_parser_rejects_bad_lengths_without_panicking() {
