@@ -461,7 +461,7 @@ impl Service {
                 let net_timeout = self
                     .lock()
                     .get(name)
-                    .map_or(Duration::from_secs(6), |s| s.disk.net_timeout);
+                    .map_or(tandem_config::defaults::NET_TIMEOUT, |s| s.disk.net_timeout);
                 let deadline = crate::clock::now() + net_timeout + Duration::from_secs(1);
                 loop {
                     match rt.block_on(r.node.promote(*force))? {

@@ -905,17 +905,18 @@ impl Driver {
                     self.link_lost();
                 } else if self.link.is_none() {
                     // Authentication failed: retry no faster than a refused dial.
-                    self.dialing = false;
-                    self.dial_wait =
-                        (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
+                    self.dial_failed();
                 }
             }
-            Event::DialFailed => {
-                self.dialing = false;
-                self.dial_wait =
-                    (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
-            }
+            Event::DialFailed => self.dial_failed(),
         }
+    }
+
+    /// A dial or its handshake failed: the next waits twice as long, up to
+    /// `connect_interval`.
+    fn dial_failed(&mut self) {
+        self.dialing = false;
+        self.dial_wait = (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
     }
 
     fn link_lost(&mut self) {

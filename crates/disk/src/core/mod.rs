@@ -33,6 +33,16 @@ pub mod resync;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tandem_wire::frame::{Frame, MAX_DATA_BYTES, SECTOR_BYTES, StateReport, state_flags};
+
+use activity_log::{ActivityLog, AlTransaction, Begin};
+use bitmap::{BLOCK_BYTES, Bitmap, blocks_covered, blocks_touched};
+use generation::{CrashedPrimaryRule, Direction, Generations, HandshakeSide, SyncDecision, decide};
+use policy::{AfterSplitBrain, Resolution, SplitBrainSide, resolve};
+use resync::{ResyncLimits, ResyncPlanner};
+
 /// Maps keyed by the core's own sequential ids (requests, I/Os, wire ids): a
 /// multiplicative hash, since SipHash's protection against chosen keys buys nothing
 /// for ids we hand out ourselves, and the write path looks them up several times per
@@ -59,16 +69,6 @@ impl Hasher for IdHasher {
         self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
-
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
-use tandem_wire::frame::{Frame, MAX_DATA_BYTES, SECTOR_BYTES, StateReport, state_flags};
-
-use activity_log::{ActivityLog, AlTransaction, Begin};
-use bitmap::{BLOCK_BYTES, Bitmap, blocks_covered, blocks_touched};
-use generation::{CrashedPrimaryRule, Direction, Generations, HandshakeSide, SyncDecision, decide};
-use policy::{AfterSplitBrain, Resolution, SplitBrainSide, resolve};
-use resync::{ResyncLimits, ResyncPlanner};
 
 /// Replication protocol: when a write is acknowledged to the frontend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
