@@ -222,6 +222,8 @@ fn fio(uri: &str, args: &[&str]) -> serde_json::Value {
         "--ioengine=nbd",
         &format!("--uri={uri}"),
         "--output-format=json",
+        // fio would otherwise leave `local-verify-0-verify.state` in the crate directory.
+        "--verify_state_save=0",
     ]);
     c.args(args);
     let out = run(&mut c);
