@@ -980,17 +980,14 @@ impl Manager {
                 on.insert(resource.clone(), view.clone());
             }
         }
-        let peer_state = match self.peer_state {
-            PeerState::Dead if self.peer_said_goodbye => PeerState::LeftCleanly,
-            s => s,
-        };
         ClusterView {
             description: None,
             local: self.local.clone(),
             initdead_passed: now >= self.started_at + self.config.cluster.initdead,
             maintenance: self.maintenance,
             peer: PeerView {
-                state: peer_state,
+                // A goodbye already made it `LeftCleanly`, so it is never `Dead` with one.
+                state: self.peer_state,
                 reported: self
                     .config
                     .groups
