@@ -233,6 +233,7 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
                 AfterSb2Pri::Disconnect => "disconnect",
             }),
         );
+        kv(&mut o, "fencing", &q(disk.fencing.as_str()));
         for h in &disk.hosts {
             let _ = writeln!(o, "\n[disk.on.{}]", key(&h.node));
             kv(&mut o, "device", &q(&h.device.display().to_string()));

@@ -233,6 +233,8 @@ pub struct Disk {
     pub after_sb_1pri: AfterSb1Pri,
     /// Split-brain policy when both sides are primary.
     pub after_sb_2pri: AfterSb2Pri,
+    /// What a primary does when the replication link drops (DRBD's `fencing`).
+    pub fencing: DiskFencing,
     /// Per-node settings, one per node the disk lives on (exactly two), in file order.
     pub hosts: Vec<DiskHost>,
 }
@@ -246,6 +248,45 @@ pub enum Protocol {
     B,
     /// A write is complete when durable on both disks.
     C,
+}
+
+/// A disk's fencing policy (DRBD's `disk { fencing …; }`): what a primary does when it
+/// loses the replication link while the peer's copy could still be promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFencing {
+    /// Go on writing alone. A peer promoted later lacks those writes: acknowledged data
+    /// can be lost (DRBD `dont-care`).
+    DontCare,
+    /// Outdate the peer through the cluster's other paths before completing any further
+    /// write; if the peer cannot be reached, go on alone (DRBD `resource-only`).
+    ResourceOnly,
+    /// Suspend I/O until the peer is known outdated or has been fenced (DRBD
+    /// `resource-and-stonith`): nothing is acknowledged that a promotable peer lacks.
+    ResourceAndStonith,
+}
+
+impl DiskFencing {
+    /// The configuration's spelling (DRBD's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFencing::DontCare => "dont-care",
+            DiskFencing::ResourceOnly => "resource-only",
+            DiskFencing::ResourceAndStonith => "resource-and-stonith",
+        }
+    }
+
+    /// The policy of a disk whose configuration does not say: `resource-and-stonith`
+    /// for a disk that a resource group promotes in a cluster that fences (the group's
+    /// failover must never promote a copy that lacks acknowledged writes), else
+    /// `resource-only` (nothing can fence for it; the peer is still outdated when it
+    /// can be reached).
+    pub fn default_for(in_group: bool, cluster_fencing: FencingPolicy) -> DiskFencing {
+        if in_group && cluster_fencing == FencingPolicy::Required {
+            DiskFencing::ResourceAndStonith
+        } else {
+            DiskFencing::ResourceOnly
+        }
+    }
 }
 
 /// `on_io_error`.

@@ -70,6 +70,7 @@ const DISK_KEYS: &[&str] = &[
     "after_sb_0pri",
     "after_sb_1pri",
     "after_sb_2pri",
+    "fencing",
     "port",
     "on",
 ];
@@ -162,6 +163,10 @@ struct Walker<'s> {
     src: &'s Source<'s>,
     sink: Sink,
 }
+
+/// A disk's `fencing` key as written: whether its value was valid, and where it is
+/// (the default is resolved, and `resource-and-stonith` checked, once groups are read).
+type FencingKey = (bool, Range<usize>);
 
 /// Spans kept for the cross checks that run once everything is read.
 #[derive(Default)]
@@ -587,9 +592,13 @@ impl<'s> Walker<'s> {
 
         let mut seen = HashMap::new();
         let mut disks = Vec::new();
+        let mut fencing_keys = HashMap::new();
         for t in self.array_of_tables(&root, "disk", "disk") {
-            if let Some((disk, span)) = self.disk(&t, &node_names) {
+            if let Some((disk, span, fencing)) = self.disk(&t, &node_names) {
                 if self.unique(&mut seen, &disk.name, span, "disk") {
+                    if let Some(key) = fencing {
+                        fencing_keys.insert(disk.name.clone(), key);
+                    }
                     disks.push(disk);
                 }
             }
@@ -610,6 +619,7 @@ impl<'s> Walker<'s> {
             }
         }
 
+        self.resolve_disk_fencing(&cluster, &mut disks, &groups, &fencing_keys);
         self.timing(&cluster, &spans);
         if checks == FileChecks::On {
             let span = spans.key_file.clone().unwrap_or(spans.cluster.clone());
@@ -1041,7 +1051,7 @@ impl<'s> Walker<'s> {
         &mut self,
         t: &Tbl<'_, '_>,
         nodes: &HashMap<String, Range<usize>>,
-    ) -> Option<(Disk, Range<usize>)> {
+    ) -> Option<(Disk, Range<usize>, Option<FencingKey>)> {
         self.check_keys(t, DISK_KEYS);
         let name_v = self.required(t, "name", "the disk name, e.g. \"r0\"");
         let name = name_v.and_then(|v| self.name(v, "name"));
@@ -1138,6 +1148,22 @@ impl<'s> Walker<'s> {
             &[("disconnect", AfterSb2Pri::Disconnect)],
             AfterSb2Pri::Disconnect,
         );
+        let fencing = t.get("fencing").map(|v| {
+            let choice = self.choice(
+                t,
+                "fencing",
+                &[
+                    ("dont-care", Some(DiskFencing::DontCare)),
+                    ("resource-only", Some(DiskFencing::ResourceOnly)),
+                    (
+                        "resource-and-stonith",
+                        Some(DiskFencing::ResourceAndStonith),
+                    ),
+                ],
+                None,
+            );
+            (choice, v.span())
+        });
         let port = self
             .opt_integer(t, "port", 1, 65535)
             .map(|p| p as u16)
@@ -1199,9 +1225,15 @@ impl<'s> Walker<'s> {
                 after_sb_0pri,
                 after_sb_1pri,
                 after_sb_2pri,
+                // Resolved once the groups are read (`resolve_disk_fencing`).
+                fencing: fencing
+                    .as_ref()
+                    .and_then(|(f, _)| *f)
+                    .unwrap_or(DiskFencing::ResourceOnly),
                 hosts,
             },
             name_v?.span(),
+            fencing.map(|(f, span)| (f.is_some(), span)),
         ))
     }
 
@@ -1358,6 +1390,49 @@ impl<'s> Walker<'s> {
             },
             name_v?.span(),
         ))
+    }
+
+    /// Gives every disk without a `fencing` key its default (which depends on whether a
+    /// group promotes it), and refuses `resource-and-stonith` where nothing can fence.
+    fn resolve_disk_fencing(
+        &mut self,
+        cluster: &Cluster,
+        disks: &mut [Disk],
+        groups: &[Group],
+        keys: &HashMap<String, FencingKey>,
+    ) {
+        for disk in disks {
+            match keys.get(&disk.name) {
+                None => {
+                    let in_group = groups.iter().flat_map(|g| &g.resources).any(
+                        |r| matches!(&r.kind, ResourceKind::Disk { disk: d } if *d == disk.name),
+                    );
+                    disk.fencing = DiskFencing::default_for(in_group, cluster.fencing);
+                }
+                Some((true, span))
+                    if disk.fencing == DiskFencing::ResourceAndStonith
+                        && cluster.fencing == FencingPolicy::None =>
+                {
+                    self.err(
+                        span.clone(),
+                        format!(
+                            "disk `{}`: fencing = \"resource-and-stonith\" needs a cluster that fences, but [cluster] says fencing = \"none\": set fencing = \"required\" with a [[fence_device]], or use \"resource-only\"",
+                            disk.name
+                        ),
+                    );
+                }
+                Some((true, span)) if disk.fencing == DiskFencing::DontCare => {
+                    self.warn(
+                        span.clone(),
+                        format!(
+                            "disk `{}`: fencing = \"dont-care\": a primary that loses its replication link goes on writing alone, and a failover to the peer then loses those acknowledged writes (docs/disk.md, \"Disk fencing\")",
+                            disk.name
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     /// A filesystem on a replicated disk's device must come after the `disk` resource

@@ -104,3 +104,41 @@ fn random_input_never_panics() {
         let _ = Config::parse_str("fuzz.toml", &text);
     }
 }
+
+/// A disk's fencing policy: DRBD's names; the default is `resource-and-stonith` for a
+/// disk that a group promotes in a fencing cluster and `resource-only` otherwise, and
+/// `dont-care` loads with a warning that names the data loss.
+#[test]
+fn disk_fencing_defaults_follow_the_group_and_the_cluster() {
+    let text = testdata("example.toml");
+    let (c, _) = Config::parse_str("example.toml", &text).unwrap();
+    assert_eq!(
+        c.disk("r0").unwrap().fencing,
+        DiskFencing::ResourceAndStonith
+    );
+
+    // Not in any group: nothing fences for it by itself. (The example's blocks are
+    // separated by blank lines; the group's `disk` resource is one of them.)
+    let no_group: String = text
+        .split("\n\n")
+        .filter(|block| !block.contains("type = \"disk\""))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let (c, _) = Config::parse_str("no-group.toml", &no_group).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.disk("r0").unwrap().fencing, DiskFencing::ResourceOnly);
+
+    let dont_care = text.replace(
+        "name = \"r0\"\n",
+        "name = \"r0\"\nfencing = \"dont-care\"\n",
+    );
+    let (c, warnings) = Config::parse_str("dont-care.toml", &dont_care).unwrap();
+    assert_eq!(c.disk("r0").unwrap().fencing, DiskFencing::DontCare);
+    let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("dont-care") && w.contains("loses those acknowledged writes")),
+        "{w:?}"
+    );
+    // The emitter writes the policy, so what a node runs is what its file says.
+    assert!(to_toml(&c).contains("fencing = \"dont-care\""));
+}

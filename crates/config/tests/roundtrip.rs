@@ -226,6 +226,7 @@ fn config() -> impl Strategy<Value = Config> {
                         after_sb_0pri: AfterSb0Pri::DiscardZeroChanges,
                         after_sb_1pri: AfterSb1Pri::Consensus,
                         after_sb_2pri: AfterSb2Pri::Disconnect,
+                        fencing: DiskFencing::ResourceOnly,
                         hosts: ["a", "b"]
                             .iter()
                             .enumerate()

@@ -228,3 +228,48 @@ fn import_output_loads_and_validates() {
         Config::parse_str("imported.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(back, c);
 }
+
+/// Every whitepaper disk is promoted by the group in a cluster that fences, so the
+/// importer gives each `resource-and-stonith`: a failover can never promote a copy
+/// that lacks acknowledged writes. A DRBD 8 `fencing` line and its `fence-peer`
+/// handler are read: the policy is kept, the handler is replaced (and said so).
+#[test]
+fn whitepaper_disks_fence_by_default_and_drbd8_fencing_imports() {
+    let (c, _) = import(&files()).unwrap_or_else(|e| panic!("{e}"));
+    for d in &c.disks {
+        assert_eq!(d.fencing, DiskFencing::ResourceAndStonith, "{}", d.name);
+    }
+    let drbd = std::fs::read_to_string(fixture("drbd.conf")).unwrap();
+    let drbd8 = drbd.replacen(
+        "on-io-error   detach;",
+        "on-io-error   detach;\n    fencing resource-only;",
+        1,
+    ) + "\n";
+    let drbd8 = drbd8.replacen(
+        "protocol C;",
+        "protocol C;\n  handlers { fence-peer \"/usr/lib/drbd/crm-fence-peer.sh\"; }",
+        1,
+    );
+    let ha_cf = std::fs::read_to_string(fixture("ha.cf")).unwrap();
+    let har = std::fs::read_to_string(fixture("haresources")).unwrap();
+    let (c, warnings) = tandem_config::import::import_texts(&files(), &ha_cf, &har, Some(&drbd8))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.disks[0].fencing, DiskFencing::ResourceOnly);
+    assert_eq!(c.disks[1].fencing, DiskFencing::ResourceAndStonith);
+    let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("fence-peer") && w.contains("not imported")),
+        "{w:?}"
+    );
+    let dont = drbd.replacen("on-io-error   detach;", "fencing dont-care;", 1);
+    let (c, warnings) = tandem_config::import::import_texts(&files(), &ha_cf, &har, Some(&dont))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.disks[0].fencing, DiskFencing::DontCare);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.to_string().contains("loses those acknowledged writes")),
+        "{warnings:?}"
+    );
+}

@@ -92,7 +92,11 @@ enum Cmd {
     Demote(oneshot::Sender<Result<(), AdminError>>),
     Connect(bool),
     Disconnect,
-    PeerFenced,
+    PeerFenced(oneshot::Sender<()>),
+    PeerOutdated(oneshot::Sender<()>),
+    PeerUnreachable(oneshot::Sender<()>),
+    Outdate(oneshot::Sender<Result<(), AdminError>>),
+    Leave(oneshot::Sender<Result<(), AdminError>>),
     Verify(oneshot::Sender<Result<(), AdminError>>),
     Invalidate(oneshot::Sender<Result<(), AdminError>>),
     Status(oneshot::Sender<Status>),
@@ -134,6 +138,11 @@ pub struct LinkState {
     /// How many handshakes have completed since the node started (the link reached a
     /// state past `Handshaking`: bitmap exchange, connected, resync or verify).
     pub handshakes: u64,
+    /// I/O is suspended until the peer is outdated or fenced (disk fencing).
+    pub suspended: bool,
+    /// How often the core has asked for the peer to be outdated or fenced
+    /// (`Output::FencePeer`); the driver's owner acts on every increase.
+    pub fence_peer_requests: u64,
 }
 
 impl NodeHandle {
@@ -199,12 +208,34 @@ impl NodeHandle {
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// The cluster fenced the peer: drop the link now (see `Core::peer_fenced`).
+    /// The cluster fenced the peer: drop the link now, the peer counts as outdated
+    /// (see `Core::peer_fenced`). Returns once the core has taken it in.
     pub async fn peer_fenced(&self) -> Result<(), NodeError> {
-        self.tx
-            .send(Cmd::PeerFenced)
-            .await
-            .map_err(|_| NodeError::Stopped)
+        self.ask(Cmd::PeerFenced).await
+    }
+
+    /// The cluster outdated the peer (its answer came after its metadata was durable):
+    /// suspended I/O resumes (`Core::peer_outdated`).
+    pub async fn peer_outdated(&self) -> Result<(), NodeError> {
+        self.ask(Cmd::PeerOutdated).await
+    }
+
+    /// The cluster could not reach the peer (`Core::peer_unreachable`: under
+    /// `resource-only` this side goes on alone).
+    pub async fn peer_unreachable(&self) -> Result<(), NodeError> {
+        self.ask(Cmd::PeerUnreachable).await
+    }
+
+    /// The peer lost its link and asks this side to outdate itself: answers once the
+    /// outdated mark is durable (`Core::outdate`; a primary refuses).
+    pub async fn outdate(&self) -> Result<Result<(), AdminError>, NodeError> {
+        self.ask(Cmd::Outdate).await
+    }
+
+    /// Before a clean stop: a secondary whose up-to-date peer goes on outdates itself
+    /// and tells the peer (`Core::leave`); answers once that is durable and sent.
+    pub async fn leave(&self) -> Result<(), NodeError> {
+        self.ask(Cmd::Leave).await?.map_err(|_| NodeError::Stopped)
     }
 
     /// `tandem disk disconnect`.
@@ -397,10 +428,12 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let dialer = cfg.listen.to_string() < cfg.peer.to_string();
-    let link_published = core.connection();
+    let link_published = (core.connection(), false, 0);
     let (link_tx, link_rx) = watch::channel(LinkState {
-        connection: link_published,
+        connection: link_published.0,
         handshakes: 0,
+        suspended: false,
+        fence_peer_requests: 0,
     });
     let driver = Driver {
         cfg: Arc::new(cfg),
@@ -418,7 +451,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         writes: HashMap::new(),
         reads: HashMap::new(),
         flushes: HashMap::new(),
-        demotes: Vec::new(),
+        durable_waiters: Vec::new(),
         clock,
         link_state: link_tx,
         link_published,
@@ -692,13 +725,15 @@ struct Driver {
     writes: HashMap<u64, oneshot::Sender<Result<WriteAck, RequestError>>>,
     reads: HashMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     flushes: HashMap<u64, oneshot::Sender<Result<(), RequestError>>>,
-    /// Demotes done in the core, answered once their metadata is durable.
-    demotes: Vec<(u64, oneshot::Sender<Result<(), AdminError>>)>,
+    /// Demotes, outdates and leaves done in the core, answered once the metadata
+    /// written for them is durable.
+    durable_waiters: Vec<(u64, oneshot::Sender<Result<(), AdminError>>)>,
     clock: Instant,
     /// Published after every pass of the loop that changes it (see [`LinkState`]).
     link_state: watch::Sender<LinkState>,
-    /// The connection state last published: the per-pass check costs no lock.
-    link_published: ConnState,
+    /// What was last published (connection, suspended, fence-peer requests): the
+    /// per-pass check costs no lock.
+    link_published: (ConnState, bool, u64),
 }
 
 impl Driver {
@@ -762,8 +797,12 @@ impl Driver {
             self.drain();
             self.publish_link_state();
         }
-        // Socket and listener are closed before `shutdown` returns, so the same
-        // addresses can be bound again right away.
+        // Whatever the core queued last (a leaving secondary's outdated state) goes to
+        // the socket, as far as it takes it now; then socket and listener are closed
+        // before `shutdown` returns, so the same addresses can be bound again at once.
+        if let Some(l) = &mut self.link {
+            let _ = l.flush();
+        }
         drop(listener);
         drop(self);
         if let Some(done) = stopped {
@@ -774,16 +813,22 @@ impl Driver {
     /// Publishes the connection state if this pass changed it, counting every completed
     /// handshake. Waiters are woken by the loop itself, in the pass that connected.
     fn publish_link_state(&mut self) {
-        let now = self.core.connection();
+        let now = (
+            self.core.connection(),
+            self.core.suspended(),
+            self.core.fence_peer_requests(),
+        );
         if now == self.link_published {
             return;
         }
         let was = std::mem::replace(&mut self.link_published, now);
         self.link_state.send_modify(|l| {
-            if handshake_done(now) && !handshake_done(was) {
+            if handshake_done(now.0) && !handshake_done(was.0) {
                 l.handshakes += 1;
             }
-            l.connection = now;
+            l.connection = now.0;
+            l.suspended = now.1;
+            l.fence_peer_requests = now.2;
         });
     }
 
@@ -854,14 +899,35 @@ impl Driver {
             Cmd::Demote(tx) => match self.core.demote(now) {
                 // Answered once the superblock says secondary: an agent that exits
                 // right after a clean stop must not leave a crashed primary behind.
-                Ok(()) => self.demotes.push((self.core.metadata_ticket(), tx)),
+                Ok(()) => self.durable_waiters.push((self.core.metadata_ticket(), tx)),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                 }
             },
             Cmd::Connect(discard) => self.core.connect(now, discard),
             Cmd::Disconnect => self.core.disconnect(now),
-            Cmd::PeerFenced => self.core.peer_fenced(now),
+            Cmd::PeerFenced(tx) => {
+                self.core.peer_fenced(now);
+                let _ = tx.send(());
+            }
+            Cmd::PeerOutdated(tx) => {
+                self.core.peer_outdated(now);
+                let _ = tx.send(());
+            }
+            Cmd::PeerUnreachable(tx) => {
+                self.core.peer_unreachable(now);
+                let _ = tx.send(());
+            }
+            Cmd::Outdate(tx) => match self.core.outdate(now) {
+                Ok(ticket) => self.durable_waiters.push((ticket, tx)),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            },
+            Cmd::Leave(tx) => {
+                let ticket = self.core.leave(now);
+                self.durable_waiters.push((ticket, tx));
+            }
             Cmd::Verify(tx) => {
                 let _ = tx.send(self.core.verify(now));
             }
@@ -971,12 +1037,12 @@ impl Driver {
             }
             self.link_lost();
         }
-        if !self.demotes.is_empty() {
+        if !self.durable_waiters.is_empty() {
             let core = &self.core;
-            let (done, waiting) = std::mem::take(&mut self.demotes)
+            let (done, waiting) = std::mem::take(&mut self.durable_waiters)
                 .into_iter()
                 .partition(|(ticket, _)| core.metadata_durable(*ticket));
-            self.demotes = waiting;
+            self.durable_waiters = waiting;
             for (_, tx) in done {
                 let _ = tx.send(Ok(()));
             }
@@ -1047,7 +1113,15 @@ impl Driver {
                     l.send(&f);
                 }
             }
-            Output::Disconnect { .. } => self.link = None,
+            // What was queued before (a state report that says this copy is outdated)
+            // is handed to the socket first, as far as it takes it now.
+            Output::Disconnect { .. } => {
+                if let Some(mut l) = self.link.take() {
+                    let _ = l.flush();
+                }
+            }
+            // Acted on by the node's owner through `LinkState::fence_peer_requests`.
+            Output::FencePeer => {}
             Output::WriteDone { req, result } => {
                 if let Some(tx) = self.writes.remove(&req) {
                     let _ = tx.send(result);

@@ -2,223 +2,15 @@
 //! two cores, in-memory disks that complete I/O when told, and a link that delivers
 //! frames when told.
 
-use std::collections::VecDeque;
+mod pair;
 
 use bytes::Bytes;
-use tandem_disk::core::bitmap::Bitmap;
+use pair::{Pair, SIZE, meta};
 use tandem_disk::core::generation::{Generations, SyncDecision};
 use tandem_disk::core::{
-    AdminError, Config, ConnState, Core, DiskState, Input, MetaFlags, MetaState, Output, Protocol,
-    Role,
+    AdminError, Config, ConnState, Core, DiskState, Fencing, Input, Output, Protocol, Role,
 };
 use tandem_wire::frame::Frame;
-
-const SIZE: u64 = 16 << 20;
-
-struct Node {
-    core: Core,
-    disk: Vec<u8>,
-    ios: VecDeque<Output>,
-    done: Vec<(u64, bool)>,
-    reads: Vec<(u64, Bytes)>,
-    fail_writes: bool,
-}
-
-struct Pair {
-    n: [Node; 2],
-    wire: [VecDeque<Frame>; 2],
-    link: bool,
-    now: u64,
-}
-
-fn meta(node_id: u64) -> MetaState {
-    MetaState {
-        node_id,
-        size_bytes: SIZE,
-        generations: Generations::just_created(),
-        flags: MetaFlags::default(),
-        al_extents: 4,
-        bitmap: Bitmap::new(SIZE),
-        al: None,
-    }
-}
-
-impl Pair {
-    fn new(cfg: Config) -> Pair {
-        let mk = |id: u64| Node {
-            core: Core::new(cfg.clone(), meta(id), id, 0),
-            disk: vec![0; SIZE as usize],
-            ios: VecDeque::new(),
-            done: Vec::new(),
-            reads: Vec::new(),
-            fail_writes: false,
-        };
-        let mut p = Pair {
-            n: [mk(1), mk(2)],
-            wire: [VecDeque::new(), VecDeque::new()],
-            link: false,
-            now: 0,
-        };
-        p.n[0].core.connect(0, false);
-        p.n[1].core.connect(0, false);
-        p
-    }
-
-    fn collect(&mut self, i: usize) {
-        while let Some(o) = self.n[i].core.poll_output() {
-            match o {
-                Output::Send(f) => {
-                    if self.link {
-                        self.wire[1 - i].push_back(f)
-                    }
-                }
-                Output::Disconnect { .. } => {
-                    self.link = false;
-                    self.wire = [VecDeque::new(), VecDeque::new()];
-                    self.n[1 - i].core.handle(self.now, Input::Disconnected);
-                    self.collect(1 - i);
-                }
-                Output::WriteDone { req, result } => self.n[i].done.push((req, result.is_ok())),
-                Output::FlushDone { req, result } => self.n[i].done.push((req, result.is_ok())),
-                Output::ReadDone { req, result } => {
-                    self.n[i].done.push((req, result.is_ok()));
-                    if let Ok(d) = result {
-                        self.n[i].reads.push((req, d));
-                    }
-                }
-                io => self.n[i].ios.push_back(io),
-            }
-        }
-    }
-
-    fn input(&mut self, i: usize, input: Input) {
-        self.n[i].core.handle(self.now, input);
-        self.n[i].core.validate();
-        self.collect(i);
-    }
-
-    fn connect(&mut self) {
-        self.link = true;
-        self.input(0, Input::Connected);
-        self.input(1, Input::Connected);
-    }
-
-    fn complete_ios(&mut self, i: usize) -> bool {
-        let mut any = false;
-        while let Some(o) = self.n[i].ios.pop_front() {
-            any = true;
-            let (io, result) = match o {
-                Output::WriteLocal {
-                    io,
-                    offset_bytes,
-                    data,
-                    ..
-                } => {
-                    if self.n[i].fail_writes {
-                        (io, Err(tandem_disk::core::IoFailure("EIO".into())))
-                    } else {
-                        let o = offset_bytes as usize;
-                        self.n[i].disk[o..o + data.len()].copy_from_slice(&data);
-                        (io, Ok(None))
-                    }
-                }
-                Output::ReadLocal {
-                    io,
-                    offset_bytes,
-                    len_bytes,
-                } => {
-                    let o = offset_bytes as usize;
-                    let d = Bytes::copy_from_slice(&self.n[i].disk[o..o + len_bytes as usize]);
-                    (io, Ok(Some(d)))
-                }
-                Output::FlushLocal { io } | Output::PersistMeta { io, .. } => (io, Ok(None)),
-                _ => unreachable!(),
-            };
-            self.input(i, Input::IoDone { io, result });
-        }
-        any
-    }
-
-    fn deliver(&mut self, to: usize) -> bool {
-        let mut any = false;
-        while let Some(f) = self.wire[to].pop_front() {
-            any = true;
-            // Through the codec, as on a real link.
-            let (f, _) = Frame::decode(&f.to_bytes()).unwrap();
-            self.input(to, Input::Frame(f));
-        }
-        any
-    }
-
-    /// Runs everything to quiescence, ticking time forward.
-    fn settle(&mut self) {
-        for _ in 0..1_000_000 {
-            let mut any = false;
-            for i in 0..2 {
-                any |= self.complete_ios(i);
-                any |= self.deliver(i);
-            }
-            if !any {
-                self.now += 10;
-                self.input(0, Input::Tick);
-                self.input(1, Input::Tick);
-                let busy = self.n.iter().any(|n| {
-                    matches!(
-                        n.core.connection(),
-                        ConnState::SyncSource
-                            | ConnState::SyncTarget
-                            | ConnState::VerifySource
-                            | ConnState::Handshaking
-                            | ConnState::WaitBitmapSource
-                            | ConnState::WaitBitmapTarget
-                    )
-                });
-                if !busy
-                    && self.n.iter().all(|n| n.ios.is_empty())
-                    && self.wire.iter().all(|w| w.is_empty())
-                {
-                    return;
-                }
-            }
-        }
-        panic!("did not settle");
-    }
-
-    /// Brings up a synced pair with node 0 primary.
-    fn synced(cfg: Config) -> Pair {
-        let mut p = Pair::new(cfg);
-        p.connect();
-        p.settle();
-        p.n[0].core.promote(p.now, true).unwrap();
-        p.collect(0);
-        p.settle();
-        if !p.link {
-            p.n[0].core.connect(p.now, false);
-            p.n[1].core.connect(p.now, false);
-            p.connect();
-        }
-        p.settle();
-        assert_eq!(p.n[0].core.connection(), ConnState::Connected);
-        assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
-        p
-    }
-
-    fn write(&mut self, req: u64, offset: u64, len: usize, byte: u8) {
-        self.input(
-            0,
-            Input::Write {
-                req,
-                offset_bytes: offset,
-                data: Bytes::from(vec![byte; len]),
-                fua: false,
-            },
-        );
-    }
-
-    fn acked(&self, i: usize, req: u64) -> bool {
-        self.n[i].done.iter().any(|(r, ok)| *r == req && *ok)
-    }
-}
 
 #[test]
 fn protocol_c_acknowledges_only_after_the_peer_wrote() {
@@ -325,7 +117,12 @@ fn reconnect_resyncs_only_the_dirty_blocks() {
 
 #[test]
 fn split_brain_is_detected_and_nothing_is_overwritten() {
-    let mut p = Pair::synced(Config::default());
+    // Split brain needs both sides to write apart: only `dont-care` lets that happen
+    // without an operator's `--force`.
+    let mut p = Pair::synced(Config {
+        fencing: Fencing::DontCare,
+        ..Config::default()
+    });
     p.n[0].core.disconnect(p.now);
     p.collect(0);
     p.settle();
@@ -416,7 +213,10 @@ fn unrelated_disks_never_sync() {
 
 #[test]
 fn a_primary_never_becomes_sync_target() {
-    let mut p = Pair::synced(Config::default());
+    let mut p = Pair::synced(Config {
+        fencing: Fencing::DontCare,
+        ..Config::default()
+    });
     // Node 0 (primary) loses the link without writing; node 1 is promoted and writes.
     p.n[0].core.disconnect(p.now);
     p.collect(0);

@@ -203,9 +203,10 @@ impl Parser<'_> {
     }
 }
 
-/// Parses drbd.conf into disks. `nodes` are the cluster's node names (from ha.cf), so
-/// an `on HOST` naming anything else is reported here, at the host name.
-pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<Disk> {
+/// Parses drbd.conf into disks, each with whether the file set its `fencing` policy.
+/// `nodes` are the cluster's node names (from ha.cf), so an `on HOST` naming anything
+/// else is reported here, at the host name.
+pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<(Disk, bool)> {
     let Some(toks) = tokenize(src, sink) else {
         return Vec::new();
     };
@@ -217,7 +218,7 @@ pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<Disk> {
     let Some(stmts) = p.block(src, sink, None) else {
         return Vec::new();
     };
-    let mut disks: Vec<Disk> = Vec::new();
+    let mut disks: Vec<(Disk, bool)> = Vec::new();
     let mut seen_global = false;
     for s in &stmts {
         match s.key.text.as_str() {
@@ -262,8 +263,8 @@ pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<Disk> {
                 }
             }
             "resource" => {
-                if let Some(d) = resource(src, sink, s, nodes) {
-                    if let Some(first) = disks.iter().find(|x| x.name == d.name) {
+                if let Some((d, explicit)) = resource(src, sink, s, nodes) {
+                    if let Some((first, _)) = disks.iter().find(|(x, _)| x.name == d.name) {
                         err(
                             src,
                             sink,
@@ -274,7 +275,7 @@ pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<Disk> {
                             ),
                         );
                     } else {
-                        disks.push(d);
+                        disks.push((d, explicit));
                     }
                 }
             }
@@ -439,7 +440,7 @@ fn unknown(src: &Source<'_>, sink: &mut Sink, s: &Stmt, section: &str, expected:
     );
 }
 
-fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Option<Disk> {
+fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Option<(Disk, bool)> {
     let name = match s.args.as_slice() {
         [n] => n.text.clone(),
         [] => {
@@ -484,8 +485,12 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
         after_sb_0pri: AfterSb0Pri::Disconnect,
         after_sb_1pri: AfterSb1Pri::Disconnect,
         after_sb_2pri: AfterSb2Pri::Disconnect,
+        // Replaced by the default for its place once the groups are known, unless the
+        // file says (`disk { fencing …; }`, DRBD 8).
+        fencing: DiskFencing::ResourceOnly,
         hosts: Vec::new(),
     };
+    let mut fencing_explicit = false;
     for st in block {
         match st.key.text.as_str() {
             "protocol" => {
@@ -547,7 +552,27 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
                         "size" => {
                             value(src, sink, o, "SIZE");
                         }
-                        _ => unknown(src, sink, o, "disk", &["on-io-error", "size"]),
+                        "fencing" => {
+                            if let Some(v) = choice(
+                                src,
+                                sink,
+                                o,
+                                &[
+                                    ("dont-care", DiskFencing::DontCare),
+                                    ("resource-only", DiskFencing::ResourceOnly),
+                                    ("resource-and-stonith", DiskFencing::ResourceAndStonith),
+                                ],
+                            ) {
+                                d.fencing = v;
+                                fencing_explicit = true;
+                                if v == DiskFencing::DontCare {
+                                    sink.push(src.warning(o.key.at..o.key.at, format!(
+                                        "resource {name}: `fencing dont-care` is kept: a primary that loses its replication link goes on writing alone, and a failover to the peer then loses those acknowledged writes; `resource-and-stonith` prevents it"
+                                    )));
+                                }
+                            }
+                        }
+                        _ => unknown(src, sink, o, "disk", &["on-io-error", "size", "fencing"]),
                     }
                 }
             }
@@ -659,6 +684,24 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
                     }
                 }
             }
+            "handlers" => {
+                for o in expect_block(src, sink, st, "handlers").unwrap_or(&[]) {
+                    let _ = value(src, sink, o, "\"COMMAND\"");
+                    let why = match o.key.text.as_str() {
+                        "fence-peer" => {
+                            "tandem outdates the peer over the cluster's heartbeat links and fences it through [[fence_device]] itself (the disk's `fencing` policy), instead of running a fence-peer handler"
+                        }
+                        _ => "tandem runs no DRBD handler scripts",
+                    };
+                    sink.push(src.warning(
+                        o.key.at..o.key.at,
+                        format!(
+                            "resource {name}: handler `{}` is not imported: {why}",
+                            o.key.text
+                        ),
+                    ));
+                }
+            }
             "on" => {
                 if let Some(h) = host(src, sink, st, nodes, &name) {
                     if d.hosts.iter().any(|x| x.node == h.node) {
@@ -688,6 +731,7 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
                     "disk",
                     "net",
                     "syncer",
+                    "handlers",
                     "on",
                 ],
             ),
@@ -705,7 +749,7 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
         );
         return None;
     }
-    Some(d)
+    Some((d, fencing_explicit))
 }
 
 fn host(

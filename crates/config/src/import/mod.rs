@@ -92,10 +92,16 @@ pub fn import_texts(
     timing_checks(&ha_src, &mut sink, &hacf);
 
     let errors_before = error_count(&sink);
-    let disks = match &drbd {
+    let parsed_disks = match &drbd {
         Some((name, text)) => drbd::parse(&Source::new(name, text), &mut sink, &node_names),
         None => Vec::new(),
     };
+    let fencing_explicit: Vec<String> = parsed_disks
+        .iter()
+        .filter(|(_, explicit)| *explicit)
+        .map(|(d, _)| d.name.clone())
+        .collect();
+    let mut disks: Vec<Disk> = parsed_disks.into_iter().map(|(d, _)| d).collect();
     let drbd_ok = error_count(&sink) == errors_before;
     let har_src = Source::new(&har_name, har_text);
     let raw_groups = haresources::parse(
@@ -188,6 +194,15 @@ pub fn import_texts(
         .clone()
         .unwrap_or_else(|| derive_cluster_name(&node_names));
     let groups = make_groups(&cluster_name, raw_groups);
+    for disk in &mut disks {
+        if !fencing_explicit.contains(&disk.name) {
+            let in_group = groups
+                .iter()
+                .flat_map(|g| &g.resources)
+                .any(|r| matches!(&r.kind, ResourceKind::Disk { disk: d } if *d == disk.name));
+            disk.fencing = DiskFencing::default_for(in_group, FencingPolicy::Required);
+        }
+    }
 
     let config = Config {
         cluster: Cluster {

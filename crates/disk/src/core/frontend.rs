@@ -145,6 +145,11 @@ impl Core {
     /// Issues queued frontend writes in order, as far as ordering, the activity log and
     /// metadata allow.
     pub(super) fn issue_writes(&mut self) {
+        // Suspended (disk fencing): new writes wait unissued until the peer's fate is
+        // known; issuing them alone now could only end in an acknowledgement too early.
+        if self.suspended_since_ms.is_some() {
+            return;
+        }
         while let Some(&req) = self.to_issue.front() {
             let Some(w) = self.writes.get(&req) else {
                 self.to_issue.pop_front();
@@ -328,6 +333,11 @@ impl Core {
             }
             return;
         }
+        // Suspended: a write whose peer copy was lost waits for the peer to be outdated
+        // or fenced; acknowledged now, it could be missing from a promoted peer.
+        if self.suspended_since_ms.is_some() && matches!(w.peer, PeerLeg::Lost) {
+            return;
+        }
         let (peer_ok, peer_pending, protected) = match w.peer {
             PeerLeg::None | PeerLeg::Lost => (false, false, false),
             PeerLeg::Sent {
@@ -387,7 +397,7 @@ impl Core {
         let Some(f) = self.flushes.get(&req) else {
             return;
         };
-        if !f.local_done || f.epoch.is_some() {
+        if !f.local_done || f.epoch.is_some() || self.suspended_since_ms.is_some() {
             return;
         }
         self.flushes.remove(&req);

@@ -37,6 +37,10 @@ impl Core {
             if role == Role::Primary && self.role == Role::Primary {
                 self.drop_link("both nodes are primary");
             }
+            // A secondary leaving on purpose says, once durable, that its copy is stale.
+            if disk == DiskState::Outdated {
+                self.set_peer_outdated();
+            }
             return;
         }
         if self.conn != ConnState::Handshaking {
@@ -105,9 +109,9 @@ impl Core {
                     return;
                 }
                 self.conn = ConnState::Connected;
-                if matches!(self.disk, DiskState::Consistent | DiskState::Outdated)
-                    && self.disk != DiskState::Inconsistent
-                {
+                // Equal generations and nothing dirty: both copies are the same data, so
+                // an outdated mark (set while apart) no longer holds on either side.
+                if matches!(self.disk, DiskState::Consistent | DiskState::Outdated) {
                     self.disk = DiskState::UpToDate;
                 }
                 if let Some(p) = &mut self.peer
@@ -115,11 +119,18 @@ impl Core {
                 {
                     p.disk = DiskState::UpToDate;
                 }
-                if self.flags.crashed_primary || self.flags.primary_at_split {
+                if self.flags.crashed_primary
+                    || self.flags.primary_at_split
+                    || self.flags.outdated
+                    || self.flags.peer_outdated
+                {
                     self.flags.crashed_primary = false;
                     self.flags.primary_at_split = false;
+                    self.flags.outdated = false;
+                    self.flags.peer_outdated = false;
                     self.persist_superblock();
                 }
+                self.resume_in_sync();
                 return;
             }
             SyncDecision::BitmapSync(d) => (d, false),

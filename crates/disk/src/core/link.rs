@@ -27,7 +27,7 @@ impl Core {
         StateReport {
             protocol: self.cfg.protocol.code(),
             role: u8::from(self.role == Role::Primary),
-            disk: self.disk.code(),
+            disk: self.reported_disk_state().code(),
             node_id: self.node_id,
             generations: self.gens.to_array(),
             bitmap_bits: self.bitmap.count(),
@@ -49,6 +49,8 @@ impl Core {
         self.link_gen += 1;
         self.wire_ids.clear();
         self.peer = None;
+        // "Unreachable" held only while there was no link to ask over.
+        self.peer_unreachable = false;
         self.last_rx_ms = self.now_ms;
         self.link_up_ms = self.now_ms;
         self.last_ping_ms = self.now_ms;
@@ -77,6 +79,7 @@ impl Core {
         }
         self.last_disconnect_reason = Some(reason.to_string());
         let was_primary = self.role == Role::Primary;
+        let peer_disk = self.peer.map(|p| p.disk);
         // Everything the peer may not have made durable becomes dirty.
         let tl: Vec<_> = self.transfer_log.drain(..).collect();
         for (_, o, l, held) in tl {
@@ -114,6 +117,8 @@ impl Core {
         self.verify_inflight = 0;
         self.peer = None;
         self.conn = ConnState::Connecting;
+        // Before the superblock below, so a peer known unpromotable is recorded with it.
+        self.fence_peer_on_link_loss(peer_disk);
         self.persist_all_dirty_bitmap();
         self.persist_superblock();
         // Requests that waited for the peer complete on their local result; pending
@@ -158,6 +163,7 @@ impl Core {
                 self.send(Frame::Ping);
             }
         }
+        self.fence_peer_tick();
         if !self.bitmap_dirty_blocks.is_empty()
             && now.saturating_sub(self.bitmap_persisted_ms) >= self.cfg.bitmap_persist_interval_ms
         {
@@ -390,6 +396,8 @@ impl Core {
                 if let Some(p) = &mut self.peer {
                     p.disk = DiskState::UpToDate;
                 }
+                // The peer now holds every write, held ones included.
+                self.resume_in_sync();
             }
             Frame::ResyncComplete { generations } => {
                 if self.conn != ConnState::SyncTarget || self.bitmap.count() != 0 {
@@ -406,6 +414,7 @@ impl Core {
                 self.flags.outdated = false;
                 self.flags.crashed_primary = false;
                 self.flags.primary_at_split = false;
+                self.flags.peer_outdated = false;
                 self.disk = DiskState::UpToDate;
                 // The handshake chose the source's data, so the source made itself up to
                 // date after it had reported its state: that report is stale.

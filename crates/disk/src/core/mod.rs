@@ -30,6 +30,7 @@ pub mod generation;
 pub mod policy;
 pub mod resync;
 
+mod fencing;
 mod frontend;
 mod handshake;
 mod io;
@@ -270,6 +271,30 @@ pub struct Core {
     resync_moved_bytes: u64,
     last_disconnect_reason: Option<String>,
     last_decision: Option<SyncDecision>,
+    /// I/O is suspended since then: the link broke while the peer could still be
+    /// promoted (see `fencing.rs`).
+    suspended_since_ms: Option<u64>,
+    /// When the core last asked the driver to fence the peer.
+    fence_peer_asked_ms: u64,
+    /// How often it asked, since start.
+    fence_peer_requests: u64,
+    /// Under `resource-only`: the cluster could not reach the peer, so this side may go
+    /// on alone (until the next link).
+    peer_unreachable: bool,
+    /// The metadata ticket of the last self-outdate: `Outdated` is reported to the peer
+    /// only once it is durable.
+    outdated_ticket: u64,
+    /// A state report (and maybe a standalone drop) owed to the peer once a metadata
+    /// ticket is durable.
+    announce: Option<Announce>,
+}
+
+/// What is owed to the peer once a self-outdate is durable.
+#[derive(Debug, Clone, Copy)]
+struct Announce {
+    ticket: u64,
+    /// Then drop the link and stand alone (`disconnect` of a secondary).
+    then_stand_alone: bool,
 }
 
 impl Core {
@@ -365,6 +390,12 @@ impl Core {
             resync_moved_bytes: 0,
             last_disconnect_reason: None,
             last_decision: None,
+            suspended_since_ms: None,
+            fence_peer_asked_ms: 0,
+            fence_peer_requests: 0,
+            peer_unreachable: false,
+            outdated_ticket: 0,
+            announce: None,
         };
         if crash_recovery {
             // The extents' bits must be on disk before the flag that made us add them
@@ -506,6 +537,10 @@ impl Core {
             last_disconnect_reason: self.last_disconnect_reason.clone(),
             verify_out_of_sync_blocks: self.verify_oos_blocks,
             last_decision: self.last_decision,
+            suspended_ms: self
+                .suspended_since_ms
+                .map(|since| self.now_ms.saturating_sub(since)),
+            peer_outdated: self.flags.peer_outdated,
         }
     }
 
@@ -527,15 +562,29 @@ impl Core {
             return Err(AdminError::Resyncing);
         }
         let replicating = self.conn.replicating();
+        // A crashed primary's cache may have lost acknowledged writes that only the peer
+        // holds — unless the peer was outdated or fenced before this node acknowledged
+        // anything alone: every write before that is durable here (the link loss made
+        // it so), every write after it exists only here.
         if self.flags.crashed_primary
             && !replicating
             && !force
             && self.cfg.protocol != Protocol::A
             && self.disk != DiskState::Inconsistent
+            && !self.flags.peer_outdated
         {
             return Err(AdminError::CrashedPrimary);
         }
+        // Alone, the peer may be primary, or be promoted later with writes this side
+        // lacks: the fencing policy wants it outdated or fenced first.
+        let peer_may_be_promoted = !replicating
+            && self.cfg.fencing != Fencing::DontCare
+            && !self.flags.peer_outdated
+            && !self.peer_unreachable;
         match self.disk {
+            DiskState::UpToDate | DiskState::Consistent if peer_may_be_promoted && !force => {
+                return Err(AdminError::PeerNotOutdated);
+            }
             DiskState::UpToDate => {}
             // Alone after a restart: consistent, and no peer says otherwise.
             DiskState::Consistent if !replicating => {}
@@ -595,6 +644,8 @@ impl Core {
         }
         self.role = Role::Secondary;
         self.flags.was_primary = false;
+        // Nothing is in flight (checked above), so nothing waits for the peer's fate.
+        self.suspended_since_ms = None;
         self.persist_all_dirty_bitmap();
         self.persist_superblock();
         if self.conn.link_up() {
@@ -623,6 +674,9 @@ impl Core {
     pub fn peer_fenced(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.drop_link("the peer was fenced");
+        // A fenced node runs nothing until it returns, and it returns as a secondary
+        // that must resync from us: as good as outdated (DRBD records the same).
+        self.set_peer_outdated();
         self.pump();
     }
 
@@ -639,6 +693,14 @@ impl Core {
     /// `tandem disk disconnect`.
     pub fn disconnect(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.leave_outdated() {
+            // The link goes once the peer has heard, durably, that this copy is stale.
+            if let Some(a) = &mut self.announce {
+                a.then_stand_alone = true;
+            }
+            self.pump();
+            return;
+        }
         if self.conn.link_up() {
             self.drop_link("admin disconnect");
         }
@@ -704,6 +766,9 @@ impl Core {
         }
         if !self.conn.link_up() {
             assert!(self.peer.is_none());
+        }
+        if self.suspended_since_ms.is_some() {
+            assert_eq!(self.role, Role::Primary, "a suspended secondary");
         }
     }
 }

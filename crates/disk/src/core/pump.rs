@@ -16,6 +16,7 @@ impl Core {
             self.plan_resync();
             self.plan_verify();
             self.issue_meta();
+            self.announce_if_durable();
         }
     }
 

@@ -261,6 +261,12 @@ pub enum AdminError {
         "crashed as primary and not resynced: the peer may hold newer acknowledged writes (use --force to override)"
     )]
     CrashedPrimary,
+    /// Alone, with a peer that is neither known outdated nor fenced: the peer may be
+    /// primary, or be promoted, with data this side lacks (the disk's fencing policy).
+    #[error(
+        "the peer is neither known outdated nor fenced: it may be primary or hold newer data (outdate it through the cluster, fence it, or use --force)"
+    )]
+    PeerNotOutdated,
 }
 
 /// Something that happened, for the frontend acknowledgement of a write.
@@ -361,6 +367,12 @@ pub enum Output {
         /// Why.
         reason: String,
     },
+    /// The link is gone and the peer's copy may still be promoted: establish that it
+    /// cannot be — outdate it over the cluster's other paths, or fence it — and answer
+    /// with [`super::Core::peer_outdated`], [`super::Core::peer_fenced`] or, where the
+    /// policy allows going on, [`super::Core::peer_unreachable`]. I/O stays suspended
+    /// until then. Repeated while it lasts.
+    FencePeer,
     /// Answer a frontend write.
     WriteDone {
         /// Request id.
@@ -411,6 +423,25 @@ pub struct Config {
     /// range and the source sends data only where it differs. Saves bandwidth when
     /// most dirty blocks are in fact equal (after a crash of a primary, say).
     pub checksum_resync: bool,
+    /// What a primary does when the link drops while the peer's copy could still be
+    /// promoted (DRBD's `fencing`).
+    pub fencing: Fencing,
+}
+
+/// A disk's fencing policy (DRBD's `disk { fencing …; }`): whether a primary that lost
+/// its link may acknowledge a write the peer lacks before the peer's copy is known to
+/// be unpromotable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fencing {
+    /// Go on alone at once; a failover to the peer then loses those writes.
+    DontCare,
+    /// Suspend I/O and ask for the peer to be outdated ([`Output::FencePeer`]); go on
+    /// when it is, or when the peer cannot be reached ([`super::Core::peer_unreachable`]).
+    ResourceOnly,
+    /// Suspend I/O until the peer is known outdated or has been fenced; nothing the peer
+    /// could be promoted without is ever acknowledged.
+    ResourceAndStonith,
 }
 
 impl Default for Config {
@@ -427,6 +458,7 @@ impl Default for Config {
             epoch_max_writes: 256,
             bitmap_persist_interval_ms: 1000,
             checksum_resync: false,
+            fencing: Fencing::ResourceAndStonith,
         }
     }
 }
@@ -466,6 +498,10 @@ pub struct Status {
     pub verify_out_of_sync_blocks: u64,
     /// The last handshake's decision.
     pub last_decision: Option<SyncDecision>,
+    /// How long I/O has been suspended, waiting for the peer to be outdated or fenced.
+    pub suspended_ms: Option<u64>,
+    /// The peer is known outdated (or fenced) since the link last broke.
+    pub peer_outdated: bool,
 }
 
 /// Resync progress as `tandem disk status --json` shows it.
@@ -500,7 +536,23 @@ pub struct StatusReport {
     pub sent_bytes: u64,
     /// Data bytes received from the peer.
     pub received_bytes: u64,
+    /// Suspended I/O, if it is: why, and for how long.
+    pub suspended: Option<SuspendedReport>,
+    /// The peer is known outdated or fenced (promotion alone needs no `--force`).
+    pub peer_outdated: bool,
 }
+
+/// Why and how long a disk's I/O has been suspended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuspendedReport {
+    /// What it waits for.
+    pub reason: &'static str,
+    /// Milliseconds so far.
+    pub for_ms: u64,
+}
+
+/// The one reason I/O is suspended, as status says it.
+pub const SUSPENDED_REASON: &str = "waiting for the peer to be outdated or fenced";
 
 impl Status {
     /// The `--json` shape.
@@ -519,6 +571,11 @@ impl Status {
             },
             sent_bytes: self.sent_bytes,
             received_bytes: self.received_bytes,
+            suspended: self.suspended_ms.map(|for_ms| SuspendedReport {
+                reason: SUSPENDED_REASON,
+                for_ms,
+            }),
+            peer_outdated: self.peer_outdated,
         }
     }
 }
