@@ -114,8 +114,28 @@ async fn writes_replicate_and_reconnect_resyncs_only_dirty_blocks() {
     );
 
     // Disconnect, dirty 8 scattered blocks and one 64 KiB run, reconnect.
+    // The primary's link goes: I/O is suspended and the node asks for the peer to be
+    // outdated (resource-and-stonith, the core's default). The test plays the cluster:
+    // the peer outdates itself (answered once durable), the primary hears of it.
     a.disconnect().await.unwrap();
     wait_for(&a, "standalone", |s| s.connection == ConnState::StandAlone).await;
+    let mut link = a.link();
+    let asked = tokio::time::timeout(
+        Duration::from_secs(10),
+        link.wait_for(|l| l.suspended && l.fence_peer_requests > 0),
+    )
+    .await
+    .expect("the primary asked for its peer to be outdated")
+    .map(|l| *l)
+    .unwrap();
+    assert_eq!(asked.fence_peer_requests, 1);
+    b.outdate().await.unwrap().unwrap();
+    assert_eq!(
+        b.status().await.unwrap().disk_state,
+        tandem_disk::core::DiskState::Outdated
+    );
+    a.peer_outdated().await.unwrap();
+    assert!(!a.link().borrow().suspended);
     let mut dirty = 0;
     for k in 0..8u64 {
         let off = (5 << 20) + k * (1 << 20);
