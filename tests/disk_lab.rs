@@ -7,268 +7,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TANDEM, root_or_skip, wait_for, write_private};
+use common::disks::{Cluster, DISK_GROUP, MIB, SOCK, URI, idx, num};
+use common::{root_or_skip, wait_for};
 use serde_json::Value;
-use tandem_lab::{HostProcess, Lab, Topology};
-
-const SOCK: &str = "/run/tandem/disk/r0.nbd";
-const URI: &str = "nbd+unix:///r0?socket=/run/tandem/disk/r0.nbd";
-const MIB: u64 = 1 << 20;
-
-fn config_toml(
-    dir: &std::path::Path,
-    key: &str,
-    disk_extra: &str,
-    size_note: &str,
-    r1: Option<&str>,
-) -> String {
-    let r1 = r1.map_or(String::new(), |extra| {
-        format!(
-            r#"
-[[disk]]
-name = "r1"
-{extra}
-
-[disk.on.ox1]
-device = "/dev/tandem/r1"
-backing = "{dir}/ox1-r1.img"
-address = "192.168.180.20:7789"
-
-[disk.on.ox2]
-device = "/dev/tandem/r1"
-backing = "{dir}/ox2-r1.img"
-address = "192.168.180.10:7789"
-"#,
-            dir = dir.display()
-        )
-    });
-    let mut s = format!(
-        r#"# {size_note}
-[cluster]
-name = "disklab"
-keepalive = "200ms"
-deadtime = "2s"
-warntime = "1s"
-initdead = "4s"
-key_file = "{dir}/{key}"
-fencing = "none"
-
-[[node]]
-name = "ox1"
-[[node]]
-name = "ox2"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
-
-[[disk]]
-name = "r0"
-protocol = "C"
-{disk_extra}
-
-[disk.on.ox1]
-device = "/dev/tandem/r0"
-backing = "{dir}/ox1-r0.img"
-address = "192.168.180.20:7788"
-
-[disk.on.ox2]
-device = "/dev/tandem/r0"
-backing = "{dir}/ox2-r0.img"
-address = "192.168.180.10:7788"
-"#,
-        dir = dir.display()
-    );
-    s.push_str(&r1);
-    s
-}
-
-struct Cluster {
-    lab: Lab,
-    configs: [PathBuf; 2],
-    agents: Vec<(String, HostProcess)>,
-    size_bytes: u64,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        common::print_agent_logs_on_panic(&self.lab, 60);
-    }
-}
-
-fn idx(node: &str) -> usize {
-    if node == "ox1" { 0 } else { 1 }
-}
-
-impl Cluster {
-    /// A lab with backing files of `backing_mib` MiB and metadata created on both nodes;
-    /// `same_key = false` gives the nodes different key files.
-    fn new(backing_mib: u64, disk_extra: &str, same_key: bool) -> Cluster {
-        Self::with_r1(backing_mib, disk_extra, same_key, None)
-    }
-
-    /// As `new`, with a second disk `r1` (its `[[disk]]` extra keys) when given.
-    fn with_r1(backing_mib: u64, disk_extra: &str, same_key: bool, r1: Option<&str>) -> Cluster {
-        let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
-        let dir = lab.data_dir();
-        write_private(&dir.join("authkey"), "disk lab key 0123456789abcdef\n");
-        write_private(&dir.join("otherkey"), "another key entirely 987654321\n");
-        let c1 = dir.join("ox1.toml");
-        let c2 = dir.join("ox2.toml");
-        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1", r1)).unwrap();
-        let key2 = if same_key { "authkey" } else { "otherkey" };
-        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2", r1)).unwrap();
-        for node in ["ox1", "ox2"] {
-            for disk in ["r0", "r1"] {
-                let f = std::fs::File::create(dir.join(format!("{node}-{disk}.img"))).unwrap();
-                f.set_len(backing_mib * MIB).unwrap();
-            }
-        }
-        let size_bytes = tandem_disk::meta::Layout::internal(backing_mib * MIB)
-            .unwrap()
-            .size_bytes;
-        let c = Cluster {
-            lab,
-            configs: [c1, c2],
-            agents: Vec::new(),
-            size_bytes,
-        };
-        for node in ["ox1", "ox2"] {
-            let out = c.tandem(node, &["disk", "create-md", "r0", "--node", node]);
-            assert!(out.contains("metadata written"), "{out}");
-            if r1.is_some() {
-                c.tandem(node, &["disk", "create-md", "r1", "--node", node]);
-            }
-        }
-        c
-    }
-
-    fn start_agent(&mut self, node: &str) {
-        let p = common::spawn_agent(&self.lab, &self.configs[idx(node)], node);
-        self.agents.push((node.to_string(), p));
-        wait_for(Duration::from_secs(20), "the disk to come up", || {
-            self.status(node).filter(|s| s["up"] == true)
-        });
-    }
-
-    fn tandem_result(&self, node: &str, args: &[&str]) -> Result<String, String> {
-        let mut argv = vec![TANDEM, "-c", self.configs[idx(node)].to_str().unwrap()];
-        argv.extend_from_slice(args);
-        self.lab.run(node, &argv).map_err(|e| e.to_string())
-    }
-
-    fn tandem(&self, node: &str, args: &[&str]) -> String {
-        self.tandem_result(node, args)
-            .unwrap_or_else(|e| panic!("tandem {args:?} on {node}: {e}"))
-    }
-
-    fn status(&self, node: &str) -> Option<Value> {
-        self.disk_status(node, "r0")
-    }
-
-    fn disk_status(&self, node: &str, disk: &str) -> Option<Value> {
-        let out = self
-            .tandem_result(node, &["disk", "status", "--json", disk])
-            .ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    fn wait_state(
-        &self,
-        node: &str,
-        what: &str,
-        timeout_s: u64,
-        f: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let last = std::cell::RefCell::new(None);
-        let guard = PrintOnPanic(&last);
-        let v = wait_for(
-            Duration::from_secs(timeout_s),
-            &format!("{node}: {what}"),
-            || {
-                let s = self.status(node);
-                *last.borrow_mut() = s.clone();
-                s.filter(|s| f(s))
-            },
-        );
-        drop(guard);
-        v
-    }
-
-    /// Both connected, in sync, up to date.
-    fn wait_in_sync(&self, timeout_s: u64) {
-        for node in ["ox1", "ox2"] {
-            self.wait_state(node, "connected and in sync", timeout_s, |s| {
-                s["connection"] == "connected"
-                    && s["disk_state"] == "up_to_date"
-                    && s["peer_disk_state"] == "up_to_date"
-                    && s["out_of_sync_bytes"] == 0
-            });
-        }
-    }
-
-    /// Both agents up and connected, ox1 primary after the initial full sync.
-    fn start_primary_ox1(&mut self) {
-        self.start_agent("ox1");
-        self.start_agent("ox2");
-        for node in ["ox1", "ox2"] {
-            self.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
-        }
-        self.tandem("ox1", &["disk", "primary", "--force", "r0"]);
-        self.wait_in_sync(120);
-    }
-
-    fn qemu_io(&self, node: &str, cmd: &str) -> String {
-        self.lab
-            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
-            .unwrap_or_else(|e| panic!("qemu-io {cmd} on {node}: {e}"))
-    }
-
-    fn qemu_io_result(&self, node: &str, cmd: &str) -> Result<String, String> {
-        self.lab
-            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
-            .map_err(|e| e.to_string())
-    }
-
-    fn data(&self, node: &str) -> Vec<u8> {
-        let path = self.lab.data_dir().join(format!("{node}-r0.img"));
-        let mut b = std::fs::read(path).unwrap();
-        b.truncate(self.size_bytes as usize);
-        b
-    }
-
-    fn assert_identical(&self) {
-        let a = self.data("ox1");
-        let b = self.data("ox2");
-        let first = a.iter().zip(&b).position(|(x, y)| x != y);
-        assert!(
-            first.is_none(),
-            "backing files differ first at byte {first:?} (data area {} bytes)",
-            self.size_bytes
-        );
-    }
-}
-
-/// Prints the last status seen when a wait times out.
-struct PrintOnPanic<'a>(&'a std::cell::RefCell<Option<Value>>);
-
-impl Drop for PrintOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("last status: {:?}", self.0.borrow());
-        }
-    }
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
 
 #[test]
 fn resync_after_disconnect_moves_only_what_changed() {
@@ -392,7 +136,19 @@ fn split_brain_is_detected_and_resolved_only_by_the_operator() {
         c.tandem(node, &["disk", "disconnect", "r0"]);
         c.wait_state(node, "standalone", 10, |s| s["connection"] == "stand_alone");
     }
-    c.tandem("ox2", &["disk", "primary", "r0"]);
+    // ox2 left its up-to-date primary on purpose: its copy is outdated, and only an
+    // operator's --force promotes it — saying what that discards.
+    let refused = c
+        .tandem_result("ox2", &["disk", "primary", "r0"])
+        .expect_err("an outdated copy is promoted only with --force");
+    assert!(refused.contains("Outdated"), "{refused}");
+    let forced = c.tandem_result("ox2", &["disk", "primary", "--force", "r0"]);
+    assert!(forced.is_ok(), "{forced:?}");
+    let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
+    assert!(
+        log.contains("forced primary: this copy was outdated"),
+        "the agent says what --force discards"
+    );
     c.qemu_io("ox1", "write -P 0x0a 1M 1M");
     c.qemu_io("ox2", "write -P 0x0b 2M 1M");
     // ox2 steps down again: with one primary the generations decide (after_sb_1pri is
@@ -747,58 +503,6 @@ fn startup_waits_for_the_peer_before_promotion() {
     let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
     assert!(log.contains("no peer: going on alone"), "{log}");
     c.qemu_io("ox2", "write -P 0x77 0 64k");
-}
-
-/// The group that holds the disk, appended to both nodes' configurations.
-const DISK_GROUP: &str = r#"
-[[group]]
-name = "data"
-home = "ox1"
-
-[[group.resource]]
-name = "r0"
-type = "disk"
-disk = "r0"
-monitor_interval = "1s"
-"#;
-
-impl Cluster {
-    /// Two agents with the lab's power switch as fence device (`fencing_delay` 1 s) and
-    /// the group `data` (home ox1) holding r0, forced primary and in sync on ox1.
-    fn fenced_with_disk_group(disk_extra: &str) -> (Cluster, tandem_lab::PowerSwitch) {
-        let mut c = Cluster::new(24, disk_extra, true);
-        let switch = c.lab.power_switch().expect("lab power switch");
-        let fence = common::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
-        for node in ["ox1", "ox2"] {
-            let path = &c.configs[idx(node)];
-            let text = std::fs::read_to_string(path).unwrap().replace(
-                "fencing = \"none\"",
-                "fencing = \"required\"\nfencing_delay = \"1s\"",
-            );
-            std::fs::write(path, format!("{text}\n{fence}\n{DISK_GROUP}")).unwrap();
-        }
-        // Fresh disks: the group may not force a promotion, the operator does, once.
-        c.start_agent("ox1");
-        c.start_agent("ox2");
-        c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
-        c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
-        c.wait_in_sync(60);
-        c.wait_state("ox1", "the group running", 30, |s| s["role"] == "primary");
-        (c, switch)
-    }
-
-    /// SIGTERM to `node`'s agent; waits for it to exit.
-    fn stop_agent(&mut self, node: &str) {
-        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
-        let (_, p) = self.agents.remove(i);
-        assert!(p.signal(libc::SIGTERM));
-        let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
-        assert!(status.is_some(), "{node}'s agent did not stop within 30 s");
-    }
-
-    fn log(&self, node: &str) -> String {
-        std::fs::read_to_string(self.lab.data_dir().join(format!("{node}.log"))).unwrap()
-    }
 }
 
 #[test]

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tandem_agents::{Action, ActionResult, Agent, Outcome, Paths, RunOptions};
 use tandem_config::{Config, FencingPolicy, ResourceKind};
-use tandem_fencing::{Coordinator, CoordinatorConfig, FenceRecord, FenceResult, ProgramPaths};
+use tandem_fencing::{
+    Coordinator, CoordinatorConfig, DiskPolicy, FenceRecord, FenceResult, OutdateCommand, Outdater,
+    PeerReach, ProgramPaths,
+};
 use tandem_membership::driver::Driver;
 use tandem_membership::{Event, NodeId};
 use tandem_policy::{
@@ -69,6 +72,14 @@ pub enum Input {
     Ping(bool),
     /// A fence device run finished.
     FenceDone { id: u64, result: FenceResult },
+    /// A local disk's core needs its peer outdated or fenced (disk fencing).
+    DiskFencePeer { disk: String },
+    /// This node's copy of `disk` was outdated at the peer's request (or not: why).
+    OutdateDone {
+        disk: String,
+        request: u64,
+        result: Result<(), String>,
+    },
     /// Stop every group, say goodbye, exit.
     Shutdown,
 }
@@ -160,6 +171,10 @@ pub struct Manager {
     /// which the planner reads as reachable).
     ping: BTreeMap<String, bool>,
     coordinator: Coordinator,
+    /// Disk fencing, the cluster's side: outdating the peer's copies (or fencing it).
+    outdater: Outdater,
+    /// Outdate requests in flight as reliable messages, to match their failure.
+    outdate_messages: BTreeMap<tandem_membership::MessageId, u64>,
     fence_paths: ProgramPaths,
     running: Option<Running>,
     replan: bool,
@@ -233,6 +248,10 @@ impl Manager {
                 clock::now(),
                 clock::wall_ms(),
             ),
+            // A peer heard on the links answers within a few keepalives; one that does
+            // not within a deadtime is as good as gone.
+            outdater: Outdater::new(fence_config.cluster.deadtime),
+            outdate_messages: BTreeMap::new(),
             fence_paths: crate::cmd::fence::program_paths(
                 &[],
                 tandem_fencing::device::EXTERNAL_PLUGIN_DIR.into(),
@@ -296,7 +315,73 @@ impl Manager {
                 self.coordinator.device_result(id, result, clock::now());
                 self.fencing_commands();
             }
+            Input::DiskFencePeer { disk } => self.disk_fence_peer(&disk),
+            Input::OutdateDone {
+                disk,
+                request,
+                result,
+            } => {
+                self.send(&PeerMessage::Outdated {
+                    disk,
+                    request,
+                    error: result.err(),
+                });
+            }
             Input::Shutdown => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ disk fencing
+
+    /// A local disk needs its peer's copy outdated, or the peer fenced.
+    fn disk_fence_peer(&mut self, disk: &str) {
+        let policy = match self.config.disk(disk).map(|d| d.fencing) {
+            Some(tandem_config::DiskFencing::ResourceOnly) => DiskPolicy::ResourceOnly,
+            Some(tandem_config::DiskFencing::ResourceAndStonith) => DiskPolicy::ResourceAndStonith,
+            _ => return,
+        };
+        let reach = if self.coordinator.state(&self.peer).is_down() {
+            PeerReach::Fenced
+        } else if matches!(
+            self.peer_state,
+            PeerState::Up | PeerState::ReturnedAfterPartition
+        ) {
+            PeerReach::Up
+        } else {
+            PeerReach::Unreachable
+        };
+        tracing::warn!(%disk, ?reach, "disk fencing: the peer's copy must be outdated, or the peer fenced");
+        self.outdater.request(disk, policy, reach, clock::now());
+        self.outdate_commands();
+    }
+
+    /// Carries out what the outdater asks.
+    fn outdate_commands(&mut self) {
+        while let Some(command) = self.outdater.poll_command() {
+            match command {
+                OutdateCommand::Ask { disk, request } => {
+                    match self.send(&PeerMessage::Outdate { disk, request }) {
+                        Some(id) => {
+                            self.outdate_messages.insert(id, request);
+                        }
+                        None => self.outdater.message_failed(request),
+                    }
+                }
+                OutdateCommand::Outdated { disk } => crate::disks::peer_outdated(&disk),
+                OutdateCommand::Fenced { .. } => crate::disks::peer_fenced(),
+                OutdateCommand::Unreachable { disk } => crate::disks::peer_unreachable(&disk),
+                OutdateCommand::Fence { reason } => {
+                    tracing::error!(peer = %self.peer, "disk fencing: fencing the peer ({reason})");
+                    let now = clock::now();
+                    match self
+                        .coordinator
+                        .request(&self.peer.clone(), &reason, false, now)
+                    {
+                        Ok(()) => self.fencing_commands(),
+                        Err(err) => tracing::error!("disk fencing: fence refused: {err}"),
+                    }
+                }
+            }
         }
     }
 
@@ -318,6 +403,8 @@ impl Manager {
                 } else {
                     PeerState::Dead
                 };
+                self.outdater.peer_unreachable();
+                self.outdate_commands();
                 self.replan = true;
             }
             Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
@@ -337,6 +424,15 @@ impl Manager {
                 self.ping.remove(&self.peer.clone());
                 self.send_report();
                 self.replan = true;
+            }
+            Event::MessageFailed { id, .. } => {
+                if let Some(request) = self.outdate_messages.remove(&id) {
+                    self.outdater.message_failed(request);
+                    self.outdate_commands();
+                }
+            }
+            Event::MessageAcked { id, .. } => {
+                self.outdate_messages.remove(&id);
             }
             Event::Message { from, payload } if from == self.peer_id => {
                 match PeerMessage::decode(&payload) {
@@ -398,6 +494,33 @@ impl Manager {
             PeerMessage::Ping { ok } => {
                 self.ping.insert(self.peer.clone(), ok);
             }
+            PeerMessage::Outdate { disk, request } => {
+                tracing::warn!(%disk, peer = %self.peer, "the peer lost its replication link: outdating this copy");
+                let inputs = self.inputs.clone();
+                std::thread::spawn(move || {
+                    let result = crate::disks::outdate_local(&disk);
+                    let _ = inputs.send(Input::OutdateDone {
+                        disk,
+                        request,
+                        result,
+                    });
+                });
+            }
+            PeerMessage::Outdated {
+                disk,
+                request,
+                error,
+            } => {
+                match &error {
+                    None => tracing::info!(%disk, peer = %self.peer, "the peer outdated its copy"),
+                    Some(why) => {
+                        tracing::warn!(%disk, peer = %self.peer, "the peer did not outdate its copy: {why}")
+                    }
+                }
+                self.outdater
+                    .reply(&disk, request, error.map_or(Ok(()), Err));
+                self.outdate_commands();
+            }
             PeerMessage::Goodbye => {
                 tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
                 self.peer_said_goodbye = true;
@@ -414,6 +537,9 @@ impl Manager {
 
     fn operator(&mut self, op: Operator) -> Result<serde_json::Value, String> {
         match op {
+            Operator::Request(..) if self.config.groups.is_empty() => {
+                Err("this cluster has no resource groups: nothing to move".into())
+            }
             Operator::Request(kind, scope) => {
                 let request = Request {
                     node: self.local.clone(),
@@ -587,6 +713,8 @@ impl Manager {
         let now = clock::now();
         self.coordinator.tick(now);
         self.fencing_commands();
+        self.outdater.tick(now);
+        self.outdate_commands();
         let due: Vec<(String, String, Duration)> = self
             .resources
             .iter()
@@ -862,9 +990,16 @@ impl Manager {
     fn fencing_commands(&mut self) {
         // Once the peer is known down (fenced, or confirmed by an operator), its
         // replication links are dead whatever TCP thinks: drop them, once.
-        let peer_down = self.coordinator.state(&self.peer).is_down();
+        let peer_state = self.coordinator.state(&self.peer);
+        let peer_down = peer_state.is_down();
         if peer_down && !self.peer_down_told_disks {
             crate::disks::peer_fenced();
+            self.outdater.peer_fenced();
+        }
+        if peer_state == tandem_fencing::FenceState::Failed {
+            // Disks that waited for this fence keep waiting: only an operator's
+            // confirmation (or a later success) lets them go on.
+            self.outdater.fence_failed();
         }
         self.peer_down_told_disks = peer_down;
         while let Some(command) = self.coordinator.poll_command() {
@@ -1139,6 +1274,9 @@ impl Manager {
             );
             return;
         }
+        // Each secondary disk whose up-to-date peer goes on says, durably, that this
+        // copy is now stale: the peer writes alone without having to fence this node.
+        crate::disks::leave();
         let Some(goodbye) = self.send(&PeerMessage::Goodbye) else {
             tracing::info!("all groups stopped; the peer is not up to hear a goodbye");
             return;
@@ -1184,6 +1322,10 @@ impl Manager {
                 resources.push(serde_json::json!({
                     "name": r.name,
                     "type": r.kind.type_name(),
+                    "disk": match &r.kind {
+                        ResourceKind::Disk { disk } => Some(disk),
+                        _ => None,
+                    },
                     "state": state_code(state),
                     "peer_state": state_code(peer_state),
                     "failcount": failcount,
@@ -1258,6 +1400,7 @@ impl Manager {
                 _ => "required",
             },
             "unsafe": unsafe_notes,
+            "disk_fencing": self.outdater.waiting(),
             "peer_state": format!("{:?}", self.peer_state),
             "actions": self.history,
             "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
@@ -1346,8 +1489,9 @@ impl Exec {
         };
         let start = clock::now();
         let deadline = start + options.timeout;
+        use crate::disks::{Caller, DiskCommand};
         let is_up =
-            || crate::disks::request(disk, crate::disks::DiskCommand::Status).body["up"] == true;
+            || crate::disks::request(disk, DiskCommand::Status, Caller::Group).body["up"] == true;
         match action {
             // A disk that is not up is certainly not primary here.
             Action::Monitor | Action::Stop if !is_up() => {
@@ -1368,11 +1512,11 @@ impl Exec {
             _ => {}
         }
         let command = match action {
-            Action::Start => crate::disks::DiskCommand::Primary { force: false },
-            Action::Stop => crate::disks::DiskCommand::Secondary,
-            _ => crate::disks::DiskCommand::Status,
+            Action::Start => DiskCommand::Primary { force: false },
+            Action::Stop => DiskCommand::Secondary,
+            _ => DiskCommand::Status,
         };
-        let response = crate::disks::request(disk, command);
+        let response = crate::disks::request(disk, command, Caller::Group);
         let duration = clock::now().saturating_duration_since(start);
         if let Some(error) = response.error {
             return ActionResult::done(tandem_agents::OcfExit::Generic, error, duration);

@@ -55,6 +55,25 @@ pub enum PeerMessage {
     },
     /// The sender stopped all its groups and is leaving: no fencing needed.
     Goodbye,
+    /// Disk fencing: the sender's copy of `disk` lost its replication link (or is to be
+    /// promoted alone); the receiver outdates its own copy, durably, then answers.
+    Outdate {
+        /// The disk.
+        disk: String,
+        /// Quoted in the answer.
+        request: u64,
+    },
+    /// The answer to [`PeerMessage::Outdate`]: the copy is outdated on the sender's
+    /// disk (`error` absent), or why not.
+    Outdated {
+        /// The disk.
+        disk: String,
+        /// The request answered.
+        request: u64,
+        /// Why the copy was not outdated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl PeerMessage {

@@ -154,7 +154,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     // Disks first: a group's `disk` resource acts on them from its first probe.
     crate::disks::start(&config, &local)?;
-    let manager = if config.groups.is_empty() {
+    // The resource manager runs wherever there is a peer to deal with: groups to run,
+    // or disks whose fencing needs the peer outdated or fenced through the cluster.
+    let has_disks = config.disks.iter().any(|d| d.host(&local).is_some());
+    let manager = if config.groups.is_empty() && !has_disks {
         None
     } else {
         let (tx, rx) = manager::channel();
@@ -167,6 +170,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             tx.clone(),
         )?;
         manager::spawn(m, rx)?;
+        let fence_peer = tx.clone();
+        crate::disks::set_fence_peer_hook(Box::new(move |disk| {
+            let _ = fence_peer.send(Input::DiskFencePeer {
+                disk: disk.to_string(),
+            });
+        }));
         ping::spawn(&config, tx.clone())?;
         Some(tx)
     };
@@ -199,7 +208,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Operator::Request(RequestKind::Takeover, scope),
         ),
         Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
-        Request::Disk { name, command } => crate::disks::request(&name, command),
+        Request::Disk { name, command } => {
+            crate::disks::request(&name, command, crate::disks::Caller::Operator)
+        }
         Request::Fence { node } => operator(manager.as_ref(), Operator::Fence(node)),
         Request::FenceConfirm { node } => operator(manager.as_ref(), Operator::FenceConfirm(node)),
         Request::FenceHistory => operator(manager.as_ref(), Operator::FenceHistory),
@@ -244,7 +255,39 @@ fn status_json(
             err => return err,
         }
     }
+    mark_suspended_groups(&mut body);
     Response::ok(body)
+}
+
+/// Gives each group the disks of its own whose I/O is suspended (disk fencing), so
+/// `tandem status` says it where the operator looks: at the group.
+fn mark_suspended_groups(body: &mut serde_json::Value) {
+    let suspended: std::collections::BTreeMap<String, serde_json::Value> = body["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| !d["suspended"].is_null())
+        .filter_map(|d| Some((d["name"].as_str()?.to_string(), d["suspended"].clone())))
+        .collect();
+    let Some(groups) = body["groups"].as_array_mut() else {
+        return;
+    };
+    for g in groups {
+        let mine: Vec<serde_json::Value> = g["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["type"] == "disk")
+            .filter_map(|r| {
+                let disk = r["disk"].as_str()?;
+                let s = suspended.get(disk)?;
+                Some(
+                    serde_json::json!({"disk": disk, "reason": s["reason"], "for_ms": s["for_ms"]}),
+                )
+            })
+            .collect();
+        g["suspended"] = serde_json::Value::Array(mine);
+    }
 }
 
 /// Hands an operator request to the resource manager and waits for its answer.

@@ -120,6 +120,16 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     };
     let is_status = command == DiskCommand::Status;
     let body = control::request(&socket, &Request::Disk { name, command })?;
+    // What a command did beyond its name (e.g. what a forced promotion discards).
+    let bodies = match body.get("disks").and_then(Value::as_array) {
+        Some(disks) => disks.clone(),
+        None => vec![body.clone()],
+    };
+    for d in &bodies {
+        if let Some(note) = d["note"].as_str() {
+            eprintln!("{}: {note}", d["name"].as_str().unwrap_or("?"));
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else if is_status {
@@ -262,7 +272,12 @@ pub fn render(d: &Value) -> String {
         state_name(&d["peer_role"])
     };
     let peer_disk = if d["peer_disk_state"].is_null() {
-        "DUnknown".into()
+        // As DRBD's pdsk: a peer known outdated (or fenced) since the link broke.
+        if d["peer_outdated"] == Value::Bool(true) {
+            "Outdated".into()
+        } else {
+            "DUnknown".into()
+        }
     } else {
         state_name(&d["peer_disk_state"])
     };
@@ -281,6 +296,14 @@ pub fn render(d: &Value) -> String {
             ""
         }
     );
+    if let Some(why) = d["suspended"]["reason"].as_str() {
+        let for_ms = d["suspended"]["for_ms"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "    suspended: {why} (for {:.1} s)",
+            for_ms as f64 / 1000.0
+        );
+    }
     let _ = writeln!(
         s,
         "    ns:{} nr:{} oos:{} (KiB)",

@@ -184,6 +184,16 @@ fn render_groups(out: &mut String, status: &serde_json::Value) {
                 .map(|b| format!(" ({})", red(b)))
                 .unwrap_or_default()
         );
+        for s in g["suspended"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  {} {}: {} (for {:.1} s)",
+                red("SUSPENDED"),
+                s["disk"].as_str().unwrap_or("?"),
+                s["reason"].as_str().unwrap_or(""),
+                s["for_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            );
+        }
         for r in g["resources"].as_array().into_iter().flatten() {
             let last = &r["last_action"];
             let last = if last.is_null() {

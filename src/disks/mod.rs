@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
 use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
-use tandem_disk::core::{AdminError, ConnState, Protocol, Role};
+use tandem_disk::core::{AdminError, ConnState, Fencing, Protocol, Role};
 use tandem_disk::meta::MetaLocation;
 use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
 use tandem_nbd::{Server, ServerConfig};
@@ -153,9 +153,45 @@ struct Service {
     local: String,
     key_secret: Vec<u8>,
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// Disk → the group whose `disk` resource promotes it.
+    managed: BTreeMap<String, String>,
 }
 
 static SERVICE: OnceLock<Service> = OnceLock::new();
+
+/// Called with a disk's name when its core needs the peer outdated or fenced (disk
+/// fencing): the resource manager's outdater takes it from there.
+pub type FencePeerHook = Box<dyn Fn(&str) + Send + Sync>;
+
+static FENCE_PEER: OnceLock<FencePeerHook> = OnceLock::new();
+
+/// Who asks the disk service for a change: an operator (`tandem disk …`) may not
+/// promote a disk that a group manages; the group itself may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// `tandem disk …` over the control socket.
+    Operator,
+    /// A group's `disk` resource, run by the resource manager.
+    Group,
+}
+
+/// How long a promotion waits for the cluster to outdate or fence the peer.
+const PRIMARY_WAITS_FOR_PEER_OUTDATE: Duration = Duration::from_secs(20);
+
+/// Routes disk-fencing requests to `hook` (set once, before disks need it; requests
+/// made before are repeated by the cores every few seconds).
+pub fn set_fence_peer_hook(hook: FencePeerHook) {
+    let _ = FENCE_PEER.set(hook);
+}
+
+fn ask_fence_peer(name: &str) {
+    match FENCE_PEER.get() {
+        Some(hook) => hook(name),
+        None => {
+            tracing::warn!(disk = %name, "the peer must be outdated or fenced, but nothing in this agent can do it yet")
+        }
+    }
+}
 
 /// Starts the disk service: brings up every configured disk that has a host entry for
 /// `local` (errors are logged and shown in status; they never stop the agent), and the
@@ -206,11 +242,21 @@ pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
             )
         })
         .collect();
+    let managed = config
+        .groups
+        .iter()
+        .flat_map(|g| g.resources.iter().map(move |r| (g, r)))
+        .filter_map(|(g, r)| match &r.kind {
+            tandem_config::ResourceKind::Disk { disk } => Some((disk.clone(), g.name.clone())),
+            _ => None,
+        })
+        .collect();
     let service = Service {
         runtime,
         local: local.to_string(),
         key_secret,
         slots: Mutex::new(slots),
+        managed,
     };
     if SERVICE.set(service).is_err() {
         bail!("the disk service was started twice");
@@ -229,7 +275,7 @@ pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
 }
 
 /// Answers a `tandem disk` request (`name` may be `all`).
-pub fn request(name: &str, command: DiskCommand) -> Response {
+pub fn request(name: &str, command: DiskCommand, caller: Caller) -> Response {
     let Some(service) = SERVICE.get() else {
         return Response::error("the disk service is not running");
     };
@@ -246,11 +292,18 @@ pub fn request(name: &str, command: DiskCommand) -> Response {
     let mut bodies = Vec::new();
     let mut errors = Vec::new();
     for n in &names {
-        match service.command(n, &command) {
-            Ok(()) => {}
-            Err(err) => errors.push(format!("{n}: {err:#}")),
+        let note = match service.command(n, &command, caller) {
+            Ok(note) => note,
+            Err(err) => {
+                errors.push(format!("{n}: {err:#}"));
+                None
+            }
+        };
+        let mut body = service.disk_json(n);
+        if let Some(note) = note {
+            body["note"] = json!(note);
         }
-        bodies.push(service.disk_json(n));
+        bodies.push(body);
     }
     if !errors.is_empty() {
         return Response::error(errors.join("; "));
@@ -292,28 +345,111 @@ pub fn stop(managed: &[String]) {
 
 /// The cluster fenced the peer (or an operator confirmed it down): every running disk
 /// drops its replication link at once, so a promotion does not wait for the link to
-/// time out — a fenced machine's sockets never say goodbye. Returns at once.
+/// time out — a fenced machine's sockets never say goodbye — and counts the peer as
+/// outdated (suspended I/O resumes). Returns once every disk has taken it in, so a
+/// promotion that follows finds it done.
 pub fn peer_fenced() {
     let Some(service) = SERVICE.get() else {
         return;
     };
-    let nodes: Vec<NodeHandle> = service
-        .lock()
-        .values()
-        .filter_map(|s| s.running.as_ref().map(|r| r.node.clone()))
-        .collect();
+    let nodes = service.running_nodes();
     if nodes.is_empty() {
         return;
     }
     tracing::info!(
         disks = nodes.len(),
-        "peer fenced: dropping the replication links"
+        "peer fenced: dropping the replication links, the peer counts as outdated"
     );
-    service.runtime.spawn(async move {
-        for node in nodes {
-            let _ = node.peer_fenced().await;
+    service.runtime.block_on(async {
+        for (_, node) in nodes {
+            let _ = tokio::time::timeout(STATUS_TIMEOUT, node.peer_fenced()).await;
         }
     });
+}
+
+/// The peer outdated its copy of `name` (its answer came after its metadata was
+/// durable): suspended I/O resumes.
+pub fn peer_outdated(name: &str) {
+    if let Some((service, node)) = running_node(name) {
+        tracing::info!(disk = %name, "the peer's copy is outdated");
+        service.runtime.block_on(async {
+            let _ = tokio::time::timeout(STATUS_TIMEOUT, node.peer_outdated()).await;
+        });
+    }
+}
+
+/// The peer cannot be reached to outdate `name` (under `resource-only` the disk goes
+/// on alone).
+pub fn peer_unreachable(name: &str) {
+    if let Some((service, node)) = running_node(name) {
+        tracing::warn!(disk = %name, "the peer cannot be reached to outdate its copy");
+        service.runtime.block_on(async {
+            let _ = tokio::time::timeout(STATUS_TIMEOUT, node.peer_unreachable()).await;
+        });
+    }
+}
+
+/// The peer lost its link and asks this node to outdate its copy of `name`: answers
+/// once the mark is durable. A disk that is down is outdated in its metadata directly.
+pub fn outdate_local(name: &str) -> Result<(), String> {
+    let Some(service) = SERVICE.get() else {
+        return Err("the disk service is not running".into());
+    };
+    let (disk, running) = {
+        let slots = service.lock();
+        let Some(slot) = slots.get(name) else {
+            return Err(format!("no disk {name:?} on {}", service.local));
+        };
+        (slot.disk.clone(), slot.running.clone())
+    };
+    match running {
+        Some(r) => {
+            let result = service
+                .runtime
+                .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.outdate()).await });
+            match result {
+                Ok(Ok(Ok(()))) => {
+                    tracing::warn!(disk = %name, "outdated at the peer's request (it lost the replication link)");
+                    Ok(())
+                }
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the disk did not answer within 5 s".into()),
+            }
+        }
+        None => {
+            let host = disk
+                .host(&service.local)
+                .ok_or_else(|| format!("no [disk.on.{}] entry", service.local))?;
+            let meta = meta_location(&host.meta).map_err(|e| format!("{e:#}"))?;
+            tandem_disk::offline::outdate(&host.backing, &meta).map_err(|e| e.to_string())?;
+            tracing::warn!(disk = %name, "outdated in its metadata at the peer's request (the disk is down)");
+            Ok(())
+        }
+    }
+}
+
+/// Before a clean stop, after every demote: each secondary disk whose up-to-date peer
+/// goes on outdates itself and says so on the link (so the peer takes over without
+/// fencing this node). Errors are logged; the agent stops anyway.
+pub fn leave() {
+    let Some(service) = SERVICE.get() else {
+        return;
+    };
+    for (name, node) in service.running_nodes() {
+        let left = service
+            .runtime
+            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, node.leave()).await });
+        if !matches!(left, Ok(Ok(()))) {
+            tracing::warn!(disk = %name, "stopping: could not tell the peer this copy is outdated");
+        }
+    }
+}
+
+fn running_node(name: &str) -> Option<(&'static Service, NodeHandle)> {
+    let service = SERVICE.get()?;
+    let node = service.running(name)?.node.clone();
+    Some((service, node))
 }
 
 /// Every disk of this node as `tandem status --json` shows it under `disks` (empty when
@@ -400,6 +536,11 @@ pub fn core_config(disk: &Disk) -> tandem_disk::core::Config {
         // must be pinged well within `net_timeout`.
         ping_interval_ms: (disk.ping_interval.as_millis() as u64).min(net_timeout_ms / 3),
         ping_timeout_ms: net_timeout_ms,
+        fencing: match disk.fencing {
+            tandem_config::DiskFencing::DontCare => Fencing::DontCare,
+            tandem_config::DiskFencing::ResourceOnly => Fencing::ResourceOnly,
+            tandem_config::DiskFencing::ResourceAndStonith => Fencing::ResourceAndStonith,
+        },
         ..Default::default()
     }
 }
@@ -417,21 +558,40 @@ impl Service {
         self.lock().get(name).and_then(|s| s.running.clone())
     }
 
-    fn command(&'static self, name: &str, command: &DiskCommand) -> anyhow::Result<()> {
+    fn running_nodes(&self) -> Vec<(String, NodeHandle)> {
+        self.lock()
+            .iter()
+            .filter_map(|(n, s)| s.running.as_ref().map(|r| (n.clone(), r.node.clone())))
+            .collect()
+    }
+
+    fn command(
+        &'static self,
+        name: &str,
+        command: &DiskCommand,
+        caller: Caller,
+    ) -> anyhow::Result<Option<String>> {
         if *command == DiskCommand::Up {
-            return self.up(name);
+            return self.up(name).map(|()| None);
         }
         if *command == DiskCommand::Status {
-            return Ok(());
+            return Ok(None);
         }
         let Some(r) = self.running(name) else {
             bail!("disk is down (tandem disk up {name})");
         };
         let rt = &self.runtime;
         match command {
-            DiskCommand::Up | DiskCommand::Status => Ok(()),
-            DiskCommand::Down => self.down(name, &r),
+            DiskCommand::Up | DiskCommand::Status => Ok(None),
+            DiskCommand::Down => self.down(name, &r).map(|()| None),
             DiskCommand::Primary { force } => {
+                if let (false, Caller::Operator, Some(group)) =
+                    (*force, caller, self.managed.get(name))
+                {
+                    bail!(
+                        "disk {name} belongs to group {group}, which promotes it where the group runs: use `tandem takeover` (or `--force` to promote it by hand anyway)"
+                    );
+                }
                 if !force && r.waiting() {
                     // Woken by the node's event loop in the step that connects, or at
                     // the end of the wait's time, whichever comes first.
@@ -463,24 +623,78 @@ impl Service {
                     .get(name)
                     .map_or(tandem_config::defaults::NET_TIMEOUT, |s| s.disk.net_timeout);
                 let deadline = crate::clock::now() + net_timeout + Duration::from_secs(1);
+                // Alone, with a peer that is neither outdated nor fenced: the cluster is
+                // asked to outdate it (or fence it), as DRBD calls its fence-peer
+                // handler before a promotion; the promotion waits for the answer.
+                let mut outdate_deadline = None;
+                let before = rt.block_on(r.node.status())?;
                 loop {
                     match rt.block_on(r.node.promote(*force))? {
                         Err(AdminError::PeerIsPrimary) if crate::clock::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(50));
                         }
+                        Err(AdminError::PeerNotOutdated) => {
+                            let now = crate::clock::now();
+                            let until = *outdate_deadline.get_or_insert_with(|| {
+                                ask_fence_peer(name);
+                                now + PRIMARY_WAITS_FOR_PEER_OUTDATE
+                            });
+                            if now >= until {
+                                bail!(
+                                    "the peer is neither known outdated nor fenced, and the cluster could not make it so within {} s: fence it (`tandem fence NODE`, or `tandem fence confirm NODE` once it is down), or `primary --force`",
+                                    PRIMARY_WAITS_FOR_PEER_OUTDATE.as_secs()
+                                );
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
                         result => break result?,
                     }
                 }
                 r.primary.store(true, Ordering::Relaxed);
-                Ok(())
+                let discarded = match before.disk_state {
+                    _ if !*force => None,
+                    tandem_disk::core::DiskState::Outdated => Some(
+                        "this copy was outdated: writes the peer acknowledged after that are discarded when the disks reconnect",
+                    ),
+                    tandem_disk::core::DiskState::Inconsistent => Some(
+                        "this copy was inconsistent: the peer's data is overwritten with it when the disks reconnect",
+                    ),
+                    _ if !before.connection.replicating() && !before.peer_outdated => Some(
+                        "the peer was neither outdated nor fenced: if it is primary too, or holds newer writes, the disks report split brain when they reconnect",
+                    ),
+                    _ => None,
+                };
+                if let Some(what) = discarded {
+                    tracing::warn!(disk = %name, "forced primary: {what}");
+                }
+                Ok(discarded.map(|w| format!("forced primary: {w}")))
             }
-            DiskCommand::Secondary => self.demote_durably(&r, 1),
+            // A group's stop waits for I/O in flight to drain (a suspended disk's held
+            // writes resolve once the peer is outdated or fenced); an operator's
+            // `secondary` answers at once.
+            DiskCommand::Secondary => {
+                let tries = match caller {
+                    Caller::Group => DEMOTE_TRIES,
+                    Caller::Operator => 1,
+                };
+                self.demote_durably(&r, tries).map(|()| None)
+            }
             DiskCommand::Connect { discard_my_data } => {
-                Ok(rt.block_on(r.node.connect(*discard_my_data))?)
+                rt.block_on(r.node.connect(*discard_my_data))?;
+                Ok(None)
             }
-            DiskCommand::Disconnect => Ok(rt.block_on(r.node.disconnect())?),
-            DiskCommand::Verify => Ok(rt.block_on(r.node.verify())??),
-            DiskCommand::Invalidate => Ok(rt.block_on(r.node.invalidate())??),
+            DiskCommand::Disconnect => {
+                rt.block_on(r.node.disconnect())?;
+                Ok(None)
+            }
+            DiskCommand::Verify => {
+                rt.block_on(r.node.verify())??;
+                Ok(None)
+            }
+            DiskCommand::Invalidate => {
+                rt.block_on(r.node.invalidate())??;
+                Ok(None)
+            }
         }
     }
 
@@ -585,6 +799,10 @@ impl Service {
             wait_ms,
             running.started,
             running.wait_gave_up.clone(),
+        ));
+        rt.spawn(forward_fence_peer_requests(
+            name.clone(),
+            running.link.clone(),
         ));
         tracing::info!(
             disk = %name,
@@ -744,6 +962,25 @@ async fn startup_wait_log(
                     next_log += Duration::from_secs(30);
                 }
             }
+        }
+    }
+}
+
+/// Hands every `FencePeer` request of a disk's core to the cluster (the node counts
+/// them in its published link state); ends when the node stops.
+async fn forward_fence_peer_requests(name: String, mut link: watch::Receiver<LinkState>) {
+    let mut seen = link.borrow().fence_peer_requests;
+    while link.changed().await.is_ok() {
+        let (asked, suspended) = {
+            let l = link.borrow();
+            (l.fence_peer_requests, l.suspended)
+        };
+        if asked > seen {
+            seen = asked;
+            if suspended {
+                tracing::warn!(disk = %name, "replication link lost: I/O suspended until the peer is outdated or fenced");
+            }
+            ask_fence_peer(&name);
         }
     }
 }
@@ -924,6 +1161,8 @@ address = "10.0.0.2:7788"
         assert_eq!(core.protocol, Protocol::A);
         assert_eq!(core.resync_rate_bytes_per_s, Some(5 << 20));
         assert_eq!(core.ping_timeout_ms, 6000);
+        // Not in a group: resource-only, as the configuration resolved it.
+        assert_eq!(core.fencing, Fencing::ResourceOnly);
         assert!(core.ping_interval_ms * 2 < core.ping_timeout_ms);
         assert_eq!(
             core.after_split_brain.no_primary,

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod cluster;
+pub mod disks;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

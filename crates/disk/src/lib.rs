@@ -18,3 +18,4 @@
 pub mod core;
 pub mod meta;
 pub mod node;
+pub mod offline;

@@ -31,6 +31,7 @@ pub mod agent_input;
 pub mod coordinator;
 pub mod device;
 pub mod driver;
+pub mod outdate;
 pub mod result;
 pub mod runner;
 
@@ -39,5 +40,6 @@ pub use agent_input::{AgentInput, InputError};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, FenceState, RequestError};
 pub use device::{ProgramPaths, plug_for, prepare};
 pub use driver::{DirectOutcome, execute, fence_direct};
+pub use outdate::{DiskPolicy, OutdateCommand, Outdater, PeerReach};
 pub use result::{FenceRecord, FenceResult, History, Origin, Outcome, Plug, RecordError};
 pub use runner::{run_device, run_program};

@@ -1,0 +1,370 @@
+//! The replicated-disk lab: two `tandem agent`s in lab hosts ox1 and ox2 replicate disks
+//! over the `hb` network (192.168.180.20 ↔ .10); clients write through the NBD socket each
+//! agent serves (`/run/tandem/disk/r0.nbd` inside the host), with qemu-io and nbdcopy.
+//! Backing files live in the lab's data directory, one per host.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_lab::{HostProcess, Lab, Topology};
+
+use super::{TANDEM, wait_for, write_private};
+
+pub const SOCK: &str = "/run/tandem/disk/r0.nbd";
+pub const URI: &str = "nbd+unix:///r0?socket=/run/tandem/disk/r0.nbd";
+pub const MIB: u64 = 1 << 20;
+
+pub fn config_toml(
+    dir: &std::path::Path,
+    key: &str,
+    disk_extra: &str,
+    size_note: &str,
+    r1: Option<&str>,
+) -> String {
+    let r1 = r1.map_or(String::new(), |extra| {
+        format!(
+            r#"
+[[disk]]
+name = "r1"
+{extra}
+
+[disk.on.ox1]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox1-r1.img"
+address = "192.168.180.20:7789"
+
+[disk.on.ox2]
+device = "/dev/tandem/r1"
+backing = "{dir}/ox2-r1.img"
+address = "192.168.180.10:7789"
+"#,
+            dir = dir.display()
+        )
+    });
+    let mut s = format!(
+        r#"# {size_note}
+[cluster]
+name = "disklab"
+keepalive = "200ms"
+deadtime = "2s"
+warntime = "1s"
+initdead = "4s"
+key_file = "{dir}/{key}"
+fencing = "none"
+
+[[node]]
+name = "ox1"
+[[node]]
+name = "ox2"
+
+[[link]]
+name = "hb"
+type = "ucast"
+interface = "eth1"
+peers = ["192.168.180.20", "192.168.180.10"]
+
+[[disk]]
+name = "r0"
+protocol = "C"
+{disk_extra}
+
+[disk.on.ox1]
+device = "/dev/tandem/r0"
+backing = "{dir}/ox1-r0.img"
+address = "192.168.180.20:7788"
+
+[disk.on.ox2]
+device = "/dev/tandem/r0"
+backing = "{dir}/ox2-r0.img"
+address = "192.168.180.10:7788"
+"#,
+        dir = dir.display()
+    );
+    s.push_str(&r1);
+    s
+}
+
+pub struct Cluster {
+    pub lab: Lab,
+    pub configs: [PathBuf; 2],
+    pub agents: Vec<(String, HostProcess)>,
+    pub size_bytes: u64,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        super::print_agent_logs_on_panic(&self.lab, 60);
+    }
+}
+
+pub fn idx(node: &str) -> usize {
+    if node == "ox1" { 0 } else { 1 }
+}
+
+impl Cluster {
+    /// A lab with backing files of `backing_mib` MiB and metadata created on both nodes;
+    /// `same_key = false` gives the nodes different key files.
+    pub fn new(backing_mib: u64, disk_extra: &str, same_key: bool) -> Cluster {
+        Self::with_r1(backing_mib, disk_extra, same_key, None)
+    }
+
+    /// As `new`, with a second disk `r1` (its `[[disk]]` extra keys) when given.
+    pub fn with_r1(
+        backing_mib: u64,
+        disk_extra: &str,
+        same_key: bool,
+        r1: Option<&str>,
+    ) -> Cluster {
+        let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
+        let dir = lab.data_dir();
+        write_private(&dir.join("authkey"), "disk lab key 0123456789abcdef\n");
+        write_private(&dir.join("otherkey"), "another key entirely 987654321\n");
+        let c1 = dir.join("ox1.toml");
+        let c2 = dir.join("ox2.toml");
+        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1", r1)).unwrap();
+        let key2 = if same_key { "authkey" } else { "otherkey" };
+        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2", r1)).unwrap();
+        for node in ["ox1", "ox2"] {
+            for disk in ["r0", "r1"] {
+                let f = std::fs::File::create(dir.join(format!("{node}-{disk}.img"))).unwrap();
+                f.set_len(backing_mib * MIB).unwrap();
+            }
+        }
+        let size_bytes = tandem_disk::meta::Layout::internal(backing_mib * MIB)
+            .unwrap()
+            .size_bytes;
+        let c = Cluster {
+            lab,
+            configs: [c1, c2],
+            agents: Vec::new(),
+            size_bytes,
+        };
+        for node in ["ox1", "ox2"] {
+            let out = c.tandem(node, &["disk", "create-md", "r0", "--node", node]);
+            assert!(out.contains("metadata written"), "{out}");
+            if r1.is_some() {
+                c.tandem(node, &["disk", "create-md", "r1", "--node", node]);
+            }
+        }
+        c
+    }
+
+    pub fn start_agent(&mut self, node: &str) {
+        let p = super::spawn_agent(&self.lab, &self.configs[idx(node)], node);
+        self.agents.push((node.to_string(), p));
+        wait_for(Duration::from_secs(20), "the disk to come up", || {
+            self.status(node).filter(|s| s["up"] == true)
+        });
+    }
+
+    pub fn tandem_result(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec![TANDEM, "-c", self.configs[idx(node)].to_str().unwrap()];
+        argv.extend_from_slice(args);
+        self.lab.run(node, &argv).map_err(|e| e.to_string())
+    }
+
+    pub fn tandem(&self, node: &str, args: &[&str]) -> String {
+        self.tandem_result(node, args)
+            .unwrap_or_else(|e| panic!("tandem {args:?} on {node}: {e}"))
+    }
+
+    pub fn status(&self, node: &str) -> Option<Value> {
+        self.disk_status(node, "r0")
+    }
+
+    pub fn disk_status(&self, node: &str, disk: &str) -> Option<Value> {
+        let out = self
+            .tandem_result(node, &["disk", "status", "--json", disk])
+            .ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    pub fn wait_state(
+        &self,
+        node: &str,
+        what: &str,
+        timeout_s: u64,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let last = std::cell::RefCell::new(None);
+        let guard = PrintOnPanic(&last);
+        let v = wait_for(
+            Duration::from_secs(timeout_s),
+            &format!("{node}: {what}"),
+            || {
+                let s = self.status(node);
+                *last.borrow_mut() = s.clone();
+                s.filter(|s| f(s))
+            },
+        );
+        drop(guard);
+        v
+    }
+
+    /// Both connected, in sync, up to date.
+    pub fn wait_in_sync(&self, timeout_s: u64) {
+        for node in ["ox1", "ox2"] {
+            self.wait_state(node, "connected and in sync", timeout_s, |s| {
+                s["connection"] == "connected"
+                    && s["disk_state"] == "up_to_date"
+                    && s["peer_disk_state"] == "up_to_date"
+                    && s["out_of_sync_bytes"] == 0
+            });
+        }
+    }
+
+    /// Both agents up and connected, ox1 primary after the initial full sync.
+    pub fn start_primary_ox1(&mut self) {
+        self.start_agent("ox1");
+        self.start_agent("ox2");
+        for node in ["ox1", "ox2"] {
+            self.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
+        }
+        self.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+        self.wait_in_sync(120);
+    }
+
+    pub fn qemu_io(&self, node: &str, cmd: &str) -> String {
+        self.lab
+            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
+            .unwrap_or_else(|e| panic!("qemu-io {cmd} on {node}: {e}"))
+    }
+
+    pub fn qemu_io_result(&self, node: &str, cmd: &str) -> Result<String, String> {
+        self.lab
+            .run(node, &["qemu-io", "-f", "raw", "-c", cmd, URI])
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn data(&self, node: &str) -> Vec<u8> {
+        let path = self.lab.data_dir().join(format!("{node}-r0.img"));
+        let mut b = std::fs::read(path).unwrap();
+        b.truncate(self.size_bytes as usize);
+        b
+    }
+
+    pub fn assert_identical(&self) {
+        let a = self.data("ox1");
+        let b = self.data("ox2");
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        assert!(
+            first.is_none(),
+            "backing files differ first at byte {first:?} (data area {} bytes)",
+            self.size_bytes
+        );
+    }
+}
+
+/// Which networks carry heartbeats (the replication link always runs over `hb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeats {
+    /// Only `hb`: cutting it looks like a dead peer.
+    Hb,
+    /// `hb` and `lan`, as the whitepaper advises: cutting `hb` leaves the peer heard.
+    HbAndLan,
+}
+
+/// Prints the last status seen when a wait times out.
+pub struct PrintOnPanic<'a>(&'a std::cell::RefCell<Option<Value>>);
+
+impl Drop for PrintOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last status: {:?}", self.0.borrow());
+        }
+    }
+}
+
+pub fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The group that holds the disk, appended to both nodes' configurations.
+pub const DISK_GROUP: &str = r#"
+[[group]]
+name = "data"
+home = "ox1"
+
+[[group.resource]]
+name = "r0"
+type = "disk"
+disk = "r0"
+monitor_interval = "1s"
+"#;
+
+impl Cluster {
+    /// Two agents with the lab's power switch as fence device (`fencing_delay` 1 s) and
+    /// the group `data` (home ox1) holding r0, forced primary and in sync on ox1.
+    pub fn fenced_with_disk_group(disk_extra: &str) -> (Cluster, tandem_lab::PowerSwitch) {
+        Self::fenced_with_disk_group_on(disk_extra, Heartbeats::Hb, "1s")
+    }
+
+    /// As [`Cluster::fenced_with_disk_group`], with heartbeats on `heartbeats` and the
+    /// given `fencing_delay`.
+    pub fn fenced_with_disk_group_on(
+        disk_extra: &str,
+        heartbeats: Heartbeats,
+        fencing_delay: &str,
+    ) -> (Cluster, tandem_lab::PowerSwitch) {
+        let mut c = Cluster::new(24, disk_extra, true);
+        let switch = c.lab.power_switch().expect("lab power switch");
+        let fence = super::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
+        let lan_link = match heartbeats {
+            Heartbeats::Hb => String::new(),
+            Heartbeats::HbAndLan => format!(
+                "\n[[link]]\nname = \"lan\"\ntype = \"ucast\"\ninterface = \"eth0\"\npeers = [\"{}\", \"{}\"]\n",
+                c.lab.address("ox1", "lan").unwrap(),
+                c.lab.address("ox2", "lan").unwrap()
+            ),
+        };
+        for node in ["ox1", "ox2"] {
+            let path = &c.configs[idx(node)];
+            let text = std::fs::read_to_string(path).unwrap().replace(
+                "fencing = \"none\"",
+                &format!("fencing = \"required\"\nfencing_delay = \"{fencing_delay}\""),
+            );
+            std::fs::write(path, format!("{text}\n{fence}\n{lan_link}")).unwrap();
+        }
+        // Fresh disks: bootstrapped outside any group as the whitepaper's §4.3 does (the
+        // operator forces one side, once, and waits for the full sync); then the
+        // cluster restarts with the group, which promotes the disk by itself.
+        c.start_agent("ox1");
+        c.start_agent("ox2");
+        c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
+        c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
+        c.wait_in_sync(60);
+        c.stop_agent("ox2");
+        c.stop_agent("ox1");
+        for node in ["ox1", "ox2"] {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&c.configs[idx(node)])
+                .unwrap();
+            std::io::Write::write_all(&mut f, DISK_GROUP.as_bytes()).unwrap();
+        }
+        c.start_agent("ox1");
+        c.start_agent("ox2");
+        c.wait_state("ox1", "the group running", 60, |s| s["role"] == "primary");
+        c.wait_in_sync(60);
+        wait_for(Duration::from_secs(30), "group data started on ox1", || {
+            let st: Value = serde_json::from_str(&c.tandem("ox1", &["status", "--json"])).ok()?;
+            (st["groups"][0]["state"] == "started" && st["groups"][0]["owner"] == "ox1")
+                .then_some(())
+        });
+        (c, switch)
+    }
+
+    /// SIGTERM to `node`'s agent; waits for it to exit.
+    pub fn stop_agent(&mut self, node: &str) {
+        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
+        let (_, p) = self.agents.remove(i);
+        assert!(p.signal(libc::SIGTERM));
+        let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
+        assert!(status.is_some(), "{node}'s agent did not stop within 30 s");
+    }
+
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.lab.data_dir().join(format!("{node}.log"))).unwrap()
+    }
+}
