@@ -98,3 +98,31 @@ params = { cidr_netmask = "24" }"#,
         "names the missing parameter: {stderr}"
     );
 }
+
+/// The whitepaper's reiserfs was removed from Linux: `config check` says so where the
+/// resource is written, with what to use instead; a type the kernel has is fine.
+#[test]
+fn a_file_system_type_the_kernel_lacks_is_an_error_with_a_suggestion() {
+    let fs = |fstype: &str| {
+        format!(
+            r#"[[group.resource]]
+name = "pgsql-fs"
+type = "filesystem"
+device = "/dev/tandem/r0"
+directory = "/var/lib/pgsql"
+fstype = "{fstype}""#
+        )
+    };
+    let (code, stderr) = check("reiserfs", &fs("reiserfs"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("FILE:22:1: error: resource pgsql-fs: file-system type reiserfs cannot be mounted here: reiserfs was removed from Linux in 6.13"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use ext4 (mkfs.ext4 /dev/tandem/r0"),
+        "{stderr}"
+    );
+    let (code, stderr) = check("ext4", &fs("ext4"));
+    assert_eq!(code, 0, "{stderr}");
+}

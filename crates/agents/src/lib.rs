@@ -334,14 +334,33 @@ pub fn check_resource(resource: &Resource, paths: &Paths) -> Vec<CheckIssue> {
             );
             if !r.is_success() {
                 push(true, r.reason);
-            } else if !fstype_known(&f.fstype) {
-                push(
-                    false,
-                    format!(
-                        "file-system type {} is not in /proc/filesystems on this node",
-                        f.fstype
+            } else {
+                match fstype_support(&f.fstype) {
+                    FsSupport::Kernel => {}
+                    FsSupport::Module => push(
+                        false,
+                        format!(
+                            "file-system type {} is not loaded on this node (its module is there: it loads at the first mount)",
+                            f.fstype
+                        ),
                     ),
-                );
+                    FsSupport::Missing => {
+                        let why = tandem_config::removed_fstype(&f.fstype).map_or_else(
+                            || {
+                                "this kernel has neither the file system nor a module for it"
+                                    .to_string()
+                            },
+                            str::to_string,
+                        );
+                        push(
+                            true,
+                            format!(
+                                "file-system type {} cannot be mounted here: {why}; use ext4 (mkfs.ext4 {} on the disk's primary, copy the data, then fstype = \"ext4\")",
+                                f.fstype, f.device
+                            ),
+                        );
+                    }
+                }
             }
         }
         Agent::IpAddr(i) => {
@@ -381,9 +400,36 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn fstype_known(fstype: &str) -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+/// Whether this node can mount a file-system type.
+enum FsSupport {
+    /// In /proc/filesystems.
+    Kernel,
+    /// A module for it exists under /lib/modules/RELEASE/kernel/fs.
+    Module,
+    /// Neither.
+    Missing,
+}
+
+fn fstype_support(fstype: &str) -> FsSupport {
+    // `auto` probes at mount time; nothing to check.
+    if fstype == "auto" {
+        return FsSupport::Kernel;
+    }
+    let loaded = std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
         t.lines()
             .any(|l| l.split_whitespace().last() == Some(fstype))
-    })
+    });
+    if loaded {
+        return FsSupport::Kernel;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = Path::new("/lib/modules")
+        .join(release.trim())
+        .join("kernel/fs")
+        .join(fstype);
+    if !release.trim().is_empty() && dir.is_dir() {
+        FsSupport::Module
+    } else {
+        FsSupport::Missing
+    }
 }

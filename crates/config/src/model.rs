@@ -289,6 +289,16 @@ impl DiskFencing {
     }
 }
 
+/// Why a file-system type cannot be mounted on any current Linux, if that is so (the
+/// whitepaper's reiserfs). `config check` and the importer say it with what to use
+/// instead.
+pub fn removed_fstype(fstype: &str) -> Option<&'static str> {
+    match fstype {
+        "reiserfs" => Some("reiserfs was removed from Linux in 6.13 (deprecated since 5.18)"),
+        _ => None,
+    }
+}
+
 /// `on_io_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnIoError {

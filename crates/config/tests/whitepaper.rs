@@ -69,7 +69,8 @@ fn whitepaper_disks_import_field_by_field() {
                 )
             })
             .collect();
-        let dev = format!("/dev/drbd{i}");
+        // drbd.conf's `device /dev/drbdN` becomes the path tandem publishes the disk at.
+        let dev = format!("/dev/tandem/r{i}");
         let backing = format!("/dev/sdb{}", i + 1);
         assert_eq!(
             hosts,
@@ -126,16 +127,16 @@ fn whitepaper_group_imports_in_seed_order() {
             garp_interval: Duration::from_millis(500),
         },
         disk("r1"),
-        fs("/dev/drbd1", "/var/lib/ldap"),
+        fs("/dev/tandem/r1", "/var/lib/ldap"),
         lsb("ldap"),
         lsb("saslauthd"),
         disk("r0"),
-        fs("/dev/drbd0", "/var/lib/pgsql"),
+        fs("/dev/tandem/r0", "/var/lib/pgsql"),
         lsb("postgresql"),
         disk("r2"),
         disk("r3"),
-        fs("/dev/drbd2", "/var/lib/imap"),
-        fs("/dev/drbd3", "/var/spool/imap"),
+        fs("/dev/tandem/r2", "/var/lib/imap"),
+        fs("/dev/tandem/r3", "/var/spool/imap"),
         lsb("cyrus"),
         lsb("postfix"),
         lsb("openexchange"),
@@ -227,6 +228,25 @@ fn import_output_loads_and_validates() {
     let (back, _) =
         Config::parse_str("imported.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(back, c);
+}
+
+/// `Filesystem::/dev/drbdN` mounts what tandem publishes for the disk whose drbd.conf
+/// `device` is /dev/drbdN, and the seed's reiserfs is reported with what to use instead.
+#[test]
+fn whitepaper_file_systems_mount_the_tandem_devices_and_reiserfs_is_reported() {
+    let (_, warnings) = import(&files()).unwrap_or_else(|e| panic!("{e}"));
+    let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(|w| w.contains("/dev/drbd0 → /dev/tandem/r0")
+            && w.contains("/dev/drbd3 → /dev/tandem/r3")),
+        "{w:?}"
+    );
+    let reiser: Vec<&String> = w
+        .iter()
+        .filter(|w| w.contains("reiserfs was removed"))
+        .collect();
+    assert_eq!(reiser.len(), 4, "one per file system: {w:?}");
+    assert!(reiser[0].contains("mkfs.ext4 /dev/tandem/r1"), "{w:?}");
 }
 
 /// Every whitepaper disk is promoted by the group in a cluster that fences, so the

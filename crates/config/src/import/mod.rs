@@ -193,7 +193,8 @@ pub fn import_texts(
         .cluster_name
         .clone()
         .unwrap_or_else(|| derive_cluster_name(&node_names));
-    let groups = make_groups(&cluster_name, raw_groups);
+    let mut groups = make_groups(&cluster_name, raw_groups);
+    publish_disks_as_tandem_devices(&mut disks, &mut groups, &mut sink, &har_src);
     for disk in &mut disks {
         if !fencing_explicit.contains(&disk.name) {
             let in_group = groups
@@ -243,6 +244,55 @@ pub fn import_texts(
             Ok((back, sink.finish()?))
         }
         Err(d) => Err(d),
+    }
+}
+
+/// DRBD's device nodes become tandem's: a disk is published on its primary as
+/// `/dev/tandem/NAME`, so each host's `device` says that, and a `Filesystem` on
+/// `/dev/drbdN` (drbd.conf's `device` line of disk NAME) mounts `/dev/tandem/NAME`.
+/// File systems this stack cannot mount anywhere are reported with what to use instead.
+fn publish_disks_as_tandem_devices(
+    disks: &mut [Disk],
+    groups: &mut [Group],
+    sink: &mut Sink,
+    har_src: &Source<'_>,
+) {
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    for d in disks.iter_mut() {
+        let published = PathBuf::from(format!("/dev/tandem/{}", d.name));
+        for h in &mut d.hosts {
+            if h.device != published {
+                let old = h.device.display().to_string();
+                if !renamed.iter().any(|(o, _)| *o == old) {
+                    renamed.push((old, d.name.clone()));
+                }
+                h.device = published.clone();
+            }
+        }
+    }
+    for r in groups.iter_mut().flat_map(|g| g.resources.iter_mut()) {
+        let ResourceKind::Filesystem { device, fstype, .. } = &mut r.kind else {
+            continue;
+        };
+        if let Some((_, name)) = renamed.iter().find(|(old, _)| old == device) {
+            *device = format!("/dev/tandem/{name}");
+        }
+        if let Some(why) = crate::model::removed_fstype(fstype) {
+            sink.push(har_src.warning(0..0, format!(
+                "resource {}: file system {fstype} on {device}: {why}; the imported file keeps {fstype} as written, and `tandem config check` refuses it where the kernel lacks it: create ext4 on the disk (mkfs.ext4 {device} on its primary, then copy the data) and set fstype = \"ext4\"",
+                r.name
+            )));
+        }
+    }
+    if !renamed.is_empty() {
+        let list: Vec<String> = renamed
+            .iter()
+            .map(|(old, name)| format!("{old} → /dev/tandem/{name}"))
+            .collect();
+        sink.push(har_src.warning(0..0, format!(
+            "DRBD devices are published by tandem as /dev/tandem/NAME on the disk's primary; Filesystem resources mount those: {}",
+            list.join(", ")
+        )));
     }
 }
 
