@@ -70,6 +70,9 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Fence a node, or check the fence devices.
     Fence(cmd::fence::Args),
+    /// The demo's data service and client (run inside the lab by `tandem demo`).
+    #[command(hide = true)]
+    DemoRecords(demo::records::Args),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
         Command::Disk(a) => cmd::disk::run(&cli.global, a),
         Command::Fence(a) => cmd::fence::run(&cli.global, a),
+        Command::DemoRecords(a) => demo::records::run(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,8 @@
 //! The client probes the service every 50 ms. Then ox1, the active node, loses power,
 //! and the demo prints what happened, when, and the outage the client saw.
 
+pub mod records;
+
 use std::io::BufRead;
 use std::time::Duration;
 
