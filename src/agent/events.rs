@@ -1,7 +1,7 @@
 //! The event thread: turns the membership driver's events into log lines and the event
 //! history that `tandem status` shows.
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -56,7 +56,7 @@ pub fn spawn(
     driver: Arc<Driver>,
     names: Names,
     shared: Arc<Mutex<Shared>>,
-    manager: Option<Sender<Input>>,
+    manager: Option<SyncSender<Input>>,
 ) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("events".into())
@@ -65,7 +65,7 @@ pub fn spawn(
             while let Ok(timed) = events.recv() {
                 let record = record(&names, &timed);
                 if let Some(manager) = &manager {
-                    let _ = manager.send(Input::Membership(timed.event));
+                    let _ = manager.send(tandem_controller::Input::Membership(timed.event).into());
                 }
                 let Some(record) = record else {
                     continue;

@@ -15,7 +15,6 @@
 mod events;
 mod links;
 mod manager;
-mod messages;
 mod ping;
 
 use std::collections::VecDeque;
@@ -35,7 +34,7 @@ use crate::Global;
 use crate::control::{self, Request, Response};
 use crate::state::StateDir;
 use manager::{Input, Operator};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use tandem_policy::RequestKind;
 
 /// Events kept for `tandem status` (the newest ones).
@@ -172,9 +171,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         manager::spawn(m, rx)?;
         let fence_peer = tx.clone();
         crate::disks::set_fence_peer_hook(Box::new(move |disk| {
-            let _ = fence_peer.send(Input::DiskFencePeer {
-                disk: disk.to_string(),
-            });
+            let _ = fence_peer.send(
+                tandem_controller::Input::DiskFencePeer {
+                    disk: disk.to_string(),
+                }
+                .into(),
+            );
         }));
         ping::spawn(&config, tx.clone())?;
         Some(tx)
@@ -222,7 +224,7 @@ fn status_json(
     local: &str,
     driver: &Driver,
     shared: &Mutex<Shared>,
-    manager: Option<&Sender<Input>>,
+    manager: Option<&SyncSender<Input>>,
 ) -> Response {
     let m = match driver.status() {
         Ok(m) => m,
@@ -291,7 +293,7 @@ fn mark_suspended_groups(body: &mut serde_json::Value) {
 }
 
 /// Hands an operator request to the resource manager and waits for its answer.
-fn operator(manager: Option<&Sender<Input>>, op: Operator) -> Response {
+fn operator(manager: Option<&SyncSender<Input>>, op: Operator) -> Response {
     let Some(manager) = manager else {
         return Response::error("this cluster has no resource groups");
     };
@@ -337,7 +339,7 @@ fn block_stop_signals() -> libc::sigset_t {
 /// thread (the mask is inherited) and taken by one thread with sigwait.
 fn handle_signals(
     set: libc::sigset_t,
-    manager: Option<Sender<Input>>,
+    manager: Option<SyncSender<Input>>,
     managed_disks: Vec<String>,
 ) -> anyhow::Result<()> {
     std::thread::Builder::new()
@@ -349,7 +351,7 @@ fn handle_signals(
             tracing::info!(signal, "stop requested");
             crate::disks::stop(&managed_disks);
             match manager {
-                Some(m) if m.send(Input::Shutdown).is_ok() => {}
+                Some(m) if m.send(tandem_controller::Input::Shutdown.into()).is_ok() => {}
                 _ => std::process::exit(0),
             }
         })

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use tandem_config::Config;
@@ -16,7 +16,7 @@ use crate::clock;
 
 /// Starts the prober if the configuration has targets. It reports every change of
 /// the verdict (and the first verdict once `deadping` has passed).
-pub fn spawn(config: &Config, manager: Sender<Input>) -> anyhow::Result<()> {
+pub fn spawn(config: &Config, manager: SyncSender<Input>) -> anyhow::Result<()> {
     let mut tests: Vec<Vec<IpAddr>> = config.cluster.ping.iter().map(|a| vec![*a]).collect();
     tests.extend(
         config
@@ -55,7 +55,10 @@ pub fn spawn(config: &Config, manager: Sender<Input>) -> anyhow::Result<()> {
                             "ping targets unreachable for {deadping:?}: outside connectivity lost"
                         );
                     }
-                    if manager.send(Input::Ping(ok)).is_err() {
+                    if manager
+                        .send(tandem_controller::Input::Ping(ok).into())
+                        .is_err()
+                    {
                         return;
                     }
                     reported = Some(ok);

@@ -1,22 +1,28 @@
-//! Cluster messages between the agents of the two nodes, carried by membership's
-//! reliable messages (delivered once, in order). JSON, compact: a report of every
-//! resource of every group must fit one message (1.3 KiB).
+//! Cluster messages between the two nodes' controllers, carried by membership's reliable
+//! messages (delivered once, in order). Compact JSON; every message must fit one
+//! membership payload ([`MAX_PAYLOAD_BYTES`]): reports go one group per message, fence
+//! records are cut down to fit, and `config check` refuses a group whose report cannot
+//! fit ([`report_fits`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tandem_policy::{FailedOp, RequestKind, ResourceState, Scope};
 
-/// What one agent tells the other.
+/// The most a message may take on the wire (one membership packet's payload).
+pub const MAX_PAYLOAD_BYTES: usize = tandem_wire::MAX_MESSAGE_PAYLOAD_LEN;
+
+/// What one node's controller tells the other's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "m", rename_all = "snake_case")]
 pub enum PeerMessage {
-    /// The sender's resource states, group by group (sent whenever one changes, and
-    /// when the peer comes up). Resources that are stopped with no current failure are
-    /// left out.
+    /// The sender's state of every resource of one group (sent whenever one changes, and
+    /// when the peer comes up). Resources stopped with no current failure are left out.
     Report {
-        /// Group → resource → its state and current failures.
-        g: BTreeMap<String, BTreeMap<String, Reported>>,
+        /// The group.
+        group: String,
+        /// Resource → its state and current failures.
+        resources: BTreeMap<String, Reported>,
     },
     /// The sender stopped `group` so that the receiver can start it.
     Released {
@@ -42,11 +48,11 @@ pub enum PeerMessage {
         /// On or off.
         on: bool,
     },
-    /// A fencing attempt's record (result), so both nodes' histories show it and a
-    /// node waiting for the same fence learns it is done.
+    /// A fencing attempt's record, so both nodes' histories show it and a node waiting
+    /// for the same fence learns it is done.
     Fence {
         /// The record as JSON (decoded with its size caps by `FenceRecord::from_json`).
-        r: String,
+        record: String,
     },
     /// The sender's outside connectivity (ipfail): its ping targets answer or not.
     Ping {
@@ -63,8 +69,7 @@ pub enum PeerMessage {
         /// Quoted in the answer.
         request: u64,
     },
-    /// The answer to [`PeerMessage::Outdate`]: the copy is outdated on the sender's
-    /// disk (`error` absent), or why not.
+    /// The answer to [`PeerMessage::Outdate`]: outdated (`error` absent), or why not.
     Outdated {
         /// The disk.
         disk: String,
@@ -79,6 +84,7 @@ pub enum PeerMessage {
 impl PeerMessage {
     /// Encodes for the wire.
     pub fn encode(&self) -> Vec<u8> {
+        // Plain strings, maps and integers: serializing cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -92,11 +98,36 @@ impl PeerMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reported {
     /// State code (see [`state_code`]).
-    pub s: String,
+    pub state: String,
     /// Unexpired failures, one letter each: `s` start, `m` monitor, `t` stop. The peer's
     /// planner needs them to know when this node may no longer run a group.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub f: String,
+    pub failures: String,
+}
+
+/// Whether the largest report of `group` fits one message: every resource in the
+/// longest state with `failure_letters` failures. `config check` uses it.
+pub fn report_fits(group: &tandem_config::Group, failure_letters: usize) -> bool {
+    let resources = group
+        .resources
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                Reported {
+                    state: state_code(ResourceState::FailedMonitor).to_string(),
+                    failures: "m".repeat(failure_letters),
+                },
+            )
+        })
+        .collect();
+    PeerMessage::Report {
+        group: group.name.clone(),
+        resources,
+    }
+    .encode()
+    .len()
+        <= MAX_PAYLOAD_BYTES
 }
 
 /// The letter of a failed operation in a report.
@@ -118,7 +149,7 @@ pub fn failure_from_code(c: char) -> Option<FailedOp> {
     }
 }
 
-/// The short code of a resource state in reports.
+/// The short code of a resource state in reports and status.
 pub fn state_code(state: ResourceState) -> &'static str {
     match state {
         ResourceState::Stopped => "stopped",
@@ -154,15 +185,13 @@ mod tests {
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {
         let report = PeerMessage::Report {
-            g: BTreeMap::from([(
-                "ox".to_string(),
-                BTreeMap::from([(
-                    "vip".to_string(),
-                    Reported {
-                        s: "started".into(),
-                        f: "mm".into(),
-                    },
-                )]),
+            group: "ox".into(),
+            resources: BTreeMap::from([(
+                "vip".to_string(),
+                Reported {
+                    state: "started".into(),
+                    failures: "mm".into(),
+                },
             )]),
         };
         for m in [
@@ -174,6 +203,11 @@ mod tests {
                 scope: Scope::Foreign,
             },
             PeerMessage::Goodbye,
+            PeerMessage::Outdated {
+                disk: "r0".into(),
+                request: 3,
+                error: Some("primary".into()),
+            },
         ] {
             assert_eq!(PeerMessage::decode(&m.encode()), Some(m));
         }

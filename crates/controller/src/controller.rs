@@ -1,0 +1,824 @@
+//! The controller's state and its inputs: membership events, the peer's messages,
+//! operator requests, action and monitor results, fence results, disk fencing.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tandem_agents::{Action, ActionResult, Outcome};
+use tandem_config::{Config, ResourceKind};
+use tandem_fencing::{Coordinator, CoordinatorConfig, FenceRecord, Outdater};
+use tandem_membership::{Event, MessageId, NodeId};
+use tandem_policy::{
+    ActionId, FailedOp, Failure, PeerState, Request, ResourceState, ResourceView, Transition,
+};
+
+use crate::messages::{PeerMessage, Reported, failure_from_code, state_from_code};
+use crate::types::{Command, DiskOrder, Input, Op, Operator, SendTag};
+
+/// Resource actions kept for status.
+pub const ACTION_HISTORY_LEN: usize = 64;
+
+/// Failures kept per resource (the newest; only unexpired ones are kept at all).
+pub const FAILURES_KEPT: usize = 32;
+
+/// Operator requests kept (older ones that a newer one fully covers are dropped first).
+pub const REQUESTS_KEPT: usize = 32;
+
+/// How long a clean shutdown waits for the peer to acknowledge its goodbye.
+pub const GOODBYE_WAIT: Duration = Duration::from_secs(3);
+
+pub(crate) struct LocalResource {
+    pub(crate) state: ResourceState,
+    /// Unexpired failures (pruned as they expire, at most [`FAILURES_KEPT`]).
+    pub(crate) failures: VecDeque<(FailedOp, Instant)>,
+    /// The recurring monitor: interval and next due time; `None` = not monitored now.
+    pub(crate) monitor: Option<(Duration, Instant)>,
+    pub(crate) monitor_in_flight: bool,
+    pub(crate) last: Option<ActionRecord>,
+}
+
+/// One finished action, for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    pub(crate) time_ms: u64,
+    pub(crate) group: String,
+    pub(crate) resource: String,
+    pub(crate) action: &'static str,
+    pub(crate) ok: bool,
+    pub(crate) result: String,
+}
+
+pub(crate) struct Running {
+    pub(crate) transition: Transition,
+    pub(crate) done: BTreeSet<ActionId>,
+    pub(crate) in_flight: BTreeSet<ActionId>,
+    /// Fence actions in flight and their targets.
+    pub(crate) fences: BTreeMap<ActionId, String>,
+    /// Start nothing more of this transition (an action failed or the view changed).
+    pub(crate) abandoned: bool,
+}
+
+/// A clean shutdown under way.
+pub(crate) enum Shutdown {
+    /// Waiting for the running transition's actions to finish.
+    Draining,
+    /// Stopping what runs here, one resource at a time (group order, right to left).
+    Resources {
+        queue: VecDeque<(String, String)>,
+        in_flight: bool,
+        /// Groups that had something to stop: released to the peer once done.
+        to_release: BTreeSet<String>,
+    },
+    /// Goodbye sent; waiting for its acknowledgement until the deadline.
+    Goodbye {
+        id: Option<MessageId>,
+        deadline: Instant,
+    },
+    /// Done: nothing more happens.
+    Done,
+}
+
+/// The resource manager as a state machine (see the crate documentation).
+pub struct Controller {
+    pub(crate) config: Arc<Config>,
+    pub(crate) local: String,
+    pub(crate) peer: String,
+    pub(crate) peer_id: NodeId,
+    pub(crate) started_at: Instant,
+    /// Wall-clock milliseconds at `started_at` (records carry wall time).
+    pub(crate) wall_ms_at_start: u64,
+    pub(crate) resources: BTreeMap<(String, String), LocalResource>,
+    pub(crate) peer_state: PeerState,
+    /// Groups the peer's current incarnation has reported.
+    pub(crate) peer_reported: BTreeSet<String>,
+    pub(crate) peer_said_goodbye: bool,
+    /// The disks were told the peer is down (fenced or confirmed).
+    pub(crate) peer_down_told_disks: bool,
+    pub(crate) peer_groups: BTreeMap<String, BTreeMap<String, ResourceView>>,
+    pub(crate) requests: Vec<Request>,
+    pub(crate) maintenance: bool,
+    pub(crate) ping: BTreeMap<String, bool>,
+    pub(crate) coordinator: Coordinator,
+    pub(crate) outdater: Outdater,
+    /// Outdate requests in flight as reliable messages.
+    pub(crate) outdate_messages: BTreeMap<MessageId, u64>,
+    pub(crate) running: Option<Running>,
+    pub(crate) replan: bool,
+    pub(crate) initdead_over: bool,
+    pub(crate) last_transition: Transition,
+    pub(crate) history: VecDeque<ActionRecord>,
+    pub(crate) commands: VecDeque<Command>,
+    pub(crate) shutdown: Option<Shutdown>,
+    pub(crate) now: Instant,
+}
+
+impl Controller {
+    /// A controller for `local` at `now` (`wall_ms`: the wall clock then); resources
+    /// start unknown and are probed first. `seed` drives the fencing retry jitter.
+    pub fn new(
+        config: Arc<Config>,
+        local: &str,
+        peer_id: NodeId,
+        now: Instant,
+        wall_ms: u64,
+        seed: u64,
+    ) -> Result<Controller, String> {
+        let peer = tandem_policy::plan::peer_name(&config, local)
+            .ok_or("the cluster needs exactly two nodes")?
+            .to_string();
+        let mut resources = BTreeMap::new();
+        for group in &config.groups {
+            for r in &group.resources {
+                resources.insert(
+                    (group.name.clone(), r.name.clone()),
+                    LocalResource {
+                        state: ResourceState::Unknown,
+                        failures: VecDeque::new(),
+                        monitor: None,
+                        monitor_in_flight: false,
+                        last: None,
+                    },
+                );
+            }
+        }
+        let coordinator = Coordinator::new(
+            CoordinatorConfig::from_config(&config, local),
+            seed,
+            now,
+            wall_ms,
+        );
+        Ok(Controller {
+            // A peer heard on the links answers an outdate within a few keepalives; one
+            // that does not within a deadtime is as good as gone.
+            outdater: Outdater::new(config.cluster.deadtime),
+            config,
+            local: local.to_string(),
+            peer,
+            peer_id,
+            started_at: now,
+            wall_ms_at_start: wall_ms,
+            resources,
+            peer_state: PeerState::Unknown,
+            peer_reported: BTreeSet::new(),
+            peer_said_goodbye: false,
+            peer_down_told_disks: false,
+            peer_groups: BTreeMap::new(),
+            requests: Vec::new(),
+            maintenance: false,
+            ping: BTreeMap::new(),
+            coordinator,
+            outdate_messages: BTreeMap::new(),
+            running: None,
+            replan: true,
+            initdead_over: false,
+            last_transition: Transition::new(local),
+            history: VecDeque::new(),
+            commands: VecDeque::new(),
+            shutdown: None,
+            now,
+        })
+    }
+
+    /// Feeds one input at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Membership(event) => self.membership(event),
+            Input::ActionDone {
+                action,
+                group,
+                resource,
+                op,
+                result,
+            } => self.action_done(action, &group, &resource, op, result),
+            Input::MonitorDone {
+                group,
+                resource,
+                result,
+            } => self.monitor_done(&group, &resource, result),
+            Input::Ping(ok) => {
+                self.ping.insert(self.local.clone(), ok);
+                self.send(PeerMessage::Ping { ok });
+                self.replan = true;
+            }
+            Input::FenceDone { id, result } => {
+                tracing::info!(
+                    device = %result.device,
+                    target = ?result.target,
+                    "fence device: {}",
+                    result.outcome.summary()
+                );
+                self.coordinator.device_result(id, result, self.now);
+            }
+            Input::DiskFencePeer { disk } => self.disk_fence_peer(&disk),
+            Input::OutdateDone {
+                disk,
+                request,
+                result,
+            } => self.send(PeerMessage::Outdated {
+                disk,
+                request,
+                error: result.err(),
+            }),
+            Input::Sent { tag, id } => match tag {
+                SendTag::Plain => {}
+                SendTag::Outdate(request) => {
+                    self.outdate_messages.insert(id, request);
+                }
+                SendTag::Goodbye => {
+                    if let Some(Shutdown::Goodbye { id: waiting, .. }) = &mut self.shutdown {
+                        *waiting = Some(id);
+                    }
+                }
+            },
+            Input::SendFailed { tag } => match tag {
+                SendTag::Plain => {}
+                SendTag::Outdate(request) => self.outdater.message_failed(request),
+                SendTag::Goodbye => {
+                    tracing::info!("all groups stopped; the peer is not up to hear a goodbye");
+                    self.finish_shutdown();
+                }
+            },
+            Input::Tick => {}
+            Input::Shutdown => self.begin_shutdown(),
+        }
+        self.step();
+    }
+
+    /// The next command for the shell.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`Input::Tick`] is next due (monitors, initdead, failure expiry, fencing
+    /// and disk-fencing timers, the goodbye's wait).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Vec<Instant> = Vec::new();
+        if !self.initdead_over {
+            next.push(self.started_at + self.config.cluster.initdead);
+        }
+        for ((group, _), r) in &self.resources {
+            if let Some((_, due)) = r.monitor
+                && !r.monitor_in_flight
+                && r.state == ResourceState::Started
+                && !self.maintenance
+            {
+                next.push(due);
+            }
+            let timeout = self.failure_timeout(group);
+            next.extend(r.failures.iter().map(|(_, at)| *at + timeout));
+        }
+        next.extend(self.coordinator.poll_timeout());
+        next.extend(self.outdater.poll_timeout());
+        if let Some(Shutdown::Goodbye { deadline, .. }) = &self.shutdown {
+            next.push(*deadline);
+        }
+        next.into_iter().min()
+    }
+
+    /// Whether the shutdown has finished ([`Command::Exit`] was issued).
+    pub fn finished(&self) -> bool {
+        matches!(self.shutdown, Some(Shutdown::Done))
+    }
+
+    /// Everything that follows an input: timers, fencing, disk fencing, planning.
+    fn step(&mut self) {
+        self.timers();
+        self.fencing_commands();
+        self.outdate_commands();
+        if self.shutdown.is_some() {
+            self.shutdown_step();
+        } else {
+            self.advance();
+        }
+    }
+
+    /// Wall-clock milliseconds at `now`.
+    pub(crate) fn wall_ms(&self) -> u64 {
+        self.wall_ms_at_start
+            + self
+                .now
+                .saturating_duration_since(self.started_at)
+                .as_millis() as u64
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    fn membership(&mut self, event: Event) {
+        match event {
+            Event::NodeUp { node, .. } if node == self.peer_id => {
+                if self.peer_state != PeerState::ReturnedAfterPartition {
+                    self.peer_state = PeerState::Up;
+                }
+                self.peer_said_goodbye = false;
+                self.send_report();
+                self.replan = true;
+            }
+            Event::NodeDead { node, .. } if node == self.peer_id => {
+                self.peer_state = if self.peer_said_goodbye {
+                    PeerState::LeftCleanly
+                } else {
+                    PeerState::Dead
+                };
+                self.outdater.peer_unreachable();
+                self.replan = true;
+            }
+            Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
+                self.peer_state = PeerState::ReturnedAfterPartition;
+                self.peer_reported.clear();
+                self.send_report();
+                self.replan = true;
+            }
+            Event::NodeRestarted { node, .. } if node == self.peer_id => {
+                // A new incarnation has lost its state: it runs nothing until it reports.
+                self.peer_state = PeerState::Up;
+                self.peer_reported.clear();
+                self.peer_said_goodbye = false;
+                self.peer_groups.clear();
+                self.coordinator
+                    .node_returned_with_new_incarnation(&self.peer);
+                self.ping.remove(&self.peer);
+                self.send_report();
+                self.replan = true;
+            }
+            Event::MessageFailed { id, .. } => {
+                if let Some(request) = self.outdate_messages.remove(&id) {
+                    self.outdater.message_failed(request);
+                }
+                if matches!(self.shutdown, Some(Shutdown::Goodbye { id: Some(g), .. }) if g == id) {
+                    tracing::warn!("all groups stopped; the peer did not take our goodbye");
+                    self.finish_shutdown();
+                }
+            }
+            Event::MessageAcked { id, .. } => {
+                self.outdate_messages.remove(&id);
+                if matches!(self.shutdown, Some(Shutdown::Goodbye { id: Some(g), .. }) if g == id) {
+                    tracing::info!("all groups stopped; the peer acknowledged our goodbye");
+                    self.finish_shutdown();
+                }
+            }
+            Event::Message { from, payload } if from == self.peer_id => {
+                match PeerMessage::decode(&payload) {
+                    Some(m) => self.peer_message(m),
+                    None => tracing::warn!("malformed cluster message from {} dropped", self.peer),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_message(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Report { group, resources } => {
+                // One report per group, each replacing what was known of its group; a
+                // group this node does not know is ignored (bounded state).
+                if self.config.group(&group).is_none() {
+                    return;
+                }
+                let rs = resources
+                    .into_iter()
+                    .map(|(r, reported)| (r, peer_view(&reported)))
+                    .collect();
+                self.peer_reported.insert(group.clone());
+                self.peer_groups.insert(group, rs);
+            }
+            PeerMessage::Released { group } => {
+                tracing::info!(%group, peer = %self.peer, "peer released group");
+            }
+            PeerMessage::FenceMe { reason } => {
+                tracing::error!(peer = %self.peer, %reason, "peer asks to be fenced");
+            }
+            PeerMessage::Request { node, kind, scope } => {
+                tracing::info!(%node, ?kind, ?scope, "operator request from the peer");
+                self.add_request(Request { node, kind, scope });
+            }
+            PeerMessage::Maintenance { on } => {
+                tracing::info!(on, "maintenance mode set by the peer");
+                self.maintenance = on;
+            }
+            PeerMessage::Fence { record } => match FenceRecord::from_json(record.as_bytes()) {
+                Ok(record) => {
+                    tracing::info!(target = %record.target, "fencing record from the peer: {}", record.outcome.summary());
+                    self.coordinator.peer_reported(record, self.now);
+                }
+                Err(err) => tracing::warn!("malformed fencing record from the peer: {err}"),
+            },
+            PeerMessage::Ping { ok } => {
+                self.ping.insert(self.peer.clone(), ok);
+            }
+            PeerMessage::Goodbye => {
+                tracing::info!(peer = %self.peer, "peer stopped its groups and is leaving");
+                self.peer_said_goodbye = true;
+                // It runs nothing from here on: take over now, not a deadtime later when
+                // its silence makes it dead (Heartbeat's graceful handover).
+                self.peer_state = PeerState::LeftCleanly;
+                self.coordinator.cancel(&self.peer);
+                self.peer_groups.clear();
+                self.peer_reported = self.config.groups.iter().map(|g| g.name.clone()).collect();
+            }
+            PeerMessage::Outdate { disk, request } => {
+                tracing::warn!(%disk, peer = %self.peer, "the peer lost its replication link: outdating this copy");
+                self.commands
+                    .push_back(Command::Disks(DiskOrder::Outdate { disk, request }));
+            }
+            PeerMessage::Outdated {
+                disk,
+                request,
+                error,
+            } => {
+                match &error {
+                    None => tracing::info!(%disk, peer = %self.peer, "the peer outdated its copy"),
+                    Some(why) => {
+                        tracing::warn!(%disk, peer = %self.peer, "the peer did not outdate its copy: {why}")
+                    }
+                }
+                self.outdater
+                    .reply(&disk, request, error.map_or(Ok(()), Err));
+            }
+        }
+        self.replan = true;
+    }
+
+    /// Answers an operator request.
+    pub fn operator(&mut self, now: Instant, op: Operator) -> Result<serde_json::Value, String> {
+        self.now = self.now.max(now);
+        let answer = match op {
+            Operator::Request(..) if self.config.groups.is_empty() => {
+                Err("this cluster has no resource groups: nothing to move".into())
+            }
+            Operator::Request(..) if self.shutdown.is_some() => {
+                Err("this node is shutting down".into())
+            }
+            Operator::Request(kind, scope) => {
+                let request = Request {
+                    node: self.local.clone(),
+                    kind,
+                    scope,
+                };
+                self.send(PeerMessage::Request {
+                    node: request.node.clone(),
+                    kind,
+                    scope,
+                });
+                self.add_request(request);
+                self.replan = true;
+                Ok(serde_json::json!({"accepted": true}))
+            }
+            Operator::Maintenance(on) => {
+                self.maintenance = on;
+                self.send(PeerMessage::Maintenance { on });
+                self.replan = true;
+                Ok(serde_json::json!({"maintenance": on}))
+            }
+            Operator::Status => Ok(self.status()),
+            Operator::Fence(node) => {
+                let now = self.now;
+                self.coordinator
+                    .request(&node, "operator request (tandem fence)", false, now)
+                    .map_err(|e| e.to_string())?;
+                self.replan = true;
+                Ok(serde_json::json!({"fencing": node}))
+            }
+            Operator::FenceConfirm(node) => {
+                if node == self.local {
+                    return Err("a node cannot confirm that it is itself down".into());
+                }
+                tracing::warn!(%node, "operator confirms the node is down");
+                let now = self.now;
+                self.coordinator.operator_confirmed(&node, now);
+                self.replan = true;
+                Ok(serde_json::json!({"confirmed": node}))
+            }
+            Operator::FenceHistory => Ok(self.fencing_status()),
+        };
+        self.step();
+        answer
+    }
+
+    /// Adds an operator request, dropping older ones it fully replaces (the newest
+    /// request covering a group decides, so a request whose groups are all covered by a
+    /// newer one can never decide again), and keeping at most [`REQUESTS_KEPT`].
+    fn add_request(&mut self, request: Request) {
+        let covered = |r: &Request| -> Vec<&str> {
+            self.config
+                .groups
+                .iter()
+                .filter(|g| r.scope.covers(&r.node, &g.home))
+                .map(|g| g.name.as_str())
+                .collect()
+        };
+        let new_covers = covered(&request);
+        let keep: Vec<bool> = self
+            .requests
+            .iter()
+            .map(|old| !covered(old).iter().all(|g| new_covers.contains(g)))
+            .collect();
+        let mut keep = keep.into_iter();
+        self.requests.retain(|_| keep.next().unwrap_or(true));
+        self.requests.push(request);
+        while self.requests.len() > REQUESTS_KEPT {
+            self.requests.remove(0);
+        }
+    }
+
+    fn action_done(
+        &mut self,
+        action: Option<ActionId>,
+        group: &str,
+        resource: &str,
+        op: Op,
+        result: ActionResult,
+    ) {
+        let now = self.now;
+        let agent_action = match op {
+            Op::Start | Op::Restart => Action::Start,
+            Op::Stop => Action::Stop,
+            Op::Probe => Action::Monitor,
+        };
+        let outcome = result.outcome(agent_action);
+        let ok = matches!(outcome, Outcome::Ok | Outcome::NotRunning);
+        let interval = self
+            .config
+            .group(group)
+            .and_then(|g| g.resources.iter().find(|r| r.name == resource))
+            .and_then(|r| r.monitor_interval)
+            .filter(|d| !d.is_zero());
+        let record = ActionRecord {
+            time_ms: self.wall_ms(),
+            group: group.to_string(),
+            resource: resource.to_string(),
+            action: op.name(),
+            ok,
+            result: result.to_string(),
+        };
+        if let Some(r) = self
+            .resources
+            .get_mut(&(group.to_string(), resource.to_string()))
+        {
+            let failed = |r: &mut LocalResource, op| {
+                r.failures.push_back((op, now));
+                if r.failures.len() > FAILURES_KEPT {
+                    r.failures.pop_front();
+                }
+            };
+            r.state = match (op, outcome) {
+                (Op::Start | Op::Restart, Outcome::Ok) => ResourceState::Started,
+                (Op::Start | Op::Restart, _) => {
+                    failed(r, FailedOp::Start);
+                    ResourceState::FailedStart
+                }
+                (Op::Stop, Outcome::Ok) => ResourceState::Stopped,
+                (Op::Stop, _) => {
+                    failed(r, FailedOp::Stop);
+                    ResourceState::FailedStop
+                }
+                (Op::Probe, Outcome::Ok) => ResourceState::Started,
+                (Op::Probe, Outcome::NotRunning) => ResourceState::Stopped,
+                (Op::Probe, _) => {
+                    failed(r, FailedOp::Monitor);
+                    ResourceState::FailedMonitor
+                }
+            };
+            if ok {
+                tracing::info!(%group, %resource, action = record.action, "{result}");
+            } else {
+                tracing::error!(%group, %resource, action = record.action, "failed: {result}");
+            }
+            // A running resource is watched whatever becomes of the transition that
+            // started it (a new event may abandon it before its monitor step).
+            if r.state == ResourceState::Started && r.monitor.is_none() {
+                r.monitor = interval.map(|i| (i, now + i));
+            }
+            r.last = Some(record.clone());
+            self.remember(record);
+        }
+        match action {
+            Some(action) => {
+                if let Some(running) = &mut self.running {
+                    running.in_flight.remove(&action);
+                    if ok {
+                        running.done.insert(action);
+                    } else {
+                        running.abandoned = true;
+                    }
+                }
+            }
+            None => {
+                if let Some(Shutdown::Resources { in_flight, .. }) = &mut self.shutdown {
+                    *in_flight = false;
+                }
+            }
+        }
+        self.send_report();
+    }
+
+    fn monitor_done(&mut self, group: &str, resource: &str, result: ActionResult) {
+        let now = self.now;
+        let time_ms = self.wall_ms();
+        let Some(r) = self
+            .resources
+            .get_mut(&(group.to_string(), resource.to_string()))
+        else {
+            return;
+        };
+        r.monitor_in_flight = false;
+        // A monitor that was cancelled by a stop in the meantime says nothing.
+        if r.monitor.is_none() || r.state != ResourceState::Started {
+            return;
+        }
+        if result.outcome(Action::Monitor) == Outcome::Ok {
+            return;
+        }
+        tracing::error!(%group, %resource, "monitor failed: {result}");
+        r.state = ResourceState::FailedMonitor;
+        r.failures.push_back((FailedOp::Monitor, now));
+        if r.failures.len() > FAILURES_KEPT {
+            r.failures.pop_front();
+        }
+        r.monitor = None;
+        let record = ActionRecord {
+            time_ms,
+            group: group.to_string(),
+            resource: resource.to_string(),
+            action: "monitor",
+            ok: false,
+            result: result.to_string(),
+        };
+        r.last = Some(record.clone());
+        self.remember(record);
+        self.send_report();
+        self.replan = true;
+    }
+
+    fn remember(&mut self, record: ActionRecord) {
+        if self.history.len() == ACTION_HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(record);
+    }
+
+    // ------------------------------------------------------------------ time
+
+    /// Monitors that are due, the end of initdead, expired failures.
+    fn timers(&mut self) {
+        let now = self.now;
+        self.coordinator.tick(now);
+        self.outdater.tick(now);
+        if self.shutdown.is_none() && !self.maintenance {
+            let due: Vec<(String, String, Duration)> = self
+                .resources
+                .iter()
+                .filter(|(_, r)| !r.monitor_in_flight && r.state == ResourceState::Started)
+                .filter_map(|(k, r)| {
+                    r.monitor
+                        .filter(|(_, next)| *next <= now)
+                        .map(|(i, _)| (k.0.clone(), k.1.clone(), i))
+                })
+                .collect();
+            for (group, resource, interval) in due {
+                if let Some(r) = self.resources.get_mut(&(group.clone(), resource.clone())) {
+                    r.monitor = Some((interval, now + interval));
+                    r.monitor_in_flight = true;
+                }
+                let timeout = self.resource_timeout(&group, &resource);
+                self.commands.push_back(Command::RunMonitor {
+                    group,
+                    resource,
+                    interval,
+                    timeout,
+                });
+            }
+        }
+        // The end of initdead and the expiry of a failure change the view by themselves.
+        let initdead_over = now >= self.started_at + self.config.cluster.initdead;
+        if initdead_over != self.initdead_over {
+            self.initdead_over = initdead_over;
+            self.replan = true;
+        }
+        let mut expired = false;
+        let timeouts: BTreeMap<String, Duration> = self
+            .config
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), g.failure_timeout))
+            .collect();
+        for ((group, _), r) in &mut self.resources {
+            let timeout = timeouts
+                .get(group)
+                .copied()
+                .unwrap_or(tandem_config::defaults::FAILURE_TIMEOUT);
+            let before = r.failures.len();
+            r.failures.retain(|(_, at)| now < *at + timeout);
+            expired |= r.failures.len() < before;
+        }
+        if expired {
+            // The peer's planner counts our failures from our reports: tell it.
+            self.send_report();
+            self.replan = true;
+        }
+    }
+
+    // ------------------------------------------------------------------ output
+
+    pub(crate) fn peer_reachable(&self) -> bool {
+        !matches!(
+            self.peer_state,
+            PeerState::Dead | PeerState::Unknown | PeerState::LeftCleanly
+        )
+    }
+
+    /// Queues a message to the peer, if it can hear one.
+    pub(crate) fn send(&mut self, message: PeerMessage) {
+        if self.peer_reachable() {
+            self.commands.push_back(Command::Send {
+                message,
+                tag: SendTag::Plain,
+            });
+        }
+    }
+
+    pub(crate) fn send_report(&mut self) {
+        // Until every local resource has been probed this node does not know what it
+        // runs; a report saying "unknown" would read as "may hold everything" and make
+        // the peer fence a node that is only starting. The peer waits for the report.
+        if self
+            .resources
+            .values()
+            .any(|r| r.state == ResourceState::Unknown)
+        {
+            return;
+        }
+        if let Some(ok) = self.ping.get(&self.local).copied() {
+            self.send(PeerMessage::Ping { ok });
+        }
+        let mut groups: BTreeMap<String, BTreeMap<String, Reported>> = self
+            .config
+            .groups
+            .iter()
+            .map(|group| (group.name.clone(), BTreeMap::new()))
+            .collect();
+        for ((group, resource), r) in &self.resources {
+            let failures: String = r
+                .failures
+                .iter()
+                .map(|(op, _)| crate::messages::failure_code(*op))
+                .collect();
+            if r.state != ResourceState::Stopped || !failures.is_empty() {
+                groups.entry(group.clone()).or_default().insert(
+                    resource.clone(),
+                    Reported {
+                        state: crate::messages::state_code(r.state).to_string(),
+                        failures,
+                    },
+                );
+            }
+        }
+        for (group, resources) in groups {
+            self.send(PeerMessage::Report { group, resources });
+        }
+    }
+
+    /// The age at which a failure of `group` stops counting.
+    pub(crate) fn failure_timeout(&self, group: &str) -> Duration {
+        self.config
+            .group(group)
+            .map_or(tandem_config::defaults::FAILURE_TIMEOUT, |g| {
+                g.failure_timeout
+            })
+    }
+
+    pub(crate) fn resource_timeout(&self, group: &str, resource: &str) -> Duration {
+        self.config
+            .group(group)
+            .and_then(|g| g.resources.iter().find(|r| r.name == resource))
+            .map_or(Duration::from_secs(60), |r| r.timeout)
+    }
+
+    /// The disks that a group of this cluster promotes (the shell leaves their demotion
+    /// at a clean stop to the groups).
+    pub fn managed_disks(&self) -> Vec<String> {
+        self.config
+            .groups
+            .iter()
+            .flat_map(|g| &g.resources)
+            .filter_map(|r| match &r.kind {
+                ResourceKind::Disk { disk } => Some(disk.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn peer_view(reported: &Reported) -> ResourceView {
+    ResourceView {
+        state: state_from_code(&reported.state),
+        failures: reported
+            .failures
+            .chars()
+            .filter_map(failure_from_code)
+            .map(|op| Failure { op, expired: false })
+            .collect(),
+    }
+}

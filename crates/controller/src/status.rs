@@ -1,0 +1,213 @@
+//! What the controller shows and tells: the planner's view, and the resource part of
+//! `tandem status --json` (docs/status.md).
+
+use std::collections::BTreeMap;
+
+use tandem_config::{FencingPolicy, ResourceKind};
+use tandem_policy::{
+    ClusterView, Failure, FenceState, GroupView, NoteLevel, PeerView, ResourceState, ResourceView,
+};
+
+use crate::controller::Controller;
+use crate::messages::state_code;
+
+impl Controller {
+    /// What the planner is told.
+    pub(crate) fn view(&self) -> ClusterView {
+        let now = self.now;
+        let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+        for g in &self.config.groups {
+            groups
+                .entry(g.name.clone())
+                .or_default()
+                .migration_threshold = Some(g.migration_threshold);
+        }
+        for ((group, resource), r) in &self.resources {
+            let timeout = self.failure_timeout(group);
+            let failures = r
+                .failures
+                .iter()
+                .map(|(op, at)| Failure {
+                    op: *op,
+                    expired: now >= *at + timeout,
+                })
+                .collect();
+            groups
+                .entry(group.clone())
+                .or_default()
+                .on
+                .entry(self.local.clone())
+                .or_default()
+                .insert(
+                    resource.clone(),
+                    ResourceView {
+                        state: r.state,
+                        failures,
+                    },
+                );
+        }
+        for (group, rs) in &self.peer_groups {
+            let on = groups
+                .entry(group.clone())
+                .or_default()
+                .on
+                .entry(self.peer.clone())
+                .or_default();
+            for (resource, view) in rs {
+                on.insert(resource.clone(), view.clone());
+            }
+        }
+        ClusterView {
+            description: None,
+            local: self.local.clone(),
+            initdead_passed: now >= self.started_at + self.config.cluster.initdead,
+            maintenance: self.maintenance,
+            peer: PeerView {
+                // A goodbye already made it `LeftCleanly`, so it is never `Dead` with one.
+                state: self.peer_state,
+                reported: self
+                    .config
+                    .groups
+                    .iter()
+                    .all(|g| self.peer_reported.contains(&g.name)),
+            },
+            fencing: self
+                .coordinator
+                .states()
+                .into_iter()
+                .map(|(node, state)| (node, policy_fence_state(state)))
+                .collect(),
+            ping: self.ping.clone(),
+            requests: self.requests.clone(),
+            groups,
+        }
+    }
+
+    pub(crate) fn fencing_status(&self) -> serde_json::Value {
+        let history = self.coordinator.history().to_json();
+        serde_json::json!({
+            "states": self.coordinator.states(),
+            "history": history,
+            "devices": self.config.fence_devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The resource part of `tandem status --json`.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let mut groups = Vec::new();
+        for group in &self.config.groups {
+            let mut resources = Vec::new();
+            let mut local_states = Vec::new();
+            let peer_states = self.peer_groups.get(&group.name);
+            for r in &group.resources {
+                let key = (group.name.clone(), r.name.clone());
+                let lr = self.resources.get(&key);
+                let state = lr.map_or(ResourceState::Unknown, |l| l.state);
+                local_states.push(state);
+                // Only unexpired failures are kept.
+                let failcount = lr.map_or(0, |l| l.failures.len());
+                let peer_state = peer_states
+                    .and_then(|p| p.get(&r.name))
+                    .map_or(ResourceState::Stopped, |v| v.state);
+                resources.push(serde_json::json!({
+                    "name": r.name,
+                    "type": r.kind.type_name(),
+                    "disk": match &r.kind {
+                        ResourceKind::Disk { disk } => Some(disk),
+                        _ => None,
+                    },
+                    "state": state_code(state),
+                    "peer_state": state_code(peer_state),
+                    "failcount": failcount,
+                    "monitor_interval_ms": r.monitor_interval.map(|d| d.as_millis() as u64),
+                    "last_action": lr.and_then(|l| l.last.clone()),
+                }));
+            }
+            let local_all = local_states.iter().all(|s| *s == ResourceState::Started);
+            let local_any = local_states.iter().any(|s| s.holds());
+            let peer_all = !group.resources.is_empty()
+                && group.resources.iter().all(|r| {
+                    peer_states
+                        .and_then(|p| p.get(&r.name))
+                        .is_some_and(|v| v.state == ResourceState::Started)
+                });
+            let owner = if local_all {
+                serde_json::Value::from(self.local.clone())
+            } else if peer_all {
+                serde_json::Value::from(self.peer.clone())
+            } else if local_any {
+                serde_json::Value::from(self.local.clone())
+            } else {
+                serde_json::Value::Null
+            };
+            let blocked = self
+                .last_transition
+                .blocked
+                .iter()
+                .find(|b| b.group == group.name)
+                .map(|b| b.reason.clone());
+            let state = if blocked.is_some() {
+                "blocked"
+            } else if local_all || peer_all {
+                "started"
+            } else if local_states.iter().any(|s| {
+                matches!(
+                    s,
+                    ResourceState::FailedStart
+                        | ResourceState::FailedStop
+                        | ResourceState::FailedMonitor
+                )
+            }) {
+                "failed"
+            } else if local_any {
+                "partial"
+            } else {
+                "stopped"
+            };
+            groups.push(serde_json::json!({
+                "name": group.name,
+                "home": group.home,
+                "owner": owner,
+                "state": state,
+                "blocked": blocked,
+                "resources": resources,
+            }));
+        }
+        let unsafe_notes: Vec<&str> = self
+            .last_transition
+            .notes
+            .iter()
+            .filter(|n| n.level == NoteLevel::Unsafe)
+            .map(|n| n.text.as_str())
+            .collect();
+        serde_json::json!({
+            "groups": groups,
+            "maintenance": self.maintenance,
+            "requests": self.requests,
+            "ping": self.ping,
+            "fencing": self.fencing_status(),
+            "fencing_policy": match self.config.cluster.fencing {
+                FencingPolicy::None => "none",
+                _ => "required",
+            },
+            "unsafe": unsafe_notes,
+            "disk_fencing": self.outdater.waiting(),
+            "peer_state": format!("{:?}", self.peer_state),
+            "actions": self.history,
+            "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
+        })
+    }
+}
+
+/// The planner's name for a coordinator state (the two enums mirror each other).
+fn policy_fence_state(state: tandem_fencing::FenceState) -> FenceState {
+    use tandem_fencing::FenceState as F;
+    match state {
+        F::NotNeeded => FenceState::NotNeeded,
+        F::Required => FenceState::Required,
+        F::InProgress => FenceState::InProgress,
+        F::FencedOk => FenceState::FencedOk,
+        F::Failed => FenceState::Failed,
+        F::ConfirmedByOperator => FenceState::ConfirmedByOperator,
+    }
+}

@@ -1,0 +1,491 @@
+//! The controller alone, one behaviour each: inputs and `now` in, commands out. The
+//! harness plays the shell: it runs nothing, it answers what the test says.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_agents::{ActionResult, OcfExit};
+use tandem_controller::{
+    Command, Controller, DiskOrder, Input, Op, Operator, PeerMessage, SendTag,
+};
+use tandem_membership::Event;
+use tandem_policy::{RequestKind, Scope};
+
+const CONFIG: &str = r#"
+[cluster]
+name = "t"
+key_file = "/etc/tandem/authkey"
+keepalive = "100ms"
+deadtime = "1s"
+initdead = "2s"
+fencing = "none"
+auto_failback = "off"
+
+[[node]]
+name = "a"
+[[node]]
+name = "b"
+
+[[link]]
+type = "ucast"
+interface = "eth0"
+peers = ["10.0.0.1", "10.0.0.2"]
+
+[[group]]
+name = "g"
+home = "a"
+failure_timeout = "10s"
+
+[[group.resource]]
+name = "ip"
+type = "ipaddr"
+address = "10.0.0.100/24"
+monitor_interval = "1s"
+
+[[group.resource]]
+name = "svc"
+type = "lsb"
+script = "svc"
+monitor_interval = "2s"
+"#;
+
+const PEER: u32 = 2;
+
+struct Shell {
+    c: Controller,
+    now: Instant,
+    /// Every command seen, in order.
+    seen: Vec<Command>,
+}
+
+#[allow(clippy::disallowed_methods)]
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn ok() -> ActionResult {
+    ActionResult::done(OcfExit::Success, "ok", Duration::ZERO)
+}
+
+fn not_running() -> ActionResult {
+    ActionResult::done(OcfExit::NotRunning, "not running", Duration::ZERO)
+}
+
+fn failed() -> ActionResult {
+    ActionResult::done(OcfExit::Generic, "broken", Duration::ZERO)
+}
+
+impl Shell {
+    fn new(config: &str) -> Shell {
+        let (config, _) = tandem_config::Config::parse_str("t.toml", config).expect("config");
+        let now = t0();
+        let c = Controller::new(Arc::new(config), "a", PEER, now, 1_000_000, 7).unwrap();
+        let mut s = Shell {
+            c,
+            now,
+            seen: Vec::new(),
+        };
+        s.feed(Input::Tick);
+        s
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Command> {
+        self.c.handle(self.now, input);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Some(c) = self.c.poll_command() {
+            out.push(c);
+        }
+        self.seen.extend(out.iter().cloned());
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Command> {
+        self.now += d;
+        self.feed(Input::Tick)
+    }
+
+    fn peer_up(&mut self) -> Vec<Command> {
+        self.feed(Input::Membership(Event::NodeUp {
+            node: PEER,
+            incarnation: 1,
+        }))
+    }
+
+    fn peer_says(&mut self, m: PeerMessage) -> Vec<Command> {
+        self.feed(Input::Membership(Event::Message {
+            from: PEER,
+            payload: m.encode(),
+        }))
+    }
+
+    fn done(&mut self, op: Op, resource: &str, result: ActionResult) -> Vec<Command> {
+        let action = self
+            .seen
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::RunAction {
+                    action,
+                    resource: r,
+                    op: o,
+                    ..
+                } if r == resource && *o == op => Some(*action),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {op:?} of {resource} was asked for"));
+        self.feed(Input::ActionDone {
+            action,
+            group: "g".into(),
+            resource: resource.into(),
+            op,
+            result,
+        })
+    }
+
+    /// Probes answered "not running", the peer up and reporting nothing.
+    fn idle_cluster(&mut self) {
+        self.peer_up();
+        self.done(Op::Probe, "ip", not_running());
+        self.done(Op::Probe, "svc", not_running());
+        self.peer_says(PeerMessage::Report {
+            group: "g".into(),
+            resources: Default::default(),
+        });
+    }
+
+    /// The group started here (home), every start answered ok.
+    fn started_here(&mut self) {
+        self.idle_cluster();
+        self.done(Op::Start, "ip", ok());
+        self.done(Op::Start, "svc", ok());
+    }
+}
+
+fn runs(cmds: &[Command]) -> Vec<(Op, String)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::RunAction { op, resource, .. } => Some((*op, resource.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_resource_is_probed_first_and_nothing_starts_before_the_peer_reports() {
+    let mut s = Shell::new(CONFIG);
+    assert_eq!(
+        runs(&s.seen),
+        [(Op::Probe, "ip".into()), (Op::Probe, "svc".into())]
+    );
+    s.peer_up();
+    s.done(Op::Probe, "ip", not_running());
+    let cmds = s.done(Op::Probe, "svc", not_running());
+    assert!(
+        runs(&cmds).is_empty(),
+        "started before the peer reported: {cmds:?}"
+    );
+    // The report of a group this node does not know changes nothing.
+    let cmds = s.peer_says(PeerMessage::Report {
+        group: "unknown".into(),
+        resources: Default::default(),
+    });
+    assert!(runs(&cmds).is_empty());
+    let cmds = s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: Default::default(),
+    });
+    assert_eq!(runs(&cmds), [(Op::Start, "ip".into())], "left to right");
+    let cmds = s.done(Op::Start, "ip", ok());
+    assert_eq!(runs(&cmds), [(Op::Start, "svc".into())]);
+}
+
+#[test]
+fn monitors_run_at_their_interval_and_poll_timeout_says_when() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    let due = s.c.poll_timeout().expect("a monitor is due");
+    assert!(due <= s.now + Duration::from_secs(1));
+    let cmds = s.advance(Duration::from_millis(1000));
+    let monitors: Vec<&str> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::RunMonitor {
+                resource, interval, ..
+            } => {
+                assert_eq!(*interval, Duration::from_secs(1));
+                Some(resource.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(monitors, ["ip"]);
+    // Not again while it runs.
+    let cmds = s.advance(Duration::from_millis(1500));
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::RunMonitor { resource, .. } if resource == "ip")),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn a_failed_monitor_restarts_the_resource_and_the_failure_expires() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    s.advance(Duration::from_millis(2000));
+    let cmds = s.feed(Input::MonitorDone {
+        group: "g".into(),
+        resource: "svc".into(),
+        result: failed(),
+    });
+    assert!(
+        runs(&cmds)
+            .iter()
+            .any(|(op, r)| r == "svc" && matches!(op, Op::Restart | Op::Stop)),
+        "{cmds:?}"
+    );
+    // The report tells the peer about the failure; after failure_timeout it is gone.
+    let report_failures = |cmds: &[Command]| {
+        cmds.iter().find_map(|c| match c {
+            Command::Send {
+                message: PeerMessage::Report { resources, .. },
+                ..
+            } => Some(
+                resources
+                    .get("svc")
+                    .map(|r| r.failures.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        })
+    };
+    assert_eq!(report_failures(&cmds).as_deref(), Some("m"));
+    let cmds = s.advance(Duration::from_secs(11));
+    assert_eq!(report_failures(&cmds).as_deref(), Some(""), "{cmds:?}");
+    let st = s.c.operator(s.now, Operator::Status).unwrap();
+    assert_eq!(st["groups"][0]["resources"][1]["failcount"], 0, "{st}");
+}
+
+#[test]
+fn operator_requests_stay_bounded_and_the_newest_decides() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    for i in 0..500 {
+        let kind = if i % 2 == 0 {
+            RequestKind::Standby
+        } else {
+            RequestKind::Takeover
+        };
+        s.c.operator(s.now, Operator::Request(kind, Scope::All))
+            .unwrap();
+        s.drain();
+    }
+    let st = s.c.operator(s.now, Operator::Status).unwrap();
+    let transition = st["transition"].as_str().unwrap_or("");
+    assert!(!transition.is_empty());
+    // 500 requests of the same scope keep one (each replaces the last).
+    assert_eq!(st["requests"].as_array().map(Vec::len), Some(1), "{st}");
+    assert_eq!(st["requests"][0]["kind"], "takeover", "{st}");
+    // The last was a takeover by a: the group stays here.
+    assert_eq!(st["groups"][0]["owner"], "a", "{st}");
+}
+
+#[test]
+fn a_cluster_without_groups_refuses_standby() {
+    let config = CONFIG.split("[[group]]").next().unwrap().to_string();
+    let mut s = Shell::new(&config);
+    let r =
+        s.c.operator(s.now, Operator::Request(RequestKind::Standby, Scope::All));
+    assert!(r.is_err_and(|e| e.contains("no resource groups")));
+}
+
+#[test]
+fn a_clean_shutdown_stops_right_to_left_releases_leaves_and_says_goodbye() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    let cmds = s.feed(Input::Shutdown);
+    assert_eq!(runs(&cmds), [(Op::Stop, "svc".into())]);
+    let cmds = s.done(Op::Stop, "svc", ok());
+    assert_eq!(runs(&cmds), [(Op::Stop, "ip".into())]);
+    let cmds = s.done(Op::Stop, "ip", ok());
+    let released = cmds.iter().position(|c| {
+        matches!(c, Command::Send { message: PeerMessage::Released { group }, .. } if group == "g")
+    });
+    let leave = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Disks(DiskOrder::Leave)));
+    let goodbye = cmds.iter().position(|c| {
+        matches!(
+            c,
+            Command::Send {
+                message: PeerMessage::Goodbye,
+                tag: SendTag::Goodbye
+            }
+        )
+    });
+    assert!(
+        released < leave && leave < goodbye && goodbye.is_some(),
+        "released, then the disks leave, then goodbye: {cmds:?}"
+    );
+    // Exit once the peer has the goodbye.
+    let cmds = s.feed(Input::Sent {
+        tag: SendTag::Goodbye,
+        id: 42,
+    });
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Exit)));
+    let cmds = s.feed(Input::Membership(Event::MessageAcked { to: PEER, id: 42 }));
+    assert!(cmds.iter().any(|c| matches!(c, Command::Exit)), "{cmds:?}");
+    assert!(s.c.finished());
+}
+
+#[test]
+fn a_shutdown_whose_goodbye_is_not_acknowledged_exits_after_the_wait() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    s.feed(Input::Shutdown);
+    s.done(Op::Stop, "svc", ok());
+    s.done(Op::Stop, "ip", ok());
+    s.feed(Input::Sent {
+        tag: SendTag::Goodbye,
+        id: 9,
+    });
+    let cmds = s.advance(Duration::from_secs(3));
+    assert!(cmds.iter().any(|c| matches!(c, Command::Exit)), "{cmds:?}");
+}
+
+#[test]
+fn a_stop_that_fails_at_shutdown_leaves_without_goodbye() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    s.feed(Input::Shutdown);
+    let cmds = s.done(Op::Stop, "svc", failed());
+    assert_eq!(
+        runs(&cmds),
+        [(Op::Stop, "ip".into())],
+        "the rest still stops"
+    );
+    let cmds = s.done(Op::Stop, "ip", ok());
+    assert!(cmds.iter().any(|c| matches!(c, Command::Exit)));
+    assert!(
+        !s.seen.iter().any(|c| matches!(
+            c,
+            Command::Send {
+                message: PeerMessage::Goodbye,
+                ..
+            }
+        )),
+        "a node that cannot stop must be fenced, not say goodbye"
+    );
+}
+
+const DISK: &str = r#"
+[[disk]]
+name = "r0"
+fencing = "resource-only"
+[disk.on.a]
+device = "/dev/tandem/r0"
+backing = "/srv/a.img"
+address = "10.0.0.1:7788"
+[disk.on.b]
+device = "/dev/tandem/r0"
+backing = "/srv/b.img"
+address = "10.0.0.2:7788"
+"#;
+
+#[test]
+fn disk_fencing_asks_the_peer_and_tells_the_disk_its_answer() {
+    let mut s = Shell::new(&format!("{CONFIG}{DISK}"));
+    s.idle_cluster();
+    let cmds = s.feed(Input::DiskFencePeer { disk: "r0".into() });
+    let request = cmds
+        .iter()
+        .find_map(|c| match c {
+            Command::Send {
+                message: PeerMessage::Outdate { disk, request },
+                tag: SendTag::Outdate(t),
+            } if disk == "r0" && t == request => Some(*request),
+            _ => None,
+        })
+        .expect("an outdate request to the peer");
+    s.feed(Input::Sent {
+        tag: SendTag::Outdate(request),
+        id: 5,
+    });
+    let cmds = s.peer_says(PeerMessage::Outdated {
+        disk: "r0".into(),
+        request,
+        error: None,
+    });
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Disks(DiskOrder::PeerOutdated(d)) if d == "r0")),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn disk_fencing_goes_on_alone_under_resource_only_when_the_message_fails() {
+    let mut s = Shell::new(&format!("{CONFIG}{DISK}"));
+    s.idle_cluster();
+    s.feed(Input::DiskFencePeer { disk: "r0".into() });
+    let request = s
+        .seen
+        .iter()
+        .find_map(|c| match c {
+            Command::Send {
+                tag: SendTag::Outdate(r),
+                ..
+            } => Some(*r),
+            _ => None,
+        })
+        .unwrap();
+    s.feed(Input::Sent {
+        tag: SendTag::Outdate(request),
+        id: 77,
+    });
+    let cmds = s.feed(Input::Membership(Event::MessageFailed {
+        to: PEER,
+        id: 77,
+        reason: tandem_membership::FailReason::RetransmitLimit,
+    }));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Disks(DiskOrder::PeerUnreachable(d)) if d == "r0")),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn the_peers_outdate_request_is_carried_out_and_answered() {
+    let mut s = Shell::new(&format!("{CONFIG}{DISK}"));
+    s.idle_cluster();
+    let cmds = s.peer_says(PeerMessage::Outdate {
+        disk: "r0".into(),
+        request: 3,
+    });
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Disks(DiskOrder::Outdate { disk, request: 3 }) if disk == "r0"
+    )));
+    let cmds = s.feed(Input::OutdateDone {
+        disk: "r0".into(),
+        request: 3,
+        result: Ok(()),
+    });
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Send {
+            message: PeerMessage::Outdated {
+                request: 3,
+                error: None,
+                ..
+            },
+            ..
+        }
+    )));
+}
