@@ -97,7 +97,10 @@ pub struct Controller {
     /// The disks were told the peer is down (fenced or confirmed).
     pub(crate) peer_down_told_disks: bool,
     pub(crate) peer_groups: BTreeMap<String, BTreeMap<String, ResourceView>>,
-    pub(crate) requests: Vec<Request>,
+    /// Standing operator requests in cluster order: (time of the request in wall ms,
+    /// request), sorted by time then node, so both nodes hold the same list in the same
+    /// order once they have exchanged it.
+    pub(crate) requests: Vec<(u64, Request)>,
     pub(crate) maintenance: bool,
     pub(crate) ping: BTreeMap<String, bool>,
     pub(crate) coordinator: Coordinator,
@@ -312,6 +315,7 @@ impl Controller {
                 if self.peer_state != PeerState::ReturnedAfterPartition {
                     self.peer_state = PeerState::Up;
                 }
+                self.peer_heard_again();
                 self.peer_said_goodbye = false;
                 self.send_report();
                 self.replan = true;
@@ -327,6 +331,7 @@ impl Controller {
             }
             Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
                 self.peer_state = PeerState::ReturnedAfterPartition;
+                self.peer_heard_again();
                 self.peer_reported.clear();
                 self.send_report();
                 self.replan = true;
@@ -339,6 +344,7 @@ impl Controller {
                 self.peer_groups.clear();
                 self.coordinator
                     .node_returned_with_new_incarnation(&self.peer);
+                self.peer_heard_again();
                 self.ping.remove(&self.peer);
                 self.send_report();
                 self.replan = true;
@@ -369,6 +375,43 @@ impl Controller {
         }
     }
 
+    /// The peer is heard again before a fence of it completed (a partition healed, or
+    /// it restarted): the fence is no longer the planner's decision but a leftover. It
+    /// is cancelled and the transition waiting for it abandoned; the next plan sees the
+    /// peer's report and fences it again if it must (both holding a group, a failed
+    /// stop). Waiting for a fence of a node that is back would wait for ever when the
+    /// device cannot act (an operator's confirmation, a broken switch).
+    fn peer_heard_again(&mut self) {
+        self.share_requests();
+        if self.coordinator.state(&self.peer).is_down() {
+            // Fenced (or confirmed down) earlier, and heard now: it came back, so it is
+            // no longer down. Kept, the old verdict would let a disk count this live
+            // peer as fenced — and write alone past it.
+            tracing::info!(peer = %self.peer, "the fenced peer is back");
+            self.coordinator
+                .node_returned_with_new_incarnation(&self.peer);
+            return;
+        }
+        self.coordinator.cancel(&self.peer);
+        let peer = self.peer.clone();
+        if let Some(running) = &mut self.running {
+            let waiting: Vec<ActionId> = running
+                .fences
+                .iter()
+                .filter(|(_, node)| **node == peer)
+                .map(|(id, _)| *id)
+                .collect();
+            if !waiting.is_empty() {
+                tracing::info!(%peer, "the peer is back before its fence completed: fence cancelled, replanning");
+                for id in waiting {
+                    running.fences.remove(&id);
+                    running.in_flight.remove(&id);
+                }
+                running.abandoned = true;
+            }
+        }
+    }
+
     fn peer_message(&mut self, message: PeerMessage) {
         match message {
             PeerMessage::Report { group, resources } => {
@@ -390,9 +433,14 @@ impl Controller {
             PeerMessage::FenceMe { reason } => {
                 tracing::error!(peer = %self.peer, %reason, "peer asks to be fenced");
             }
-            PeerMessage::Request { node, kind, scope } => {
+            PeerMessage::Request {
+                node,
+                kind,
+                scope,
+                at_ms,
+            } => {
                 tracing::info!(%node, ?kind, ?scope, "operator request from the peer");
-                self.add_request(Request { node, kind, scope });
+                self.add_request(at_ms, Request { node, kind, scope });
             }
             PeerMessage::Maintenance { on } => {
                 tracing::info!(on, "maintenance mode set by the peer");
@@ -457,12 +505,14 @@ impl Controller {
                     kind,
                     scope,
                 };
+                let at_ms = self.wall_ms();
                 self.send(PeerMessage::Request {
                     node: request.node.clone(),
                     kind,
                     scope,
+                    at_ms,
                 });
-                self.add_request(request);
+                self.add_request(at_ms, request);
                 self.replan = true;
                 Ok(serde_json::json!({"accepted": true}))
             }
@@ -497,29 +547,57 @@ impl Controller {
         answer
     }
 
-    /// Adds an operator request, dropping older ones it fully replaces (the newest
-    /// request covering a group decides, so a request whose groups are all covered by a
-    /// newer one can never decide again), and keeping at most [`REQUESTS_KEPT`].
-    fn add_request(&mut self, request: Request) {
-        let covered = |r: &Request| -> Vec<&str> {
+    /// Adds an operator request in cluster order, dropping the ones that a later
+    /// request fully replaces (the newest request covering a group decides, so one whose
+    /// groups are all covered by a later one can never decide again), and keeping at
+    /// most [`REQUESTS_KEPT`]. A request known already is not added twice.
+    fn add_request(&mut self, at_ms: u64, request: Request) {
+        if self
+            .requests
+            .iter()
+            .any(|(t, r)| *t == at_ms && *r == request)
+        {
+            return;
+        }
+        let key = |(t, r): &(u64, Request)| (*t, r.node.clone());
+        let pos = self
+            .requests
+            .partition_point(|x| key(x) <= key(&(at_ms, request.clone())));
+        self.requests.insert(pos, (at_ms, request));
+        let covered = |r: &Request| -> Vec<String> {
             self.config
                 .groups
                 .iter()
                 .filter(|g| r.scope.covers(&r.node, &g.home))
-                .map(|g| g.name.as_str())
+                .map(|g| g.name.clone())
                 .collect()
         };
-        let new_covers = covered(&request);
-        let keep: Vec<bool> = self
-            .requests
-            .iter()
-            .map(|old| !covered(old).iter().all(|g| new_covers.contains(g)))
+        let covers: Vec<Vec<String>> = self.requests.iter().map(|(_, r)| covered(r)).collect();
+        let keep: Vec<bool> = (0..covers.len())
+            .map(|k| {
+                !covers[k]
+                    .iter()
+                    .all(|g| covers[k + 1..].iter().any(|later| later.contains(g)))
+            })
             .collect();
         let mut keep = keep.into_iter();
         self.requests.retain(|_| keep.next().unwrap_or(true));
-        self.requests.push(request);
         while self.requests.len() > REQUESTS_KEPT {
             self.requests.remove(0);
+        }
+    }
+
+    /// Tells the peer every standing request (it may have missed them while down, or
+    /// lost them in a restart): both nodes' planners must see the same requests.
+    fn share_requests(&mut self) {
+        let all: Vec<(u64, Request)> = self.requests.clone();
+        for (at_ms, r) in all {
+            self.send(PeerMessage::Request {
+                node: r.node,
+                kind: r.kind,
+                scope: r.scope,
+                at_ms,
+            });
         }
     }
 

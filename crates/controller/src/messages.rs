@@ -42,6 +42,10 @@ pub enum PeerMessage {
         kind: RequestKind,
         /// all | local | foreign.
         scope: Scope,
+        /// When it was typed (the node's wall clock, ms): both nodes order standing
+        /// requests by it, so the newest decides the same way on each.
+        #[serde(default)]
+        at_ms: u64,
     },
     /// Maintenance mode switched on or off cluster-wide.
     Maintenance {
@@ -201,6 +205,7 @@ mod tests {
                 node: "ox1".into(),
                 kind: RequestKind::Standby,
                 scope: Scope::Foreign,
+                at_ms: 12,
             },
             PeerMessage::Goodbye,
             PeerMessage::Outdated {

@@ -78,7 +78,7 @@ impl Controller {
                 .map(|(node, state)| (node, policy_fence_state(state)))
                 .collect(),
             ping: self.ping.clone(),
-            requests: self.requests.clone(),
+            requests: self.requests.iter().map(|(_, r)| r.clone()).collect(),
             groups,
         }
     }
@@ -92,8 +92,8 @@ impl Controller {
         })
     }
 
-    /// The resource part of `tandem status --json`.
-    pub(crate) fn status(&self) -> serde_json::Value {
+    /// The resource part of `tandem status --json` (docs/status.md).
+    pub fn status(&self) -> serde_json::Value {
         let mut groups = Vec::new();
         for group in &self.config.groups {
             let mut resources = Vec::new();
@@ -183,7 +183,9 @@ impl Controller {
         serde_json::json!({
             "groups": groups,
             "maintenance": self.maintenance,
-            "requests": self.requests,
+            "requests": self.requests.iter().map(|(at_ms, r)| serde_json::json!({
+                "node": r.node, "kind": r.kind, "scope": r.scope, "at_ms": at_ms,
+            })).collect::<Vec<_>>(),
             "ping": self.ping,
             "fencing": self.fencing_status(),
             "fencing_policy": match self.config.cluster.fencing {

@@ -397,3 +397,25 @@ fn a_suspended_primary_sends_no_data() {
     );
     let _ = Bytes::new();
 }
+
+/// Fencing the peer does not make a copy newer: a node that has not seen its peer since
+/// it started (`Consistent`) and then fences it refuses promotion without --force, and
+/// says why; an up-to-date copy may go on.
+#[test]
+fn a_copy_alone_since_its_start_is_not_promoted_by_fencing_its_peer() {
+    let mut m = meta(1);
+    m.generations = Generations {
+        current: 0x4444,
+        bitmap: 0,
+        history: [0, 0],
+    };
+    m.flags.consistent = true;
+    let mut core = Core::new(policy(Fencing::ResourceAndStonith), m, 1, 0);
+    core.connect(0, false);
+    assert_eq!(core.disk_state(), DiskState::Consistent);
+    assert_eq!(core.promote(0, false), Err(AdminError::PeerNotOutdated));
+    core.peer_fenced(0);
+    assert_eq!(core.promote(0, false), Err(AdminError::MayBeStale));
+    assert!(!core.status().peer_outdated, "not recorded as outdated");
+    assert_eq!(core.promote(0, true), Ok(()), "--force goes on");
+}

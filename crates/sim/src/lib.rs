@@ -21,9 +21,11 @@
 //! `Instant` used as the origin of simulated time.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod invariants;
 pub mod rng;
 pub mod sim;
+pub mod storage;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;

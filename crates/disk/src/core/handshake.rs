@@ -82,19 +82,32 @@ impl Core {
         };
         let mut decision = decide(&local, &peer_side, rule);
         self.last_decision = Some(decision);
-        // Leftover bits with equal generations (verify found differences, or an
-        // interrupted invalidate): resync them, primary (or higher node id) as source.
+        // Leftover bits with equal generations (verify found differences, an
+        // interrupted invalidate, or a side that wrote alone after a source-side
+        // resync's end was lost in a crash): resync them. The source is, in order: the
+        // primary; a side that is not outdated over one that is; a side that records
+        // changes of its own (a bitmap generation) over one that does not; the higher
+        // node id. An outdated copy never overwrites a newer one this way.
         if decision == SyncDecision::NoSync
             && self.gens.current == peer_gens.current
             && (self.bitmap.count() > 0 || s.bitmap_bits > 0)
             && self.disk != DiskState::Inconsistent
             && disk != DiskState::Inconsistent
         {
-            let source = match (self.role, role) {
-                (Role::Primary, _) => true,
-                (_, Role::Primary) => false,
-                _ => self.node_id > s.node_id,
+            let rank = |primary: bool, disk: DiskState, bitmap_gen: u64, node_id: u64| {
+                (
+                    primary,
+                    disk != DiskState::Outdated,
+                    bitmap_gen != 0,
+                    node_id,
+                )
             };
+            let source = rank(
+                self.role == Role::Primary,
+                self.disk,
+                self.gens.bitmap,
+                self.node_id,
+            ) > rank(role == Role::Primary, disk, peer_gens.bitmap, s.node_id);
             decision = SyncDecision::BitmapSync(if source {
                 Direction::Source
             } else {

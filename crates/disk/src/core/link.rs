@@ -49,8 +49,9 @@ impl Core {
         self.link_gen += 1;
         self.wire_ids.clear();
         self.peer = None;
-        // "Unreachable" held only while there was no link to ask over.
+        // "Unreachable" and "fenced while stale" held only while there was no link.
         self.peer_unreachable = false;
+        self.peer_fenced_while_stale = false;
         self.last_rx_ms = self.now_ms;
         self.link_up_ms = self.now_ms;
         self.last_ping_ms = self.now_ms;
@@ -391,8 +392,11 @@ impl Core {
                 self.persist_all_dirty_bitmap();
                 self.persist_superblock();
                 self.conn = ConnState::Connected;
-                let g = self.gens.to_array();
-                self.send(Frame::ResyncComplete { generations: g });
+                // The target adopts our generations when it hears this: our rotation must
+                // be durable first, or a crash here could leave us with the old bitmap
+                // generation while the peer holds our current one — and the next write
+                // alone would not start a generation the peer lacks.
+                self.resync_complete_owed = Some((self.meta_enqueued, self.link_gen));
                 if let Some(p) = &mut self.peer {
                     p.disk = DiskState::UpToDate;
                 }

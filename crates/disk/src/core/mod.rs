@@ -281,12 +281,18 @@ pub struct Core {
     /// Under `resource-only`: the cluster could not reach the peer, so this side may go
     /// on alone (until the next link).
     peer_unreachable: bool,
+    /// The peer was fenced while this copy was not known up to date (it had not seen the
+    /// peer since it started): promotion then says so, rather than ask for a fence again.
+    peer_fenced_while_stale: bool,
     /// The metadata ticket of the last self-outdate: `Outdated` is reported to the peer
     /// only once it is durable.
     outdated_ticket: u64,
     /// A state report (and maybe a standalone drop) owed to the peer once a metadata
     /// ticket is durable.
     announce: Option<Announce>,
+    /// `ResyncComplete` owed to the target once the source's generation rotation is
+    /// durable: (metadata ticket, the link it is for).
+    resync_complete_owed: Option<(u64, u64)>,
 }
 
 /// What is owed to the peer once a self-outdate is durable.
@@ -394,8 +400,10 @@ impl Core {
             fence_peer_asked_ms: 0,
             fence_peer_requests: 0,
             peer_unreachable: false,
+            peer_fenced_while_stale: false,
             outdated_ticket: 0,
             announce: None,
+            resync_complete_owed: None,
         };
         if crash_recovery {
             // The extents' bits must be on disk before the flag that made us add them
@@ -583,7 +591,11 @@ impl Core {
             && !self.peer_unreachable;
         match self.disk {
             DiskState::UpToDate | DiskState::Consistent if peer_may_be_promoted && !force => {
-                return Err(AdminError::PeerNotOutdated);
+                return Err(if self.peer_fenced_while_stale {
+                    AdminError::MayBeStale
+                } else {
+                    AdminError::PeerNotOutdated
+                });
             }
             DiskState::UpToDate => {}
             // Alone after a restart: consistent, and no peer says otherwise.
@@ -674,9 +686,16 @@ impl Core {
     pub fn peer_fenced(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.drop_link("the peer was fenced");
-        // A fenced node runs nothing until it returns, and it returns as a secondary
-        // that must resync from us: as good as outdated (DRBD records the same).
-        self.set_peer_outdated();
+        // A fenced node runs nothing until it returns. If this copy is up to date (we
+        // were primary, or connected to the peer until it went), the peer can hold
+        // nothing newer: as good as outdated (DRBD records the same). A copy that has
+        // not seen its peer since this node started is only `Consistent`: the fenced
+        // peer may well have written after it — fencing makes it stop, not older.
+        if self.role == Role::Primary || self.disk == DiskState::UpToDate {
+            self.set_peer_outdated();
+        } else {
+            self.peer_fenced_while_stale = true;
+        }
         self.pump();
     }
 

@@ -17,6 +17,7 @@ impl Core {
             self.plan_verify();
             self.issue_meta();
             self.announce_if_durable();
+            self.send_resync_complete_if_durable();
         }
     }
 
@@ -186,6 +187,23 @@ impl Core {
         if self.verify_cursor >= self.size_bytes && self.verify_inflight == 0 {
             self.conn = ConnState::Connected;
             self.send(Frame::VerifyFinished);
+        }
+    }
+
+    /// Sends the `ResyncComplete` a source owes, once its generations are durable and if
+    /// the link it is for still stands.
+    fn send_resync_complete_if_durable(&mut self) {
+        let Some((ticket, link)) = self.resync_complete_owed else {
+            return;
+        };
+        if link != self.link_gen || !self.conn.link_up() {
+            self.resync_complete_owed = None;
+            return;
+        }
+        if self.meta_done >= ticket {
+            self.resync_complete_owed = None;
+            let generations = self.gens.to_array();
+            self.send(Frame::ResyncComplete { generations });
         }
     }
 }

@@ -267,6 +267,12 @@ pub enum AdminError {
         "the peer is neither known outdated nor fenced: it may be primary or hold newer data (outdate it through the cluster, fence it, or use --force)"
     )]
     PeerNotOutdated,
+    /// Alone since this node started, the peer fenced: the peer may hold writes this
+    /// copy lacks (it was only `Consistent`, never connected since the start).
+    #[error(
+        "this copy has not seen its peer since this node started, and the peer (fenced, down) may hold newer writes: wait for it to return, or use --force to go on with this copy"
+    )]
+    MayBeStale,
 }
 
 /// Something that happened, for the frontend acknowledgement of a write.
