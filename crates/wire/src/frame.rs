@@ -51,6 +51,10 @@ pub mod state_flags {
     pub const DISCARD_MY_DATA: u32 = 1 << 1;
     /// The sender was primary when the connection was lost (for `discard-younger-primary`).
     pub const PRIMARY_AT_SPLIT: u32 = 1 << 2;
+    /// Nothing the sender changed since it last shared a generation with the peer was
+    /// ever acknowledged (its I/O was suspended by disk fencing): its changes may be
+    /// discarded in a split brain.
+    pub const UNACKED_CHANGES: u32 = 1 << 3;
 }
 
 /// Label mixed into every authentication MAC, so the key cannot be replayed for another

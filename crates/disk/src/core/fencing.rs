@@ -197,6 +197,10 @@ impl Core {
     fn suspend(&mut self) {
         if self.suspended_since_ms.is_none() {
             self.suspended_since_ms = Some(self.now_ms);
+            // From here until the peer is outdated or fenced nothing is acknowledged:
+            // whatever this side changes may be discarded in a split brain (persisted
+            // with the superblock the link loss writes).
+            self.flags.unacked_changes = true;
         }
         self.ask_fence_peer();
     }
@@ -212,6 +216,14 @@ impl Core {
     fn resume(&mut self) {
         if self.suspended_since_ms.take().is_none() {
             return;
+        }
+        if self.flags.unacked_changes {
+            // Acknowledgements are about to go out: the claim "nothing acknowledged"
+            // must be off the disk first, or a crash now would let these writes be
+            // discarded after they were acknowledged.
+            self.flags.unacked_changes = false;
+            self.persist_superblock();
+            self.held_acks_wait_meta = self.meta_enqueued;
         }
         let reqs: Vec<u64> = self.write_order.iter().copied().collect();
         for r in reqs {

@@ -335,7 +335,9 @@ impl Core {
         }
         // Suspended: a write whose peer copy was lost waits for the peer to be outdated
         // or fenced; acknowledged now, it could be missing from a promoted peer.
-        if self.suspended_since_ms.is_some() && matches!(w.peer, PeerLeg::Lost) {
+        if matches!(w.peer, PeerLeg::Lost)
+            && (self.suspended_since_ms.is_some() || self.meta_done < self.held_acks_wait_meta)
+        {
             return;
         }
         let (peer_ok, peer_pending, protected) = match w.peer {

@@ -136,11 +136,13 @@ impl Core {
                     || self.flags.primary_at_split
                     || self.flags.outdated
                     || self.flags.peer_outdated
+                    || self.flags.unacked_changes
                 {
                     self.flags.crashed_primary = false;
                     self.flags.primary_at_split = false;
                     self.flags.outdated = false;
                     self.flags.peer_outdated = false;
+                    self.flags.unacked_changes = false;
                     self.persist_superblock();
                 }
                 self.resume_in_sync();
@@ -154,6 +156,7 @@ impl Core {
                     primary: self.role == Role::Primary,
                     primary_at_split: self.flags.primary_at_split,
                     discard_my_data: self.discard_my_data,
+                    unacked_changes: self.flags.unacked_changes,
                     node_id: self.node_id,
                 };
                 let them = SplitBrainSide {
@@ -161,6 +164,7 @@ impl Core {
                     primary: role == Role::Primary,
                     primary_at_split: s.flags & state_flags::PRIMARY_AT_SPLIT != 0,
                     discard_my_data: s.flags & state_flags::DISCARD_MY_DATA != 0,
+                    unacked_changes: s.flags & state_flags::UNACKED_CHANGES != 0,
                     node_id: s.node_id,
                 };
                 match resolve(&self.cfg.after_split_brain, &me, &them, bitmaps_cover) {

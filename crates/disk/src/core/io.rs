@@ -52,6 +52,13 @@ impl Core {
                     self.detach("metadata write failed");
                 }
                 self.meta_done += 1;
+                if self.meta_done == self.held_acks_wait_meta {
+                    // The superblock that may release held acknowledgements is durable.
+                    let reqs: Vec<u64> = self.write_order.iter().copied().collect();
+                    for r in reqs {
+                        self.try_complete_write(r);
+                    }
+                }
             }
             Io::AppWrite(req) => {
                 if failed {

@@ -24,6 +24,9 @@ impl Core {
         if self.flags.primary_at_split {
             flags |= state_flags::PRIMARY_AT_SPLIT;
         }
+        if self.flags.unacked_changes {
+            flags |= state_flags::UNACKED_CHANGES;
+        }
         StateReport {
             protocol: self.cfg.protocol.code(),
             role: u8::from(self.role == Role::Primary),
@@ -389,6 +392,7 @@ impl Core {
                 self.flags.crashed_primary = false;
                 self.flags.primary_at_split = false;
                 self.flags.peer_outdated = false;
+                self.flags.unacked_changes = false;
                 self.persist_all_dirty_bitmap();
                 self.persist_superblock();
                 self.conn = ConnState::Connected;
@@ -419,6 +423,7 @@ impl Core {
                 self.flags.crashed_primary = false;
                 self.flags.primary_at_split = false;
                 self.flags.peer_outdated = false;
+                self.flags.unacked_changes = false;
                 self.disk = DiskState::UpToDate;
                 // The handshake chose the source's data, so the source made itself up to
                 // date after it had reported its state: that report is stale.

@@ -290,6 +290,9 @@ pub struct Core {
     /// A state report (and maybe a standalone drop) owed to the peer once a metadata
     /// ticket is durable.
     announce: Option<Announce>,
+    /// Writes held by a suspension are acknowledged only once this metadata ticket is
+    /// durable (the superblock that clears `unacked_changes`).
+    held_acks_wait_meta: u64,
     /// `ResyncComplete` owed to the target once the source's generation rotation is
     /// durable: (metadata ticket, the link it is for).
     resync_complete_owed: Option<(u64, u64)>,
@@ -404,6 +407,7 @@ impl Core {
             outdated_ticket: 0,
             announce: None,
             resync_complete_owed: None,
+            held_acks_wait_meta: 0,
         };
         if crash_recovery {
             // The extents' bits must be on disk before the flag that made us add them

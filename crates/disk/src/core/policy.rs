@@ -95,6 +95,9 @@ pub struct SplitBrainSide {
     pub primary_at_split: bool,
     /// The operator said `connect --discard-my-data` here.
     pub discard_my_data: bool,
+    /// None of this side's changes since the split was ever acknowledged (disk fencing
+    /// kept its I/O suspended): they may be thrown away.
+    pub unacked_changes: bool,
     /// Tie-break.
     pub node_id: u64,
 }
@@ -121,6 +124,22 @@ pub fn resolve(
         (true, false) => Resolution::Resync(Target),
         (false, true) => Resolution::Resync(Source),
         (true, true) => Resolution::Disconnect,
+        // Changes nobody was ever told were stored lose against changes that were
+        // (whatever the bitmaps cover: a full sync otherwise): nothing acknowledged is
+        // discarded. Both unacknowledged: either may go; the higher node id stays.
+        (false, false) if local.unacked_changes && !peer.unacked_changes => {
+            Resolution::Resync(Target)
+        }
+        (false, false) if peer.unacked_changes && !local.unacked_changes => {
+            Resolution::Resync(Source)
+        }
+        (false, false) if local.unacked_changes && peer.unacked_changes => {
+            if local.node_id > peer.node_id {
+                Resolution::Resync(Source)
+            } else {
+                Resolution::Resync(Target)
+            }
+        }
         (false, false) if !bitmaps_cover => Resolution::Disconnect,
         (false, false) => automatic(policies, local, peer),
     };
@@ -202,6 +221,7 @@ mod tests {
             primary,
             primary_at_split: at_split,
             discard_my_data: discard,
+            unacked_changes: false,
             node_id: id,
         }
     }

@@ -129,6 +129,10 @@ pub struct MetaFlags {
     pub peer_outdated: bool,
     /// Was primary when the link broke (for `discard-younger-primary`).
     pub primary_at_split: bool,
+    /// Changes made since the last generation shared with the peer were never
+    /// acknowledged (I/O was suspended when the link broke, and stayed so): in a split
+    /// brain they may be discarded.
+    pub unacked_changes: bool,
 }
 
 impl MetaFlags {
@@ -140,10 +144,11 @@ impl MetaFlags {
             | u32::from(self.crashed_primary) << 3
             | u32::from(self.peer_outdated) << 4
             | u32::from(self.primary_at_split) << 5
+            | u32::from(self.unacked_changes) << 6
     }
     /// Decodes [`MetaFlags::to_bits`]; None if unknown bits are set.
     pub fn from_bits(b: u32) -> Option<Self> {
-        if b >> 6 != 0 {
+        if b >> 7 != 0 {
             return None;
         }
         Some(MetaFlags {
@@ -153,6 +158,7 @@ impl MetaFlags {
             crashed_primary: b & 8 != 0,
             peer_outdated: b & 16 != 0,
             primary_at_split: b & 32 != 0,
+            unacked_changes: b & 64 != 0,
         })
     }
 }

@@ -93,14 +93,9 @@ enum Ev {
         link: u16,
         bytes: Vec<u8>,
     },
-    Frame {
+    /// The replication stream towards `to` may move.
+    Stream {
         to: usize,
-        conn: u64,
-        bytes: Bytes,
-    },
-    Closed {
-        to: usize,
-        conn: u64,
     },
     Input {
         to: usize,
@@ -167,8 +162,10 @@ struct Cluster {
     cut: [bool; NETS],
     switch_broken: bool,
     next_conn: u64,
-    /// Last delivery time per direction of the replication link (frames stay in order).
-    frame_clock: [Duration; 2],
+    /// The replication link's byte stream towards each node, as TCP delivers it: in
+    /// order, nothing lost while the connection lasts, held up while the network is cut
+    /// or the receiver hung; a close arrives after the data before it.
+    streams: [VecDeque<(u64, Option<Bytes>)>; 2],
     rates: Rates,
     calm: bool,
     /// Client: next write id, writes in flight (node, request, block, id), acknowledged
@@ -178,8 +175,12 @@ struct Cluster {
     next_req: u64,
     acked: Vec<u64>,
     /// Per block, the newest write an acknowledged flush covers: all a double power
-    /// loss (both nodes off at once) must keep.
+    /// loss must keep.
     flushed: Vec<u64>,
+    /// Per block, the nodes (bit i) that lost power while its newest acknowledged
+    /// write was not covered by a flush. Both: that write may be gone (each node lost
+    /// its cached copy), and only the flushed one is promised.
+    lost_unflushed: Vec<u8>,
     /// Flushes in flight: request → the acknowledged writes when it was issued.
     flushes: BTreeMap<u64, (usize, Vec<u64>)>,
     summary: Summary,
@@ -413,7 +414,7 @@ impl Cluster {
             cut: [false; NETS],
             switch_broken: false,
             next_conn: 1,
-            frame_clock: [Duration::ZERO; 2],
+            streams: [VecDeque::new(), VecDeque::new()],
             rates,
             calm: false,
             next_write: 1,
@@ -421,6 +422,7 @@ impl Cluster {
             next_req: 1,
             acked: vec![0; (DISK_BYTES / BLOCK) as usize],
             flushed: vec![0; (DISK_BYTES / BLOCK) as usize],
+            lost_unflushed: vec![0; (DISK_BYTES / BLOCK) as usize],
             flushes: BTreeMap::new(),
             summary: Summary {
                 seed,
@@ -521,33 +523,42 @@ impl Cluster {
                     self.drain(to);
                 }
             }
-            Ev::Frame { to, conn, bytes } => {
-                if self.nodes[to].frozen && self.nodes[to].powered {
-                    // A hung process does not read its socket: the frame waits.
-                    self.schedule(TICK, Ev::Frame { to, conn, bytes });
+            Ev::Stream { to } => {
+                if self.streams[to].is_empty() {
                     return;
                 }
-                if self.nodes[to].conn != Some(conn) || self.cut[0] || !self.nodes[to].powered {
+                if self.cut[0] || self.nodes[to].frozen {
+                    // TCP keeps trying; the cores' ping timeouts decide when to give up.
+                    self.schedule(TICK, Ev::Stream { to });
                     return;
                 }
-                let Ok((frame, _)) = Frame::decode(&bytes) else {
+                let Some((conn, item)) = self.streams[to].pop_front() else {
                     return;
                 };
-                let now = self.local_ms(to);
-                if let Some(d) = self.nodes[to].disk.as_mut() {
-                    d.handle(now, tandem_disk::core::Input::Frame(frame));
+                if !self.streams[to].is_empty() {
+                    self.schedule(Duration::from_micros(100), Ev::Stream { to });
+                }
+                if self.nodes[to].conn != Some(conn) || !self.nodes[to].powered {
+                    return;
+                }
+                let ms = self.local_ms(to);
+                match item {
+                    Some(bytes) => {
+                        let Ok((frame, _)) = Frame::decode(&bytes) else {
+                            return;
+                        };
+                        if let Some(d) = self.nodes[to].disk.as_mut() {
+                            d.handle(ms, tandem_disk::core::Input::Frame(frame));
+                        }
+                    }
+                    None => {
+                        self.nodes[to].conn = None;
+                        if let Some(d) = self.nodes[to].disk.as_mut() {
+                            d.handle(ms, tandem_disk::core::Input::Disconnected);
+                        }
+                    }
                 }
                 self.drain(to);
-            }
-            Ev::Closed { to, conn } => {
-                if self.nodes[to].alive() && self.nodes[to].conn == Some(conn) {
-                    self.nodes[to].conn = None;
-                    let now = self.local_ms(to);
-                    if let Some(d) = self.nodes[to].disk.as_mut() {
-                        d.handle(now, tandem_disk::core::Input::Disconnected);
-                    }
-                    self.drain(to);
-                }
             }
             Ev::Input { to, boot, input } => {
                 if self.nodes[to].boot != boot || !self.nodes[to].powered {
@@ -673,11 +684,16 @@ impl Cluster {
         self.note(format!("{} loses power ({why})", self.nodes[i].name));
         self.writes.retain(|_, (n, _, _)| *n != i);
         self.flushes.retain(|_, (n, _)| *n != i);
-        if !self.nodes[1 - i].powered {
-            // Both nodes off at once: only what a flush made durable must survive
-            // (protocol C acknowledges a write in both caches, not on both platters).
-            self.note("both nodes are off: only flushed writes are promised".into());
-            self.acked.clone_from(&self.flushed);
+        // Protocol C acknowledges a write in both caches, not on both platters: once
+        // each node has lost power with it unflushed, only a flush's promise holds.
+        for b in 0..self.acked.len() {
+            if self.acked[b] > self.flushed[b] {
+                self.lost_unflushed[b] |= 1 << i;
+                if self.lost_unflushed[b] == 0b11 {
+                    self.acked[b] = self.flushed[b];
+                    self.lost_unflushed[b] = 0;
+                }
+            }
         }
         let mut rng = self.rng.clone();
         self.nodes[i].power_off(&mut rng);
@@ -858,7 +874,9 @@ impl Cluster {
                         self.tell_controller(i, Input::Sent { tag, id })
                     }
                     Some(Ok(_)) => {}
-                    _ if tag != SendTag::Plain => self.tell_controller(i, Input::SendFailed { tag }),
+                    _ if tag != SendTag::Plain => {
+                        self.tell_controller(i, Input::SendFailed { tag })
+                    }
                     _ => {}
                 }
             }
@@ -1155,34 +1173,17 @@ impl Cluster {
                 self.nodes[i].ios.push((io, PendingIo::Meta(write)))
             }
             Output::Send(frame) => {
-                let Some(conn) = self.nodes[i].conn else {
-                    return;
-                };
-                if self.cut[0] {
-                    return;
+                if let Some(conn) = self.nodes[i].conn {
+                    self.stream(1 - i, conn, Some(Bytes::from(frame.to_bytes())));
                 }
-                let at = (self.now + Duration::from_micros(500))
-                    .max(self.frame_clock[i] + Duration::from_micros(1));
-                self.frame_clock[i] = at;
-                let after = at - self.now;
-                self.schedule(
-                    after,
-                    Ev::Frame {
-                        to: 1 - i,
-                        conn,
-                        bytes: Bytes::from(frame.to_bytes()),
-                    },
-                );
             }
             Output::Disconnect { reason } => {
                 self.note(format!(
                     "{} drops the replication link: {reason}",
                     self.nodes[i].name
                 ));
-                if let Some(conn) = self.nodes[i].conn.take()
-                    && !self.cut[0]
-                {
-                    self.schedule(Duration::from_millis(1), Ev::Closed { to: 1 - i, conn });
+                if let Some(conn) = self.nodes[i].conn.take() {
+                    self.stream(1 - i, conn, None);
                 }
             }
             Output::WriteDone { req, result } => {
@@ -1197,7 +1198,16 @@ impl Cluster {
                     }
                     self.summary.writes_acked += 1;
                     let b = block as usize;
-                    self.acked[b] = self.acked[b].max(id);
+                    if id > self.acked[b] {
+                        self.acked[b] = id;
+                        // A peer that lost power before this acknowledgement arrived may
+                        // have lost its cached copy already.
+                        self.lost_unflushed[b] = if self.nodes[1 - i].powered {
+                            0
+                        } else {
+                            1 << (1 - i)
+                        };
+                    }
                 }
             }
             Output::FlushDone { req, result } => {
@@ -1210,8 +1220,18 @@ impl Cluster {
                 }
             }
             Output::ReadDone { .. } => {}
-            Output::FencePeer => self.tell_controller(i, Input::DiskFencePeer { disk: "r0".into() }),
+            Output::FencePeer => {
+                self.tell_controller(i, Input::DiskFencePeer { disk: "r0".into() })
+            }
         }
+    }
+
+    /// Puts a frame (or, `None`, the close) on the stream towards `to`.
+    fn stream(&mut self, to: usize, conn: u64, item: Option<Bytes>) {
+        if self.streams[to].is_empty() {
+            self.schedule(Duration::from_micros(500), Ev::Stream { to });
+        }
+        self.streams[to].push_back((conn, item));
     }
 
     fn complete_ios(&mut self, i: usize) {
@@ -1427,7 +1447,18 @@ impl Cluster {
             if let Some(seen) = seen
                 && seen != self.nodes[i].disk_seen
             {
-                self.note(format!("{} r0: {seen}", self.nodes[i].name));
+                let traced = std::env::var("SIM_TRACE_BLOCK")
+                    .ok()
+                    .and_then(|b| b.parse::<u64>().ok())
+                    .map(|b| {
+                        let d = &self.nodes[i].storage.disk;
+                        format!(
+                            " [block {b}: write {:?}]",
+                            version(&d.read(b * BLOCK, BLOCK as usize), b)
+                        )
+                    })
+                    .unwrap_or_default();
+                self.note(format!("{} r0: {seen}{traced}", self.nodes[i].name));
                 self.nodes[i].disk_seen = seen;
             }
         }
@@ -1463,10 +1494,11 @@ impl Cluster {
         let data = self.nodes[i].storage.disk.read(0, DISK_BYTES as usize);
         for (b, chunk) in data.chunks(BLOCK as usize).enumerate() {
             let v = version(chunk, b as u64).map_err(|e| self.fail(&e))?;
-            if v < self.acked[b] {
+            let promised = self.acked[b];
+            if v < promised {
                 return Err(self.fail(&format!(
-                    "{} promoted r0 without write {} acknowledged at block {b} (it holds {v})",
-                    self.nodes[i].name, self.acked[b]
+                    "{} promoted r0 without write {promised} acknowledged at block {b} (it holds {v})",
+                    self.nodes[i].name
                 )));
             }
         }

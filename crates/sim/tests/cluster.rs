@@ -1,0 +1,75 @@
+//! The whole-cluster simulator over many seeds (see `tandem_sim::cluster`): no seed may
+//! break an invariant, the faults must really happen, and each unsafe variant must be
+//! caught within a bounded number of seeds — proof that the checks can fail.
+//!
+//! `CLUSTER_SIM_SEEDS=N` runs more seeds; `cargo run --release -p tandem-sim --bin
+//! cluster-sim -- --seeds N` is the faster way to run thousands.
+
+use tandem_sim::cluster::{Options, Unsafe, run_seed};
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("CLUSTER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn no_seed_breaks_an_invariant_and_every_run_converges() {
+    let n = seeds(60);
+    let opts = Options::default();
+    let (mut fences, mut promotions, mut writes) = (0, 0, 0);
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 0..n {
+        let s = run_seed(seed, &opts).unwrap_or_else(|e| panic!("{e}"));
+        fences += s.fences;
+        promotions += s.promotions;
+        writes += s.writes_acked;
+        kinds.extend(s.faults.keys().copied());
+    }
+    eprintln!(
+        "{n} seeds: {fences} fences, {promotions} promotions, {writes} acknowledged writes, fault kinds {kinds:?}"
+    );
+    assert!(fences > n, "fences: {fences}");
+    assert!(promotions > n * 2, "promotions: {promotions}");
+    assert!(writes > n * 500, "writes: {writes}");
+    for kind in [
+        "power-off",
+        "freeze",
+        "cut-hb",
+        "cut-lan",
+        "cut-all",
+        "clock-jump",
+        "switch-broken",
+        "operator-request",
+        "clean-stop",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} fault in {n} seeds");
+    }
+}
+
+/// The first seed (from 0) at which `variant` breaks an invariant, within `max` seeds.
+fn first_violation(variant: Unsafe, max: u64) -> Option<(u64, String)> {
+    let opts = Options {
+        unsafe_variant: variant,
+        ..Options::default()
+    };
+    (0..max).find_map(|seed| run_seed(seed, &opts).err().map(|e| (seed, e)))
+}
+
+#[test]
+fn disk_fencing_dont_care_is_caught_serving_a_stale_copy() {
+    let (seed, why) = first_violation(Unsafe::DiskDontCare, 40).expect("caught within 40 seeds");
+    eprintln!("dont-care caught at seed {seed}");
+    assert!(why.contains("without write"), "{why}");
+}
+
+#[test]
+fn no_fencing_is_caught_running_the_group_twice() {
+    let (seed, why) = first_violation(Unsafe::NoFencing, 40).expect("caught within 40 seeds");
+    eprintln!("no fencing caught at seed {seed}");
+    assert!(
+        why.contains("two primaries") || why.contains("both nodes run"),
+        "{why}"
+    );
+}
