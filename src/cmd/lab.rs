@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tandem_lab::{Lab, LabStatus, Topology};
+use tandem_lab::{DiskServer, Lab, LabOptions, LabStatus, Topology};
 
 use crate::Global;
 
@@ -81,12 +81,25 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Power a host off (kill every process and reap it, links down) or on (cold boot).
+    /// Power a host off (kill every process and reap it, links down, unflushed writes
+    /// of its lossy disk dropped) or on (cold boot).
     Power {
         #[command(flatten)]
         which: Which,
         /// `off`, `on` or `cycle`.
         action: PowerAction,
+        /// The host.
+        host: String,
+        /// With off or cycle: the lossy disk keeps the host's unflushed writes (writes
+        /// them down) instead of dropping them, as if its cache had a battery.
+        #[arg(long)]
+        keep_cache: bool,
+    },
+    /// Write a host's unflushed writes down to its lossy disk, as `sync` would on a
+    /// real machine (inside a lab host `sync` does not reach it).
+    Sync {
+        #[command(flatten)]
+        which: Which,
         /// The host.
         host: String,
     },
@@ -135,6 +148,13 @@ enum LabCommand {
     },
     /// Build a lab, check networks, partition, power and freeze, take it down.
     Smoke,
+    /// Serve a lab's lossy disks (started by `up`; internal).
+    #[command(hide = true)]
+    Diskd {
+        /// The lab.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+    },
     /// Serve a lab's power switch on its socket (started by `up`; internal).
     #[command(hide = true)]
     Switchd {
@@ -213,7 +233,18 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 None if !hosts.is_empty() => Topology::from_flags(&hosts, &nets)?,
                 None => Topology::whitepaper(),
             };
-            let mut lab = Lab::up(&name, topo)?;
+            // The lossy disks must be served after this command exits: by a daemon.
+            let exe = std::env::current_exe().context("find the tandem binary")?;
+            let options = LabOptions {
+                disk_server: DiskServer::Daemon(vec![
+                    exe.into_os_string(),
+                    "lab".into(),
+                    "diskd".into(),
+                    "--name".into(),
+                    name.clone().into(),
+                ]),
+            };
+            let mut lab = Lab::up_with(&name, topo, options)?;
             lab.keep();
             if let Err(e) = start_switchd(&mut lab) {
                 let _ = lab.down();
@@ -295,16 +326,27 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             which,
             action,
             host,
+            keep_cache,
         } => {
             let mut lab = open(&which)?;
-            match action {
-                PowerAction::Off => lab.power_off(&host)?,
-                PowerAction::On => lab.power_on(&host)?,
-                PowerAction::Cycle => {
+            if keep_cache && matches!(action, PowerAction::On) {
+                bail!("--keep-cache goes with off or cycle");
+            }
+            if matches!(action, PowerAction::Off | PowerAction::Cycle) {
+                if keep_cache {
+                    lab.power_off_keep_cache(&host)?;
+                } else {
                     lab.power_off(&host)?;
-                    lab.power_on(&host)?;
                 }
             }
+            if matches!(action, PowerAction::On | PowerAction::Cycle) {
+                lab.power_on(&host)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Sync { which, host } => {
+            let f = open(&which)?.sync_disk(&host)?;
+            out!("{host}: wrote {} down ({} files)", size(f.bytes), f.files);
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Link {
@@ -335,6 +377,10 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Smoke => smoke(),
+        LabCommand::Diskd { name } => {
+            tandem_lab::serve_disks(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Switchd { name } => {
             Lab::open(&name)?.serve_power_switch()?;
             Ok(ExitCode::SUCCESS)
@@ -403,6 +449,24 @@ fn print_status(s: &LabStatus) {
             h.processes,
             h.netns
         );
+        if let Some(d) = &h.disk {
+            if d.served {
+                let refused = if d.refused_writes > 0 {
+                    format!(", {} writes REFUSED at the bound", d.refused_writes)
+                } else {
+                    String::new()
+                };
+                out!(
+                    "    disk  {}: {} unflushed in {} files (bound {}){refused}",
+                    d.dir,
+                    size(d.cached_bytes),
+                    d.dirty_files,
+                    size(d.bound_bytes)
+                );
+            } else {
+                out!("    disk  {}: NOT SERVED (its server has exited)", d.dir);
+            }
+        }
         for i in &h.interfaces {
             out!(
                 "    {:<5} {:<6} {:<20} {}  port {} {}",
@@ -422,6 +486,15 @@ fn print_status(s: &LabStatus) {
             format!(", PARTITIONED: {}", n.partitioned.join(", "))
         };
         out!("  net  {:<8} {} bridge {}{cut}", n.name, n.subnet, n.bridge);
+    }
+}
+
+/// Bytes for status lines: exact below 1 KiB, else KiB or MiB with one decimal.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
     }
 }
 

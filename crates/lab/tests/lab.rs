@@ -23,8 +23,8 @@ fn root() -> bool {
 /// Two hosts on two networks; `private_dirs` empty keeps the machine's tree untouched.
 fn two_hosts() -> Topology {
     let host = |n: &str| HostSpec {
-        name: n.into(),
         private_dirs: vec![],
+        ..HostSpec::new(n)
     };
     let net = |name: &str, third: u8| NetSpec {
         name: name.into(),
