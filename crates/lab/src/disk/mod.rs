@@ -203,47 +203,40 @@ fn stop_served(mut s: Served) -> Vec<String> {
     if let Some(t) = s.control.take() {
         let _ = t.join();
     }
-    for d in s.disks.drain(..) {
-        problems.extend(stop_disk(d));
-    }
-    problems
-}
-
-fn stop_disk(mut d: Disk) -> Vec<String> {
-    let mut problems = Vec::new();
-    let conn = sys::fuse_mounts_under(std::slice::from_ref(&d.mount))
+    // Unmount, then abort the connections: a lazy unmount alone leaves each connection
+    // up as long as some mount namespace holds a copy of the mount — and every lab
+    // host booted on this machine since the disk was mounted (other labs' too) holds
+    // one. Aborting ends the FUSE threads at once; those copies then fail, not hang.
+    let mounts: Vec<PathBuf> = s.disks.iter().map(|d| d.mount.clone()).collect();
+    let conns: Vec<u32> = sys::fuse_mounts_under(&mounts)
         .into_iter()
         .map(|(_, c)| c)
-        .next();
-    if let Err(e) = sys::umount_lazy(&d.mount) {
-        // Already gone (a `down` from another process got there first) is fine.
-        if sys::machine_mounts().iter().any(|(_, t)| *t == d.mount) {
-            problems.push(e.to_string());
-        }
-    }
-    let Some(session) = d.session.take() else {
-        return problems;
-    };
-    // The connection ends once no mount of it is left (hosts' copies die with their
-    // namespaces); a busy mount (an open file) keeps it: then abort it.
-    let ended = |s: &fuser::BackgroundSession, ms: u64| {
-        sys::wait_until("", ms, || Ok(s.guard.is_finished())).is_ok()
-    };
-    if !ended(&session, STOP_TIMEOUT_MS / 3) {
-        if let Some(c) = conn {
-            if let Err(e) = sys::fuse_abort(&[c]) {
+        .collect();
+    for d in &s.disks {
+        if let Err(e) = sys::umount_lazy(&d.mount) {
+            // Already gone (a `down` from another process got there first) is fine.
+            if sys::machine_mounts().iter().any(|(_, t)| *t == d.mount) {
                 problems.push(e.to_string());
             }
         }
-        if !ended(&session, STOP_TIMEOUT_MS) {
+    }
+    if let Err(e) = sys::fuse_abort(&conns) {
+        problems.push(e.to_string());
+    }
+    for mut d in s.disks.drain(..) {
+        let Some(session) = d.session.take() else {
+            continue;
+        };
+        let ended = sys::wait_until("", STOP_TIMEOUT_MS, || Ok(session.guard.is_finished()));
+        if ended.is_err() {
             problems.push(format!(
                 "lossy disk of {}: its FUSE threads did not end (left running)",
                 d.host
             ));
-            return problems;
+            continue;
         }
+        let _ = session.join();
     }
-    let _ = session.join();
     problems
 }
 
