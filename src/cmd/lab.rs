@@ -47,6 +47,9 @@ enum LabCommand {
         /// Networks, comma separated: NAME[=CIDR][:HOST+HOST...].
         #[arg(long, value_delimiter = ',', requires = "hosts")]
         nets: Vec<String>,
+        /// Hosts (of --hosts) that get a lossy disk, comma separated.
+        #[arg(long, value_delimiter = ',', requires = "hosts")]
+        lossy_disks: Vec<String>,
     },
     /// Take a lab down, or every lab and leftover of killed runs (--all).
     Down {
@@ -223,8 +226,9 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             topology,
             hosts,
             nets,
+            lossy_disks,
         } => {
-            let topo = match topology {
+            let mut topo = match topology {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("read topology {}", path.display()))?;
@@ -233,6 +237,12 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 None if !hosts.is_empty() => Topology::from_flags(&hosts, &nets)?,
                 None => Topology::whitepaper(),
             };
+            for h in &lossy_disks {
+                match topo.hosts.iter_mut().find(|s| s.name == *h) {
+                    Some(spec) => spec.lossy_disk = true,
+                    None => bail!("--lossy-disks names {h:?}, which is not in --hosts"),
+                }
+            }
             // The lossy disks must be served after this command exits: by a daemon.
             let exe = std::env::current_exe().context("find the tandem binary")?;
             let options = LabOptions {
