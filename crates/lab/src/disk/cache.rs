@@ -24,6 +24,10 @@ use std::io;
 pub const PAGE_BYTES: usize = 4096;
 const PAGE: u64 = PAGE_BYTES as u64;
 
+/// What a zero page costs against the bound: about its map entry. Charged so that
+/// punching a huge durable range cannot grow the cache without limit.
+pub const ZERO_PAGE_BYTES: u64 = 64;
+
 /// Most pages written with one `pwritev` (the kernel's `IOV_MAX` is 1024).
 const IOV_PAGES_MAX: usize = 256;
 
@@ -50,6 +54,16 @@ enum Page {
     Zero,
 }
 
+impl Page {
+    /// Its charge against the disk's bound.
+    fn cost(&self) -> u64 {
+        match self {
+            Page::Data(_) => PAGE,
+            Page::Zero => ZERO_PAGE_BYTES,
+        }
+    }
+}
+
 /// The unflushed state of one file.
 #[derive(Debug, Clone)]
 pub struct FileCache {
@@ -60,8 +74,8 @@ pub struct FileCache {
     /// Invariant: `valid_len <= size`, and every cached byte past `size` is zero.
     valid_len: u64,
     pages: BTreeMap<u64, Page>,
-    /// Bytes held by `Data` pages (the memory the disk's bound counts).
-    data_bytes: u64,
+    /// Memory charged for the pages (`Page::cost`): what the disk's bound counts.
+    mem_bytes: u64,
 }
 
 impl FileCache {
@@ -71,7 +85,7 @@ impl FileCache {
             size: durable_len,
             valid_len: durable_len,
             pages: BTreeMap::new(),
-            data_bytes: 0,
+            mem_bytes: 0,
         }
     }
 
@@ -80,9 +94,9 @@ impl FileCache {
         self.size
     }
 
-    /// Bytes of memory held by cached pages.
-    pub fn data_bytes(&self) -> u64 {
-        self.data_bytes
+    /// Memory held by cached pages, as charged against the bound.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_bytes
     }
 
     /// Whether a flush would change nothing over a durable copy of `durable_len` bytes.
@@ -90,39 +104,34 @@ impl FileCache {
         self.pages.is_empty() && self.size == durable_len && self.valid_len == durable_len
     }
 
-    /// The memory a write of `len` bytes at `offset` would add (pages not cached as data
-    /// yet), so that the caller can reserve it against the disk's bound first.
+    /// The memory a write of `len` bytes at `offset` may add (an upper bound), so that
+    /// the caller can reserve it against the disk's bound first.
     pub fn bytes_to_write(&self, offset: u64, len: u64) -> u64 {
         if len == 0 {
             return 0;
         }
         let (first, last) = (offset / PAGE, (offset + len - 1) / PAGE);
-        let cached = self
-            .pages
-            .range(first..=last)
-            .filter(|(_, p)| matches!(p, Page::Data(_)))
-            .count() as u64;
-        (last - first + 1 - cached) * PAGE
+        let cached: u64 = self.pages.range(first..=last).map(|(_, p)| p.cost()).sum();
+        (last - first + 1) * PAGE - cached
     }
 
-    /// The memory zeroing `[offset, offset + len)` may add: at most its two partial
-    /// end pages become data pages (an upper bound: pages that read as zeros already
-    /// are left alone).
+    /// The memory zeroing `[offset, offset + len)` may add (an upper bound): its two
+    /// partial end pages may become data pages, its whole pages below `valid_len`
+    /// zero pages (whole pages past it read as zeros already and are left alone).
     pub fn bytes_to_zero(&self, offset: u64, len: u64) -> u64 {
-        let end = offset.saturating_add(len).min(self.size.max(offset));
-        let mut pages = Vec::new();
-        if offset % PAGE != 0 && offset < end {
-            pages.push(offset / PAGE);
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return 0;
         }
-        if end % PAGE != 0 && end > offset {
-            pages.push(end / PAGE);
-        }
-        pages.dedup();
-        pages
-            .into_iter()
-            .filter(|i| !matches!(self.pages.get(i), Some(Page::Data(_))))
-            .count() as u64
-            * PAGE
+        let first_full = offset.div_ceil(PAGE);
+        let end_full = end / PAGE;
+        let head = offset % PAGE != 0;
+        let tail = end % PAGE != 0 && (!head || end / PAGE != offset / PAGE);
+        let partial = u64::from(head) + u64::from(tail);
+        let full_below_valid = end_full
+            .min(self.valid_len.div_ceil(PAGE))
+            .saturating_sub(first_full);
+        partial * PAGE + full_below_valid * ZERO_PAGE_BYTES
     }
 
     /// Reads `[offset, offset + len)` as a reader sees it (short at the end of the file).
@@ -175,13 +184,13 @@ impl FileCache {
     }
 
     /// Caches a write; the file grows if it ends past `size`. The caller reserved
-    /// [`FileCache::bytes_to_write`] bytes. Returns the change of `data_bytes`.
+    /// [`FileCache::bytes_to_write`] bytes. Returns the change of `mem_bytes`.
     pub fn write(&mut self, durable: &dyn Backing, offset: u64, data: &[u8]) -> io::Result<u64> {
         if data.is_empty() {
             // POSIX: writing nothing does not extend the file.
             return Ok(0);
         }
-        let before = self.data_bytes;
+        let before = self.mem_bytes;
         let end = offset + data.len() as u64;
         let mut pos = offset;
         while pos < end {
@@ -195,7 +204,7 @@ impl FileCache {
             pos = stop;
         }
         self.size = self.size.max(end);
-        Ok(self.data_bytes - before)
+        Ok(self.mem_bytes - before)
     }
 
     /// The data page `idx`, made so: from a cached page, or (unless the caller will
@@ -222,8 +231,10 @@ impl FileCache {
             }
         };
         if let Some(page) = fresh {
-            self.pages.insert(idx, Page::Data(page));
-            self.data_bytes += PAGE;
+            if let Some(old) = self.pages.insert(idx, Page::Data(page)) {
+                self.mem_bytes -= old.cost();
+            }
+            self.mem_bytes += PAGE;
         }
         match self.pages.get_mut(&idx) {
             Some(Page::Data(d)) => Ok(d),
@@ -235,15 +246,11 @@ impl FileCache {
     /// Sets the length readers see: a shrink drops the pages past it (and zeros the
     /// rest of the last one), a growth reads as zeros. Returns the memory freed.
     pub fn set_size(&mut self, size: u64) -> u64 {
-        let before = self.data_bytes;
+        let before = self.mem_bytes;
         if size < self.size {
             let keep = size.div_ceil(PAGE);
             let dropped = self.pages.split_off(&keep);
-            self.data_bytes -= dropped
-                .values()
-                .filter(|p| matches!(p, Page::Data(_)))
-                .count() as u64
-                * PAGE;
+            self.mem_bytes -= dropped.values().map(Page::cost).sum::<u64>();
             if size % PAGE != 0 {
                 if let Some(Page::Data(d)) = self.pages.get_mut(&(size / PAGE)) {
                     d[(size % PAGE) as usize..].fill(0);
@@ -252,36 +259,54 @@ impl FileCache {
             self.valid_len = self.valid_len.min(size);
         }
         self.size = size;
-        before - self.data_bytes
+        before - self.mem_bytes
     }
 
     /// Turns `[offset, offset + len)` into zeros without changing the size (a punched
     /// hole; `fallocate` zero-range). The caller reserved [`FileCache::bytes_to_zero`].
-    /// Returns the change of `data_bytes` (positive: memory added).
+    /// Returns the change of `mem_bytes` (positive: memory added).
     pub fn zero(&mut self, durable: &dyn Backing, offset: u64, len: u64) -> io::Result<i64> {
-        let before = self.data_bytes as i64;
+        let before = self.mem_bytes as i64;
         let end = offset.saturating_add(len).min(self.size);
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / PAGE;
-            let page_start = idx * PAGE;
-            let stop = (page_start + PAGE).min(end);
-            if pos == page_start && stop == page_start + PAGE {
-                // A whole page: past `valid_len` and uncached it reads as zeros already.
-                let needed = self.pages.contains_key(&idx) || page_start < self.valid_len;
-                if needed {
-                    if let Some(Page::Data(_)) = self.pages.insert(idx, Page::Zero) {
-                        self.data_bytes -= PAGE;
-                    }
-                }
-            } else if self.pages.contains_key(&idx) || page_start < self.valid_len {
-                let within = (pos - page_start) as usize;
-                let page = self.page_mut(durable, idx, false)?;
-                page[within..within + (stop - pos) as usize].fill(0);
-            }
-            pos = stop;
+        if offset >= end {
+            return Ok(0);
         }
-        Ok(self.data_bytes as i64 - before)
+        // Partial pages: zero their part of the content (unless nothing is there: an
+        // uncached page past `valid_len` reads as zeros already).
+        let mut partial = vec![(offset, end.min((offset / PAGE + 1) * PAGE))];
+        if end % PAGE != 0 && end / PAGE != offset / PAGE {
+            partial.push(((end / PAGE) * PAGE, end));
+        }
+        for (from, to) in partial {
+            let idx = from / PAGE;
+            let page_start = idx * PAGE;
+            if to - from == PAGE {
+                continue; // a whole page: below
+            }
+            if self.pages.contains_key(&idx) || page_start < self.valid_len {
+                let within = (from - page_start) as usize;
+                let page = self.page_mut(durable, idx, false)?;
+                page[within..within + (to - from) as usize].fill(0);
+            }
+        }
+        // Whole pages: cached ones become zero pages; uncached ones too where durable
+        // bytes would show through (below `valid_len`); past it there is nothing to do.
+        let (first_full, end_full) = (offset.div_ceil(PAGE), end / PAGE);
+        if first_full < end_full {
+            for (_, page) in self.pages.range_mut(first_full..end_full) {
+                self.mem_bytes -= page.cost();
+                *page = Page::Zero;
+                self.mem_bytes += ZERO_PAGE_BYTES;
+            }
+            let below_valid = end_full.min(self.valid_len.div_ceil(PAGE));
+            for idx in first_full..below_valid {
+                if let std::collections::btree_map::Entry::Vacant(e) = self.pages.entry(idx) {
+                    e.insert(Page::Zero);
+                    self.mem_bytes += ZERO_PAGE_BYTES;
+                }
+            }
+        }
+        Ok(self.mem_bytes as i64 - before)
     }
 
     /// Writes everything down: cuts the durable copy to `valid_len`, writes the cached
@@ -346,9 +371,9 @@ impl FileCache {
         if durable.len()? != self.size {
             durable.set_len(self.size)?;
         }
-        let freed = self.data_bytes;
+        let freed = self.mem_bytes;
         self.pages.clear();
-        self.data_bytes = 0;
+        self.mem_bytes = 0;
         self.valid_len = self.size;
         Ok(freed)
     }
@@ -441,7 +466,7 @@ mod tests {
             b"durable",
             "nothing reaches the durable copy"
         );
-        assert_eq!(c.data_bytes(), PAGE);
+        assert_eq!(c.mem_bytes(), PAGE);
         // A power cut: the cache goes, the durable copy is what remains.
         let c = FileCache::new(m.len().unwrap());
         assert_eq!(read_all(&c, &m), b"durable");
@@ -472,7 +497,15 @@ mod tests {
         assert_eq!(c.bytes_to_write(4000, 200), 2 * PAGE);
         c.write(&m, 4000, &[1; 200]).unwrap();
         assert_eq!(c.bytes_to_write(0, 3 * PAGE), PAGE);
-        assert_eq!(c.bytes_to_zero(10, 10), 0, "page 0 is cached already");
+        assert_eq!(c.bytes_to_zero(10, 10), PAGE, "an upper bound");
+        // Punching a huge durable range costs map entries, and is charged for them.
+        let mut big = FileCache::new(1 << 40);
+        assert_eq!(big.bytes_to_zero(0, 1 << 40), (1 << 28) * ZERO_PAGE_BYTES);
+        // Past `valid_len` nothing reads through: nothing to charge, nothing to walk.
+        big.set_size(0);
+        big.set_size(1 << 40);
+        assert_eq!(big.bytes_to_zero(0, 1 << 40), 0);
+        assert_eq!(big.zero(&m, 0, 1 << 40).unwrap(), 0);
     }
 
     /// Random writes, truncations, zeroings, flushes and power cuts against a reference
@@ -534,12 +567,10 @@ mod tests {
                 let end = ((off + len) as usize).min(seen.len());
                 let want = seen.get(off as usize..end).unwrap_or(&[]);
                 assert_eq!(got, want, "round {round} step {step}: read {off}+{len}");
-                let pages = c
-                    .pages
-                    .values()
-                    .filter(|p| matches!(p, Page::Data(_)))
-                    .count();
-                assert_eq!(c.data_bytes(), pages as u64 * PAGE);
+                let charged: u64 = c.pages.values().map(Page::cost).sum();
+                assert_eq!(c.mem_bytes(), charged, "round {round} step {step}");
+                let past_end = c.pages.keys().any(|&i| i * PAGE >= c.size());
+                assert!(!past_end, "round {round} step {step}: a page past the end");
             }
         }
     }

@@ -541,8 +541,8 @@ impl Volume {
         for node in self.all_nodes() {
             let mut st = node.state.write().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = st.cache.take() {
-                self.release(c.data_bytes());
-                out.bytes += c.data_bytes();
+                self.release(c.mem_bytes());
+                out.bytes += c.mem_bytes();
                 out.files += 1;
                 touched.push(node.ino);
             }
@@ -645,7 +645,7 @@ impl Volume {
         if let Ok(mut st) = node.state.try_write() {
             if unlinked {
                 if let Some(c) = st.cache.take() {
-                    self.release(c.data_bytes());
+                    self.release(c.mem_bytes());
                 }
             }
             if st.cache.is_none() {

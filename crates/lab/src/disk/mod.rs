@@ -98,7 +98,8 @@ pub struct DiskStatus {
     pub dir: String,
     /// Whether its server answers (no: the process serving it has exited).
     pub served: bool,
-    /// Bytes of unflushed pages: what a power cut would drop now.
+    /// Memory held by unflushed pages (a data page counts 4 KiB, a punched page 64
+    /// bytes): what a power cut would drop now, as the bound counts it.
     pub cached_bytes: u64,
     /// Files with unflushed data or size.
     pub dirty_files: u64,
