@@ -591,18 +591,46 @@ fn smoke() -> anyhow::Result<ExitCode> {
         cmd.arg("1000").stdout(Stdio::null());
         Ok(lab.spawn("ox2", cmd)?)
     })?;
-    step("power off ox2: every process reaped, links down", || {
-        lab.power_off("ox2")?;
-        expect(
-            !std::path::Path::new(&format!("/proc/{}", sleeper.pid())).exists(),
-            "the daemon's pid still exists",
-        )?;
-        expect(
-            lab.processes("ox2")?.is_empty(),
-            "ox2's cgroup is not empty",
-        )?;
-        expect(!ping(&lab, "ox1", "ox2", "hb")?, "ox2 still answers")
-    })?;
+    let disk = lab.host_disk_dir("ox2")?;
+    step(
+        "write to ox2's lossy disk: one file flushed, one not",
+        || {
+            let program = "import os, sys\n\
+            for name, sync in (('flushed', True), ('unflushed', False)):\n    \
+                fd = os.open(os.path.join(sys.argv[1], name), os.O_CREAT | os.O_WRONLY, 0o644)\n    \
+                os.write(fd, b'data')\n    \
+                if sync: os.fsync(fd)\n";
+            let path = disk.display().to_string();
+            lab.run("ox2", &["python3", "-c", program, &path])?;
+            expect(
+                std::fs::read(disk.join("unflushed"))? == b"data",
+                "the unflushed write is not visible before the power cut",
+            )
+        },
+    )?;
+    step(
+        "power off ox2: every process reaped, links down, unflushed writes gone",
+        || {
+            lab.power_off("ox2")?;
+            expect(
+                !std::path::Path::new(&format!("/proc/{}", sleeper.pid())).exists(),
+                "the daemon's pid still exists",
+            )?;
+            expect(
+                lab.processes("ox2")?.is_empty(),
+                "ox2's cgroup is not empty",
+            )?;
+            expect(!ping(&lab, "ox1", "ox2", "hb")?, "ox2 still answers")?;
+            expect(
+                std::fs::read(disk.join("flushed"))? == b"data",
+                "the flushed write is gone",
+            )?;
+            expect(
+                std::fs::read(disk.join("unflushed"))?.is_empty(),
+                "the unflushed write survived the power cut",
+            )
+        },
+    )?;
     step("power on ox2 (cold boot)", || {
         lab.power_on("ox2")?;
         expect(
