@@ -401,9 +401,11 @@ impl Volume {
             // would collide with ours.
             return Err(Errno::EXDEV);
         }
+        // Counted under the map's lock: a FORGET of the same inode racing this lookup
+        // (the kernel evicted it meanwhile) must not remove a node we are handing out.
         let node = {
             let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-            nodes
+            let node = nodes
                 .entry(st.st_ino)
                 .or_insert_with(|| {
                     Arc::new(Node {
@@ -414,10 +416,17 @@ impl Volume {
                         state: RwLock::new(NodeState::default()),
                     })
                 })
-                .clone()
+                .clone();
+            node.refs.lock().unwrap_or_else(|p| p.into_inner()).lookups += 1;
+            node
         };
-        node.refs.lock().unwrap_or_else(|p| p.into_inner()).lookups += 1;
-        self.attr(&node)
+        let attr = self.attr(&node);
+        if attr.is_err() {
+            // The kernel counts only the lookups it was answered.
+            let mut refs = node.refs.lock().unwrap_or_else(|p| p.into_inner());
+            refs.lookups = refs.lookups.saturating_sub(1);
+        }
+        attr
     }
 
     /// Sets the owner of a new object to the caller (the server runs as root), with the
