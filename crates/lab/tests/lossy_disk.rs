@@ -239,7 +239,9 @@ fn names_are_durable_at_once_but_their_data_is_not() {
          os.link(D + '/dir/g', D + '/dir/h')\n\
          put('gone', b'x', True); os.unlink(D + '/gone')\n\
          put('config.tmp', b'new contents', False)\n\
-         os.rename(D + '/config.tmp', D + '/config')\n",
+         os.rename(D + '/config.tmp', D + '/config')\n\
+         put('timed', b'x', False); os.utime(D + '/timed', (1e9, 1e9))\n\
+         fd = os.open(D + '/timed', os.O_RDONLY); os.fsync(fd); os.close(fd)\n",
     );
     lab.power_off("a").unwrap();
     let dir = lab.host_disk_dir("a").unwrap();
@@ -255,6 +257,10 @@ fn names_are_durable_at_once_but_their_data_is_not() {
     assert!(!exists_outside(&lab, "gone"));
     // Write, rename over, no fsync: the classic way to lose a file's contents.
     assert_eq!(outside(&lab, "config"), b"");
+    // Times set explicitly (cp -a, touch -d) survive the flush's writes.
+    assert_eq!(outside(&lab, "timed"), b"x");
+    let mtime = std::fs::metadata(dir.join("timed")).unwrap().mtime();
+    assert_eq!(mtime, 1_000_000_000);
 }
 
 #[test]

@@ -102,6 +102,10 @@ struct NodeState {
     data: Option<File>,
     /// Unflushed state; `None` while the file is its durable copy.
     cache: Option<FileCache>,
+    /// Access and modification times set explicitly (utimes) since the last cached
+    /// write: the flush's writes would move the lower file's, so it sets them again
+    /// (`cp -a` then `fsync` keeps the copied times).
+    times: Option<[libc::timespec; 2]>,
 }
 
 /// What a power cut or a sync did.
@@ -496,7 +500,7 @@ impl Volume {
         st: &'s mut NodeState,
     ) -> Result<(&'s File, &'s mut FileCache), Errno> {
         Self::ensure_data(node, st)?;
-        let NodeState { data, cache } = st;
+        let NodeState { data, cache, .. } = st;
         let file = data.as_ref().ok_or(Errno::EBADF)?;
         if cache.is_none() {
             let len = file.metadata().map_err(Errno::from)?.len();
@@ -527,6 +531,10 @@ impl Volume {
             (Some(c), Some(f)) => c.flush(&Lower(f)).map_err(Errno::from)?,
             _ => 0,
         };
+        if let (Some(times), Some(f)) = (st.times.take(), &st.data) {
+            // SAFETY: futimens on a descriptor we own with a two-element array.
+            cvt(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })?;
+        }
         self.release(freed);
         st.cache = None;
         Self::settle(node, st);
@@ -549,6 +557,7 @@ impl Volume {
         let mut touched = Vec::new();
         for node in self.all_nodes() {
             let mut st = node.state.write().unwrap_or_else(|p| p.into_inner());
+            st.times = None;
             if let Some(c) = st.cache.take() {
                 self.release(c.mem_bytes());
                 out.bytes += c.mem_bytes();
@@ -709,6 +718,21 @@ impl Volume {
             let p = proc_path(&node.path);
             // SAFETY: utimensat on a NUL-terminated path and a two-element array.
             cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })?;
+            let mut st = node.state.write().unwrap_or_else(|p| p.into_inner());
+            if st.cache.is_some() {
+                // Resolved (UTIME_NOW, UTIME_OMIT) from what the lower file now says.
+                let l = stat_fd(&node.path)?;
+                st.times = Some([
+                    libc::timespec {
+                        tv_sec: l.st_atime,
+                        tv_nsec: l.st_atime_nsec,
+                    },
+                    libc::timespec {
+                        tv_sec: l.st_mtime,
+                        tv_nsec: l.st_mtime_nsec,
+                    },
+                ]);
+            }
         }
         self.attr(&node)
     }
@@ -716,6 +740,7 @@ impl Volume {
     fn do_write(&self, ino: INodeNo, offset: u64, data: &[u8], flags: i32) -> Result<u32, Errno> {
         let node = self.node(ino)?;
         let mut st = node.state.write().unwrap_or_else(|p| p.into_inner());
+        st.times = None; // a write moves mtime again
         let (file, cache) = Self::cache_of(&node, &mut st)?;
         let need = cache.bytes_to_write(offset, data.len() as u64);
         self.reserve(need)?;
