@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tandem_lab::{Lab, LabStatus, Topology};
+use tandem_lab::{DiskServer, Lab, LabOptions, LabStatus, Topology};
 
 use crate::Global;
 
@@ -47,6 +47,9 @@ enum LabCommand {
         /// Networks, comma separated: NAME[=CIDR][:HOST+HOST...].
         #[arg(long, value_delimiter = ',', requires = "hosts")]
         nets: Vec<String>,
+        /// Hosts (of --hosts) that get a lossy disk, comma separated.
+        #[arg(long, value_delimiter = ',', requires = "hosts")]
+        lossy_disks: Vec<String>,
     },
     /// Take a lab down, or every lab and leftover of killed runs (--all).
     Down {
@@ -81,12 +84,25 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Power a host off (kill every process and reap it, links down) or on (cold boot).
+    /// Power a host off (kill every process and reap it, links down, unflushed writes
+    /// of its lossy disk dropped) or on (cold boot).
     Power {
         #[command(flatten)]
         which: Which,
         /// `off`, `on` or `cycle`.
         action: PowerAction,
+        /// The host.
+        host: String,
+        /// With off or cycle: the lossy disk keeps the host's unflushed writes (writes
+        /// them down) instead of dropping them, as if its cache had a battery.
+        #[arg(long)]
+        keep_cache: bool,
+    },
+    /// Write a host's unflushed writes down to its lossy disk, as `sync` would on a
+    /// real machine (inside a lab host `sync` does not reach it).
+    Sync {
+        #[command(flatten)]
+        which: Which,
         /// The host.
         host: String,
     },
@@ -135,6 +151,13 @@ enum LabCommand {
     },
     /// Build a lab, check networks, partition, power and freeze, take it down.
     Smoke,
+    /// Serve a lab's lossy disks (started by `up`; internal).
+    #[command(hide = true)]
+    Diskd {
+        /// The lab.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+    },
     /// Serve a lab's power switch on its socket (started by `up`; internal).
     #[command(hide = true)]
     Switchd {
@@ -203,8 +226,9 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             topology,
             hosts,
             nets,
+            lossy_disks,
         } => {
-            let topo = match topology {
+            let mut topo = match topology {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("read topology {}", path.display()))?;
@@ -213,7 +237,24 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 None if !hosts.is_empty() => Topology::from_flags(&hosts, &nets)?,
                 None => Topology::whitepaper(),
             };
-            let mut lab = Lab::up(&name, topo)?;
+            for h in &lossy_disks {
+                match topo.hosts.iter_mut().find(|s| s.name == *h) {
+                    Some(spec) => spec.lossy_disk = true,
+                    None => bail!("--lossy-disks names {h:?}, which is not in --hosts"),
+                }
+            }
+            // The lossy disks must be served after this command exits: by a daemon.
+            let exe = std::env::current_exe().context("find the tandem binary")?;
+            let options = LabOptions {
+                disk_server: DiskServer::Daemon(vec![
+                    exe.into_os_string(),
+                    "lab".into(),
+                    "diskd".into(),
+                    "--name".into(),
+                    name.clone().into(),
+                ]),
+            };
+            let mut lab = Lab::up_with(&name, topo, options)?;
             lab.keep();
             if let Err(e) = start_switchd(&mut lab) {
                 let _ = lab.down();
@@ -295,16 +336,27 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             which,
             action,
             host,
+            keep_cache,
         } => {
             let mut lab = open(&which)?;
-            match action {
-                PowerAction::Off => lab.power_off(&host)?,
-                PowerAction::On => lab.power_on(&host)?,
-                PowerAction::Cycle => {
+            if keep_cache && matches!(action, PowerAction::On) {
+                bail!("--keep-cache goes with off or cycle");
+            }
+            if matches!(action, PowerAction::Off | PowerAction::Cycle) {
+                if keep_cache {
+                    lab.power_off_keep_cache(&host)?;
+                } else {
                     lab.power_off(&host)?;
-                    lab.power_on(&host)?;
                 }
             }
+            if matches!(action, PowerAction::On | PowerAction::Cycle) {
+                lab.power_on(&host)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Sync { which, host } => {
+            let f = open(&which)?.sync_disk(&host)?;
+            out!("{host}: wrote {} down ({} files)", size(f.bytes), f.files);
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Link {
@@ -335,6 +387,10 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Smoke => smoke(),
+        LabCommand::Diskd { name } => {
+            tandem_lab::serve_disks(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Switchd { name } => {
             Lab::open(&name)?.serve_power_switch()?;
             Ok(ExitCode::SUCCESS)
@@ -403,6 +459,24 @@ fn print_status(s: &LabStatus) {
             h.processes,
             h.netns
         );
+        if let Some(d) = &h.disk {
+            if d.served {
+                let refused = if d.refused_writes > 0 {
+                    format!(", {} writes REFUSED at the bound", d.refused_writes)
+                } else {
+                    String::new()
+                };
+                out!(
+                    "    disk  {}: {} unflushed in {} files (bound {}){refused}",
+                    d.dir,
+                    size(d.cached_bytes),
+                    d.dirty_files,
+                    size(d.bound_bytes)
+                );
+            } else {
+                out!("    disk  {}: NOT SERVED (its server has exited)", d.dir);
+            }
+        }
         for i in &h.interfaces {
             out!(
                 "    {:<5} {:<6} {:<20} {}  port {} {}",
@@ -422,6 +496,15 @@ fn print_status(s: &LabStatus) {
             format!(", PARTITIONED: {}", n.partitioned.join(", "))
         };
         out!("  net  {:<8} {} bridge {}{cut}", n.name, n.subnet, n.bridge);
+    }
+}
+
+/// Bytes for status lines: exact below 1 KiB, else KiB or MiB with one decimal.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
     }
 }
 
@@ -508,18 +591,46 @@ fn smoke() -> anyhow::Result<ExitCode> {
         cmd.arg("1000").stdout(Stdio::null());
         Ok(lab.spawn("ox2", cmd)?)
     })?;
-    step("power off ox2: every process reaped, links down", || {
-        lab.power_off("ox2")?;
-        expect(
-            !std::path::Path::new(&format!("/proc/{}", sleeper.pid())).exists(),
-            "the daemon's pid still exists",
-        )?;
-        expect(
-            lab.processes("ox2")?.is_empty(),
-            "ox2's cgroup is not empty",
-        )?;
-        expect(!ping(&lab, "ox1", "ox2", "hb")?, "ox2 still answers")
-    })?;
+    let disk = lab.host_disk_dir("ox2")?;
+    step(
+        "write to ox2's lossy disk: one file flushed, one not",
+        || {
+            let program = "import os, sys\n\
+            for name, sync in (('flushed', True), ('unflushed', False)):\n    \
+                fd = os.open(os.path.join(sys.argv[1], name), os.O_CREAT | os.O_WRONLY, 0o644)\n    \
+                os.write(fd, b'data')\n    \
+                if sync: os.fsync(fd)\n";
+            let path = disk.display().to_string();
+            lab.run("ox2", &["python3", "-c", program, &path])?;
+            expect(
+                std::fs::read(disk.join("unflushed"))? == b"data",
+                "the unflushed write is not visible before the power cut",
+            )
+        },
+    )?;
+    step(
+        "power off ox2: every process reaped, links down, unflushed writes gone",
+        || {
+            lab.power_off("ox2")?;
+            expect(
+                !std::path::Path::new(&format!("/proc/{}", sleeper.pid())).exists(),
+                "the daemon's pid still exists",
+            )?;
+            expect(
+                lab.processes("ox2")?.is_empty(),
+                "ox2's cgroup is not empty",
+            )?;
+            expect(!ping(&lab, "ox1", "ox2", "hb")?, "ox2 still answers")?;
+            expect(
+                std::fs::read(disk.join("flushed"))? == b"data",
+                "the flushed write is gone",
+            )?;
+            expect(
+                std::fs::read(disk.join("unflushed"))?.is_empty(),
+                "the unflushed write survived the power cut",
+            )
+        },
+    )?;
     step("power on ox2 (cold boot)", || {
         lab.power_on("ox2")?;
         expect(

@@ -28,6 +28,8 @@ const CGROUP_DIR: &str = "tandem-lab";
 const KILL_TIMEOUT_MS: u64 = 10_000;
 /// Bound on waiting for `frozen 1` / `frozen 0`.
 const FREEZE_TIMEOUT_MS: u64 = 10_000;
+/// Bound on waiting for a `tandem lab diskd` to mount its disks and answer.
+const DISKD_START_TIMEOUT_MS: u64 = 10_000;
 
 const STATE_VERSION: u32 = 1;
 
@@ -49,6 +51,9 @@ struct State {
     /// Cables pulled with `set_link` (host, net): they stay out across power cycles.
     #[serde(default)]
     links_down: Vec<(String, String)>,
+    /// The `tandem lab diskd` daemon serving this lab's lossy disks, if one does.
+    #[serde(default)]
+    disk_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,6 +73,44 @@ pub struct Partition {
     pub net: String,
     /// Isolated hosts (empty: the whole network).
     pub hosts: Vec<String>,
+}
+
+/// How a lab is built, beyond its topology.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Who serves the hosts' lossy disks.
+    pub disk_server: DiskServer,
+}
+
+/// Who serves a lab's lossy disks (their FUSE file systems and control socket). It must
+/// outlive every power cycle of the hosts, so it runs outside them.
+#[derive(Debug, Clone, Default)]
+pub enum DiskServer {
+    /// Threads of the process that builds the lab (tests, `tandem demo`): they stop at
+    /// teardown, or die with the process (the kernel then fails every access at once:
+    /// nothing hangs, and `down` removes the dead mounts).
+    #[default]
+    InProcess,
+    /// A daemon started with this command line, which calls [`serve_disks`]: for labs
+    /// that outlive the command that built them (`tandem lab up` passes
+    /// `tandem lab diskd --name NAME`). Teardown stops it.
+    Daemon(Vec<std::ffi::OsString>),
+}
+
+/// Serves the lossy disks of lab `name` in this process until the lab is taken down
+/// (its state directory disappears): what `tandem lab diskd` runs.
+pub fn serve_disks(name: &str) -> Result<(), LabError> {
+    require_root()?;
+    check_lab_name(name)?;
+    let st = load_state(name)?;
+    crate::disk::start(name, &data_dir(name), &st.topology)?;
+    while state_dir(name).exists() {
+        sys::pause_ms(200);
+    }
+    for p in crate::disk::stop(name) {
+        eprintln!("tandem-lab: stopping the lossy disks of {name}: {p}");
+    }
+    Ok(())
 }
 
 /// A handle on one lab. Created by [`Lab::up`] (tears the lab down when dropped, unless
@@ -160,6 +203,8 @@ pub struct HostStatus {
     pub processes: usize,
     /// Its interfaces.
     pub interfaces: Vec<InterfaceStatus>,
+    /// Its lossy disk, if it has one.
+    pub disk: Option<crate::DiskStatus>,
 }
 
 /// One interface of a host.
@@ -394,6 +439,11 @@ impl Lab {
     /// The handle tears it down when dropped; on a failure half-way, what was built is
     /// removed before the error is returned.
     pub fn up(name: &str, topology: Topology) -> Result<Lab, LabError> {
+        Lab::up_with(name, topology, LabOptions::default())
+    }
+
+    /// As [`Lab::up`], with options (who serves the lossy disks).
+    pub fn up_with(name: &str, topology: Topology, options: LabOptions) -> Result<Lab, LabError> {
         require_root()?;
         check_lab_name(name)?;
         topology.validate()?;
@@ -432,6 +482,7 @@ impl Lab {
             switch_pid: None,
             owner: sys::proc_stat(std::process::id()).map(|(_, start)| (std::process::id(), start)),
             links_down: Vec::new(),
+            disk_pid: None,
         };
         // Record the lab before building anything, so `down` finds a half-built one.
         save_state(&state)?;
@@ -440,7 +491,7 @@ impl Lab {
             state,
             owned: true,
         };
-        if let Err(e) = lab.build() {
+        if let Err(e) = lab.build(&options) {
             let _ = lab.teardown();
             lab.owned = false;
             return Err(e);
@@ -521,6 +572,52 @@ impl Lab {
         Ok(data_dir(&self.name).join("hosts").join(host))
     }
 
+    /// The directory of the host's lossy disk (`/var/lib/tandem-lab/NAME/disks/HOST`):
+    /// the same path inside every host and outside. Files here forget their unflushed
+    /// writes when the host loses power (docs/lab.md, "Lossy disks").
+    pub fn host_disk_dir(&self, host: &str) -> Result<PathBuf, LabError> {
+        self.check_disk(host)?;
+        Ok(crate::disk::mount_dir(&data_dir(&self.name), host))
+    }
+
+    fn check_disk(&self, host: &str) -> Result<(), LabError> {
+        self.check_host(host)?;
+        match self.state.topology.host(host) {
+            Some(h) if h.lossy_disk => Ok(()),
+            _ => Err(LabError::NoDisk {
+                lab: self.name.clone(),
+                host: host.to_string(),
+            }),
+        }
+    }
+
+    /// Writes every unflushed write of the host's lossy disk down, as `sync` would on a
+    /// real machine (inside a lab host, `sync` does not reach the disk: docs/lab.md).
+    pub fn sync_disk(&self, host: &str) -> Result<crate::DiskFlush, LabError> {
+        self.check_disk(host)?;
+        let r = crate::disk::request(&self.name, &crate::disk::DiskRequest::Sync(host.into()))?;
+        crate::disk::parse_outcome(&r)
+    }
+
+    /// The state of the host's lossy disk (unflushed bytes and files, bound).
+    pub fn disk_status(&self, host: &str) -> Result<crate::DiskStatus, LabError> {
+        self.check_disk(host)?;
+        let r = crate::disk::request(&self.name, &crate::disk::DiskRequest::Status)?;
+        let m = crate::disk::parse_status(&r);
+        let [cached_bytes, dirty_files, bound_bytes, refused_writes] =
+            m.get(host).copied().ok_or_else(|| LabError::Disk {
+                detail: format!("the disk server does not report host {host:?}"),
+            })?;
+        Ok(crate::DiskStatus {
+            dir: self.host_disk_dir(host)?.display().to_string(),
+            served: true,
+            cached_bytes,
+            dirty_files,
+            bound_bytes,
+            refused_writes,
+        })
+    }
+
     /// The host's network namespace name (for `ip -n`).
     pub fn netns(&self, host: &str) -> Result<String, LabError> {
         self.check_host(host)?;
@@ -599,7 +696,7 @@ impl Lab {
 
     // ---------------------------------------------------------------- building
 
-    fn build(&mut self) -> Result<(), LabError> {
+    fn build(&mut self, options: &LabOptions) -> Result<(), LabError> {
         let sw = switch_netns(&self.name);
         sys::run("ip", &["netns", "add", &sw])?;
         let mut lines = vec!["link set lo up".to_string()];
@@ -618,6 +715,9 @@ impl Lab {
         fs::create_dir_all(&data).map_err(io_err(format!("create {}", data.display())))?;
         let lab_cg = cg_path(&lab_cgroup_rel(&self.name));
         fs::create_dir_all(&lab_cg).map_err(io_err(format!("create {}", lab_cg.display())))?;
+        // Before any host boots: a host's mount namespace is a copy of the machine's
+        // taken at boot, so the disks must be mounted by then.
+        self.start_disks(&options.disk_server)?;
         let hosts: Vec<String> = self
             .state
             .topology
@@ -634,6 +734,62 @@ impl Lab {
             save_state(&self.state)?;
         }
         Ok(())
+    }
+
+    fn start_disks(&mut self, server: &DiskServer) -> Result<(), LabError> {
+        if !self.state.topology.hosts.iter().any(|h| h.lossy_disk) {
+            return Ok(());
+        }
+        let argv = match server {
+            DiskServer::InProcess => {
+                return crate::disk::start(&self.name, &data_dir(&self.name), &self.state.topology);
+            }
+            DiskServer::Daemon(argv) => argv,
+        };
+        use std::os::unix::process::CommandExt;
+        let (prog, args) = argv.split_first().ok_or_else(|| LabError::Command {
+            cmd: String::new(),
+            detail: "empty disk daemon command".into(),
+        })?;
+        let log_path = state_dir(&self.name).join("diskd.log");
+        let log =
+            File::create(&log_path).map_err(io_err(format!("create {}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(io_err("dup the diskd log"))?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        let shown = format!("{cmd:?}");
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            cmd: shown.clone(),
+            detail: e.to_string(),
+        })?;
+        self.state.disk_pid = Some(child.id());
+        save_state(&self.state)?;
+        // Ready once it answers for every disk (it mounts them all before listening).
+        let child = Mutex::new(child);
+        sys::wait_until(
+            "the lossy disk daemon to answer",
+            DISKD_START_TIMEOUT_MS,
+            || {
+                if crate::disk::request(&self.name, &crate::disk::DiskRequest::Status).is_ok() {
+                    return Ok(true);
+                }
+                let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
+                match c.try_wait() {
+                    Ok(Some(status)) => Err(LabError::Command {
+                        cmd: shown.clone(),
+                        detail: format!(
+                            "{status}: {}",
+                            fs::read_to_string(&log_path).unwrap_or_default().trim()
+                        ),
+                    }),
+                    _ => Ok(false),
+                }
+            },
+        )
     }
 
     /// Creates the host's network namespace, veth pairs, addresses (a fresh one each
@@ -941,8 +1097,20 @@ impl Lab {
     /// (`cgroup.kill`), and this returns only when all of them are gone *and reaped*
     /// (a zombie still answers `kill -0`, and daemons trust pid files that point at one),
     /// then takes its switch ports down. Mounts made inside the host vanish with its
-    /// mount namespace. Idempotent.
+    /// mount namespace. Its lossy disk, if it has one, drops every write not flushed
+    /// yet. Idempotent.
     pub fn power_off(&mut self, host: &str) -> Result<(), LabError> {
+        self.power_off_with(host, true)
+    }
+
+    /// As [`Lab::power_off`], but the lossy disk keeps the host's unflushed writes (they
+    /// are written down, as by a battery-backed cache): today's behaviour of a lab
+    /// without lossy disks, for tests that do not need the power cut to be faithful.
+    pub fn power_off_keep_cache(&mut self, host: &str) -> Result<(), LabError> {
+        self.power_off_with(host, false)
+    }
+
+    fn power_off_with(&mut self, host: &str, drop_cache: bool) -> Result<(), LabError> {
         let _g = self.refresh()?;
         self.check_host(host)?;
         let hs = self.host_state(host)?;
@@ -960,7 +1128,18 @@ impl Lab {
         hs.powered = false;
         hs.init_pid = None;
         hs.keeper_pid = None;
-        save_state(&self.state)
+        save_state(&self.state)?;
+        // After every process is reaped: a killed writer waits for the reply to a write
+        // it had sent, so nothing of the host is in flight any more.
+        if self.check_disk(host).is_ok() {
+            let req = if drop_cache {
+                crate::disk::DiskRequest::Drop(host.to_string())
+            } else {
+                crate::disk::DiskRequest::Sync(host.to_string())
+            };
+            crate::disk::request(&self.name, &req)?;
+        }
+        Ok(())
     }
 
     fn kill_and_reap(
@@ -1213,9 +1392,32 @@ impl Lab {
                         .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")))
             })
         };
+        // One question to the disk server for every host (none if no host has a disk).
+        let disks = if st.topology.hosts.iter().any(|h| h.lossy_disk) {
+            crate::disk::request(&self.name, &crate::disk::DiskRequest::Status)
+                .ok()
+                .map(|r| crate::disk::parse_status(&r))
+        } else {
+            None
+        };
         let mut hosts = Vec::new();
         for h in &st.topology.hosts {
             let hs = st.hosts.get(&h.name).cloned().unwrap_or_default();
+            let disk = h.lossy_disk.then(|| {
+                let counts = disks.as_ref().and_then(|m| m.get(&h.name)).copied();
+                let [cached_bytes, dirty_files, bound_bytes, refused_writes] =
+                    counts.unwrap_or([0, 0, h.disk_cache_mib << 20, 0]);
+                crate::DiskStatus {
+                    dir: crate::disk::mount_dir(&data_dir(&self.name), &h.name)
+                        .display()
+                        .to_string(),
+                    served: counts.is_some(),
+                    cached_bytes,
+                    dirty_files,
+                    bound_bytes,
+                    refused_writes,
+                }
+            });
             let cg = cg_path(&host_cgroup_rel(&self.name, &h.name));
             let interfaces = st
                 .topology
@@ -1241,6 +1443,7 @@ impl Lab {
                 init_pid: hs.init_pid.filter(|_| hs.powered),
                 processes: sys::cg_procs(&cg).len(),
                 interfaces,
+                disk,
             });
         }
         let nets = st
@@ -1406,6 +1609,27 @@ fn lab_netns(name: &str) -> impl Iterator<Item = String> {
         .filter(move |n| n.starts_with(&prefix))
 }
 
+/// Stops a daemon of the lab (checked by its command line, so a reused PID is left
+/// alone) and waits a moment for it to exit.
+fn stop_daemon(pid: u32, verb: &str, rep: &mut TeardownReport) {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(verb) {
+        return;
+    }
+    sys::kill(pid, libc::SIGTERM);
+    let gone = sys::wait_until(
+        &format!("tandem lab {verb} (pid {pid}) to exit"),
+        3_000,
+        || {
+            sys::try_reap(pid);
+            Ok(!matches!(sys::proc_stat(pid), Some((info, _)) if info.state != 'Z'))
+        },
+    );
+    if let Err(e) = gone {
+        rep.problems.push(e.to_string());
+    }
+}
+
 fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError> {
     let mut rep = TeardownReport {
         name: name.to_string(),
@@ -1459,9 +1683,24 @@ fn teardown_lab(name: &str, reap: &dyn Fn()) -> Result<TeardownReport, LabError>
         }
     }
     reap();
+    // 1b. Lossy disks, once no host process uses them: those this process serves stop
+    //     cleanly; a disk daemon is stopped; whatever FUSE connection is still up under
+    //     the lab's dirs (a server that is stuck, or serves from a live process that
+    //     does not own the lab any more) is aborted, so no access can hang on it.
+    rep.problems.extend(crate::disk::stop(name));
+    let dirs = [state_dir(name), data_dir(name)];
+    if let Some(pid) = load_state(name).ok().and_then(|s| s.disk_pid) {
+        stop_daemon(pid, "diskd", &mut rep);
+    }
+    let conns: Vec<u32> = sys::fuse_mounts_under(&dirs)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    if let Err(e) = sys::fuse_abort(&conns) {
+        rep.problems.push(e.to_string());
+    }
     // 2. Mounts in the machine's namespace that belong to the lab: anything mounted
     //    under its directories, or from a loop device backed by a file there.
-    let dirs = [state_dir(name), data_dir(name)];
     let loops = sys::loop_devices_under(&dirs);
     let mut targets: Vec<PathBuf> = sys::machine_mounts()
         .into_iter()

@@ -21,20 +21,25 @@
 //! ([`Lab::spawn`], [`Lab::output`], [`Lab::run`]), and plays the power switch and the
 //! network operator: [`Lab::power_off`] (every process killed *and reaped*, links down,
 //! mounts gone), [`Lab::power_on`] (a cold boot), [`Lab::freeze`] / [`Lab::thaw`],
-//! [`Lab::partition`] / [`Lab::heal`]. State lives in `/run/tandem-lab/NAME/state.json`
+//! [`Lab::partition`] / [`Lab::heal`]. Hosts may have a *lossy disk*
+//! ([`Lab::host_disk_dir`]): a FUSE layer that keeps every write in its own cache until
+//! `fsync`, and drops what is unflushed when the host loses power. State lives in `/run/tandem-lab/NAME/state.json`
 //! so separate `tandem lab` invocations share one lab, and [`down_all`] removes what a
 //! killed run left behind.
 #![warn(missing_docs)]
 
+mod disk;
 mod lab;
 mod reaper;
 mod switch;
 mod sys;
 pub mod topology;
 
+pub use disk::{DiskFlush, DiskStatus};
 pub use lab::{
-    DATA_ROOT, HostProcess, HostStatus, InterfaceStatus, Lab, LabStatus, Neighbor, NetStatus,
-    Partition, STATE_ROOT, TeardownReport, down, down_all, lab_owner, list_labs, require_root,
+    DATA_ROOT, DiskServer, HostProcess, HostStatus, InterfaceStatus, Lab, LabOptions, LabStatus,
+    Neighbor, NetStatus, Partition, STATE_ROOT, TeardownReport, down, down_all, lab_owner,
+    list_labs, require_root, serve_disks,
 };
 pub use switch::{PowerSwitch, SwitchRequest, switch_request, switch_socket};
 pub use topology::{Attachment, HostSpec, NetSpec, Topology};
@@ -115,6 +120,20 @@ pub enum LabError {
         /// The file.
         path: String,
         /// What is wrong.
+        detail: String,
+    },
+    /// The host has no lossy disk (see `lossy_disk` in the topology).
+    #[error("lab {lab:?}: host {host:?} has no lossy disk (set lossy_disk = true for it)")]
+    NoDisk {
+        /// Lab name.
+        lab: String,
+        /// Host asked for.
+        host: String,
+    },
+    /// A lossy disk could not do what was asked (its server is gone, a flush failed).
+    #[error("{detail}")]
+    Disk {
+        /// What failed, and where.
         detail: String,
     },
     /// Power-off killed every process but some were not reaped by their parents.

@@ -701,6 +701,92 @@ pub fn umount_lazy(target: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Mounts a FUSE file system served through the `/dev/fuse` descriptor named in
+/// `options` (`fd=N,…`) on `target`, in this process's mount namespace.
+pub fn mount_fuse(target: &Path, source: &str, options: &str) -> Result<(), LabError> {
+    let t = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| LabError::Topology(format!("bad mount point {}", target.display())))?;
+    let src = cstr(source)?;
+    let fstype = cstr(&format!("fuse.{source}"))?;
+    let data = cstr(options)?;
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            t.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io_err(format!("mount FUSE on {}", target.display()))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// FUSE mounts of the machine's namespace at or below one of `dirs`, with their
+/// connection numbers (the minor device number: `/sys/fs/fuse/connections/N`).
+pub fn fuse_mounts_under(dirs: &[PathBuf]) -> Vec<(PathBuf, u32)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(dev), Some(target), Some(fstype)) =
+            (fields.get(2), fields.get(4), fields.get(sep + 1))
+        else {
+            continue;
+        };
+        if !(*fstype == "fuse" || fstype.starts_with("fuse.")) {
+            continue;
+        }
+        let target = PathBuf::from(unescape(target));
+        let minor = dev.split_once(':').and_then(|(_, m)| m.parse().ok());
+        if let (Some(minor), true) = (minor, dirs.iter().any(|d| target.starts_with(d))) {
+            out.push((target, minor));
+        }
+    }
+    out
+}
+
+/// Aborts FUSE connections: every request fails at once and the server's reads end,
+/// so no process can hang on a mount whose server is stuck or gone. Through the
+/// `fusectl` file system, mounted for the purpose in a private mount namespace of a
+/// helper (`unshare`) when the machine has it unmounted, so nothing is left behind.
+pub fn fuse_abort(conns: &[u32]) -> Result<(), LabError> {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if conns.is_empty() {
+        return Ok(());
+    }
+    if ctl.join(conns[0].to_string()).exists() {
+        for c in conns {
+            // A connection that ended meanwhile has no directory: nothing to abort.
+            let _ = fs::write(ctl.join(c.to_string()).join("abort"), "1");
+        }
+        return Ok(());
+    }
+    let script = "mount -t fusectl fusectl /sys/fs/fuse/connections || exit 1; \
+                  for c in \"$@\"; do [ -e /sys/fs/fuse/connections/$c/abort ] && \
+                  echo 1 > /sys/fs/fuse/connections/$c/abort; done; exit 0";
+    let ids: Vec<String> = conns.iter().map(u32::to_string).collect();
+    let mut args = vec![
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ];
+    args.extend(ids.iter().map(String::as_str));
+    run("unshare", &args).map(|_| ())
+}
+
 /// The effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.

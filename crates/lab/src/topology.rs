@@ -20,6 +20,12 @@ pub const NAME_LEN_MAX: usize = 7;
 /// host finds *that host's* agent at the default paths.
 pub const DEFAULT_PRIVATE_DIRS: &[&str] = &["/run/tandem", "/var/lib/tandem", "/etc/tandem"];
 
+/// Default bound on a lossy disk's unflushed data: far above what a test writes between
+/// two flushes (64-128 MiB disks), far below the machine's memory.
+pub const DEFAULT_DISK_CACHE_MIB: u64 = 1024;
+/// Largest bound accepted (the cache lives in the serving process's memory).
+pub const DISK_CACHE_MIB_MAX: u64 = 16 * 1024;
+
 /// One lab host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,10 +38,39 @@ pub struct HostSpec {
     /// machine); others persist across power cycles (they live in the lab's data dir).
     #[serde(default = "default_private_dirs")]
     pub private_dirs: Vec<String>,
+    /// Gives the host a *lossy disk* (docs/lab.md): a directory, `Lab::host_disk_dir`,
+    /// whose files forget every write not flushed by `fsync` when the host loses power.
+    #[serde(default)]
+    pub lossy_disk: bool,
+    /// Bound on the lossy disk's unflushed data in MiB; a write past it fails (ENOSPC).
+    #[serde(default = "default_disk_cache_mib")]
+    pub disk_cache_mib: u64,
+}
+
+impl HostSpec {
+    /// A host with the default private directories and no lossy disk.
+    pub fn new(name: &str) -> HostSpec {
+        HostSpec {
+            name: name.to_string(),
+            private_dirs: default_private_dirs(),
+            lossy_disk: false,
+            disk_cache_mib: DEFAULT_DISK_CACHE_MIB,
+        }
+    }
+
+    /// The same host with a lossy disk.
+    pub fn with_lossy_disk(mut self) -> HostSpec {
+        self.lossy_disk = true;
+        self
+    }
 }
 
 fn default_private_dirs() -> Vec<String> {
     DEFAULT_PRIVATE_DIRS.iter().map(|s| s.to_string()).collect()
+}
+
+fn default_disk_cache_mib() -> u64 {
+    DEFAULT_DISK_CACHE_MIB
 }
 
 /// One network: a bridge in the switch namespace, and an address per attached host.
@@ -80,12 +115,9 @@ impl Topology {
     /// The whitepaper's cluster: `ox1` and `ox2` on `lan` (192.168.1.0/24, their `eth0`)
     /// with a `client`, and a dedicated heartbeat/replication network `hb`
     /// (192.168.180.0/24, their `eth1`) with ox1 at .20 and ox2 at .10 as in the
-    /// whitepaper's drbd.conf and ha.cf.
+    /// whitepaper's drbd.conf and ha.cf. The two nodes have lossy disks, for data that
+    /// must survive a power cut only if flushed (backing files, service data).
     pub fn whitepaper() -> Topology {
-        let host = |n: &str| HostSpec {
-            name: n.to_string(),
-            private_dirs: default_private_dirs(),
-        };
         let lan = NetSpec {
             name: "lan".into(),
             subnet: "192.168.1.0/24".into(),
@@ -104,7 +136,11 @@ impl Topology {
             ]),
         };
         Topology {
-            hosts: vec![host("ox1"), host("ox2"), host("client")],
+            hosts: vec![
+                HostSpec::new("ox1").with_lossy_disk(),
+                HostSpec::new("ox2").with_lossy_disk(),
+                HostSpec::new("client"),
+            ],
             nets: vec![lan, hb],
         }
     }
@@ -113,13 +149,7 @@ impl Topology {
     /// `10.(i+1).0.0/24` unless given as `NAME=CIDR`, and host `j` gets `.(10+j)`.
     /// A network may list its hosts: `NAME[=CIDR][:HOST+HOST…]`.
     pub fn from_flags(hosts: &[String], nets: &[String]) -> Result<Topology, LabError> {
-        let host_specs: Vec<HostSpec> = hosts
-            .iter()
-            .map(|h| HostSpec {
-                name: h.trim().to_string(),
-                private_dirs: default_private_dirs(),
-            })
-            .collect();
+        let host_specs: Vec<HostSpec> = hosts.iter().map(|h| HostSpec::new(h.trim())).collect();
         let mut net_specs = Vec::new();
         for (i, spec) in nets.iter().enumerate() {
             let (head, members) = match spec.split_once(':') {
@@ -194,6 +224,12 @@ impl Topology {
                         h.name
                     ));
                 }
+            }
+            if !(1..=DISK_CACHE_MIB_MAX).contains(&h.disk_cache_mib) {
+                return err(format!(
+                    "host {:?}: disk_cache_mib {} must be between 1 and {DISK_CACHE_MIB_MAX}",
+                    h.name, h.disk_cache_mib
+                ));
             }
         }
         let mut net_names = std::collections::BTreeSet::new();

@@ -8,23 +8,14 @@ use std::time::Duration;
 
 use tandem_lab::{HostSpec, Lab, NetSpec, Topology};
 
-/// Root-gated tests: under CI they must run, elsewhere they say why they skip.
-fn root() -> bool {
-    if tandem_lab::require_root().is_ok() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("these lab tests need root, and CI=true: run them as root");
-    }
-    eprintln!("skipping: the lab needs root (namespaces, cgroups, mounts)");
-    false
-}
+mod common;
+use common::root;
 
 /// Two hosts on two networks; `private_dirs` empty keeps the machine's tree untouched.
 fn two_hosts() -> Topology {
     let host = |n: &str| HostSpec {
-        name: n.into(),
         private_dirs: vec![],
+        ..HostSpec::new(n)
     };
     let net = |name: &str, third: u8| NetSpec {
         name: name.into(),
