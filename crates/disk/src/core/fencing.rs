@@ -165,6 +165,18 @@ impl Core {
     /// happened (an announcement is then owed).
     pub(super) fn leave_outdated(&mut self) -> bool {
         let peer_up_to_date = self.peer.is_some_and(|p| p.disk == DiskState::UpToDate);
+        if !self.transfer_log.is_empty() {
+            // Writes the peer has not confirmed flushing (its cache may still lose them):
+            // this copy is not stale but the one that holds them for sure. They are
+            // recorded as blocks the peer may lack, and this copy is not outdated.
+            let tl: Vec<(u64, u64)> = self.transfer_log.iter().map(|t| (t.1, t.2)).collect();
+            for (offset, len) in tl {
+                let (first, n) = bitmap::blocks_touched(offset, len);
+                self.set_bits(first, n);
+            }
+            self.persist_all_dirty_bitmap();
+            return false;
+        }
         if self.role != Role::Secondary
             || !self.conn.link_up()
             || !peer_up_to_date

@@ -153,6 +153,11 @@ pub struct HandshakeSide {
     pub crashed_primary: bool,
     /// Its data is not consistent (create-md, interrupted sync target, invalidate).
     pub inconsistent: bool,
+    /// Its data is known older than the peer's (outdated by disk fencing, or it left on
+    /// purpose).
+    pub outdated: bool,
+    /// It knows its peer's copy is outdated (it recorded so before writing alone).
+    pub knows_peer_outdated: bool,
     /// Its node id, only for a deterministic tie-break.
     pub node_id: u64,
 }
@@ -214,8 +219,14 @@ pub fn decide(
             (true, true) => return NoSync,
             (false, false) => {}
         }
+        // A survivor the crashed primary knew to be outdated may have missed what the
+        // primary then wrote alone: the crashed side's copy wins, whatever the protocol.
+        // (A survivor that marked itself outdated unheard — the primary already dead —
+        // still holds every acknowledged write: the usual rule stands.)
         let dir = match (local.crashed_primary, peer.crashed_primary) {
             (false, false) => return NoSync,
+            (true, false) if peer.outdated && local.knows_peer_outdated => Source,
+            (false, true) if local.outdated && peer.knows_peer_outdated => Target,
             (true, false) => match rule {
                 CrashedPrimaryRule::CrashedIsSource => Source,
                 CrashedPrimaryRule::SurvivorIsSource => Target,
@@ -294,6 +305,8 @@ mod tests {
             },
             crashed_primary: false,
             inconsistent: false,
+            outdated: false,
+            knows_peer_outdated: false,
             node_id: 1,
         }
     }
@@ -497,7 +510,7 @@ mod tests {
         for c in [JUST_CREATED, 10, 11, 12] {
             for b in vals {
                 for h0 in vals {
-                    for flags in 0..4u8 {
+                    for flags in 0..8u8 {
                         sides.push(HandshakeSide {
                             generations: Generations {
                                 current: c,
@@ -506,6 +519,8 @@ mod tests {
                             },
                             crashed_primary: flags & 1 != 0,
                             inconsistent: flags & 2 != 0,
+                            outdated: flags & 4 != 0,
+                            knows_peer_outdated: flags & 4 != 0,
                             node_id: u64::from(flags) + c,
                         });
                     }

@@ -72,12 +72,16 @@ impl Core {
             generations: self.gens,
             crashed_primary: self.flags.crashed_primary,
             inconsistent: self.disk == DiskState::Inconsistent,
+            outdated: self.disk == DiskState::Outdated,
+            knows_peer_outdated: self.flags.peer_outdated,
             node_id: self.node_id,
         };
         let peer_side = HandshakeSide {
             generations: peer_gens,
             crashed_primary: s.flags & state_flags::CRASHED_PRIMARY != 0,
             inconsistent: disk == DiskState::Inconsistent,
+            outdated: disk == DiskState::Outdated,
+            knows_peer_outdated: s.flags & state_flags::PEER_OUTDATED != 0,
             node_id: s.node_id,
         };
         let mut decision = decide(&local, &peer_side, rule);
@@ -86,28 +90,39 @@ impl Core {
         // interrupted invalidate, or a side that wrote alone after a source-side
         // resync's end was lost in a crash): resync them. The source is, in order: the
         // primary; a side that is not outdated over one that is; a side that records
-        // changes of its own (a bitmap generation) over one that does not; the higher
-        // node id. An outdated copy never overwrites a newer one this way.
+        // changes of its own (a bitmap generation) over one that does not; a side with
+        // dirty bits over one without; the higher node id. An outdated copy never
+        // overwrites a newer one this way.
         if decision == SyncDecision::NoSync
             && self.gens.current == peer_gens.current
             && (self.bitmap.count() > 0 || s.bitmap_bits > 0)
             && self.disk != DiskState::Inconsistent
             && disk != DiskState::Inconsistent
         {
-            let rank = |primary: bool, disk: DiskState, bitmap_gen: u64, node_id: u64| {
+            // Bits mark blocks the side's peer may lack (its transfer log at a link loss):
+            // a side with bits over one without.
+            let rank = |primary: bool, disk: DiskState, bitmap_gen: u64, bits: u64, id: u64| {
                 (
                     primary,
                     disk != DiskState::Outdated,
                     bitmap_gen != 0,
-                    node_id,
+                    bits > 0,
+                    id,
                 )
             };
             let source = rank(
                 self.role == Role::Primary,
                 self.disk,
                 self.gens.bitmap,
+                self.bitmap.count(),
                 self.node_id,
-            ) > rank(role == Role::Primary, disk, peer_gens.bitmap, s.node_id);
+            ) > rank(
+                role == Role::Primary,
+                disk,
+                peer_gens.bitmap,
+                s.bitmap_bits,
+                s.node_id,
+            );
             decision = SyncDecision::BitmapSync(if source {
                 Direction::Source
             } else {

@@ -662,6 +662,11 @@ impl Core {
         self.flags.was_primary = false;
         // Nothing is in flight (checked above), so nothing waits for the peer's fate.
         self.suspended_since_ms = None;
+        // The last writes wait in the transfer log for the peer's flush: ask for it now,
+        // so a clean stop that follows finds them confirmed (see `leave`).
+        if self.conn.replicating() && self.epoch_writes > 0 {
+            self.close_epoch();
+        }
         self.persist_all_dirty_bitmap();
         self.persist_superblock();
         if self.conn.link_up() {

@@ -932,6 +932,15 @@ impl Cluster {
             Command::Disks(order) => self.disk_order(i, order),
             Command::Exit => {
                 self.note(format!("{} stopped cleanly", self.nodes[i].name));
+                // The agent exits once its disks' metadata is durable (a demote answers
+                // only then): let the core finish its queued metadata writes.
+                for _ in 0..1000 {
+                    if self.nodes[i].ios.is_empty() {
+                        break;
+                    }
+                    self.complete_ios_all(i);
+                    self.drain_disk(i);
+                }
                 let mut rng = self.rng.clone();
                 self.nodes[i].stop_cleanly(&mut rng);
                 self.rng = rng;
