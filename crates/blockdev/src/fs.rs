@@ -178,6 +178,23 @@ pub fn mark_io_flusher() {
     });
 }
 
+/// Memory alignment that lets a device write the bytes with `O_DIRECT` as they are.
+const DIRECT_ALIGN_BYTES: usize = 4096;
+
+/// The one copy on the way (fuser reuses its request buffer once `write` returns), made
+/// into page-aligned memory: a device that writes with `O_DIRECT` (the replicated
+/// disk's large writes) would otherwise copy the bytes once more to align them.
+fn aligned_copy(data: &[u8]) -> bytes::Bytes {
+    if data.len() < DIRECT_ALIGN_BYTES {
+        return bytes::Bytes::copy_from_slice(data);
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(data.len() + DIRECT_ALIGN_BYTES - 1);
+    let skip = buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+    buf.resize(skip, 0);
+    buf.extend_from_slice(data);
+    bytes::Bytes::from(buf).slice(skip..)
+}
+
 /// The errno a FUSE reply carries for a device error.
 fn errno(e: &DeviceError) -> Errno {
     Errno::from_i32(match e {
@@ -323,13 +340,11 @@ impl Filesystem for DeviceFs {
             reply.error(Errno::from_i32(libc::EFBIG));
             return;
         }
-        // The one copy on the way: fuser reuses its request buffer once this returns,
-        // and the device takes ownership of what it writes.
-        let data = data.to_vec();
+        let data = aligned_copy(data);
         let device = self.device.clone();
         let stats = self.stats.clone();
         self.runtime.spawn(async move {
-            let (_, r) = device.write(offset, data, false).await;
+            let r = device.write_shared(offset, data, false).await;
             match r {
                 Ok(()) => {
                     Stats::add(&stats.writes, 1);
@@ -470,5 +485,22 @@ impl DeviceFs {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_writes_are_copied_into_page_aligned_memory() {
+        let data: Vec<u8> = (0..(1 << 20) + 7).map(|i| i as u8).collect();
+        for len in [1, 4095, 4096, 65536, data.len()] {
+            let b = aligned_copy(&data[..len]);
+            assert_eq!(&b[..], &data[..len]);
+            if len >= DIRECT_ALIGN_BYTES {
+                assert_eq!(b.as_ptr().align_offset(DIRECT_ALIGN_BYTES), 0, "{len}");
+            }
+        }
     }
 }
