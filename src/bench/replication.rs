@@ -53,8 +53,8 @@ const TARGETS: [&str; 7] = [
     "tandem-A",
     "tandem-local",
     "nbdkit",
-    "loop-file",
     "tandem-dev",
+    "loop-file",
 ];
 
 /// The tandem targets: (target, disk, protocol, replication port).
@@ -368,6 +368,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut samples: Vec<Vec<BenchRow>> = vec![Vec::new(); targets.len()];
         for _ in 0..args.rounds.max(1) {
             for (i, t) in targets.iter().enumerate() {
+                // Every target writes to the same disk of this machine: what one job
+                // left in its write-back (a loop device at 2 GB/s leaves a lot) must
+                // not be paid for by the next.
+                let _ = Command::new("sync").status();
                 let (uri, pid) = target_uri(t)?;
                 let row = if matches!(*t, "loop-file" | "tandem-dev") {
                     run_fio_job_on_device(t, Path::new(&uri), job, fio_bytes, args.runtime_s, &pid)?
