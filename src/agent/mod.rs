@@ -117,6 +117,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .control_socket
         .unwrap_or_else(|| config.cluster.control_socket.clone());
     let listener = control::bind(&socket_path)?;
+    // Before anything else (and after the control socket proved no other agent runs
+    // here): what a killed agent left of its disks' local devices.
+    crate::disks::clean_stale(&config, &local);
 
     let own_addresses = links::local_addresses()?;
     let mut link_specs = Vec::new();

@@ -8,6 +8,12 @@
 //! `/proc/INIT/root`). As baselines, `qemu-nbd` and `nbdkit file` serve plain files in
 //! the same directory. Jobs and the table come from `tandem_nbd::bench`; every cell is
 //! the median of the rounds, and ratios are against qemu-nbd in the same run.
+//!
+//! The local device: `tandem-dev` is fio (`libaio`, `O_DIRECT`) on ox1's
+//! `/dev/tandem/r0` — the same protocol C disk as `tandem-C`, through FUSE and a loop
+//! device instead of NBD — and `loop-file` its baseline, fio on a direct-I/O loop device
+//! over a plain preallocated file in the same directory. A second table gives their
+//! ratios against `loop-file`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +22,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tandem_lab::{HostProcess, Lab, Topology};
-use tandem_nbd::bench::{BenchRow, FioJob, format_table, run_fio_job, standard_jobs};
+use tandem_nbd::bench::{
+    BenchRow, FioJob, format_table, run_fio_job, run_fio_job_on_device, standard_jobs,
+};
 
 /// `tandem bench replication` arguments.
 #[derive(Debug, clap::Args)]
@@ -33,12 +41,21 @@ pub struct Args {
     /// Only jobs whose name contains this.
     #[arg(long)]
     pub jobs: Option<String>,
-    /// Comma-separated subset of: tandem-C, tandem-A, tandem-local, qemu-nbd, nbdkit.
+    /// Comma-separated subset of: tandem-C, tandem-A, tandem-local, qemu-nbd, nbdkit,
+    /// loop-file, tandem-dev.
     #[arg(long)]
     pub targets: Option<String>,
 }
 
-const TARGETS: [&str; 5] = ["qemu-nbd", "tandem-C", "tandem-A", "tandem-local", "nbdkit"];
+const TARGETS: [&str; 7] = [
+    "qemu-nbd",
+    "tandem-C",
+    "tandem-A",
+    "tandem-local",
+    "nbdkit",
+    "tandem-dev",
+    "loop-file",
+];
 
 /// The tandem targets: (target, disk, protocol, replication port).
 const DISKS: [(&str, &str, &str, u16); 3] = [
@@ -93,6 +110,36 @@ address = "192.168.180.10:{port}"
         ));
     }
     s
+}
+
+/// A loop device over a plain file (the local device's baseline), detached when
+/// dropped.
+struct LoopGuard(String);
+
+impl LoopGuard {
+    fn attach(file: &Path) -> anyhow::Result<LoopGuard> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(file)
+            .output()
+            .context("run losetup")?;
+        if !out.status.success() {
+            bail!(
+                "losetup {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(LoopGuard(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
 }
 
 /// A child killed (by its own PID) when dropped.
@@ -218,7 +265,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bench.tandem(node, &["disk", "create-md", disk, "--node", node])?;
         }
     }
-    for n in ["qemu-nbd", "nbdkit"] {
+    for n in ["qemu-nbd", "nbdkit", "loop-file"] {
         preallocate(&dir.join(format!("{n}.img")), size)?;
     }
     for node in ["ox1", "ox2"] {
@@ -274,6 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(ChildGuard)
             .with_context(|| format!("start {tool}"))
     };
+    let loop_file = LoopGuard::attach(&dir.join("loop-file.img"))?;
     let qemu = spawn("qemu-nbd", &tandem_nbd::bench::qemu_nbd_args(&qf, &qs))?;
     let nbdkit = spawn("nbdkit", &tandem_nbd::bench::nbdkit_args(&kf, &ks))?;
     for s in [&qs, &ks] {
@@ -285,8 +333,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // every write), on ox1 alone for the local-only one.
     let agent_pids: Vec<u32> = bench.agents.iter().map(|a| a.pid()).collect();
     let primary_pid: Vec<u32> = agent_pids.first().copied().into_iter().collect();
+    // The published device of r0 on ox1, as the machine reaches it.
+    let tandem_dev = bench.lab.host_path("ox1", "/dev/tandem/r0")?;
     let target_uri = |t: &str| -> anyhow::Result<(String, Vec<u32>)> {
         Ok(match t {
+            // Block devices: the "URI" is the device path.
+            "loop-file" => (loop_file.0.clone(), Vec::new()),
+            "tandem-dev" => (tandem_dev.display().to_string(), agent_pids.clone()),
             "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), vec![qemu.0.id()]),
             "nbdkit" => (format!("nbd+unix:///?socket={ks}"), vec![nbdkit.0.id()]),
             _ => {
@@ -315,8 +368,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut samples: Vec<Vec<BenchRow>> = vec![Vec::new(); targets.len()];
         for _ in 0..args.rounds.max(1) {
             for (i, t) in targets.iter().enumerate() {
+                // Every target writes to the same disk of this machine: what one job
+                // left in its write-back (a loop device at 2 GB/s leaves a lot) must
+                // not be paid for by the next.
+                let _ = Command::new("sync").status();
                 let (uri, pid) = target_uri(t)?;
-                let row = run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, &pid)?;
+                let row = if matches!(*t, "loop-file" | "tandem-dev") {
+                    run_fio_job_on_device(t, Path::new(&uri), job, fio_bytes, args.runtime_s, &pid)?
+                } else {
+                    run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, &pid)?
+                };
                 eprintln!(
                     "{:<20} {:<13} {:>9.1} MiB/s {:>9.0} IOPS",
                     job.name,
@@ -356,9 +417,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     print!("{}", format_table(&rows, "qemu-nbd"));
     println!();
+    if targets.contains(&"loop-file") && targets.contains(&"tandem-dev") {
+        let local: Vec<BenchRow> = rows
+            .iter()
+            .filter(|r| matches!(r.target.as_str(), "loop-file" | "tandem-dev" | "tandem-C"))
+            .cloned()
+            .collect();
+        println!(
+            "The local device (/dev/tandem/r0 on ox1, protocol C) against a loop device over a plain file:"
+        );
+        println!();
+        print!("{}", format_table(&local, "loop-file"));
+        println!();
+    }
     print!("{link}");
     println!(
-        "server CPU/op: for tandem-C and tandem-A both nodes' agents (primary and replica), for tandem-local ox1's agent"
+        "server CPU/op: for tandem-C, tandem-A and tandem-dev both nodes' agents (primary and replica; FUSE included), for tandem-local ox1's agent; none for loop-file (kernel threads)"
     );
     for a in &bench.agents {
         let _ = a.kill();

@@ -116,12 +116,12 @@ impl ReplicatedDevice {
         Ok(())
     }
 
-    async fn write_any(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+    async fn write_any(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), DeviceError> {
         let len = data.len() as u64;
         if aligned(offset, len) {
             // Shared lock: taken at once unless a read-modify-write runs.
             let _guard = self.rmw.read().await;
-            return self.write_aligned(offset, Bytes::from(data), fua).await;
+            return self.write_aligned(offset, data, fua).await;
         }
         let _guard = self.rmw.write().await;
         let (start, wide) = widen(offset, len);
@@ -215,7 +215,25 @@ impl BlockDevice for ReplicatedDevice {
                 return (data, Ok(()));
             }
             // The data goes to the link and the local disk: no buffer comes back.
-            (Vec::new(), self.write_any(offset, data, fua).await)
+            (
+                Vec::new(),
+                self.write_any(offset, Bytes::from(data), fua).await,
+            )
+        })
+    }
+
+    fn write_shared(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        // Kept as they are: memory the caller aligned goes to `O_DIRECT` uncopied.
+        Box::pin(async move {
+            if data.is_empty() {
+                return Ok(());
+            }
+            self.write_any(offset, data, fua).await
         })
     }
 
@@ -263,7 +281,9 @@ impl BlockDevice for ReplicatedDevice {
             let (start, wide) = widen(offset, length);
             if start != offset || wide != length {
                 // Edges not sector-aligned: the general path (read-modify-write).
-                return self.write_any(offset, vec![0; length as usize], fua).await;
+                return self
+                    .write_any(offset, Bytes::from(vec![0; length as usize]), fua)
+                    .await;
             }
             let _guard = self.rmw.read().await;
             // At most 32 pieces (32 MiB) in flight at once, so a huge range cannot

@@ -119,6 +119,13 @@ struct Running {
     /// The startup wait in ms (0 = forever).
     wait_ms: u64,
     started: Instant,
+    /// What the local device serves (the same device as the NBD export).
+    device: Arc<ReplicatedDevice>,
+    /// Where the local device is published while this node is primary.
+    local_paths: tandem_blockdev::Paths,
+    /// The local device (`/dev/tandem/NAME`), present exactly while primary. Held
+    /// across publish and unpublish, so two requests never race on it.
+    local: Mutex<Option<tandem_blockdev::LocalDevice>>,
 }
 
 impl Running {
@@ -226,6 +233,9 @@ pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
                 .max(1),
         )
         .thread_name("disk")
+        // These threads write what a file system on the local device flushes; their
+        // own allocations must not wait for that writeback (see `mark_io_flusher`).
+        .on_thread_start(tandem_blockdev::mark_io_flusher)
         .enable_all()
         .build()
         .context("start the disk service's runtime")?;
@@ -334,6 +344,13 @@ pub fn stop(managed: &[String]) {
             .runtime
             .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.status()).await });
         if !matches!(role, Ok(Ok(ref s)) if s.role == Role::Primary) {
+            continue;
+        }
+        if let Err(err) = service.unpublish_local(&name, &r) {
+            // Demoting would not save it either: the exit takes the FUSE daemon, and
+            // with it the device, away. Left primary, the next start resyncs the
+            // activity log as after a crash.
+            tracing::error!(disk = %name, "stopping: {err:#}; left primary, and whatever uses the device loses it when the agent exits");
             continue;
         }
         match service.demote_durably(&r, DEMOTE_TRIES) {
@@ -651,6 +668,15 @@ impl Service {
                     }
                 }
                 r.primary.store(true, Ordering::Relaxed);
+                if let Err(err) = self.publish_local(name, &r) {
+                    // The local device exists exactly while this node is primary: a
+                    // primary without it would leave whatever mounts it stranded.
+                    let undo = match self.demote_durably(&r, DEMOTE_TRIES) {
+                        Ok(()) => "demoted again".to_string(),
+                        Err(e) => format!("and the demotion that should undo it failed: {e:#}"),
+                    };
+                    bail!("promoted, but the local device could not be published: {err:#}; {undo}");
+                }
                 let discarded = match before.disk_state {
                     _ if !*force => None,
                     tandem_disk::core::DiskState::Outdated => Some(
@@ -677,7 +703,18 @@ impl Service {
                     Caller::Group => DEMOTE_TRIES,
                     Caller::Operator => 1,
                 };
-                self.demote_durably(&r, tries).map(|()| None)
+                // The device goes first, while the disk still takes writes: refused
+                // (nothing changes) while a file system is mounted on it; what buffered
+                // writers left in its cache is written back and flushed.
+                self.unpublish_local(name, &r)?;
+                if let Err(err) = self.demote_durably(&r, tries) {
+                    // Still primary, so the device comes back.
+                    if let Err(e) = self.publish_local(name, &r) {
+                        tracing::error!(disk = %name, "still primary after a failed demotion, but the local device could not be published again: {e:#}");
+                    }
+                    return Err(err);
+                }
+                Ok(None)
             }
             DiskCommand::Connect { discard_my_data } => {
                 rt.block_on(r.node.connect(*discard_my_data))?;
@@ -755,7 +792,7 @@ impl Service {
         };
         let (wfc, degr) = (millis(disk.wfc_timeout), millis(disk.degr_wfc_timeout));
         let rt = &self.runtime;
-        let (node, server, primary, wait_ms) = rt.block_on(async {
+        let (node, server, primary, wait_ms, device) = rt.block_on(async {
             let node = node::start(cfg)
                 .await
                 .with_context(|| format!("start the replication node on {}", host.address))?;
@@ -763,7 +800,7 @@ impl Service {
             let device = Arc::new(ReplicatedDevice::new(node.clone(), primary.clone()));
             let server = Server::new(ServerConfig::default());
             let listener = match async {
-                server.add_export(&name, &format!("tandem disk {name}"), device)?;
+                server.add_export(&name, &format!("tandem disk {name}"), device.clone())?;
                 tandem_nbd::bind_unix(&socket).await
             }
             .await
@@ -780,7 +817,7 @@ impl Service {
                 let _ = node.set_resync_paused(true).await;
             }
             let wait_ms = node.startup_wait_ms(wfc, degr).await?;
-            anyhow::Ok((node, server, primary, wait_ms))
+            anyhow::Ok((node, server, primary, wait_ms, device))
         })?;
         let running = Arc::new(Running {
             link: node.link(),
@@ -792,6 +829,9 @@ impl Service {
             wait_gave_up: Arc::new(AtomicBool::new(false)),
             wait_ms,
             started: crate::clock::now(),
+            device,
+            local_paths: local_paths(&name, host),
+            local: Mutex::new(None),
         });
         rt.spawn(startup_wait_log(
             name.clone(),
@@ -824,6 +864,7 @@ impl Service {
                 r.socket.display()
             );
         }
+        self.unpublish_local(name, r).context("cannot go down")?;
         // No new NBD clients from here on.
         r.server.shutdown();
         r.server.remove_export(name);
@@ -859,6 +900,55 @@ impl Service {
         Ok(())
     }
 
+    /// Publishes the local device of a primary (nothing if it is published already).
+    /// Blocking; never called from the runtime's workers (the device's first flush
+    /// runs there).
+    fn publish_local(&self, name: &str, r: &Running) -> anyhow::Result<()> {
+        let mut local = lock(&r.local);
+        if local.is_some() {
+            return Ok(());
+        }
+        let options = tandem_blockdev::Options {
+            paths: r.local_paths.clone(),
+            name: name.to_string(),
+            fuse_threads: fuse_threads(),
+        };
+        let device: Arc<dyn tandem_nbd::BlockDevice> = r.device.clone();
+        let published =
+            tandem_blockdev::LocalDevice::publish(device, self.runtime.handle().clone(), &options)
+                .with_context(|| format!("publish {}", r.local_paths.link.display()))?;
+        tracing::info!(
+            disk = %name,
+            device = %published.link().display(),
+            loop_device = %published.loop_device().path().display(),
+            direct_io = published.direct_io(),
+            "local device published"
+        );
+        *local = Some(published);
+        Ok(())
+    }
+
+    /// Takes the local device down; refused while anything holds it, naming what.
+    fn unpublish_local(&self, name: &str, r: &Running) -> anyhow::Result<()> {
+        let mut local = lock(&r.local);
+        let Some(published) = local.as_mut() else {
+            return Ok(());
+        };
+        let link = published.link().display().to_string();
+        match published.unpublish() {
+            Ok(()) => {
+                tracing::info!(disk = %name, device = %link, "local device taken down");
+                *local = None;
+                Ok(())
+            }
+            Err(tandem_blockdev::Error::Busy(holders)) => bail!(
+                "{link} is in use ({}): unmount it or close it first",
+                tandem_blockdev::holders::describe(&holders)
+            ),
+            Err(err) => Err(anyhow!(err).context(format!("take down {link}"))),
+        }
+    }
+
     fn disk_json(&self, name: &str) -> Value {
         let (disk, running, error) = {
             let slots = self.lock();
@@ -881,6 +971,7 @@ impl Service {
             return v;
         };
         v["nbd_socket"] = json!(r.socket);
+        v["local_device"] = local_device_json(&r);
         v["waiting_for_peer"] = json!(r.waiting());
         v["resync_paused"] = json!(r.resync_paused.load(Ordering::Relaxed));
         v["nbd"] = json!(
@@ -901,6 +992,8 @@ impl Service {
                     obj.extend(report);
                 }
                 v["resync_moved_bytes"] = json!(s.resync_moved_bytes);
+                v["barrier_acks_received"] = json!(s.barrier_acks_received);
+                v["barrier_acks_sent"] = json!(s.barrier_acks_sent);
                 v["generations"] = json!(s.generations);
                 v["last_disconnect_reason"] = json!(s.last_disconnect_reason);
                 v["verify_out_of_sync_blocks"] = json!(s.verify_out_of_sync_blocks);
@@ -910,6 +1003,86 @@ impl Service {
             Err(_) => v["error"] = json!("the disk did not answer within 5 s"),
         }
         v
+    }
+}
+
+/// FUSE threads of a local device (`TANDEM_FUSE_THREADS` overrides).
+const DEFAULT_FUSE_THREADS: usize = 2;
+
+fn fuse_threads() -> usize {
+    std::env::var("TANDEM_FUSE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_FUSE_THREADS)
+        .clamp(1, 16)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where disk `name`'s local device lives on this node: the configured `device` path
+/// (a link to the loop device), the FUSE mount beside the NBD socket
+/// (`/run/tandem/disk/NAME.fuse`), and the FUSE file named after the backing store.
+fn local_paths(name: &str, host: &tandem_config::DiskHost) -> tandem_blockdev::Paths {
+    let backing = std::path::absolute(&host.backing).unwrap_or_else(|_| host.backing.clone());
+    tandem_blockdev::Paths {
+        link: host.device.clone(),
+        mount_dir: tandem_nbd::default_socket_path(name).with_file_name(format!("{name}.fuse")),
+        file_name: tandem_blockdev::file_name(name, &backing),
+    }
+}
+
+/// `local_device` in status: null while not published.
+fn local_device_json(r: &Running) -> Value {
+    // A publish or teardown in progress (a flush may wait for a suspended disk) must
+    // not hold status up.
+    let Ok(local) = r.local.try_lock() else {
+        return json!({ "path": r.local_paths.link, "changing": true });
+    };
+    let Some(d) = local.as_ref() else {
+        return Value::Null;
+    };
+    let s = d.stats();
+    json!({
+        "path": d.link(),
+        "loop_device": d.loop_device().path(),
+        "direct_io": d.direct_io(),
+        "reads": s.reads,
+        "writes": s.writes,
+        "flushes": s.flushes,
+        "zeroes": s.zeroes,
+        "read_bytes": s.read_bytes,
+        "written_bytes": s.written_bytes,
+        "errors": s.errors,
+    })
+}
+
+/// Before anything else at agent start: removes what a previous agent of this node
+/// left of its disks' local devices — stale FUSE mounts, file systems mounted on its
+/// loop devices, the loop devices themselves, the links (an agent killed while primary
+/// leaves them all; its FUSE daemon died with it). Errors are logged.
+pub fn clean_stale(config: &Config, local: &str) {
+    for disk in &config.disks {
+        let Some(host) = disk.host(local) else {
+            continue;
+        };
+        let paths = local_paths(&disk.name, host);
+        match tandem_blockdev::clean_stale(&paths) {
+            Ok(report) if report.is_empty() => {}
+            Ok(report) => tracing::warn!(
+                disk = %disk.name,
+                aborted = ?report.aborted,
+                unmounted = ?report.unmounted,
+                detached = ?report.detached,
+                deferred = ?report.deferred,
+                link_removed = ?report.link_removed,
+                "removed the local device a previous agent left"
+            ),
+            Err(err) => {
+                tracing::error!(disk = %disk.name, "cleaning up the local device a previous agent left: {err}")
+            }
+        }
     }
 }
 

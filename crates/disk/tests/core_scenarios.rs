@@ -66,11 +66,18 @@ fn flush_waits_for_the_peers_barrier_under_c() {
     let mut p = Pair::synced(Config::default());
     p.write(1, 0, 4096, 1);
     p.settle();
+    let (acks_in, acks_out) = (
+        p.n[0].core.status().barrier_acks_received,
+        p.n[1].core.status().barrier_acks_sent,
+    );
     p.input(0, Input::Flush { req: 2 });
     p.complete_ios(0);
     assert!(!p.acked(0, 2), "peer has not flushed");
     p.settle();
     assert!(p.acked(0, 2));
+    // The counters status shows: the flush's barrier, flushed by the peer and confirmed.
+    assert!(p.n[0].core.status().barrier_acks_received > acks_in);
+    assert!(p.n[1].core.status().barrier_acks_sent > acks_out);
 }
 
 #[test]

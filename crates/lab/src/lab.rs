@@ -851,7 +851,11 @@ impl Lab {
             // The mount point must exist in the machine's tree (the host's mount
             // namespace starts as a copy of it); an empty directory is all we add.
             fs::create_dir_all(d).map_err(io_err(format!("create mount point {d}")))?;
-            if d.starts_with("/run/") || d == "/run" || d.starts_with("/tmp") {
+            if d.starts_with("/run/")
+                || d == "/run"
+                || d.starts_with("/tmp")
+                || d.starts_with("/dev/")
+            {
                 mounts.push(sys::BootMount::fresh("tmpfs", d, Some("mode=0755"))?);
             } else {
                 let src = root.join(d.trim_start_matches('/'));

@@ -632,8 +632,19 @@ pub fn with_pid_ns<T>(pidns: &File, f: impl FnOnce() -> T) -> Result<T, LabError
     Ok(out)
 }
 
-/// Loop devices whose backing file lies under one of `dirs`: (device, backing file).
+/// Loop devices whose backing file lies under one of `dirs`, or is a tandem local
+/// device's FUSE file serving a backing store that does: (device, backing file).
+///
+/// A disk's local device is a loop device over a file on a FUSE mount inside a host's
+/// mount namespace; sysfs shows that file by its path in the host (or, once the host's
+/// namespace is gone, relative to the dead mount), never under the lab's directories.
+/// Its name says what it serves — `r0@!var!lib!tandem-lab!NAME!ox1-r0.img`, the backing
+/// path with `/` written `!` (`tandem_blockdev::file_name`) — which is what is matched.
 pub fn loop_devices_under(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    let markers: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("{}!", d.to_string_lossy().replace('/', "!")))
+        .collect();
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/sys/block") else {
         return out;
@@ -647,7 +658,12 @@ pub fn loop_devices_under(dirs: &[PathBuf]) -> Vec<(String, PathBuf)> {
             continue;
         };
         let backing = PathBuf::from(backing.trim().trim_end_matches(" (deleted)"));
-        if dirs.iter().any(|d| backing.starts_with(d)) {
+        let serves_ours = backing
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split_once('@'))
+            .is_some_and(|(_, path)| markers.iter().any(|m| path.starts_with(m.as_str())));
+        if serves_ours || dirs.iter().any(|d| backing.starts_with(d)) {
             out.push((format!("/dev/{name}"), backing));
         }
     }

@@ -17,8 +17,15 @@ pub const NAME_LEN_MAX: usize = 7;
 
 /// Directories that every host gets privately by default (see [`HostSpec::private_dirs`]):
 /// the agent's socket and state, and its configuration, so that `tandem` run inside a lab
-/// host finds *that host's* agent at the default paths.
-pub const DEFAULT_PRIVATE_DIRS: &[&str] = &["/run/tandem", "/var/lib/tandem", "/etc/tandem"];
+/// host finds *that host's* agent at the default paths; and `/dev/tandem`, where a
+/// primary publishes its disks' local devices, so that two hosts (or two labs) never
+/// meet at `/dev/tandem/r0` in the machine's shared `/dev`.
+pub const DEFAULT_PRIVATE_DIRS: &[&str] = &[
+    "/run/tandem",
+    "/var/lib/tandem",
+    "/etc/tandem",
+    "/dev/tandem",
+];
 
 /// Default bound on a lossy disk's unflushed data: far above what a test writes between
 /// two flushes (64-128 MiB disks), far below the machine's memory.
@@ -34,8 +41,9 @@ pub struct HostSpec {
     pub name: String,
     /// Absolute directories of the machine that this host sees as its own: each is
     /// replaced inside the host's mount namespace by a per-host directory. Paths under
-    /// `/run` or `/tmp` are volatile (a fresh tmpfs at every power-on, as on a real
-    /// machine); others persist across power cycles (they live in the lab's data dir).
+    /// `/run`, `/tmp` or `/dev` are volatile (a fresh tmpfs at every power-on, as on a
+    /// real machine); others persist across power cycles (they live in the lab's data
+    /// dir).
     #[serde(default = "default_private_dirs")]
     pub private_dirs: Vec<String>,
     /// Gives the host a *lossy disk* (docs/lab.md): a directory, `Lab::host_disk_dir`,

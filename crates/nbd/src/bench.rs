@@ -185,6 +185,35 @@ pub fn run_fio_job(
     runtime_s: u64,
     server_pids: &[u32],
 ) -> Result<BenchRow, BenchError> {
+    let engine = ["--ioengine=nbd".to_string(), format!("--uri={uri}")];
+    run_fio(target, &engine, job, size_bytes, runtime_s, server_pids)
+}
+
+/// As [`run_fio_job`], on a block device of this kernel (`libaio`, `O_DIRECT`).
+pub fn run_fio_job_on_device(
+    target: &str,
+    device: &Path,
+    job: &FioJob,
+    size_bytes: u64,
+    runtime_s: u64,
+    server_pids: &[u32],
+) -> Result<BenchRow, BenchError> {
+    let engine = [
+        "--ioengine=libaio".to_string(),
+        "--direct=1".to_string(),
+        format!("--filename={}", device.display()),
+    ];
+    run_fio(target, &engine, job, size_bytes, runtime_s, server_pids)
+}
+
+fn run_fio(
+    target: &str,
+    engine: &[String],
+    job: &FioJob,
+    size_bytes: u64,
+    runtime_s: u64,
+    server_pids: &[u32],
+) -> Result<BenchRow, BenchError> {
     let cpu_of = || -> Option<Duration> {
         (!server_pids.is_empty())
             .then(|| {
@@ -202,10 +231,9 @@ pub fn run_fio_job(
         detail,
     };
     let out = Command::new("fio")
+        .arg("--name=bench")
+        .args(engine)
         .args([
-            "--name=bench",
-            "--ioengine=nbd",
-            &format!("--uri={uri}"),
             &format!("--rw={}", job.rw),
             &format!("--bs={}", job.block_bytes),
             &format!("--iodepth={}", job.iodepth),

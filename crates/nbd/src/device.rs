@@ -131,6 +131,19 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, buf: Vec<u8>) -> DeviceFuture<'_, BufResult>;
     /// Write `data` at `offset`.
     fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> DeviceFuture<'_, BufResult>;
+    /// Write `data`, a shared buffer, at `offset`: for callers that cannot hand over a
+    /// `Vec` without copying, or that place the bytes themselves (page-aligned, so a
+    /// device writing with `O_DIRECT` need not copy them again). The default copies
+    /// into a `Vec` for [`BlockDevice::write`]; devices that keep the bytes as they are
+    /// (a replicated disk hands them to its link and its disk) override it.
+    fn write_shared(
+        &self,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    ) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(async move { self.write(offset, data.to_vec(), fua).await.1 })
+    }
     /// Make every completed write durable.
     fn flush(&self) -> DeviceFuture<'_, Result<(), DeviceError>>;
     /// Discard a range (a hint: doing nothing is correct).
@@ -242,6 +255,17 @@ impl BlockDevice for MemoryDevice {
             dst.copy_from_slice(&data)
         });
         Box::pin(std::future::ready((data, r)))
+    }
+    fn write_shared(
+        &self,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    ) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        let r = self.modify(offset, data.len() as u64, fua, |dst| {
+            dst.copy_from_slice(&data)
+        });
+        Box::pin(std::future::ready(r))
     }
     fn flush(&self) -> DeviceFuture<'_, Result<(), DeviceError>> {
         self.flushes.fetch_add(1, Ordering::Relaxed);

@@ -128,6 +128,7 @@ impl Core {
                     self.detach("flush failed");
                 }
                 if same_link {
+                    self.barrier_acks_sent += 1;
                     self.send(Frame::BarrierAck { epoch });
                 }
             }

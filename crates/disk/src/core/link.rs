@@ -221,6 +221,7 @@ impl Core {
             }
             Frame::Barrier { epoch } => {
                 if self.disk == DiskState::Diskless {
+                    self.barrier_acks_sent += 1;
                     self.send(Frame::BarrierAck { epoch });
                 } else {
                     self.peer_ops
@@ -250,6 +251,7 @@ impl Core {
                 self.try_complete_write(id);
             }
             Frame::BarrierAck { epoch } => {
+                self.barrier_acks_received += 1;
                 while self.transfer_log.front().is_some_and(|t| t.0 <= epoch) {
                     if let Some((_, _, _, Some(ext))) = self.transfer_log.pop_front() {
                         self.al.end(ext);

@@ -269,6 +269,10 @@ pub struct Core {
     sent_bytes: u64,
     received_bytes: u64,
     resync_moved_bytes: u64,
+    /// Barriers the peer confirmed (its flush of an epoch), on a primary.
+    barrier_acks_received: u64,
+    /// Barriers this node flushed and confirmed for its peer, on a secondary.
+    barrier_acks_sent: u64,
     last_disconnect_reason: Option<String>,
     last_decision: Option<SyncDecision>,
     /// I/O is suspended since then: the link broke while the peer could still be
@@ -397,6 +401,8 @@ impl Core {
             sent_bytes: 0,
             received_bytes: 0,
             resync_moved_bytes: 0,
+            barrier_acks_received: 0,
+            barrier_acks_sent: 0,
             last_disconnect_reason: None,
             last_decision: None,
             suspended_since_ms: None,
@@ -545,6 +551,8 @@ impl Core {
             sent_bytes: self.sent_bytes,
             received_bytes: self.received_bytes,
             resync_moved_bytes: self.resync_moved_bytes,
+            barrier_acks_received: self.barrier_acks_received,
+            barrier_acks_sent: self.barrier_acks_sent,
             generations: self.gens,
             last_disconnect_reason: self.last_disconnect_reason.clone(),
             verify_out_of_sync_blocks: self.verify_oos_blocks,

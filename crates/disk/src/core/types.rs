@@ -502,6 +502,11 @@ pub struct Status {
     pub received_bytes: u64,
     /// Bytes moved by resyncs since start (data frames of resync, either direction).
     pub resync_moved_bytes: u64,
+    /// Barriers the peer confirmed since start (each its flush of an epoch: how a
+    /// frontend flush reaches the peer's disk), on a primary.
+    pub barrier_acks_received: u64,
+    /// Barriers this node flushed and confirmed for its peer since start, on a secondary.
+    pub barrier_acks_sent: u64,
     /// Generations.
     pub generations: Generations,
     /// Why the link was last dropped, if it was.
