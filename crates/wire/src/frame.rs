@@ -55,8 +55,6 @@ pub mod state_flags {
     /// ever acknowledged (its I/O was suspended by disk fencing): its changes may be
     /// discarded in a split brain.
     pub const UNACKED_CHANGES: u32 = 1 << 3;
-    /// The sender knows the receiver's copy is outdated (it heard so, durably).
-    pub const PEER_OUTDATED: u32 = 1 << 4;
 }
 
 /// Label mixed into every authentication MAC, so the key cannot be replayed for another

@@ -154,7 +154,11 @@ impl Core {
     }
 
     pub(super) fn set_peer_outdated(&mut self) {
-        if !self.flags.peer_outdated {
+        // Heard after a crash as primary, it proves nothing about this copy: the crash
+        // may have cost it acknowledged writes the outdated peer holds. Only knowledge
+        // from before the crash (this side then wrote alone) lets it be promoted alone.
+        let crashed_secondary = self.flags.crashed_primary && self.role == Role::Secondary;
+        if !self.flags.peer_outdated && !crashed_secondary {
             self.flags.peer_outdated = true;
             self.persist_superblock();
         }

@@ -153,11 +153,6 @@ pub struct HandshakeSide {
     pub crashed_primary: bool,
     /// Its data is not consistent (create-md, interrupted sync target, invalidate).
     pub inconsistent: bool,
-    /// Its data is known older than the peer's (outdated by disk fencing, or it left on
-    /// purpose).
-    pub outdated: bool,
-    /// It knows its peer's copy is outdated (it recorded so before writing alone).
-    pub knows_peer_outdated: bool,
     /// Its node id, only for a deterministic tie-break.
     pub node_id: u64,
 }
@@ -219,14 +214,11 @@ pub fn decide(
             (true, true) => return NoSync,
             (false, false) => {}
         }
-        // A survivor the crashed primary knew to be outdated may have missed what the
-        // primary then wrote alone: the crashed side's copy wins, whatever the protocol.
-        // (A survivor that marked itself outdated unheard — the primary already dead —
-        // still holds every acknowledged write: the usual rule stands.)
+        // Equal generations mean the crashed primary acknowledged nothing alone (its
+        // first write alone starts a new generation, durably, before it is done): a
+        // survivor holds every acknowledged write even if it marked itself outdated.
         let dir = match (local.crashed_primary, peer.crashed_primary) {
             (false, false) => return NoSync,
-            (true, false) if peer.outdated && local.knows_peer_outdated => Source,
-            (false, true) if local.outdated && peer.knows_peer_outdated => Target,
             (true, false) => match rule {
                 CrashedPrimaryRule::CrashedIsSource => Source,
                 CrashedPrimaryRule::SurvivorIsSource => Target,
@@ -305,8 +297,6 @@ mod tests {
             },
             crashed_primary: false,
             inconsistent: false,
-            outdated: false,
-            knows_peer_outdated: false,
             node_id: 1,
         }
     }
@@ -510,7 +500,7 @@ mod tests {
         for c in [JUST_CREATED, 10, 11, 12] {
             for b in vals {
                 for h0 in vals {
-                    for flags in 0..8u8 {
+                    for flags in 0..4u8 {
                         sides.push(HandshakeSide {
                             generations: Generations {
                                 current: c,
@@ -519,8 +509,6 @@ mod tests {
                             },
                             crashed_primary: flags & 1 != 0,
                             inconsistent: flags & 2 != 0,
-                            outdated: flags & 4 != 0,
-                            knows_peer_outdated: flags & 4 != 0,
                             node_id: u64::from(flags) + c,
                         });
                     }

@@ -72,16 +72,12 @@ impl Core {
             generations: self.gens,
             crashed_primary: self.flags.crashed_primary,
             inconsistent: self.disk == DiskState::Inconsistent,
-            outdated: self.disk == DiskState::Outdated,
-            knows_peer_outdated: self.flags.peer_outdated,
             node_id: self.node_id,
         };
         let peer_side = HandshakeSide {
             generations: peer_gens,
             crashed_primary: s.flags & state_flags::CRASHED_PRIMARY != 0,
             inconsistent: disk == DiskState::Inconsistent,
-            outdated: disk == DiskState::Outdated,
-            knows_peer_outdated: s.flags & state_flags::PEER_OUTDATED != 0,
             node_id: s.node_id,
         };
         let mut decision = decide(&local, &peer_side, rule);

@@ -27,9 +27,6 @@ impl Core {
         if self.flags.unacked_changes {
             flags |= state_flags::UNACKED_CHANGES;
         }
-        if self.flags.peer_outdated {
-            flags |= state_flags::PEER_OUTDATED;
-        }
         StateReport {
             protocol: self.cfg.protocol.code(),
             role: u8::from(self.role == Role::Primary),

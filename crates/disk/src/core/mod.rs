@@ -561,6 +561,7 @@ impl Core {
                 .suspended_since_ms
                 .map(|since| self.now_ms.saturating_sub(since)),
             peer_outdated: self.flags.peer_outdated,
+            crashed_primary: self.flags.crashed_primary,
         }
     }
 

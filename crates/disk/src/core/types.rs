@@ -519,6 +519,8 @@ pub struct Status {
     pub suspended_ms: Option<u64>,
     /// The peer is known outdated (or fenced) since the link last broke.
     pub peer_outdated: bool,
+    /// It stopped as primary without demoting and has not resynced since.
+    pub crashed_primary: bool,
 }
 
 /// Resync progress as `tandem disk status --json` shows it.

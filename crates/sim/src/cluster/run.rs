@@ -1440,7 +1440,7 @@ impl Cluster {
             let seen = self.nodes[i].disk.as_ref().map(|d| {
                 let st = d.status();
                 format!(
-                    "{:?} {:?}/{:?} {:?} gens {:x}/{:x} dirty {}{}",
+                    "{:?} {:?}/{:?} {:?} gens {:x}/{:x} dirty {}{}{}",
                     st.connection,
                     st.disk_state,
                     st.peer_disk_state,
@@ -1448,6 +1448,7 @@ impl Cluster {
                     st.generations.current,
                     st.generations.bitmap,
                     st.out_of_sync_bytes > 0,
+                    if st.crashed_primary { " crashed" } else { "" },
                     st.last_decision
                         .map(|d| format!(" decided {d:?}"))
                         .unwrap_or_default()
