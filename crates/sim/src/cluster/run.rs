@@ -13,7 +13,8 @@ use tandem_disk::core::generation::Generations;
 use tandem_disk::core::{AdminError, ConnState, Core, Fencing, Output, Role};
 use tandem_fencing::{FenceAction, FenceResult};
 use tandem_membership::{
-    LinkConfig, Membership, MembershipConfig, NodeConfig, PacketKey, RetransmitConfig,
+    Event as MembershipEvent, LinkConfig, Membership, MembershipConfig, NodeConfig, PacketKey,
+    RetransmitConfig,
 };
 use tandem_policy::{RequestKind, Scope};
 use tandem_wire::frame::Frame;
@@ -736,6 +737,16 @@ impl Cluster {
                 .and_then(|m| m.poll_event())
             {
                 moved = true;
+                let seen = match &e {
+                    MembershipEvent::Message { payload, .. } => {
+                        format!("hears {}", String::from_utf8_lossy(payload))
+                    }
+                    MembershipEvent::MessageAcked { .. } => String::new(),
+                    e => format!("membership: {e:?}"),
+                };
+                if !seen.is_empty() {
+                    self.note(format!("{} {seen}", self.nodes[i].name));
+                }
                 if let Some(c) = self.nodes[i].controller.as_mut() {
                     c.handle(now, Input::Membership(e));
                 }
@@ -784,6 +795,12 @@ impl Cluster {
                 timeout,
             } => {
                 self.summary.actions += 1;
+                if op != Op::Probe {
+                    self.note(format!(
+                        "{} runs {op:?} {group}/{resource}",
+                        self.nodes[i].name
+                    ));
+                }
                 if resource == "r0" {
                     if op == Op::Probe {
                         let primary = self.disk_role(i) == Some(Role::Primary);
