@@ -14,6 +14,7 @@ use tandem_policy::{
     ActionId, FailedOp, Failure, PeerState, Request, ResourceState, ResourceView, Transition,
 };
 
+use crate::claim::Claims;
 use crate::messages::{PeerMessage, Reported, failure_from_code, state_from_code};
 use crate::types::{Command, DiskOrder, Input, Op, Operator, SendTag};
 
@@ -104,6 +105,8 @@ pub struct Controller {
     pub(crate) maintenance: bool,
     pub(crate) ping: BTreeMap<String, bool>,
     pub(crate) coordinator: Coordinator,
+    /// Claims of groups about to be started, both ways.
+    pub(crate) claims: Claims,
     pub(crate) outdater: Outdater,
     /// Outdate requests in flight as reliable messages.
     pub(crate) outdate_messages: BTreeMap<MessageId, u64>,
@@ -172,6 +175,7 @@ impl Controller {
             maintenance: false,
             ping: BTreeMap::new(),
             coordinator,
+            claims: Claims::default(),
             outdate_messages: BTreeMap::new(),
             running: None,
             replan: true,
@@ -273,6 +277,7 @@ impl Controller {
             let timeout = self.failure_timeout(group);
             next.extend(r.failures.iter().map(|(_, at)| *at + timeout));
         }
+        next.extend(self.claims.peer.values().copied());
         next.extend(self.coordinator.poll_timeout());
         next.extend(self.outdater.poll_timeout());
         if let Some(Shutdown::Goodbye { deadline, .. }) = &self.shutdown {
@@ -327,12 +332,16 @@ impl Controller {
                     PeerState::Dead
                 };
                 self.outdater.peer_unreachable();
+                self.end_claims(false);
                 self.replan = true;
             }
             Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
                 self.peer_state = PeerState::ReturnedAfterPartition;
                 self.peer_heard_again();
                 self.peer_reported.clear();
+                // The peer may never have missed us (a freeze on its side looks like
+                // lateness there): it will not report unasked.
+                self.send(PeerMessage::AskReport);
                 self.send_report();
                 self.replan = true;
             }
@@ -342,6 +351,7 @@ impl Controller {
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;
                 self.peer_groups.clear();
+                self.end_claims(false);
                 self.coordinator
                     .node_returned_with_new_incarnation(&self.peer);
                 self.peer_heard_again();
@@ -420,15 +430,24 @@ impl Controller {
                 if self.config.group(&group).is_none() {
                     return;
                 }
-                let rs = resources
+                let rs: BTreeMap<String, ResourceView> = resources
                     .into_iter()
                     .map(|(r, reported)| (r, peer_view(&reported)))
                     .collect();
+                if rs.values().any(|r| r.state.holds()) {
+                    self.peer_claim_settled(&group);
+                }
                 self.peer_reported.insert(group.clone());
                 self.peer_groups.insert(group, rs);
             }
             PeerMessage::Released { group } => {
                 tracing::info!(%group, peer = %self.peer, "peer released group");
+                self.peer_claim_settled(&group);
+            }
+            PeerMessage::AskReport => self.send_report(),
+            PeerMessage::Claim { group, id } => self.peer_claims(group, id),
+            PeerMessage::ClaimAnswer { group, id, granted } => {
+                self.claim_answered(group, id, granted)
             }
             PeerMessage::FenceMe { reason } => {
                 tracing::error!(peer = %self.peer, %reason, "peer asks to be fenced");
@@ -464,6 +483,7 @@ impl Controller {
                 self.peer_state = PeerState::LeftCleanly;
                 self.coordinator.cancel(&self.peer);
                 self.peer_groups.clear();
+                self.end_claims(false);
                 self.peer_reported = self.config.groups.iter().map(|g| g.name.clone()).collect();
             }
             PeerMessage::Outdate { disk, request } => {
@@ -794,6 +814,9 @@ impl Controller {
         if expired {
             // The peer's planner counts our failures from our reports: tell it.
             self.send_report();
+            self.replan = true;
+        }
+        if self.expire_claims() {
             self.replan = true;
         }
     }

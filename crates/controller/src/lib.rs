@@ -26,6 +26,7 @@
 //! history holds [`controller::ACTION_HISTORY_LEN`] records.
 #![warn(missing_docs)]
 
+mod claim;
 pub mod controller;
 mod disk_fencing;
 pub mod messages;

@@ -24,10 +24,29 @@ pub enum PeerMessage {
         /// Resource → its state and current failures.
         resources: BTreeMap<String, Reported>,
     },
+    /// The sender forgot what the receiver runs (it declared the receiver dead, and
+    /// the receiver came back without having seen that): report every group again.
+    AskReport,
     /// The sender stopped `group` so that the receiver can start it.
     Released {
         /// The group.
         group: String,
+    },
+    /// The sender asks for `group` before starting it (docs: `claim.rs`).
+    Claim {
+        /// The group.
+        group: String,
+        /// Quoted in the answer.
+        id: u64,
+    },
+    /// The answer to [`PeerMessage::Claim`].
+    ClaimAnswer {
+        /// The group.
+        group: String,
+        /// The claim answered.
+        id: u64,
+        /// Granted, or refused (the sender holds the group or its own claim wins).
+        granted: bool,
     },
     /// The sender cannot stop a resource and asks to be fenced.
     FenceMe {

@@ -57,6 +57,17 @@ impl Controller {
                 on.insert(resource.clone(), view.clone());
             }
         }
+        for group in self.claims.peer.keys() {
+            if let Some((resource, view)) = self.claimed_view(group) {
+                groups
+                    .entry(group.clone())
+                    .or_default()
+                    .on
+                    .entry(self.peer.clone())
+                    .or_default()
+                    .insert(resource, view);
+            }
+        }
         ClusterView {
             description: None,
             local: self.local.clone(),

@@ -16,6 +16,7 @@ use crate::types::{Command, DiskOrder, Op, SendTag};
 
 impl Controller {
     pub(crate) fn advance(&mut self) {
+        self.detach_held_starts();
         if let Some(running) = &self.running {
             let finished = running.transition.actions.iter().all(|a| {
                 matches!(a.kind, ActionKind::WaitFor { .. }) || running.done.contains(&a.id)
@@ -93,6 +94,10 @@ impl Controller {
             ActionKind::WaitFor { .. } => {}
             ActionKind::Start { group, resource } => {
                 mark(self, false);
+                if self.needs_claim(&group) {
+                    self.claim(id, group, resource);
+                    return;
+                }
                 self.run(
                     Some(id),
                     group,
@@ -174,7 +179,7 @@ impl Controller {
     }
 
     /// Asks the shell to run an action, with the resource's state meanwhile.
-    fn run(
+    pub(crate) fn run(
         &mut self,
         action: Option<ActionId>,
         group: String,
@@ -275,6 +280,7 @@ impl Controller {
         if let Some(r) = &mut self.running {
             r.abandoned = true;
         }
+        self.end_claims(true);
         for r in self.resources.values_mut() {
             r.monitor = None;
         }

@@ -56,6 +56,7 @@ struct Shell {
     now: Instant,
     /// Every command seen, in order.
     seen: Vec<Command>,
+    peer_id: u32,
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -77,13 +78,20 @@ fn failed() -> ActionResult {
 
 impl Shell {
     fn new(config: &str) -> Shell {
+        Shell::on("a", config)
+    }
+
+    /// The controller of node `local` ("a" has id 1, "b" id 2).
+    fn on(local: &str, config: &str) -> Shell {
         let (config, _) = tandem_config::Config::parse_str("t.toml", config).expect("config");
         let now = t0();
-        let c = Controller::new(Arc::new(config), "a", PEER, now, 1_000_000, 7).unwrap();
+        let peer_id = if local == "a" { PEER } else { 1 };
+        let c = Controller::new(Arc::new(config), local, peer_id, now, 1_000_000, 7).unwrap();
         let mut s = Shell {
             c,
             now,
             seen: Vec::new(),
+            peer_id,
         };
         s.feed(Input::Tick);
         s
@@ -110,16 +118,36 @@ impl Shell {
 
     fn peer_up(&mut self) -> Vec<Command> {
         self.feed(Input::Membership(Event::NodeUp {
-            node: PEER,
+            node: self.peer_id,
             incarnation: 1,
         }))
     }
 
     fn peer_says(&mut self, m: PeerMessage) -> Vec<Command> {
         self.feed(Input::Membership(Event::Message {
-            from: PEER,
+            from: self.peer_id,
             payload: m.encode(),
         }))
+    }
+
+    /// The claims this node sent, oldest first: (group, id).
+    fn claims_sent(&self) -> Vec<(String, u64)> {
+        self.seen
+            .iter()
+            .filter_map(|c| match c {
+                Command::Send {
+                    message: PeerMessage::Claim { group, id },
+                    ..
+                } => Some((group.clone(), *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The peer answers this node's newest claim.
+    fn answer_claim(&mut self, granted: bool) -> Vec<Command> {
+        let (group, id) = self.claims_sent().pop().expect("no claim was sent");
+        self.peer_says(PeerMessage::ClaimAnswer { group, id, granted })
     }
 
     fn done(&mut self, op: Op, resource: &str, result: ActionResult) -> Vec<Command> {
@@ -157,9 +185,10 @@ impl Shell {
         });
     }
 
-    /// The group started here (home), every start answered ok.
+    /// The group started here (home), the claim granted, every start answered ok.
     fn started_here(&mut self) {
         self.idle_cluster();
+        self.answer_claim(true);
         self.done(Op::Start, "ip", ok());
         self.done(Op::Start, "svc", ok());
     }
@@ -198,6 +227,8 @@ fn every_resource_is_probed_first_and_nothing_starts_before_the_peer_reports() {
         group: "g".into(),
         resources: Default::default(),
     });
+    assert!(runs(&cmds).is_empty(), "started before the claim: {cmds:?}");
+    let cmds = s.answer_claim(true);
     assert_eq!(runs(&cmds), [(Op::Start, "ip".into())], "left to right");
     let cmds = s.done(Op::Start, "ip", ok());
     assert_eq!(runs(&cmds), [(Op::Start, "svc".into())]);
@@ -488,4 +519,173 @@ fn the_peers_outdate_request_is_carried_out_and_answered() {
             ..
         }
     )));
+}
+
+fn answers(cmds: &[Command]) -> Vec<bool> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Send {
+                message: PeerMessage::ClaimAnswer { granted, .. },
+                ..
+            } => Some(*granted),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two views stale in mirror image (each node's own failure expired, the peer's not
+/// yet) would both pick themselves: while the peer is heard, a group starts from
+/// nothing only once the peer grants the claim, and a refusal starts nothing.
+#[test]
+fn a_group_starts_from_nothing_only_once_the_peer_grants_its_claim() {
+    let mut s = Shell::new(CONFIG);
+    s.idle_cluster();
+    assert_eq!(s.claims_sent(), [("g".to_string(), 1)]);
+    assert!(runs(&s.seen).iter().all(|(op, _)| *op == Op::Probe));
+    let cmds = s.answer_claim(false);
+    assert!(runs(&cmds).is_empty(), "refused, yet started: {cmds:?}");
+    // The refusal counts as the peer starting the group until its report speaks, or two
+    // deadtimes pass: then this node claims again, and a grant starts it.
+    let cmds = s.advance(Duration::from_millis(1500));
+    assert!(runs(&cmds).is_empty());
+    assert_eq!(s.claims_sent().len(), 1);
+    s.advance(Duration::from_millis(600));
+    assert_eq!(
+        s.claims_sent().len(),
+        2,
+        "claims again once the refusal expired"
+    );
+    let cmds = s.answer_claim(true);
+    assert_eq!(runs(&cmds), [(Op::Start, "ip".into())]);
+}
+
+/// Claims that cross: the node whose name sorts first ("a") refuses the other's and
+/// keeps its own; the other ("b") withdraws its own, grants, and gives back the grant
+/// that arrives for its withdrawn claim.
+#[test]
+fn claims_that_cross_are_won_by_the_node_whose_name_sorts_first() {
+    // "a" sees home "a"; "b" is made to want the group by a standby of "a".
+    let mut a = Shell::on("a", CONFIG);
+    a.idle_cluster();
+    assert_eq!(a.claims_sent().len(), 1);
+    let cmds = a.peer_says(PeerMessage::Claim {
+        group: "g".into(),
+        id: 1,
+    });
+    assert_eq!(answers(&cmds), [false]);
+    let cmds = a.answer_claim(true);
+    assert_eq!(runs(&cmds), [(Op::Start, "ip".into())]);
+
+    let config = CONFIG.replace("home = \"a\"", "home = \"b\"");
+    let mut b = Shell::on("b", &config);
+    b.idle_cluster();
+    assert_eq!(b.claims_sent().len(), 1, "b claims its home group");
+    let cmds = b.peer_says(PeerMessage::Claim {
+        group: "g".into(),
+        id: 1,
+    });
+    assert_eq!(answers(&cmds), [true], "b withdraws and grants");
+    assert!(runs(&cmds).is_empty());
+    let cmds = b.answer_claim(true);
+    assert!(
+        runs(&cmds).is_empty(),
+        "a withdrawn claim's grant starts nothing"
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Send { message: PeerMessage::Released { group }, .. } if group == "g"
+        )),
+        "the unneeded grant is given back: {cmds:?}"
+    );
+    // Until a's report says it started, b counts the group as starting there.
+    let cmds = b.advance(Duration::from_millis(500));
+    assert!(runs(&cmds).is_empty());
+    assert_eq!(b.claims_sent().len(), 1);
+}
+
+/// A granted claim holds this node back even when a report the claimer sent before it
+/// heard the grant says it runs nothing and has failed; its `starting` report (or its
+/// release) then takes over.
+#[test]
+fn a_granted_claim_holds_this_node_back_until_the_claimer_reports() {
+    let config = CONFIG.replace("home = \"a\"", "home = \"b\"");
+    let mut s = Shell::on("a", &config);
+    s.idle_cluster();
+    assert!(s.claims_sent().is_empty(), "b's home: a waits");
+    let cmds = s.peer_says(PeerMessage::Claim {
+        group: "g".into(),
+        id: 7,
+    });
+    assert_eq!(answers(&cmds), [true]);
+    let stale = PeerMessage::Report {
+        group: "g".into(),
+        resources: [(
+            "ip".to_string(),
+            tandem_controller::messages::Reported {
+                state: "stopped".into(),
+                failures: "s".into(),
+            },
+        )]
+        .into(),
+    };
+    let cmds = s.peer_says(stale);
+    assert!(runs(&cmds).is_empty(), "{cmds:?}");
+    assert!(s.claims_sent().is_empty(), "held back by the granted claim");
+    // The claim given back: the failed peer no longer counts as starting.
+    s.peer_says(PeerMessage::Released { group: "g".into() });
+    assert_eq!(s.claims_sent().len(), 1);
+}
+
+/// A claim unanswered when the peer is lost is withdrawn: the held start no longer
+/// blocks the transition, and the start follows the rules for a lost peer.
+#[test]
+fn an_unanswered_claim_is_withdrawn_when_the_peer_is_lost() {
+    let mut s = Shell::new(CONFIG);
+    s.idle_cluster();
+    assert_eq!(s.claims_sent().len(), 1);
+    let cmds = s.feed(Input::Membership(Event::NodeDead {
+        node: PEER,
+        incarnation: Some(1),
+    }));
+    // fencing = "none": a lost peer's groups start without a fence.
+    assert_eq!(runs(&cmds), [(Op::Start, "ip".into())], "{cmds:?}");
+    // A grant that was still on its way starts nothing twice.
+    let cmds = s.answer_claim(true);
+    assert!(runs(&cmds).is_empty());
+}
+
+/// A peer that returns after a partition it never saw (it was frozen: only lateness on
+/// its side) is asked for its report, and a node asked reports at once — else the
+/// planner would wait for that report for ever.
+#[test]
+fn a_peer_back_from_a_partition_is_asked_to_report_and_a_node_asked_reports() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    s.feed(Input::Membership(Event::NodeDead {
+        node: PEER,
+        incarnation: Some(1),
+    }));
+    let cmds = s.feed(Input::Membership(Event::NodeReturnedAfterPartition {
+        node: PEER,
+        incarnation: 1,
+    }));
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Send {
+                message: PeerMessage::AskReport,
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    let cmds = s.peer_says(PeerMessage::AskReport);
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Send { message: PeerMessage::Report { group, .. }, .. } if group == "g"
+        )),
+        "{cmds:?}"
+    );
 }

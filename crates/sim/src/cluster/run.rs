@@ -1556,8 +1556,13 @@ impl Cluster {
             if all {
                 holders.push(i);
             } else if any {
+                let plan = n
+                    .controller
+                    .as_ref()
+                    .map(|c| c.status()["transition"].to_string())
+                    .unwrap_or_default();
                 return Err(self.fail(&format!(
-                    "{} runs part of the group after the calm phase: {:?}, r0 {:?}",
+                    "{} runs part of the group after the calm phase: {:?}, r0 {:?}; its plan: {plan}",
                     n.name,
                     n.running,
                     d.role()
