@@ -521,6 +521,10 @@ impl Server {
             };
             let payload = match cmd {
                 Command::Read { length, .. } | Command::Write { length, .. } => length as usize,
+                // No payload on the wire, but work in flight in the device: up to a
+                // largest request's worth of zero pieces (or buffers) at once. Counted,
+                // so a client cannot queue 64 of them (4 GiB each) past the budget.
+                Command::WriteZeroes { length, .. } => length.min(MAX_PAYLOAD_BYTES) as usize,
                 _ => 0,
             };
             let byte_permit = if payload > 0 {

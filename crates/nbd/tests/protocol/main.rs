@@ -293,3 +293,79 @@ fn removing_an_export_closes_its_connections() {
     c.option(opt::GO, &[0, 0, 0, 1, b'm', 0, 0]);
     assert_eq!(c.option_reply().1, rep::ERR_UNKNOWN);
 }
+
+/// A device whose WRITE_ZEROES waits until the test releases it; everything else is
+/// answered at once (reads return zeroes). Its size costs no memory.
+struct ZeroGate {
+    released: tokio::sync::Semaphore,
+}
+
+impl BlockDevice for ZeroGate {
+    fn size_bytes(&self) -> u64 {
+        1 << 30
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn read(&self, _offset: u64, mut buf: Vec<u8>) -> DeviceFuture<'_, BufResult> {
+        buf.fill(0);
+        Box::pin(std::future::ready((buf, Ok(()))))
+    }
+    fn write(&self, _offset: u64, data: Vec<u8>, _fua: bool) -> DeviceFuture<'_, BufResult> {
+        Box::pin(std::future::ready((data, Ok(()))))
+    }
+    fn flush(&self) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn trim(&self, _: u64, _: u64, _: bool) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn write_zeroes(
+        &self,
+        _: u64,
+        _: u64,
+        _: bool,
+        _: bool,
+    ) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(async move {
+            let _ = self.released.acquire().await.map(|p| p.forget());
+            Ok(())
+        })
+    }
+}
+
+/// WRITE_ZEROES counts in the connection's in-flight byte budget (up to 32 MiB each:
+/// what a device may keep in flight for one), although it carries no payload: with two
+/// large ones running, the default 64 MiB budget is spent, and a READ behind them waits
+/// until one finishes. Before, any number of them ran at once, each free.
+#[test]
+fn write_zeroes_count_in_the_byte_budget() {
+    let dev = Arc::new(ZeroGate {
+        released: tokio::sync::Semaphore::new(0),
+    });
+    let h = Harness::start(vec![("z", dev.clone() as Arc<dyn BlockDevice>)]);
+    let (mut c, _, _) = RawClient::go(&h.socket, "z");
+    c.request(cmd::WRITE_ZEROES, 0, 1, 0, 1 << 29);
+    c.request(cmd::WRITE_ZEROES, 0, 2, 1 << 29, 1 << 25);
+    c.request(cmd::READ, 0, 3, 0, 4096);
+    c.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let early = std::io::Read::read(&mut c.s, &mut b);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the read was answered past the budget: {early:?}"
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    dev.released.add_permits(1);
+    let (e, first) = c.reply();
+    assert_eq!(e, 0);
+    assert!(
+        first == 1 || first == 2,
+        "a write-zeroes finishes first: {first}"
+    );
+    assert_eq!(c.reply(), (0, 3), "then the read gets its budget");
+    assert_eq!(c.read_n(4096), vec![0u8; 4096]);
+    dev.released.add_permits(1);
+    assert_eq!(c.reply().0, 0);
+}
