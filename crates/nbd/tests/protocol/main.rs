@@ -369,3 +369,106 @@ fn write_zeroes_count_in_the_byte_budget() {
     dev.released.add_permits(1);
     assert_eq!(c.reply().0, 0);
 }
+
+/// Connects to `socket` from a thread that runs as `uid`/`gid` with no supplementary
+/// groups (raw syscalls change only the calling thread's credentials, so the test
+/// process stays root), and returns what the server sent first: the greeting, or
+/// nothing if it hung up.
+fn connect_as(socket: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's own credentials.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut got = Vec::new();
+        let mut b = [0u8; 18];
+        let n = std::io::Read::read(&mut s, &mut b).unwrap_or(0);
+        got.extend_from_slice(&b[..n]);
+        Ok(got)
+    })
+    .join()
+    .expect("client thread")
+}
+
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root (to connect as another user) and CI must run it"
+    );
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// The socket is 0600 in a 0700 directory: another user cannot even connect. And if
+/// those modes are loosened by mistake, the peer's credentials are checked at accept:
+/// neither root nor in the configured group → closed without a greeting, counted, and
+/// the server goes on; a member of the group gets in.
+#[test]
+fn unix_peers_are_checked_by_mode_and_by_credentials() {
+    if !root_or_skip("unix_peers_are_checked_by_mode_and_by_credentials") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let h = Harness::start(vec![(
+        "m",
+        Arc::new(MemoryDevice::new(SIZE)) as Arc<dyn BlockDevice>,
+    )]);
+    let refused = connect_as(&h.socket, NOBODY, NOBODY);
+    assert_eq!(
+        refused.map_err(|e| e.kind()).unwrap_err(),
+        std::io::ErrorKind::PermissionDenied,
+        "the socket's mode keeps other users out"
+    );
+    // Someone makes the directory and the socket world-accessible.
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(h.dir.path(), 0o755);
+    open(&h.socket, 0o666);
+    let got = connect_as(&h.socket, NOBODY, NOBODY).unwrap();
+    assert!(got.is_empty(), "greeted a stranger: {got:?}");
+    assert_eq!(h.server.stats().connections_refused_credentials, 1);
+    // Root still gets in, on the same server.
+    let (mut c, _, _) = RawClient::go(&h.socket, "m");
+    assert_alive(&mut c, 1);
+
+    // With a group configured, its members are let in (as the kernel would by mode).
+    let h = Harness::start_with(
+        vec![(
+            "m",
+            Arc::new(MemoryDevice::new(SIZE)) as Arc<dyn BlockDevice>,
+        )],
+        tandem_nbd::ServerConfig {
+            unix_access: tandem_nbd::UnixAccess {
+                group: Some(NOBODY),
+            },
+            ..Default::default()
+        },
+    );
+    open(h.dir.path(), 0o755);
+    let got = connect_as(&h.socket, 12345, NOBODY).unwrap();
+    assert_eq!(&got[..8], b"NBDMAGIC", "a group member is greeted");
+    let got = connect_as(&h.socket, 12345, 12345);
+    assert!(
+        got.as_ref().map_or(true, |g| g.is_empty()),
+        "not in the group: {got:?}"
+    );
+    assert_eq!(
+        h.server.stats().connections_refused_credentials,
+        0,
+        "the mode said no first"
+    );
+}
