@@ -135,7 +135,12 @@ async fn writes_replicate_and_reconnect_resyncs_only_dirty_blocks() {
         tandem_disk::core::DiskState::Outdated
     );
     a.peer_outdated().await.unwrap();
-    assert!(!a.link().borrow().suspended);
+    // The link state is published at the end of the loop's pass, which may come after
+    // the answer above reaches this task: wait for it rather than look once.
+    tokio::time::timeout(Duration::from_secs(5), link.wait_for(|l| !l.suspended))
+        .await
+        .expect("I/O resumed once the peer was outdated")
+        .unwrap();
     let mut dirty = 0;
     for k in 0..8u64 {
         let off = (5 << 20) + k * (1 << 20);
