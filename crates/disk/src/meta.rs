@@ -423,7 +423,7 @@ pub fn read_superblock(
     mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, MetaError>,
 ) -> Result<Superblock, MetaError> {
     let mut best: Option<Superblock> = None;
-    let mut errors = Vec::new();
+    let mut errors: Vec<MetaError> = Vec::new();
     for (slot, &offset) in layout.sb_offsets.iter().enumerate() {
         match decode_superblock(&read_at(offset, MD_BLOCK as usize)?) {
             // A copy of the other slot's block (or a misplaced write) is not this slot's.
@@ -448,8 +448,11 @@ pub fn read_superblock(
         MetaError::NotTandem { .. } => 3,
         _ => 2,
     };
-    errors.sort_by_key(rank);
-    Err(errors.swap_remove(0))
+    // Every slot gave a superblock or an error, so there is one to report.
+    Err(errors
+        .into_iter()
+        .min_by_key(rank)
+        .unwrap_or(MetaError::NotTandem { found: 0 }))
 }
 
 /// Reads everything from raw metadata bytes laid out as `layout` says (`read_at(offset,
