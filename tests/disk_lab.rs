@@ -390,7 +390,8 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
     c.qemu_io("ox1", "read -P 0x44 513 1000");
     c.qemu_io("ox1", "read -P 0x33 0 512");
     assert_eq!(c.status("ox1").unwrap()["role"], "primary");
-    // Metadata damage is refused with a clear error at `up`.
+    // Metadata damage is refused with a clear error at `up`: both superblock slots (the
+    // last 8 KiB) damaged; one alone would be a torn write, and the other slot is used.
     c.tandem("ox2", &["disk", "down", "r0"]);
     let img = c.lab.data_dir().join("ox2-r0.img");
     let len = std::fs::metadata(&img).unwrap().len();
@@ -398,6 +399,7 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(&[0xff; 16], len - 4096 + 32).unwrap();
+        f.write_all_at(&[0xff; 16], len - 8192 + 32).unwrap();
     }
     let err = c.tandem_result("ox2", &["disk", "up", "r0"]).unwrap_err();
     assert!(err.to_lowercase().contains("checksum"), "{err}");

@@ -22,7 +22,7 @@
 mod device;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
 use tandem_disk::core::{AdminError, ConnState, Fencing, Protocol, Role};
 use tandem_disk::meta::MetaLocation;
 use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
-use tandem_nbd::{Server, ServerConfig};
+use tandem_nbd::{Server, ServerConfig, UnixAccess};
 use tokio::sync::watch;
 
 use crate::control::Response;
@@ -159,6 +159,8 @@ struct Service {
     runtime: tokio::runtime::Runtime,
     local: String,
     key_secret: Vec<u8>,
+    /// Who may use the disks' NBD sockets (`cluster.nbd_group`).
+    nbd_access: UnixAccess,
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Disk → the group whose `disk` resource promotes it.
     managed: BTreeMap<String, String>,
@@ -198,6 +200,33 @@ fn ask_fence_peer(name: &str) {
             tracing::warn!(disk = %name, "the peer must be outdated or fenced, but nothing in this agent can do it yet")
         }
     }
+}
+
+/// The id of group `name`, through the C library (so /etc/group, LDAP, whatever NSS
+/// is set up for).
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c_name = std::ffi::CString::new(name).context("a group name with a NUL byte")?;
+    // SAFETY: an all-zero `group` is a valid value of this plain C struct.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 << 10];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, `buf` for `buf.len()` bytes.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("look the group up");
+    }
+    if found.is_null() {
+        bail!("no such group");
+    }
+    Ok(group.gr_gid)
 }
 
 /// Starts the disk service: brings up every configured disk that has a host entry for
@@ -261,10 +290,23 @@ pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
+    let nbd_access = UnixAccess {
+        group: config.cluster.nbd_group.as_deref().and_then(|name| {
+            group_id(name)
+                .map_err(|err| {
+                    // Fail closed: root only, and said where an operator looks.
+                    tracing::error!(
+                        "cluster.nbd_group = {name:?}: {err:#}; NBD sockets are root-only"
+                    )
+                })
+                .ok()
+        }),
+    };
     let service = Service {
         runtime,
         local: local.to_string(),
         key_secret,
+        nbd_access,
         slots: Mutex::new(slots),
         managed,
     };
@@ -798,10 +840,16 @@ impl Service {
                 .with_context(|| format!("start the replication node on {}", host.address))?;
             let primary = Arc::new(AtomicBool::new(false));
             let device = Arc::new(ReplicatedDevice::new(node.clone(), primary.clone()));
-            let server = Server::new(ServerConfig::default());
+            let access = self.nbd_access;
+            let server = Server::new(ServerConfig {
+                unix_access: access,
+                ..ServerConfig::default()
+            });
             let listener = match async {
                 server.add_export(&name, &format!("tandem disk {name}"), device.clone())?;
-                tandem_nbd::bind_unix(&socket).await
+                // Also tightens a directory an older agent left more open.
+                tandem_nbd::secure_socket_dir(Path::new(tandem_nbd::DEFAULT_SOCKET_DIR), &access)?;
+                tandem_nbd::bind_unix(&socket, &access).await
             }
             .await
             {
@@ -1228,6 +1276,16 @@ mod tests {
         assert_ne!(a, link_secret(b"key one 0123456789", "r1"));
         assert_ne!(a, link_secret(b"key two 0123456789", "r0"));
         assert_eq!(a, link_secret(b"key one 0123456789", "r0"));
+    }
+
+    /// `cluster.nbd_group` names a group; its id comes from the system's group
+    /// database, and a name it does not know is an error (the caller then keeps the
+    /// sockets root-only).
+    #[test]
+    fn nbd_group_names_resolve_through_the_group_database() {
+        assert_eq!(group_id("root").unwrap(), 0);
+        let e = group_id("no-such-group-for-tandem").unwrap_err();
+        assert!(format!("{e:#}").contains("no such group"), "{e:#}");
     }
 
     /// Two real nodes on loopback: the startup wait ends in the event loop's own step

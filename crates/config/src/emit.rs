@@ -71,6 +71,9 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
     );
     kv(&mut o, "deadping", &d(c.deadping));
     kv(&mut o, "fencing_delay", &d(c.fencing_delay));
+    if let Some(g) = &c.nbd_group {
+        kv(&mut o, "nbd_group", &q(g));
+    }
     if !c.ping_groups.is_empty() {
         let groups: Vec<String> = c
             .ping_groups

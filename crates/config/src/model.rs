@@ -66,6 +66,9 @@ pub struct Cluster {
     /// in a partition the node serving the groups fences first and keeps serving
     /// (Pacemaker's priority-fencing-delay).
     pub fencing_delay: Duration,
+    /// The group (by name) whose members may use the disks' NBD sockets besides root;
+    /// `None`: root only.
+    pub nbd_group: Option<String>,
 }
 
 /// `auto_failback`.

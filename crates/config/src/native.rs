@@ -37,6 +37,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "ping_group",
     "deadping",
     "fencing_delay",
+    "nbd_group",
 ];
 const LOG_KEYS: &[&str] = &["syslog_facility", "file", "debug_file"];
 const NODE_KEYS: &[&str] = &["name", "address"];
@@ -713,6 +714,7 @@ impl<'s> Walker<'s> {
         }
         let deadping = self.duration(t, "deadping", defaults::DEADPING);
         let fencing_delay = self.duration(t, "fencing_delay", defaults::FENCING_DELAY);
+        let nbd_group = t.get("nbd_group").and_then(|v| self.name(v, "nbd_group"));
         Cluster {
             name,
             keepalive,
@@ -729,6 +731,7 @@ impl<'s> Walker<'s> {
             ping_groups,
             deadping,
             fencing_delay,
+            nbd_group,
         }
     }
 

@@ -21,6 +21,7 @@ fn example_loads_with_typed_values() {
     assert_eq!(c.cluster.keepalive, Duration::from_millis(500));
     assert_eq!(c.cluster.deadtime, Duration::from_secs(5));
     assert_eq!(c.cluster.ping_groups[0].addresses.len(), 2);
+    assert_eq!(c.cluster.nbd_group.as_deref(), Some("disk"));
     assert_eq!(c.links[1].name, "serial-ttyS0");
     assert_eq!(c.links[2].name, "mcast-eth0");
     let r0 = c.disk("r0").unwrap();
@@ -66,6 +67,10 @@ fn defaults_fill_a_minimal_file() {
     assert_eq!(c.cluster.deadtime, defaults::DEADTIME);
     assert_eq!(c.cluster.auto_failback, AutoFailback::Off);
     assert_eq!(c.cluster.fencing, FencingPolicy::Required);
+    assert_eq!(
+        c.cluster.nbd_group, None,
+        "NBD sockets are root-only by default"
+    );
     assert_eq!(
         c.links[0].kind,
         LinkKind::Bcast {

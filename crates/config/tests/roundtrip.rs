@@ -178,6 +178,7 @@ fn config() -> impl Strategy<Value = Config> {
                         },
                         deadping: deadtime,
                         fencing_delay: deadtime,
+                        nbd_group: None,
                     },
                     log: Log {
                         syslog_facility: facility,

@@ -5,20 +5,26 @@
 //! ```text
 //! internal (end of the backing file)          external (own file)
 //! +-------------------------+ 0               +---------------+ 0
-//! | data (size_bytes)       |                 | superblock    |
+//! | data (size_bytes)       |                 | superblock 0  |
 //! +-------------------------+ md_offset       +---------------+ 4 KiB
-//! | bitmap blocks           |                 | AL ring (8)   |
-//! +-------------------------+                 +---------------+ 36 KiB
-//! | AL ring (8 blocks)      |                 | bitmap blocks |
+//! | bitmap blocks           |                 | superblock 1  |
+//! +-------------------------+                 +---------------+ 8 KiB
+//! | AL ring (8 blocks)      |                 | AL ring (8)   |
+//! +-------------------------+                 +---------------+ 40 KiB
+//! | superblock 0            |                 | bitmap blocks |
 //! +-------------------------+                 +---------------+
-//! | superblock (last 4 KiB) |
+//! | superblock 1 (last 4K)  |
 //! +-------------------------+ file end
 //! ```
 //!
-//! The superblock sits in the last 4 KiB of an internal layout so that it is found from
-//! the file size alone. Each block carries a crc32c; a bad superblock or bitmap block is
-//! refused ([`MetaError`]), a bad activity-log block is skipped (a torn transaction write
-//! whose data writes never started) and the newest valid transaction wins.
+//! The superblocks sit in the last 8 KiB of an internal layout so that they are found
+//! from the file size alone. The superblock has two slots: each write carries the next
+//! sequence number and goes to slot `seq % 2`, so it never overwrites the newest good
+//! copy; a torn write leaves the previous superblock in the other slot, and reading takes
+//! the valid slot with the highest number. Each block carries a crc32c; a superblock
+//! with both slots bad, or a bad bitmap block, is refused ([`MetaError`]); a bad
+//! activity-log block is skipped (a torn transaction write whose data writes never
+//! started) and the newest valid transaction wins.
 //!
 //! The [`MetaStore::write`] call makes one block durable. The core's contract for
 //! `PersistMeta` — data first, then the block — is the caller's: flush the data file
@@ -41,10 +47,13 @@ pub const SB_MAGIC: u64 = u64::from_le_bytes(*b"TANDEMMD");
 pub const BM_MAGIC: u32 = u32::from_le_bytes(*b"TDBM");
 /// Activity-log block magic: "TDAL".
 pub const AL_MAGIC: u32 = u32::from_le_bytes(*b"TDAL");
-/// Metadata format version.
-pub const MD_VERSION: u32 = 1;
+/// Metadata format version. 2: two superblock slots with a sequence number (version 1
+/// had one superblock and is refused, see [`MetaError::UnsupportedVersion`]).
+pub const MD_VERSION: u32 = 2;
 /// Activity-log transaction blocks (a ring).
 pub const AL_BLOCKS: u64 = 8;
+/// Superblock slots, written alternately.
+pub const SB_SLOTS: u64 = 2;
 
 /// Why metadata was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +72,14 @@ pub enum MetaError {
         /// What was found instead of the magic.
         found: u64,
     },
-    /// Metadata of a format version this build does not read.
-    #[error("metadata version {0} is not supported (this build reads version {MD_VERSION})")]
+    /// Metadata of a format version this build does not read. Version 1 (one
+    /// superblock, one block less of metadata) cannot be converted in place: the data
+    /// area would shrink by a block under a file system that uses it.
+    #[error(
+        "metadata version {0} is not supported (this build reads version {MD_VERSION}); \
+         recreate it with `tandem disk create-md --force` and let the peer resync this node \
+         (or copy the data off first if this is the only copy)"
+    )]
     UnsupportedVersion(u32),
     /// A block's checksum does not match its contents.
     #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -115,6 +130,9 @@ pub enum MetaLocation {
 /// The decoded superblock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
+    /// Sequence number of this write: the highest valid one of the two slots is the
+    /// superblock; it lives in slot `seq % 2`.
+    pub seq: u64,
     /// Random identity.
     pub node_id: u64,
     /// Data bytes.
@@ -137,7 +155,7 @@ pub fn bitmap_blocks_for(size_bytes: u64) -> u64 {
 
 /// Metadata bytes for `size_bytes` of data.
 pub fn md_bytes_for(size_bytes: u64) -> u64 {
-    MD_BLOCK * (1 + AL_BLOCKS + bitmap_blocks_for(size_bytes))
+    MD_BLOCK * (SB_SLOTS + AL_BLOCKS + bitmap_blocks_for(size_bytes))
 }
 
 /// Where each part lives in the metadata file.
@@ -145,8 +163,8 @@ pub fn md_bytes_for(size_bytes: u64) -> u64 {
 pub struct Layout {
     /// Data bytes.
     pub size_bytes: u64,
-    /// Superblock offset.
-    pub sb_offset: u64,
+    /// Offsets of the superblock slots.
+    pub sb_offsets: [u64; SB_SLOTS as usize],
     /// First AL block.
     pub al_offset: u64,
     /// First bitmap block.
@@ -172,11 +190,11 @@ impl Layout {
             return Err(MetaError::TooSmall { len_bytes });
         }
         let bm = bitmap_blocks_for(size);
-        let sb_offset = total - MD_BLOCK;
+        let sb_offset = total - SB_SLOTS * MD_BLOCK;
         let al_offset = sb_offset - AL_BLOCKS * MD_BLOCK;
         Ok(Layout {
             size_bytes: size,
-            sb_offset,
+            sb_offsets: [sb_offset, sb_offset + MD_BLOCK],
             al_offset,
             bitmap_offset: al_offset - bm * MD_BLOCK,
             bitmap_blocks: bm,
@@ -191,9 +209,9 @@ impl Layout {
         }
         Ok(Layout {
             size_bytes: size,
-            sb_offset: 0,
-            al_offset: MD_BLOCK,
-            bitmap_offset: MD_BLOCK * (1 + AL_BLOCKS),
+            sb_offsets: [0, MD_BLOCK],
+            al_offset: MD_BLOCK * SB_SLOTS,
+            bitmap_offset: MD_BLOCK * (SB_SLOTS + AL_BLOCKS),
             bitmap_blocks: bitmap_blocks_for(size),
         })
     }
@@ -214,6 +232,7 @@ pub fn encode_superblock(sb: &Superblock) -> Vec<u8> {
     b[72..76].copy_from_slice(&sb.bitmap_blocks.to_le_bytes());
     b[76..80].copy_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
     b[80..84].copy_from_slice(&(AL_BLOCKS as u32).to_le_bytes());
+    b[84..92].copy_from_slice(&sb.seq.to_le_bytes());
     let crc = crc32c::crc32c(&b[..4092]);
     b[4092..].copy_from_slice(&crc.to_le_bytes());
     b
@@ -271,10 +290,11 @@ pub fn decode_superblock(b: &[u8]) -> Result<Superblock, MetaError> {
             "unsupported bitmap granularity or activity-log size",
         ));
     }
-    if b[12..16].iter().chain(&b[84..4092]).any(|x| *x != 0) {
+    if b[12..16].iter().chain(&b[92..4092]).any(|x| *x != 0) {
         return Err(invalid("reserved bytes are not zero"));
     }
     Ok(Superblock {
+        seq: le_u64(&b[84..92]),
         node_id: le_u64(&b[16..24]),
         size_bytes,
         generations: Generations::from_array(g),
@@ -394,13 +414,61 @@ pub fn decode_al_block(b: &[u8]) -> Result<Option<AlTransaction>, MetaError> {
     }))
 }
 
+/// Reads both superblock slots and returns the valid one with the highest sequence
+/// number. With no valid slot, the error says the most about why: an unsupported
+/// version, then a checksum mismatch, then any other; "not tandem metadata" only when
+/// neither slot is.
+pub fn read_superblock(
+    layout: &Layout,
+    mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, MetaError>,
+) -> Result<Superblock, MetaError> {
+    let mut best: Option<Superblock> = None;
+    let mut errors: Vec<MetaError> = Vec::new();
+    for (slot, &offset) in layout.sb_offsets.iter().enumerate() {
+        match decode_superblock(&read_at(offset, MD_BLOCK as usize)?) {
+            // A copy of the other slot's block (or a misplaced write) is not this slot's.
+            Ok(sb) if sb.seq % SB_SLOTS != slot as u64 => errors.push(MetaError::Invalid {
+                what: format!("superblock slot {slot}"),
+                why: format!("holds sequence number {}, of the other slot", sb.seq),
+            }),
+            Ok(sb) => {
+                if best.as_ref().is_none_or(|b| sb.seq > b.seq) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(sb) = best {
+        return Ok(sb);
+    }
+    let rank = |e: &MetaError| match e {
+        MetaError::UnsupportedVersion(_) => 0,
+        MetaError::BadChecksum { .. } => 1,
+        MetaError::NotTandem { .. } => 3,
+        _ => 2,
+    };
+    // Every slot gave a superblock or an error, so there is one to report.
+    Err(errors
+        .into_iter()
+        .min_by_key(rank)
+        .unwrap_or(MetaError::NotTandem { found: 0 }))
+}
+
 /// Reads everything from raw metadata bytes laid out as `layout` says (`read_at(offset,
 /// len)` returns those bytes). Pure, for tests and fuzzing; [`MetaStore::open`] uses it.
 pub fn read_meta(
     layout: &Layout,
-    mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, MetaError>,
+    read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, MetaError>,
 ) -> Result<MetaState, MetaError> {
-    let sb = decode_superblock(&read_at(layout.sb_offset, MD_BLOCK as usize)?)?;
+    read_meta_and_superblock(layout, read_at).map(|(state, _)| state)
+}
+
+fn read_meta_and_superblock(
+    layout: &Layout,
+    mut read_at: impl FnMut(u64, usize) -> Result<Vec<u8>, MetaError>,
+) -> Result<(MetaState, Superblock), MetaError> {
+    let sb = read_superblock(layout, &mut read_at)?;
     if sb.size_bytes != layout.size_bytes {
         return Err(MetaError::SizeMismatch {
             recorded: sb.size_bytes,
@@ -425,7 +493,7 @@ pub fn read_meta(
             al = Some(t);
         }
     }
-    Ok(MetaState {
+    let state = MetaState {
         node_id: sb.node_id,
         size_bytes: sb.size_bytes,
         generations: sb.generations,
@@ -433,7 +501,8 @@ pub fn read_meta(
         al_extents: sb.al_extents,
         bitmap: Bitmap::from_words(sb.size_bytes, &words),
         al,
-    })
+    };
+    Ok((state, sb))
 }
 
 /// Open metadata: the file and its layout.
@@ -445,6 +514,9 @@ pub struct MetaStore {
     node_id: u64,
     al_extents: u32,
     bitmap_blocks: u32,
+    /// Sequence number of the newest superblock on disk; the next write gets one more
+    /// (and so goes to the other slot).
+    sb_seq: u64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
@@ -501,15 +573,16 @@ impl MetaStore {
             });
         }
         let (file, path, layout) = open_files(backing, loc)?;
-        if !force {
-            let mut sb = vec![0u8; MD_BLOCK as usize];
-            if file.read_exact_at(&mut sb, layout.sb_offset).is_ok()
-                && decode_superblock(&sb).is_ok()
-            {
-                return Err(MetaError::Exists);
-            }
+        let read_at = |off: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            file.read_exact_at(&mut b, off).map_err(io_err(&path))?;
+            Ok(b)
+        };
+        if !force && read_superblock(&layout, read_at).is_ok() {
+            return Err(MetaError::Exists);
         }
-        let sb = Superblock {
+        let mut sb = Superblock {
+            seq: 0,
             node_id,
             size_bytes: layout.size_bytes,
             generations: Generations::just_created(),
@@ -531,8 +604,12 @@ impl MetaStore {
         }
         file.sync_data().map_err(io_err(&path))?;
         // The superblock last: metadata is valid only once everything else is there.
-        file.write_all_at(&encode_superblock(&sb), layout.sb_offset)
-            .map_err(io_err(&path))?;
+        // Both slots, so that no older superblock (with a higher number) survives.
+        for (seq, &offset) in layout.sb_offsets.iter().enumerate() {
+            sb.seq = seq as u64;
+            file.write_all_at(&encode_superblock(&sb), offset)
+                .map_err(io_err(&path))?;
+        }
         file.sync_data().map_err(io_err(&path))?;
         Ok(layout)
     }
@@ -540,7 +617,7 @@ impl MetaStore {
     /// Opens and checks existing metadata.
     pub fn open(backing: &Path, loc: &MetaLocation) -> Result<(MetaStore, MetaState), MetaError> {
         let (file, path, layout) = open_files(backing, loc)?;
-        let state = read_meta(&layout, |off, len| {
+        let (state, sb) = read_meta_and_superblock(&layout, |off, len| {
             let mut b = vec![0u8; len];
             file.read_exact_at(&mut b, off).map_err(io_err(&path))?;
             Ok(b)
@@ -553,6 +630,7 @@ impl MetaStore {
                 node_id: state.node_id,
                 al_extents: state.al_extents,
                 bitmap_blocks: bitmap_blocks_for(state.size_bytes) as u32,
+                sb_seq: sb.seq,
             },
             state,
         ))
@@ -563,12 +641,16 @@ impl MetaStore {
         self.layout
     }
 
-    /// Makes one metadata block durable (write + `sync_data`).
+    /// Makes one metadata block durable (write + `sync_data`). A superblock goes to the
+    /// slot that does not hold the newest one; only once it is durable is it the newest
+    /// (a failed or torn write is retried into the same slot).
     pub fn write(&mut self, w: &MetaWrite) -> Result<(), MetaError> {
+        let seq = self.sb_seq + 1;
         let (offset, bytes) = match w {
             MetaWrite::Superblock(u) => (
-                self.layout.sb_offset,
+                self.layout.sb_offsets[(seq % SB_SLOTS) as usize],
                 encode_superblock(&Superblock {
+                    seq,
                     node_id: self.node_id,
                     size_bytes: self.layout.size_bytes,
                     generations: u.generations,
@@ -597,7 +679,11 @@ impl MetaStore {
         self.file
             .write_all_at(&bytes, offset)
             .map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        if matches!(w, MetaWrite::Superblock(_)) {
+            self.sb_seq = seq;
+        }
+        Ok(())
     }
 }
 
@@ -636,7 +722,9 @@ mod tests {
             let l = Layout::internal(len).unwrap();
             assert!(l.size_bytes + md_bytes_for(l.size_bytes) <= len);
             assert!(l.bitmap_offset >= l.size_bytes);
-            assert_eq!(l.sb_offset + MD_BLOCK, len / MD_BLOCK * MD_BLOCK);
+            assert_eq!(l.sb_offsets[1] + MD_BLOCK, len / MD_BLOCK * MD_BLOCK);
+            assert_eq!(l.sb_offsets[0] + MD_BLOCK, l.sb_offsets[1]);
+            assert_eq!(l.al_offset + AL_BLOCKS * MD_BLOCK, l.sb_offsets[0]);
         }
         assert!(matches!(
             Layout::internal(8192),
@@ -718,14 +806,18 @@ mod tests {
             .write(true)
             .open(&data)
             .unwrap();
-        // A flipped bit in the superblock.
+        // A flipped bit in both superblock slots.
         let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, layout.sb_offset + 40).unwrap();
-        f.write_all_at(&[b[0] ^ 4], layout.sb_offset + 40).unwrap();
+        for at in layout.sb_offsets {
+            f.read_exact_at(&mut b, at + 40).unwrap();
+            f.write_all_at(&[b[0] ^ 4], at + 40).unwrap();
+        }
         let e = MetaStore::open(&data, &MetaLocation::Internal).unwrap_err();
         assert!(matches!(e, MetaError::BadChecksum { .. }), "{e}");
         assert!(e.to_string().contains("superblock"));
-        f.write_all_at(&b, layout.sb_offset + 40).unwrap();
+        for at in layout.sb_offsets {
+            f.write_all_at(&b, at + 40).unwrap();
+        }
         MetaStore::open(&data, &MetaLocation::Internal).unwrap();
         // A flipped bit in a bitmap block.
         f.write_all_at(&[1], layout.bitmap_offset + 100).unwrap();
@@ -735,8 +827,10 @@ mod tests {
         // A torn activity-log block is skipped, not fatal.
         f.write_all_at(&[7u8; 100], layout.al_offset).unwrap();
         MetaStore::open(&data, &MetaLocation::Internal).unwrap();
-        // Another program's data where the superblock should be.
-        f.write_all_at(b"XFSB and more", layout.sb_offset).unwrap();
+        // Another program's data where the superblocks should be.
+        for at in layout.sb_offsets {
+            f.write_all_at(b"XFSB and more", at).unwrap();
+        }
         assert!(matches!(
             MetaStore::open(&data, &MetaLocation::Internal),
             Err(MetaError::NotTandem { .. })
@@ -745,6 +839,124 @@ mod tests {
         MetaStore::create(&data, &MetaLocation::Internal, 61, 1, true).unwrap();
         f.set_len(16 << 20).unwrap();
         assert!(MetaStore::open(&data, &MetaLocation::Internal).is_err());
+    }
+
+    fn sb_update(current: u64) -> MetaWrite {
+        MetaWrite::Superblock(SuperblockUpdate {
+            generations: Generations {
+                current,
+                bitmap: 0,
+                history: [0, 0],
+            },
+            flags: MetaFlags {
+                consistent: true,
+                ..Default::default()
+            },
+        })
+    }
+
+    fn slot(f: &File, layout: &Layout, i: usize) -> Result<Superblock, MetaError> {
+        let mut b = vec![0u8; MD_BLOCK as usize];
+        f.read_exact_at(&mut b, layout.sb_offsets[i]).unwrap();
+        decode_superblock(&b)
+    }
+
+    /// Superblock writes alternate between the two slots, each with the next sequence
+    /// number, so a write never lands on the newest good copy.
+    #[test]
+    fn superblock_writes_alternate_slots() {
+        let data = tmp("alternate");
+        let _c = Cleanup(vec![data.clone()]);
+        std::fs::write(&data, vec![0u8; 8 << 20]).unwrap();
+        let layout = MetaStore::create(&data, &MetaLocation::Internal, 61, 1, false).unwrap();
+        let f = File::open(&data).unwrap();
+        // create-md writes both: numbers 0 and 1.
+        assert_eq!(slot(&f, &layout, 0).unwrap().seq, 0);
+        assert_eq!(slot(&f, &layout, 1).unwrap().seq, 1);
+        let (mut store, _) = MetaStore::open(&data, &MetaLocation::Internal).unwrap();
+        for n in 2..8u64 {
+            store.write(&sb_update(100 + n)).unwrap();
+            let written = slot(&f, &layout, (n % 2) as usize).unwrap();
+            assert_eq!((written.seq, written.generations.current), (n, 100 + n));
+            // The other slot still holds the previous superblock.
+            let other = slot(&f, &layout, ((n + 1) % 2) as usize).unwrap();
+            assert_eq!(other.seq, n - 1);
+        }
+    }
+
+    /// A torn superblock write (damaged bytes in the slot written last) falls back to
+    /// the other slot: attach succeeds with the previous content, and the next write
+    /// goes to the damaged slot again, not over the good one. Both slots damaged is
+    /// refused with the checksum error.
+    #[test]
+    fn a_torn_superblock_falls_back_to_the_other_slot() {
+        let data = tmp("torn");
+        let ext = tmp("torn-ext");
+        let _c = Cleanup(vec![data.clone(), ext.clone()]);
+        std::fs::write(&data, vec![0u8; 8 << 20]).unwrap();
+        for loc in [MetaLocation::Internal, MetaLocation::External(ext.clone())] {
+            let layout = MetaStore::create(&data, &loc, 61, 1, true).unwrap();
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(if loc == MetaLocation::Internal {
+                    &data
+                } else {
+                    &ext
+                })
+                .unwrap();
+            let (mut store, _) = MetaStore::open(&data, &loc).unwrap();
+            store.write(&sb_update(500)).unwrap(); // seq 2, slot 0
+            store.write(&sb_update(600)).unwrap(); // seq 3, slot 1: the newest
+            // Tear slot 1: its second half never made it.
+            f.write_all_at(&[0u8; 2048], layout.sb_offsets[1] + 2048)
+                .unwrap();
+            let (mut store, st) = MetaStore::open(&data, &loc).unwrap();
+            assert_eq!(st.generations.current, 500, "{loc:?}: the older content");
+            // The next write repairs slot 1 and leaves slot 0 alone.
+            store.write(&sb_update(700)).unwrap();
+            assert_eq!(slot(&f, &layout, 0).unwrap().generations.current, 500);
+            assert_eq!(slot(&f, &layout, 1).unwrap().seq, 3);
+            let (_, st) = MetaStore::open(&data, &loc).unwrap();
+            assert_eq!(st.generations.current, 700);
+            // Both slots damaged: refused, with the checksum error.
+            for at in layout.sb_offsets {
+                f.write_all_at(&[0xff; 16], at + 32).unwrap();
+            }
+            let e = MetaStore::open(&data, &loc).unwrap_err();
+            assert!(matches!(e, MetaError::BadChecksum { .. }), "{loc:?}: {e}");
+            assert!(e.to_string().contains("superblock"), "{e}");
+        }
+    }
+
+    /// Version 1 metadata (one superblock, at the end) is refused with a message that
+    /// says what to do, not read as garbage.
+    #[test]
+    fn a_version_1_superblock_is_refused_with_a_clear_message() {
+        let data = tmp("v1");
+        let _c = Cleanup(vec![data.clone()]);
+        std::fs::write(&data, vec![0u8; 8 << 20]).unwrap();
+        let layout = MetaStore::create(&data, &MetaLocation::Internal, 61, 1, false).unwrap();
+        let f = OpenOptions::new().write(true).open(&data).unwrap();
+        // What version 1 left: its superblock in the last block, its activity log before.
+        let mut v1 = encode_superblock(&Superblock {
+            seq: 0,
+            node_id: 1,
+            size_bytes: layout.size_bytes,
+            generations: Generations::just_created(),
+            flags: MetaFlags::default(),
+            al_extents: 61,
+            bitmap_blocks: layout.bitmap_blocks as u32,
+        });
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[..4092]);
+        v1[4092..].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&v1, layout.sb_offsets[1]).unwrap();
+        f.write_all_at(&[0u8; MD_BLOCK as usize], layout.sb_offsets[0])
+            .unwrap();
+        let e = MetaStore::open(&data, &MetaLocation::Internal).unwrap_err();
+        assert!(matches!(e, MetaError::UnsupportedVersion(1)), "{e}");
+        assert!(e.to_string().contains("create-md --force"), "{e}");
     }
 
     #[test]
@@ -757,6 +969,7 @@ mod tests {
             s
         };
         let sb = encode_superblock(&Superblock {
+            seq: 0,
             node_id: 1,
             size_bytes: 1 << 20,
             generations: Generations::just_created(),

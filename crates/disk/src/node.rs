@@ -38,7 +38,7 @@ use crate::core::{
     AdminError, Config, ConnState, Core, Input, IoFailure, Output, RequestError, Status, WriteAck,
 };
 use crate::meta::{MetaError, MetaLocation, MetaStore};
-use tandem_wire::frame::{self, Frame, FrameType, HEADER_LEN, Header};
+use tandem_wire::frame::{self, Frame, FrameKey, FrameType, HEADER_LEN, Header};
 
 /// Everything one node of one resource needs.
 #[derive(Debug, Clone)]
@@ -77,6 +77,10 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("node stopped")]
     Stopped,
+    /// The kernel gave no random bytes. Challenge nonces and generation ids depend on
+    /// them, so there is no weaker fallback.
+    #[error("no random bytes from the kernel (getrandom): {0}")]
+    Random(String),
 }
 
 enum Cmd {
@@ -107,11 +111,12 @@ enum Cmd {
 
 enum Event {
     IoDone(u64, Result<Option<Bytes>, IoFailure>),
-    /// An authenticated connection. Nothing past the handshake has been read from it:
-    /// the event loop reads its frames once it has made this connection the link (were
-    /// they read earlier, the peer's first `State` could reach the loop before `LinkUp`,
-    /// be dropped as a frame of an unknown link, and leave the core in `Handshaking`).
-    LinkUp(u64, OwnedReadHalf, OwnedWriteHalf),
+    /// An authenticated connection and its session keys. Nothing past the handshake has
+    /// been read from it: the event loop reads its frames once it has made this
+    /// connection the link (were they read earlier, the peer's first `State` could reach
+    /// the loop before `LinkUp`, be dropped as a frame of an unknown link, and leave the
+    /// core in `Handshaking`).
+    LinkUp(u64, OwnedReadHalf, OwnedWriteHalf, LinkKeys),
     /// Authentication failed.
     LinkDown(u64),
     DialFailed,
@@ -292,26 +297,25 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(f) = File::open("/dev/urandom") {
-        let _ = f.read_exact_at(&mut b, 0);
-    }
-    u64::from_le_bytes(b) ^ u64::from(std::process::id())
+/// `N` bytes from the kernel's random generator (getrandom(2), which waits until it is
+/// seeded), or an error: never a weaker fallback such as the process id, which two
+/// nodes (or two lab hosts in their own pid namespaces) can share.
+fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
+    random_bytes_from(getrandom::fill)
+}
+
+fn random_bytes_from<const N: usize>(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<[u8; N], NodeError> {
+    let mut b = [0u8; N];
+    fill(&mut b).map_err(|e| NodeError::Random(e.to_string()))?;
+    Ok(b)
 }
 
 /// The one place this driver reads the clock.
 #[allow(clippy::disallowed_methods)]
 fn clock_now() -> Instant {
     Instant::now()
-}
-
-fn random_nonce() -> [u8; 32] {
-    let mut n = [0u8; 32];
-    for c in n.chunks_mut(8) {
-        c.copy_from_slice(&random_u64().to_le_bytes());
-    }
-    n
 }
 
 /// The first retry of a failed dial; later ones wait longer, up to `connect_interval`.
@@ -423,7 +427,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     let size_bytes = meta.size_bytes;
     let clock = clock_now();
     let now_ms = || clock_now().duration_since(clock).as_millis() as u64;
-    let mut core = Core::new(cfg.core.clone(), meta, random_u64(), now_ms());
+    let seed = u64::from_le_bytes(random_bytes()?);
+    let mut core = Core::new(cfg.core.clone(), meta, seed, now_ms());
     core.connect(now_ms(), false);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
@@ -442,6 +447,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         store: Arc::new(Mutex::new(store)),
         ev_tx,
         link: None,
+        unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
         next_link: 1,
         dialing: false,
         last_dial: None,
@@ -464,11 +470,44 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
+/// The session keys of one link: one per direction (see `FrameKey::session`).
+struct LinkKeys {
+    send: FrameKey,
+    recv: FrameKey,
+}
+
+impl LinkKeys {
+    fn derive(secret: &[u8], mine: &[u8; 32], theirs: &[u8; 32], initiator: bool) -> LinkKeys {
+        let (i_nonce, a_nonce) = if initiator {
+            (mine, theirs)
+        } else {
+            (theirs, mine)
+        };
+        LinkKeys {
+            send: FrameKey::session(secret, i_nonce, a_nonce, initiator),
+            recv: FrameKey::session(secret, i_nonce, a_nonce, !initiator),
+        }
+    }
+}
+
+/// Connections accepted but not yet authenticated, at most: more are closed at once.
+/// Each holds a task and a socket for up to the 5 s handshake timeout; the real peer
+/// needs one.
+const MAX_UNAUTHENTICATED: usize = 4;
+
 /// The authenticated replication connection, read and written by the event loop.
+/// Every frame carries a MAC under the link's session key for its direction and its
+/// sequence number in that direction (counted here, never sent): a frame that does not
+/// verify drops the link.
 struct Link {
     id: u64,
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
+    keys: LinkKeys,
+    /// Sequence number of the next frame sent.
+    send_seq: u64,
+    /// Sequence number of the next frame received.
+    recv_seq: u64,
     /// Received bytes not yet decoded.
     rbuf: BytesMut,
     /// A large data frame being read straight into a buffer of its own.
@@ -560,11 +599,14 @@ impl AsMut<[u8]> for AlignedPayload {
 }
 
 impl Link {
-    fn new(id: u64, rd: OwnedReadHalf, wr: OwnedWriteHalf) -> Link {
+    fn new(id: u64, rd: OwnedReadHalf, wr: OwnedWriteHalf, keys: LinkKeys) -> Link {
         Link {
             id,
             rd,
             wr,
+            keys,
+            send_seq: 0,
+            recv_seq: 0,
             rbuf: BytesMut::with_capacity(LINK_READ_SPACE_BYTES),
             big: None,
             payload_pool: Arc::default(),
@@ -608,9 +650,16 @@ impl Link {
                 return Ok(None);
             };
             let payload = Bytes::from_owner(big.payload);
-            return Frame::decode_payload_shared(&big.header, &big.header_bytes, &payload)
-                .map(Some)
-                .map_err(|_| ReadError::Decode);
+            let seq = self.next_recv_seq();
+            return Frame::decode_payload_shared(
+                &big.header,
+                &big.header_bytes,
+                &payload,
+                &self.keys.recv,
+                seq,
+            )
+            .map(Some)
+            .map_err(|_| ReadError::Decode);
         }
         if self.rbuf.len() < HEADER_LEN {
             return Ok(None);
@@ -646,21 +695,31 @@ impl Link {
             self.rbuf.reserve(total - self.rbuf.len());
             return Ok(None);
         }
+        let seq = self.next_recv_seq();
         let frame = Frame::decode_payload(
             &header,
             &self.rbuf[..HEADER_LEN],
             &self.rbuf[HEADER_LEN..total],
+            &self.keys.recv,
+            seq,
         )
         .map_err(|_| ReadError::Decode);
         self.rbuf.advance(total);
         frame.map(Some)
     }
 
-    /// Queues a frame for the next flush.
+    fn next_recv_seq(&mut self) -> u64 {
+        self.recv_seq += 1;
+        self.recv_seq - 1
+    }
+
+    /// Queues a frame for the next flush, as the next frame of this direction.
     fn send(&mut self, f: &Frame) {
+        let seq = self.send_seq;
+        self.send_seq += 1;
         if f.encoded_len() < BIG_FRAME_BYTES {
-            f.encode(&mut self.wbuf);
-        } else if let Some(data) = f.encode_split(&mut self.wbuf) {
+            f.encode(&mut self.wbuf, &self.keys.send, seq);
+        } else if let Some(data) = f.encode_split(&mut self.wbuf, &self.keys.send, seq) {
             self.seal();
             self.out.push_back(data);
         }
@@ -715,6 +774,8 @@ struct Driver {
     store: Arc<Mutex<MetaStore>>,
     ev_tx: mpsc::Sender<Event>,
     link: Option<Link>,
+    /// Permits for connections accepted but not yet authenticated.
+    unauthenticated: Arc<tokio::sync::Semaphore>,
     next_link: u64,
     dialing: bool,
     last_dial: Option<Instant>,
@@ -781,11 +842,7 @@ impl Driver {
                 } => self.on_link_io(io),
                 acc = listener.accept() => {
                     if let Ok((sock, _)) = acc {
-                        if !self.dialer && self.link.is_none() && self.core.wants_connection() {
-                            let id = self.next_link;
-                            self.next_link += 1;
-                            tokio::spawn(establish(sock, false, self.cfg.secret.clone(), id, self.ev_tx.clone()));
-                        }
+                        self.on_accept(sock);
                     }
                 }
                 _ = tick.tick() => {
@@ -829,6 +886,25 @@ impl Driver {
             l.connection = now.0;
             l.suspended = now.1;
             l.fence_peer_requests = now.2;
+        });
+    }
+
+    /// Authenticates an accepted connection, if this side accepts, wants a link, has
+    /// none, and fewer than [`MAX_UNAUTHENTICATED`] others are authenticating; any other
+    /// connection is closed at once.
+    fn on_accept(&mut self, sock: TcpStream) {
+        if self.dialer || self.link.is_some() || !self.core.wants_connection() {
+            return;
+        }
+        let Ok(permit) = self.unauthenticated.clone().try_acquire_owned() else {
+            return;
+        };
+        let id = self.next_link;
+        self.next_link += 1;
+        let (secret, ev) = (self.cfg.secret.clone(), self.ev_tx.clone());
+        tokio::spawn(async move {
+            establish(sock, false, secret, id, ev).await;
+            drop(permit);
         });
     }
 
@@ -954,14 +1030,14 @@ impl Driver {
         let now = self.now_ms();
         match ev {
             Event::IoDone(io, result) => self.core.handle(now, Input::IoDone { io, result }),
-            Event::LinkUp(id, rd, wr) => {
+            Event::LinkUp(id, rd, wr, keys) => {
                 self.dialing = false;
                 self.dial_wait = FIRST_DIAL_WAIT;
                 if self.link.is_none()
                     && self.core.wants_connection()
                     && self.core.connection() == crate::core::ConnState::Connecting
                 {
-                    self.link = Some(Link::new(id, rd, wr));
+                    self.link = Some(Link::new(id, rd, wr, keys));
                     self.core.handle(now, Input::Connected);
                 }
                 // Otherwise the halves drop here and the socket closes.
@@ -1178,33 +1254,42 @@ async fn establish(
 ) {
     let _ = sock.set_nodelay(true);
     let (mut rd, mut wr) = sock.into_split();
+    // Before the secret is proven, frames carry a tag under the public key only; the
+    // challenge is frame 0 and the answer frame 1 of each direction.
+    let pre = FrameKey::preauth();
     let auth = async {
-        let mine = random_nonce();
-        wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes())
+        let mine: [u8; 32] = random_bytes().ok()?;
+        wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes(&pre, 0))
             .await
             .ok()?;
-        let Frame::AuthChallenge { nonce: theirs } = read_frame(&mut rd).await.ok()? else {
+        let Frame::AuthChallenge { nonce: theirs } =
+            read_frame(&mut rd, FrameType::AuthChallenge, &pre, 0)
+                .await
+                .ok()?
+        else {
             return None;
         };
         let mac = frame::auth_response(&secret, &theirs, initiator);
-        wr.write_all(&Frame::AuthResponse { mac }.to_bytes())
+        wr.write_all(&Frame::AuthResponse { mac }.to_bytes(&pre, 1))
             .await
             .ok()?;
-        let Frame::AuthResponse { mac } = read_frame(&mut rd).await.ok()? else {
+        let Frame::AuthResponse { mac } = read_frame(&mut rd, FrameType::AuthResponse, &pre, 1)
+            .await
+            .ok()?
+        else {
             return None;
         };
-        frame::auth_verify(&secret, &mine, !initiator, &mac).then_some(())
+        frame::auth_verify(&secret, &mine, !initiator, &mac)
+            .then(|| LinkKeys::derive(&secret, &mine, &theirs, initiator))
     };
-    let ok = tokio::time::timeout(Duration::from_secs(5), auth)
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    if !ok {
-        let _ = ev.send(Event::LinkDown(id)).await;
-        return;
+    match tokio::time::timeout(Duration::from_secs(5), auth).await {
+        Ok(Some(keys)) => {
+            let _ = ev.send(Event::LinkUp(id, rd, wr, keys)).await;
+        }
+        _ => {
+            let _ = ev.send(Event::LinkDown(id)).await;
+        }
     }
-    let _ = ev.send(Event::LinkUp(id, rd, wr)).await;
 }
 
 #[derive(Debug)]
@@ -1213,15 +1298,26 @@ enum ReadError {
     Decode,
 }
 
-async fn read_frame(rd: &mut OwnedReadHalf) -> Result<Frame, ReadError> {
+/// Reads one frame of type `kind` during the handshake. The header is checked (type,
+/// and length against the type's largest payload: 32 bytes) before a payload byte is
+/// read or allocated.
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    kind: FrameType,
+    key: &FrameKey,
+    seq: u64,
+) -> Result<Frame, ReadError> {
     let mut h = [0u8; HEADER_LEN];
     rd.read_exact(&mut h).await.map_err(|_| ReadError::Io)?;
     let header = Header::decode(&h).map_err(|_| ReadError::Decode)?;
+    if header.kind != kind {
+        return Err(ReadError::Decode);
+    }
     let mut payload = vec![0u8; header.length as usize];
     rd.read_exact(&mut payload)
         .await
         .map_err(|_| ReadError::Io)?;
-    Frame::decode_payload(&header, &h, &payload).map_err(|_| ReadError::Decode)
+    Frame::decode_payload(&header, &h, &payload, key, seq).map_err(|_| ReadError::Decode)
 }
 
 #[cfg(test)]
@@ -1244,17 +1340,23 @@ mod tests {
             let sock = TcpStream::connect(addr).await.unwrap();
             let (mut rd, mut wr) = sock.into_split();
             let mine = [7u8; 32];
-            wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes())
+            let pre = FrameKey::preauth();
+            wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes(&pre, 0))
                 .await
                 .unwrap();
-            let Ok(Frame::AuthChallenge { nonce }) = read_frame(&mut rd).await else {
+            let Ok(Frame::AuthChallenge { nonce }) =
+                read_frame(&mut rd, FrameType::AuthChallenge, &pre, 0).await
+            else {
                 panic!("no challenge");
             };
             let mac = frame::auth_response(&peer_secret, &nonce, true);
-            let mut glued = Frame::AuthResponse { mac }.to_bytes();
-            glued.extend(Frame::Ping.to_bytes());
+            let keys = LinkKeys::derive(&peer_secret, &mine, &nonce, true);
+            let mut glued = Frame::AuthResponse { mac }.to_bytes(&pre, 1);
+            glued.extend(Frame::Ping.to_bytes(&keys.send, 0));
             wr.write_all(&glued).await.unwrap();
-            let Ok(Frame::AuthResponse { mac }) = read_frame(&mut rd).await else {
+            let Ok(Frame::AuthResponse { mac }) =
+                read_frame(&mut rd, FrameType::AuthResponse, &pre, 1).await
+            else {
                 panic!("no answer");
             };
             assert!(frame::auth_verify(&peer_secret, &mine, false, &mac));
@@ -1264,7 +1366,7 @@ mod tests {
         let (ev_tx, mut ev_rx) = mpsc::channel(16);
         establish(sock, false, secret, 7, ev_tx.clone()).await;
         let _peer_halves = peer.await.unwrap();
-        let Some(Event::LinkUp(7, mut rd, wr)) = ev_rx.recv().await else {
+        let Some(Event::LinkUp(7, mut rd, wr, keys)) = ev_rx.recv().await else {
             panic!("authenticated link not handed to the loop first");
         };
         // The frame behind the handshake is still unread, and no event overtook LinkUp.
@@ -1276,7 +1378,7 @@ mod tests {
             "nothing queued behind LinkUp yet"
         );
         // Once the loop has made it the link, it reads: the glued frame comes first.
-        let mut link = Link::new(7, rd, wr);
+        let mut link = Link::new(7, rd, wr, keys);
         let frame = loop {
             match link.ready().await {
                 LinkIo::Read(Ok(n)) if n > 0 => {}
@@ -1288,6 +1390,17 @@ mod tests {
         };
         assert_eq!(frame, Frame::Ping, "the glued frame is the link's first");
         drop(ev_tx);
+    }
+
+    /// Randomness is the kernel's or nothing: a failing source is an error, and the
+    /// node does not start (before, the process id stood in for it).
+    #[test]
+    fn failing_randomness_is_an_error_not_a_fallback() {
+        let failed = random_bytes_from::<8>(|_| Err(getrandom::Error::UNSUPPORTED));
+        assert!(matches!(failed, Err(NodeError::Random(_))), "{failed:?}");
+        let a: [u8; 32] = random_bytes().unwrap();
+        let b: [u8; 32] = random_bytes().unwrap();
+        assert_ne!(a, b);
     }
 
     /// Large aligned writes go direct, small or unaligned ones buffered; both land, and
@@ -1332,7 +1445,9 @@ mod tests {
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (rd, wr) = server.into_split();
-        let mut link = Link::new(1, rd, wr);
+        let keys = LinkKeys::derive(b"k", &[1; 32], &[2; 32], false);
+        let peer_keys = LinkKeys::derive(b"k", &[2; 32], &[1; 32], true);
+        let mut link = Link::new(1, rd, wr, keys);
         let frames = vec![
             Frame::Ping,
             Frame::Data {
@@ -1345,10 +1460,11 @@ mod tests {
             Frame::Barrier { epoch: 1 },
         ];
         let mut bytes = Vec::new();
-        for f in &frames {
-            f.encode(&mut bytes);
+        for (seq, f) in frames.iter().enumerate() {
+            f.encode(&mut bytes, &peer_keys.send, seq as u64);
         }
-        for cut in [1, 39, 40, 41, 4000, bytes.len() - 1] {
+        for cut in [1, 47, 48, 49, 4000, bytes.len() - 1] {
+            link.recv_seq = 0;
             let (a, b) = bytes.split_at(cut);
             link.rbuf.extend_from_slice(a);
             let mut got = Vec::new();
@@ -1363,11 +1479,18 @@ mod tests {
             assert!(link.rbuf.is_empty());
         }
         let mut bad = bytes.clone();
-        // A flipped bit in the second frame's data: its checksum no longer matches.
+        // A flipped bit in the second frame's data: its MAC no longer verifies.
         bad[2 * HEADER_LEN + 100] ^= 0x10;
+        link.recv_seq = 0;
         link.rbuf.extend_from_slice(&bad);
         assert_eq!(link.next_frame().unwrap(), Some(Frame::Ping));
         assert!(link.next_frame().is_err(), "a corrupt frame is an error");
+        // The same frames again, replayed behind the first ones: each is in the wrong
+        // place of the stream now, so the first already fails.
+        link.rbuf.clear();
+        link.recv_seq = frames.len() as u64;
+        link.rbuf.extend_from_slice(&bytes);
+        assert!(link.next_frame().is_err(), "a replayed frame is an error");
         // Output queued on the link leaves with `flush`, in order — large data frames
         // from where their data lies, the rest encoded.
         let mut out_frames = frames.clone();
@@ -1380,9 +1503,9 @@ mod tests {
             },
         );
         let mut sent = Vec::new();
-        for f in &out_frames {
+        for (seq, f) in out_frames.iter().enumerate() {
             link.send(f);
-            f.encode(&mut sent);
+            f.encode(&mut sent, &peer_keys.recv, seq as u64);
         }
         assert_eq!(link.out.len(), 2, "small frames, then the big frame's data");
         let expect = sent.len();

@@ -10,7 +10,7 @@ use tandem_disk::core::generation::{Generations, SyncDecision};
 use tandem_disk::core::{
     AdminError, Config, ConnState, Core, DiskState, Fencing, Input, Output, Protocol, Role,
 };
-use tandem_wire::frame::Frame;
+use tandem_wire::frame::{Frame, StateReport};
 
 #[test]
 fn protocol_c_acknowledges_only_after_the_peer_wrote() {
@@ -724,4 +724,69 @@ fn a_paused_resync_waits_for_its_group() {
     p.settle();
     assert!(!p.n[1].core.needs_resync());
     assert_eq!(p.n[0].disk, p.n[1].disk);
+}
+
+/// Generation ids come from the driver's seed *and* the metadata's node id: two nodes
+/// handed the same seed (a broken entropy source; the driver used to fall back to the
+/// process id, which two lab hosts in their own pid namespaces share) still start
+/// different data histories, draw after draw.
+#[test]
+fn two_nodes_with_the_same_seed_draw_different_generations() {
+    let mut gens = [Vec::new(), Vec::new()];
+    for (i, node_id) in [1u64, 2].into_iter().enumerate() {
+        let mut core = Core::new(Config::default(), meta(node_id), 42, 0);
+        for _ in 0..3 {
+            // A forced promotion on inconsistent data starts a new lineage each time.
+            core.demote(0).unwrap();
+            core.invalidate(0).unwrap();
+            core.promote(0, true).unwrap();
+            gens[i].push(core.generations().current);
+        }
+    }
+    for g in &gens[0] {
+        assert!(!gens[1].contains(g), "same generation drawn: {gens:?}");
+    }
+}
+
+/// A state report with a role code this build does not know (or an unknown disk
+/// state) drops the link, at the handshake and later: it used to be read as secondary,
+/// so a newer or broken peer claiming some third role could look harmless to a primary.
+#[test]
+fn an_unknown_peer_role_or_state_drops_the_link() {
+    for (role, disk, handshake_done) in [(2u8, 4u8, false), (255, 4, true), (0, 9, true)] {
+        let mut p = if handshake_done {
+            Pair::synced(Config::default())
+        } else {
+            let mut p = Pair::new(Config::default());
+            p.link = true;
+            p.input(0, Input::Connected);
+            p
+        };
+        p.input(
+            0,
+            Input::Frame(Frame::State(StateReport {
+                protocol: b'C',
+                role,
+                disk,
+                node_id: 2,
+                generations: p.n[1].core.generations().to_array(),
+                bitmap_bits: 0,
+                size_bytes: SIZE,
+                flags: 0,
+            })),
+        );
+        let s = p.n[0].core.status();
+        assert_eq!(
+            s.connection,
+            ConnState::Connecting,
+            "role {role} disk {disk}: {s:?}"
+        );
+        assert!(
+            s.last_disconnect_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("unknown role")),
+            "role {role} disk {disk}: {s:?}"
+        );
+        assert_eq!(s.peer_role, None);
+    }
 }

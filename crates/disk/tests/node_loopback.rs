@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tandem_disk::core::{Config, ConnState, DiskState, Status};
 use tandem_disk::meta::{MetaLocation, MetaStore};
 use tandem_disk::node::{NodeConfig, NodeHandle, start};
-use tandem_wire::frame::{self, Frame, HEADER_LEN, Header, StateReport};
+use tandem_wire::frame::{self, Frame, FrameKey, HEADER_LEN, Header, StateReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct TempDir(PathBuf);
@@ -135,6 +135,8 @@ async fn writes_replicate_and_reconnect_resyncs_only_dirty_blocks() {
         tandem_disk::core::DiskState::Outdated
     );
     a.peer_outdated().await.unwrap();
+    // The link state is published at the end of the loop's pass, which may come after
+    // the answer above reaches this task: wait for it rather than look once.
     tokio::time::timeout(Duration::from_secs(5), link.wait_for(|l| !l.suspended))
         .await
         .expect("I/O resumed once the peer was outdated")
@@ -251,13 +253,195 @@ async fn a_wrong_secret_never_connects() {
     b.shutdown().await.unwrap();
 }
 
-async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Frame {
+async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf, key: &FrameKey, seq: u64) -> Frame {
     let mut h = [0u8; HEADER_LEN];
     rd.read_exact(&mut h).await.unwrap();
     let header = Header::decode(&h).unwrap();
     let mut payload = vec![0u8; header.length as usize];
     rd.read_exact(&mut payload).await.unwrap();
-    Frame::decode_payload(&header, &h, &payload).unwrap()
+    Frame::decode_payload(&header, &h, &payload, key, seq).unwrap()
+}
+
+/// A scripted initiator's side of an authenticated connection to a node: the halves,
+/// and the session keys (frames we send, frames we receive).
+struct Scripted {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    send: FrameKey,
+    recv: FrameKey,
+}
+
+/// Dials `addr` and passes the challenge/response with `secret`, as a real initiator
+/// would; `extra` is sent in the same write as the answer (already encoded).
+async fn authenticate(
+    addr: SocketAddr,
+    secret: &[u8],
+    mine: [u8; 32],
+    extra: impl FnOnce(&FrameKey) -> Vec<u8>,
+) -> Scripted {
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap()
+        .into_split();
+    let pre = FrameKey::preauth();
+    wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes(&pre, 0))
+        .await
+        .unwrap();
+    let Frame::AuthChallenge { nonce } = read_frame(&mut rd, &pre, 0).await else {
+        panic!("no challenge");
+    };
+    let send = FrameKey::session(secret, &mine, &nonce, true);
+    let recv = FrameKey::session(secret, &mine, &nonce, false);
+    let mut glued = Frame::AuthResponse {
+        mac: frame::auth_response(secret, &nonce, true),
+    }
+    .to_bytes(&pre, 1);
+    glued.extend(extra(&send));
+    wr.write_all(&glued).await.unwrap();
+    let Frame::AuthResponse { mac } = read_frame(&mut rd, &pre, 1).await else {
+        panic!("no answer");
+    };
+    assert!(frame::auth_verify(secret, &mine, false, &mac));
+    Scripted { rd, wr, send, recv }
+}
+
+/// A node that accepts (its peer address sorts below any other), for scripted peers.
+async fn accepting_node(dir: &Path, secret: &[u8]) -> (NodeHandle, SocketAddr) {
+    let listen = free_port();
+    let node = start(NodeConfig {
+        backing: backing(dir, "n.img", 1),
+        meta: MetaLocation::Internal,
+        listen,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        secret: secret.to_vec(),
+        connect_interval: Duration::from_secs(1),
+        core: Config::default(),
+    })
+    .await
+    .unwrap();
+    (node, listen)
+}
+
+/// Reads until the node closes the connection; panics if it is still open after
+/// `within` (a node that waits for more bytes keeps it open).
+async fn closed_within(rd: &mut tokio::net::tcp::OwnedReadHalf, within: Duration) {
+    let mut sink = vec![0u8; 64 << 10];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the node kept the connection open");
+}
+
+fn peer_state(size_bytes: u64) -> Frame {
+    Frame::State(StateReport {
+        protocol: b'C',
+        role: 0,
+        disk: DiskState::Inconsistent as u8,
+        node_id: 99,
+        generations: [4, 0, 0, 0],
+        bitmap_bits: 0,
+        size_bytes,
+        flags: 0,
+    })
+}
+
+/// Frames after the handshake carry a MAC under the session key and their sequence
+/// number: a frame that was only checksummed (what an attacker on the path could make
+/// before: here, tagged under the public pre-authentication key), one replayed, and one
+/// sent under another connection's key each make the node drop the link. A correctly
+/// keyed frame in the right place is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_fails_its_mac_drops_the_link() {
+    let dir = TempDir::new("mac");
+    let (node, listen) = accepting_node(&dir.0, b"m").await;
+    let state = peer_state(node.size_bytes());
+    // Accepted: sealed with the session key as frame 0.
+    let mut ok = authenticate(listen, b"m", [1; 32], |k| state.to_bytes(k, 0)).await;
+    wait_for(&node, "peer state taken", |s| s.peer_role.is_some()).await;
+    // The same frame again (a replay, frame 1 now) drops the link.
+    ok.wr.write_all(&state.to_bytes(&ok.send, 0)).await.unwrap();
+    closed_within(&mut ok.rd, Duration::from_secs(3)).await;
+    wait_for(&node, "link down after a replay", |s| s.peer_role.is_none()).await;
+    let (send_key, recv_key) = (ok.send.clone(), ok.recv.clone());
+    assert_ne!(send_key, recv_key);
+    drop(ok);
+    for (what, forge) in [
+        ("checksum only", FrameKey::preauth()),
+        ("another connection's key", send_key),
+    ] {
+        let mut s = authenticate(listen, b"m", [2; 32], |_| state.to_bytes(&forge, 0)).await;
+        closed_within(&mut s.rd, Duration::from_secs(3)).await;
+        let st = node.status().await.unwrap();
+        assert!(st.peer_role.is_none(), "{what}: frame taken: {st:?}");
+    }
+    node.shutdown().await.unwrap();
+}
+
+/// Before authentication a header may not ask for more than its type can hold: an
+/// `AuthChallenge` announcing 1 MiB is refused from its 48 header bytes, and the node
+/// hangs up at once instead of waiting for (and allocating) the megabyte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_auth_frame_is_refused_before_its_payload() {
+    let dir = TempDir::new("oversized");
+    let (node, listen) = accepting_node(&dir.0, b"o").await;
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(listen)
+        .await
+        .unwrap()
+        .into_split();
+    let mut h = Frame::AuthChallenge { nonce: [0; 32] }.to_bytes(&FrameKey::preauth(), 0);
+    h.truncate(HEADER_LEN);
+    h[8..12].copy_from_slice(&(1u32 << 20).to_be_bytes());
+    wr.write_all(&h).await.unwrap();
+    // The node's own challenge, then the end: well before its 5 s handshake timeout.
+    closed_within(&mut rd, Duration::from_secs(2)).await;
+    node.shutdown().await.unwrap();
+}
+
+/// Connections that never authenticate are bounded on the accepting side: beyond four
+/// at once, the node closes new ones without a word (no challenge), and once the
+/// silent ones time out, a real peer still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_bounded() {
+    let dir = TempDir::new("preauth");
+    let (node, listen) = accepting_node(&dir.0, b"p").await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let (mut rd, wr) = tokio::net::TcpStream::connect(listen)
+            .await
+            .unwrap()
+            .into_split();
+        // Each is being authenticated: the node sent its challenge.
+        read_frame(&mut rd, &FrameKey::preauth(), 0).await;
+        silent.push((rd, wr));
+    }
+    for _ in 0..3 {
+        let (mut rd, _wr) = tokio::net::TcpStream::connect(listen)
+            .await
+            .unwrap()
+            .into_split();
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), rd.read(&mut b))
+            .await
+            .expect("an excess connection is closed at once");
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "an excess connection got bytes"
+        );
+    }
+    // The silent ones are dropped by the handshake timeout (5 s); then a peer connects.
+    for (rd, _) in &mut silent {
+        closed_within(rd, Duration::from_secs(7)).await;
+    }
+    let state = peer_state(node.size_bytes());
+    let _peer = authenticate(listen, b"p", [3; 32], |k| state.to_bytes(k, 0)).await;
+    wait_for(&node, "peer state taken", |s| s.peer_role.is_some()).await;
+    node.shutdown().await.unwrap();
 }
 
 /// Regression for the 30 s hang in `Handshaking`: a peer that sends its `State` in the
@@ -268,54 +452,17 @@ async fn read_frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_right_behind_the_handshake_is_never_lost() {
     let dir = TempDir::new("glued");
-    let listen = free_port();
-    let f = backing(&dir.0, "n.img", 1);
     // "127.0.0.1:1" sorts below any other port: the node accepts, we dial.
-    let node = start(NodeConfig {
-        backing: f,
-        meta: MetaLocation::Internal,
-        listen,
-        peer: "127.0.0.1:1".parse().unwrap(),
-        secret: b"g".to_vec(),
-        connect_interval: Duration::from_secs(1),
-        core: Config::default(),
-    })
-    .await
-    .unwrap();
-    let state = Frame::State(StateReport {
-        protocol: b'C',
-        role: 0,
-        disk: DiskState::Inconsistent as u8,
-        node_id: 99,
-        generations: [4, 0, 0, 0],
-        bitmap_bits: 0,
-        size_bytes: node.size_bytes(),
-        flags: 0,
-    });
+    let (node, listen) = accepting_node(&dir.0, b"g").await;
+    let state = peer_state(node.size_bytes());
     for round in 0..20 {
-        let (mut rd, mut wr) = tokio::net::TcpStream::connect(listen)
-            .await
-            .unwrap()
-            .into_split();
-        let mine = [round as u8; 32];
-        wr.write_all(&Frame::AuthChallenge { nonce: mine }.to_bytes())
-            .await
-            .unwrap();
-        let Frame::AuthChallenge { nonce } = read_frame(&mut rd).await else {
-            panic!("no challenge");
-        };
-        let mut glued = Frame::AuthResponse {
-            mac: frame::auth_response(b"g", &nonce, true),
-        }
-        .to_bytes();
-        glued.extend(state.to_bytes());
-        wr.write_all(&glued).await.unwrap();
-        let Frame::AuthResponse { mac } = read_frame(&mut rd).await else {
-            panic!("no answer");
-        };
-        assert!(frame::auth_verify(b"g", &mine, false, &mac));
+        let mut peer =
+            authenticate(listen, b"g", [round as u8; 32], |k| state.to_bytes(k, 0)).await;
+        let mut seq = 0;
         loop {
-            if let Frame::State(s) = read_frame(&mut rd).await {
+            let f = read_frame(&mut peer.rd, &peer.recv, seq).await;
+            seq += 1;
+            if let Frame::State(s) = f {
                 assert_eq!(s.node_id, 1);
                 break;
             }
@@ -324,7 +471,7 @@ async fn a_state_right_behind_the_handshake_is_never_lost() {
             s.peer_role.is_some()
         })
         .await;
-        drop((rd, wr));
+        drop(peer);
         wait_for(&node, "link down", |s| {
             s.connection == ConnState::Connecting
         })

@@ -36,7 +36,7 @@ use tandem_disk::core::{
     AdminError, BITMAP_WORDS_PER_BLOCK, Config, ConnState, Core, DiskState, Fencing, Input,
     MetaFlags, MetaState, MetaWrite, Output, Protocol, Role,
 };
-use tandem_wire::frame::Frame;
+use tandem_wire::frame::{Frame, FrameKey};
 
 const SECTOR: usize = 512;
 
@@ -405,7 +405,7 @@ impl Sim {
                 }
                 Output::Send(f) => {
                     if self.link_up {
-                        self.net[1 - i].push_back(f.to_bytes());
+                        self.net[1 - i].push_back(f.to_bytes(&FrameKey::preauth(), 0));
                     }
                 }
                 Output::Disconnect { reason } => {
@@ -530,7 +530,7 @@ impl Sim {
         let Some(bytes) = self.net[to].pop_front() else {
             return;
         };
-        let (frame, _) = Frame::decode(&bytes).expect("own frames decode");
+        let (frame, _) = Frame::decode(&bytes, &FrameKey::preauth(), 0).expect("own frames decode");
         self.feed(to, Input::Frame(frame));
     }
 

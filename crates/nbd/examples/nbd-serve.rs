@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::new(ServerConfig::default());
     server.add_export(&name, "nbd-serve", device)?;
     let socket = socket.unwrap_or_else(|| tandem_nbd::default_socket_path(&name));
-    let listener = tandem_nbd::bind_unix(&socket).await?;
+    let listener = tandem_nbd::bind_unix(&socket, &tandem_nbd::UnixAccess::default()).await?;
     eprintln!("serving {name} on {}", socket.display());
     if let Some(addr) = tcp {
         let l = tokio::net::TcpListener::bind(&addr).await?;

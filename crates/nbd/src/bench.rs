@@ -488,7 +488,10 @@ pub fn run_nbd_bench(cfg: &BenchConfig) -> Result<Vec<BenchRow>, BenchError> {
         });
     }
     let listener = runtime
-        .block_on(crate::bind_unix(&sock("tandem-nbd")))
+        .block_on(crate::bind_unix(
+            &sock("tandem-nbd"),
+            &crate::UnixAccess::default(),
+        ))
         .map_err(|e| BenchError::Io {
             context: "bind tandem-nbd socket".into(),
             source: std::io::Error::other(e.to_string()),

@@ -28,5 +28,8 @@ pub mod stats;
 
 pub use device::{BlockDevice, BufResult, Capabilities, DeviceError, DeviceFuture, MemoryDevice};
 pub use file::FileDevice;
-pub use server::{Server, ServerConfig, ServerError, bind_unix, default_socket_path};
+pub use server::{
+    DEFAULT_SOCKET_DIR, Server, ServerConfig, ServerError, UnixAccess, bind_unix,
+    default_socket_path, secure_socket_dir,
+};
 pub use stats::{Stats, StatsSnapshot};

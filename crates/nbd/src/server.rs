@@ -44,6 +44,37 @@ pub fn default_socket_path(name: &str) -> PathBuf {
     Path::new(DEFAULT_SOCKET_DIR).join(format!("{name}.nbd"))
 }
 
+/// Who may use a server's Unix sockets: root and the server's own user always, and the
+/// members of `group` (by primary or supplementary group id) if it is set.
+///
+/// Said twice, to be sure: to the kernel by the modes of the socket (0600, or 0660 and
+/// owned by the group) and of its directory (0700, or 0710), and by the server itself at
+/// accept from the peer's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`), which holds even
+/// if someone loosens those modes or reaches the socket by another path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixAccess {
+    /// The group whose members may connect, by id; `None`: root (and our user) only.
+    pub group: Option<u32>,
+}
+
+impl UnixAccess {
+    /// Mode of the socket file.
+    pub fn socket_mode(&self) -> u32 {
+        if self.group.is_some() { 0o660 } else { 0o600 }
+    }
+
+    /// Mode of the socket's directory: the group may pass through, never list it.
+    pub fn dir_mode(&self) -> u32 {
+        if self.group.is_some() { 0o710 } else { 0o700 }
+    }
+
+    /// Whether a peer with user `uid`, group `gid` and supplementary `groups` may
+    /// connect, for a server running as user `own_uid`.
+    pub fn allows(&self, own_uid: u32, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        uid == 0 || uid == own_uid || self.group.is_some_and(|g| gid == g || groups.contains(&g))
+    }
+}
+
 /// Limits of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -57,6 +88,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Bytes of the per-connection read buffer (small requests are read in batches).
     pub read_buffer_bytes: usize,
+    /// Who may connect to the Unix sockets ([`Server::serve_unix`]).
+    pub unix_access: UnixAccess,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +100,7 @@ impl Default for ServerConfig {
             max_bytes_in_flight: 64 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(30),
             read_buffer_bytes: 256 * 1024,
+            unix_access: UnixAccess::default(),
         }
     }
 }
@@ -279,12 +313,45 @@ impl Server {
             };
             match accepted {
                 Ok((stream, _)) => {
+                    if let Err(why) = self.check_peer(&stream) {
+                        // Closed without a word: whoever it is learns nothing.
+                        Stats::add(&self.stats.connections_refused_credentials, 1);
+                        tracing::warn!("nbd connection refused: {why}");
+                        continue;
+                    }
                     let (r, w) = stream.into_split();
                     self.clone().spawn_connection(r, w, default_export.clone());
                 }
                 Err(e) => accept_backoff(e).await,
             }
         }
+    }
+
+    /// Checks a Unix-socket peer against [`ServerConfig::unix_access`].
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), String> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| format!("no peer credentials: {e}"))?;
+        let groups = peer_groups(stream).unwrap_or_default();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let own_uid = unsafe { libc::geteuid() };
+        if self
+            .config
+            .unix_access
+            .allows(own_uid, cred.uid(), cred.gid(), &groups)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "uid {} gid {} (pid {}) is not root and not in the allowed group ({})",
+            cred.uid(),
+            cred.gid(),
+            cred.pid().map_or("?".to_string(), |p| p.to_string()),
+            self.config
+                .unix_access
+                .group
+                .map_or("none configured".to_string(), |g| format!("gid {g}")),
+        ))
     }
 
     /// Accept connections on a TCP socket until [`Server::shutdown`] (Nagle is disabled on
@@ -521,6 +588,10 @@ impl Server {
             };
             let payload = match cmd {
                 Command::Read { length, .. } | Command::Write { length, .. } => length as usize,
+                // No payload on the wire, but work in flight in the device: up to a
+                // largest request's worth of zero pieces (or buffers) at once. Counted,
+                // so a client cannot queue 64 of them (4 GiB each) past the budget.
+                Command::WriteZeroes { length, .. } => length.min(MAX_PAYLOAD_BYTES) as usize,
                 _ => 0,
             };
             let byte_permit = if payload > 0 {
@@ -792,12 +863,64 @@ impl BufferPool {
     }
 }
 
-/// Bind a Unix socket at `path`, creating its directory. A stale socket file left by a
-/// dead server is replaced; a live one is an error.
-pub async fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
+/// The supplementary groups of a Unix-socket peer, as they were when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13+).
+fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes, and the descriptor is
+        // open for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / size_of::<u32>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        // ERANGE: the kernel said how many there are; try once more with room for them.
+        if e.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() {
+            return Err(e);
+        }
+        groups.resize(needed, 0);
+    }
+}
+
+/// Gives `dir` the mode and group of `access` (0700, or 0710 and the group's): the
+/// directory of the server's sockets is where access is decided first. Only for a
+/// directory the server owns, such as [`DEFAULT_SOCKET_DIR`].
+pub fn secure_socket_dir(dir: &Path, access: &UnixAccess) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io_err = |context: String| move |source| ServerError::Io { context, source };
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    std::os::unix::fs::chown(dir, None, access.group)
+        .map_err(io_err(format!("chown {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode()))
+        .map_err(io_err(format!("chmod {}", dir.display())))
+}
+
+/// Bind a Unix socket at `path` with the mode and group of `access` (0600, or 0660 and
+/// the group's). Missing directories are created with the mode of `access`'s directory;
+/// an existing one is left as it is (see [`secure_socket_dir`]). A stale socket file
+/// left by a dead server is replaced; a live one is an error.
+pub async fn bind_unix(path: &Path, access: &UnixAccess) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io_err = |context: String| move |source| ServerError::Io { context, source };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(access.dir_mode())
+            .create(dir)
+            .map_err(io_err(format!("create {}", dir.display())))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
@@ -814,7 +937,14 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, ServerError> {
         std::fs::remove_file(path)
             .map_err(io_err(format!("remove stale socket {}", path.display())))?;
     }
-    UnixListener::bind(path).map_err(io_err(format!("bind {}", path.display())))
+    let listener = UnixListener::bind(path).map_err(io_err(format!("bind {}", path.display())))?;
+    // Until these two calls the socket has the umask's mode: a client could connect only
+    // if the directory let it through, and `serve_unix` checks every peer anyway.
+    std::os::unix::fs::chown(path, None, access.group)
+        .map_err(io_err(format!("chown {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.socket_mode()))
+        .map_err(io_err(format!("chmod {}", path.display())))?;
+    Ok(listener)
 }
 
 #[cfg(test)]
@@ -840,18 +970,61 @@ mod tests {
     async fn bind_unix_replaces_stale_sockets_only() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("sub/d.nbd");
-        let l = bind_unix(&sock).await.unwrap();
+        let root_only = UnixAccess::default();
+        let l = bind_unix(&sock, &root_only).await.unwrap();
         assert!(matches!(
-            bind_unix(&sock).await,
+            bind_unix(&sock, &root_only).await,
             Err(ServerError::SocketInUse(_))
         ));
         drop(l);
         // The socket file is left behind by the dropped listener: stale, so replaced.
-        let _l = bind_unix(&sock).await.unwrap();
+        let _l = bind_unix(&sock, &root_only).await.unwrap();
         let file = dir.path().join("precious");
         std::fs::write(&file, b"keep").unwrap();
-        assert!(bind_unix(&file).await.is_err());
+        assert!(bind_unix(&file, &root_only).await.is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    fn mode_and_group(p: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.mode() & 0o7777, m.gid())
+    }
+
+    /// Sockets are 0600 in a 0700 directory, or 0660 in a 0710 directory and owned by
+    /// the allowed group; an existing directory is tightened by `secure_socket_dir`.
+    #[tokio::test]
+    async fn sockets_and_their_directory_get_the_modes_of_their_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("new/a.nbd");
+        let _a = bind_unix(&sock, &UnixAccess::default()).await.unwrap();
+        assert_eq!(mode_and_group(&sock).0, 0o600);
+        assert_eq!(mode_and_group(sock.parent().unwrap()).0, 0o700);
+        // SAFETY: getegid has no preconditions.
+        let gid = unsafe { libc::getegid() };
+        let group = UnixAccess { group: Some(gid) };
+        let sock = dir.path().join("grp/b.nbd");
+        let _b = bind_unix(&sock, &group).await.unwrap();
+        assert_eq!(mode_and_group(&sock), (0o660, gid));
+        assert_eq!(mode_and_group(sock.parent().unwrap()).0, 0o710);
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        secure_socket_dir(&old, &UnixAccess::default()).unwrap();
+        assert_eq!(mode_and_group(&old).0, 0o700);
+    }
+
+    #[test]
+    fn unix_access_allows_root_our_user_and_the_group_only() {
+        let root_only = UnixAccess::default();
+        let disk = UnixAccess { group: Some(6) };
+        assert!(root_only.allows(0, 0, 0, &[]));
+        assert!(root_only.allows(1000, 1000, 1000, &[]), "our own user");
+        assert!(!root_only.allows(0, 1000, 6, &[6]), "no group configured");
+        assert!(disk.allows(0, 1000, 6, &[]), "primary group");
+        assert!(disk.allows(0, 1000, 100, &[4, 6]), "supplementary group");
+        assert!(!disk.allows(0, 1000, 100, &[4, 7]));
     }
 
     #[test]

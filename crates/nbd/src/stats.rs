@@ -41,6 +41,9 @@ counters! {
     connections_accepted,
     /// Connections closed at once because the connection limit was reached.
     connections_refused,
+    /// Unix-socket connections closed at once because the peer is neither root, nor the
+    /// server's own user, nor in the allowed group (`UnixAccess`).
+    connections_refused_credentials,
     /// Connections open now.
     connections_active,
     /// Negotiations that ended without entering transmission (abort, error, timeout).

@@ -7,8 +7,9 @@
 //!   48-byte header, a typed body and an HMAC-SHA256 trailer, plus the derivation of the
 //!   32-byte HMAC key from a native key file or a Heartbeat `authkeys` entry.
 //! - [`serial`]: framing of those packets on a serial line (COBS + CRC-32).
-//! - [`frame`]: the replication frame of the disk link: a fixed checksummed header and
-//!   typed frames, with HMAC challenge/response for the handshake.
+//! - [`frame`]: the replication frame of the disk link: a fixed header and typed frames,
+//!   HMAC challenge/response for the handshake, then a keyed-BLAKE3 MAC with an implicit
+//!   sequence number on every frame.
 #![warn(missing_docs)]
 
 pub mod frame;

@@ -222,6 +222,7 @@ pub fn import_texts(
             ping_groups: hacf.ping_groups.clone(),
             deadping: hacf.deadping.unwrap_or(defaults::DEADPING),
             fencing_delay: defaults::FENCING_DELAY,
+            nbd_group: None,
         },
         log: hacf.log.clone(),
         nodes,

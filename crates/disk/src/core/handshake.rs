@@ -20,15 +20,14 @@ impl Core {
     }
 
     pub(super) fn on_peer_state(&mut self, s: StateReport) {
-        let (Some(disk), role) = (
-            DiskState::from_code(s.disk),
-            if s.role == 1 {
-                Role::Primary
-            } else {
-                Role::Secondary
-            },
-        ) else {
-            self.drop_link("peer sent an unknown disk state");
+        // An unknown code is a peer this build does not understand, not a secondary.
+        let role = match s.role {
+            0 => Some(Role::Secondary),
+            1 => Some(Role::Primary),
+            _ => None,
+        };
+        let (Some(disk), Some(role)) = (DiskState::from_code(s.disk), role) else {
+            self.drop_link("peer sent an unknown role or disk state");
             return;
         };
         let first = self.peer.is_none();

@@ -104,13 +104,14 @@ impl Core {
     }
 
     pub(super) fn new_generation(&mut self) -> u64 {
-        // splitmix64 over the seeded state; never 0 or JUST_CREATED.
+        // splitmix64 over the seeded state; never 0 or JUST_CREATED. The metadata's node
+        // id is mixed into the state before the (bijective) output function: two nodes
+        // handed the same seed still draw different generations at every draw, and
+        // equal ones elsewhere only if their draw counts differ by an astronomical amount.
+        let node = mix64(self.node_id);
         loop {
             self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
+            let z = mix64(self.rng ^ node);
             if z > generation::JUST_CREATED {
                 return z;
             }
@@ -128,4 +129,11 @@ impl Core {
             self.disk
         );
     }
+}
+
+/// The splitmix64 output function: a bijection that spreads every input bit.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

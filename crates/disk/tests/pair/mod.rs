@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tandem_disk::core::bitmap::Bitmap;
 use tandem_disk::core::generation::Generations;
 use tandem_disk::core::{Config, ConnState, Core, DiskState, Input, MetaFlags, MetaState, Output};
-use tandem_wire::frame::Frame;
+use tandem_wire::frame::{Frame, FrameKey};
 
 pub const SIZE: u64 = 16 << 20;
 
@@ -87,7 +87,8 @@ impl Pair {
                     let sent = std::mem::take(&mut self.wire[1 - i]);
                     self.wire[i].clear();
                     for f in sent {
-                        let (f, _) = Frame::decode(&f.to_bytes()).unwrap();
+                        let key = FrameKey::preauth();
+                        let (f, _) = Frame::decode(&f.to_bytes(&key, 0), &key, 0).unwrap();
                         self.n[1 - i].core.handle(self.now, Input::Frame(f));
                     }
                     self.n[1 - i].core.handle(self.now, Input::Disconnected);
@@ -189,7 +190,8 @@ impl Pair {
         while let Some(f) = self.wire[to].pop_front() {
             any = true;
             // Through the codec, as on a real link.
-            let (f, _) = Frame::decode(&f.to_bytes()).unwrap();
+            let key = FrameKey::preauth();
+            let (f, _) = Frame::decode(&f.to_bytes(&key, 0), &key, 0).unwrap();
             self.input(to, Input::Frame(f));
         }
         any

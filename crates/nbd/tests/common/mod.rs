@@ -25,6 +25,11 @@ pub struct Harness {
 impl Harness {
     /// Serve `exports` on one Unix socket whose default export is the first one.
     pub fn start(exports: Vec<(&str, Arc<dyn BlockDevice>)>) -> Harness {
+        Harness::start_with(exports, ServerConfig::default())
+    }
+
+    /// As [`Harness::start`], with a server configuration of the test's own.
+    pub fn start_with(exports: Vec<(&str, Arc<dyn BlockDevice>)>, config: ServerConfig) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("nbd.sock");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -32,7 +37,8 @@ impl Harness {
             .enable_all()
             .build()
             .expect("runtime");
-        let server = Server::new(ServerConfig::default());
+        let access = config.unix_access;
+        let server = Server::new(config);
         let default = exports.first().map(|(n, _)| n.to_string());
         for (name, dev) in exports {
             server
@@ -40,7 +46,7 @@ impl Harness {
                 .expect("add export");
         }
         let listener = runtime
-            .block_on(tandem_nbd::bind_unix(&socket))
+            .block_on(tandem_nbd::bind_unix(&socket, &access))
             .expect("bind");
         runtime.spawn(server.clone().serve_unix(listener, default));
         Harness {

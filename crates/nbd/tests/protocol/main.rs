@@ -293,3 +293,182 @@ fn removing_an_export_closes_its_connections() {
     c.option(opt::GO, &[0, 0, 0, 1, b'm', 0, 0]);
     assert_eq!(c.option_reply().1, rep::ERR_UNKNOWN);
 }
+
+/// A device whose WRITE_ZEROES waits until the test releases it; everything else is
+/// answered at once (reads return zeroes). Its size costs no memory.
+struct ZeroGate {
+    released: tokio::sync::Semaphore,
+}
+
+impl BlockDevice for ZeroGate {
+    fn size_bytes(&self) -> u64 {
+        1 << 30
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn read(&self, _offset: u64, mut buf: Vec<u8>) -> DeviceFuture<'_, BufResult> {
+        buf.fill(0);
+        Box::pin(std::future::ready((buf, Ok(()))))
+    }
+    fn write(&self, _offset: u64, data: Vec<u8>, _fua: bool) -> DeviceFuture<'_, BufResult> {
+        Box::pin(std::future::ready((data, Ok(()))))
+    }
+    fn flush(&self) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn trim(&self, _: u64, _: u64, _: bool) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn write_zeroes(
+        &self,
+        _: u64,
+        _: u64,
+        _: bool,
+        _: bool,
+    ) -> DeviceFuture<'_, Result<(), DeviceError>> {
+        Box::pin(async move {
+            let _ = self.released.acquire().await.map(|p| p.forget());
+            Ok(())
+        })
+    }
+}
+
+/// WRITE_ZEROES counts in the connection's in-flight byte budget (up to 32 MiB each:
+/// what a device may keep in flight for one), although it carries no payload: with two
+/// large ones running, the default 64 MiB budget is spent, and a READ behind them waits
+/// until one finishes. Before, any number of them ran at once, each free.
+#[test]
+fn write_zeroes_count_in_the_byte_budget() {
+    let dev = Arc::new(ZeroGate {
+        released: tokio::sync::Semaphore::new(0),
+    });
+    let h = Harness::start(vec![("z", dev.clone() as Arc<dyn BlockDevice>)]);
+    let (mut c, _, _) = RawClient::go(&h.socket, "z");
+    c.request(cmd::WRITE_ZEROES, 0, 1, 0, 1 << 29);
+    c.request(cmd::WRITE_ZEROES, 0, 2, 1 << 29, 1 << 25);
+    c.request(cmd::READ, 0, 3, 0, 4096);
+    c.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let early = std::io::Read::read(&mut c.s, &mut b);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the read was answered past the budget: {early:?}"
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    dev.released.add_permits(1);
+    let (e, first) = c.reply();
+    assert_eq!(e, 0);
+    assert!(
+        first == 1 || first == 2,
+        "a write-zeroes finishes first: {first}"
+    );
+    assert_eq!(c.reply(), (0, 3), "then the read gets its budget");
+    assert_eq!(c.read_n(4096), vec![0u8; 4096]);
+    dev.released.add_permits(1);
+    assert_eq!(c.reply().0, 0);
+}
+
+/// Connects to `socket` from a thread that runs as `uid`/`gid` with no supplementary
+/// groups (raw syscalls change only the calling thread's credentials, so the test
+/// process stays root), and returns what the server sent first: the greeting, or
+/// nothing if it hung up.
+fn connect_as(socket: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's own credentials.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut got = Vec::new();
+        let mut b = [0u8; 18];
+        let n = std::io::Read::read(&mut s, &mut b).unwrap_or(0);
+        got.extend_from_slice(&b[..n]);
+        Ok(got)
+    })
+    .join()
+    .expect("client thread")
+}
+
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root (to connect as another user) and CI must run it"
+    );
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// The socket is 0600 in a 0700 directory: another user cannot even connect. And if
+/// those modes are loosened by mistake, the peer's credentials are checked at accept:
+/// neither root nor in the configured group → closed without a greeting, counted, and
+/// the server goes on; a member of the group gets in.
+#[test]
+fn unix_peers_are_checked_by_mode_and_by_credentials() {
+    if !root_or_skip("unix_peers_are_checked_by_mode_and_by_credentials") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let h = Harness::start(vec![(
+        "m",
+        Arc::new(MemoryDevice::new(SIZE)) as Arc<dyn BlockDevice>,
+    )]);
+    let refused = connect_as(&h.socket, NOBODY, NOBODY);
+    assert_eq!(
+        refused.map_err(|e| e.kind()).unwrap_err(),
+        std::io::ErrorKind::PermissionDenied,
+        "the socket's mode keeps other users out"
+    );
+    // Someone makes the directory and the socket world-accessible.
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(h.dir.path(), 0o755);
+    open(&h.socket, 0o666);
+    let got = connect_as(&h.socket, NOBODY, NOBODY).unwrap();
+    assert!(got.is_empty(), "greeted a stranger: {got:?}");
+    assert_eq!(h.server.stats().connections_refused_credentials, 1);
+    // Root still gets in, on the same server.
+    let (mut c, _, _) = RawClient::go(&h.socket, "m");
+    assert_alive(&mut c, 1);
+
+    // With a group configured, its members are let in (as the kernel would by mode).
+    let h = Harness::start_with(
+        vec![(
+            "m",
+            Arc::new(MemoryDevice::new(SIZE)) as Arc<dyn BlockDevice>,
+        )],
+        tandem_nbd::ServerConfig {
+            unix_access: tandem_nbd::UnixAccess {
+                group: Some(NOBODY),
+            },
+            ..Default::default()
+        },
+    );
+    open(h.dir.path(), 0o755);
+    let got = connect_as(&h.socket, 12345, NOBODY).unwrap();
+    assert_eq!(&got[..8], b"NBDMAGIC", "a group member is greeted");
+    let got = connect_as(&h.socket, 12345, 12345);
+    assert!(
+        got.as_ref().map_or(true, |g| g.is_empty()),
+        "not in the group: {got:?}"
+    );
+    assert_eq!(
+        h.server.stats().connections_refused_credentials,
+        0,
+        "the mode said no first"
+    );
+}

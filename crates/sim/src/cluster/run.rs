@@ -17,7 +17,7 @@ use tandem_membership::{
     RetransmitConfig,
 };
 use tandem_policy::{RequestKind, Scope};
-use tandem_wire::frame::Frame;
+use tandem_wire::frame::{Frame, FrameKey};
 
 use super::node::{DiskAction, SimNode};
 use crate::rng::Rng;
@@ -545,7 +545,7 @@ impl Cluster {
                 let ms = self.local_ms(to);
                 match item {
                     Some(bytes) => {
-                        let Ok((frame, _)) = Frame::decode(&bytes) else {
+                        let Ok((frame, _)) = Frame::decode(&bytes, &FrameKey::preauth(), 0) else {
                             return;
                         };
                         if let Some(d) = self.nodes[to].disk.as_mut() {
@@ -1200,7 +1200,11 @@ impl Cluster {
             }
             Output::Send(frame) => {
                 if let Some(conn) = self.nodes[i].conn {
-                    self.stream(1 - i, conn, Some(Bytes::from(frame.to_bytes())));
+                    self.stream(
+                        1 - i,
+                        conn,
+                        Some(Bytes::from(frame.to_bytes(&FrameKey::preauth(), 0))),
+                    );
                 }
             }
             Output::Disconnect { reason } => {
