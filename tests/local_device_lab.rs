@@ -48,6 +48,10 @@ fn kill_agent(c: &mut Cluster, node: &str) {
     assert!(p.wait_timeout(Duration::from_secs(10)).unwrap().is_some());
 }
 
+/// A local device's FUSE mount in mountinfo (its type field; the lab's lossy disks are
+/// `fuse.tandem-lab-disk`).
+const LOCAL_FUSE: &str = " - fuse.tandem ";
+
 /// What a crashed publisher leaves is gone once the agent is back: no loop device of
 /// the lab, no FUSE mount, no file system from the old device, no link.
 fn assert_clean_after_restart(c: &Cluster, mnt: &Path) {
@@ -57,7 +61,7 @@ fn assert_clean_after_restart(c: &Cluster, mnt: &Path) {
         lab_loops(&c.lab.data_dir())
     );
     let mi = mountinfo(c, "ox1");
-    assert!(!mi.contains("fuse.tandem"), "{mi}");
+    assert!(!mi.contains(LOCAL_FUSE), "{mi}");
     assert!(!mi.contains(&mnt.display().to_string()), "{mi}");
     assert!(!exists_in(c, "ox1", DEV));
     assert!(local_device(c, "ox1").is_null());
@@ -154,7 +158,8 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
         "{:?}",
         lab_loops(&data_dir)
     );
-    assert!(!mountinfo(&c, "ox1").contains("fuse.tandem"));
+    let mounts = mountinfo(&c, "ox1");
+    assert!(!mounts.contains(LOCAL_FUSE), "{mounts}");
 
     // The agent killed while primary, its file system mounted: the restarted agent
     // removes the dead mounts and the loop device before anything else.
@@ -171,7 +176,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     kill_agent(&mut c, "ox1");
     assert_eq!(lab_loops(&data_dir).len(), 1, "{:?}", lab_loops(&data_dir));
     let mi = mountinfo(&c, "ox1");
-    assert!(mi.contains("fuse.tandem") && mi.contains(mnt_s), "{mi}");
+    assert!(mi.contains(LOCAL_FUSE) && mi.contains(mnt_s), "{mi}");
     c.start_agent("ox1");
     assert_clean_after_restart(&c, &mnt);
     assert!(
