@@ -395,7 +395,7 @@ mod tests {
     /// data, and the edges of a range inside one sector work too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unaligned_write_zeroes_zero_exactly_their_range() {
-        use tandem_disk::core::{Config, Fencing};
+        use tandem_disk::core::{Config, DiskFencing};
         use tandem_disk::meta::{MetaLocation, MetaStore};
         use tandem_disk::node::{self, NodeConfig};
         let dir = std::env::temp_dir().join(format!("tandem-zeroes-{}", std::process::id()));
@@ -421,7 +421,7 @@ mod tests {
             secret: b"z".to_vec(),
             connect_interval: std::time::Duration::from_secs(1),
             core: Config {
-                fencing: Fencing::DontCare,
+                fencing: DiskFencing::DontCare,
                 ..Config::default()
             },
         })

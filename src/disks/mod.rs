@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
 use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
-use tandem_disk::core::{AdminError, ConnState, Fencing, Protocol, Role};
+use tandem_disk::core::{AdminError, ConnState, Role};
 use tandem_disk::meta::MetaLocation;
 use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
 use tandem_nbd::{Server, ServerConfig, UnixAccess};
@@ -579,11 +579,7 @@ pub fn core_config(disk: &Disk) -> tandem_disk::core::Config {
     };
     let net_timeout_ms = (disk.net_timeout.as_millis() as u64).max(1000);
     tandem_disk::core::Config {
-        protocol: match disk.protocol {
-            tandem_config::Protocol::A => Protocol::A,
-            tandem_config::Protocol::B => Protocol::B,
-            tandem_config::Protocol::C => Protocol::C,
-        },
+        protocol: disk.protocol,
         al_extents: disk.al_extents,
         resync_rate_bytes_per_s: disk.rate_bytes_per_s,
         after_split_brain: AfterSplitBrain {
@@ -595,11 +591,7 @@ pub fn core_config(disk: &Disk) -> tandem_disk::core::Config {
         // must be pinged well within `net_timeout`.
         ping_interval_ms: (disk.ping_interval.as_millis() as u64).min(net_timeout_ms / 3),
         ping_timeout_ms: net_timeout_ms,
-        fencing: match disk.fencing {
-            tandem_config::DiskFencing::DontCare => Fencing::DontCare,
-            tandem_config::DiskFencing::ResourceOnly => Fencing::ResourceOnly,
-            tandem_config::DiskFencing::ResourceAndStonith => Fencing::ResourceAndStonith,
-        },
+        fencing: disk.fencing,
         ..Default::default()
     }
 }
@@ -1389,11 +1381,11 @@ address = "10.0.0.2:7788"
 "#;
         let (config, _) = tandem_config::Config::parse_str("test.toml", text).expect("config");
         let core = core_config(&config.disks[0]);
-        assert_eq!(core.protocol, Protocol::A);
+        assert_eq!(core.protocol, tandem_config::Protocol::A);
         assert_eq!(core.resync_rate_bytes_per_s, Some(5 << 20));
         assert_eq!(core.ping_timeout_ms, 6000);
         // Not in a group: resource-only, as the configuration resolved it.
-        assert_eq!(core.fencing, Fencing::ResourceOnly);
+        assert_eq!(core.fencing, tandem_config::DiskFencing::ResourceOnly);
         assert!(core.ping_interval_ms * 2 < core.ping_timeout_ms);
         assert_eq!(
             core.after_split_brain.no_primary,

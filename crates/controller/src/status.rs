@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tandem_config::{FencingPolicy, ResourceKind};
 use tandem_policy::{
-    ClusterView, Failure, FenceState, GroupView, NoteLevel, PeerView, ResourceState, ResourceView,
+    ClusterView, Failure, GroupView, NoteLevel, PeerView, ResourceState, ResourceView,
 };
 
 use crate::controller::Controller;
@@ -82,12 +82,7 @@ impl Controller {
                     .iter()
                     .all(|g| self.peer_reported.contains(&g.name)),
             },
-            fencing: self
-                .coordinator
-                .states()
-                .into_iter()
-                .map(|(node, state)| (node, policy_fence_state(state)))
-                .collect(),
+            fencing: self.coordinator.states().into_iter().collect(),
             ping: self.ping.clone(),
             requests: self.requests.iter().map(|(_, r)| r.clone()).collect(),
             groups,
@@ -209,18 +204,5 @@ impl Controller {
             "actions": self.history,
             "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
         })
-    }
-}
-
-/// The planner's name for a coordinator state (the two enums mirror each other).
-fn policy_fence_state(state: tandem_fencing::FenceState) -> FenceState {
-    use tandem_fencing::FenceState as F;
-    match state {
-        F::NotNeeded => FenceState::NotNeeded,
-        F::Required => FenceState::Required,
-        F::InProgress => FenceState::InProgress,
-        F::FencedOk => FenceState::FencedOk,
-        F::Failed => FenceState::Failed,
-        F::ConfirmedByOperator => FenceState::ConfirmedByOperator,
     }
 }

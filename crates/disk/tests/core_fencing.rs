@@ -9,11 +9,11 @@ use bytes::Bytes;
 use pair::{Pair, meta};
 use tandem_disk::core::generation::Generations;
 use tandem_disk::core::{
-    AdminError, Config, ConnState, Core, DiskState, Fencing, Input, MetaWrite, Output, Protocol,
-    Role, SuperblockUpdate,
+    AdminError, Config, ConnState, Core, DiskFencing, DiskState, Input, MetaWrite, Output,
+    Protocol, Role, SuperblockUpdate,
 };
 
-fn policy(fencing: Fencing) -> Config {
+fn policy(fencing: DiskFencing) -> Config {
     Config {
         fencing,
         ..Config::default()
@@ -21,7 +21,7 @@ fn policy(fencing: Fencing) -> Config {
 }
 
 /// A synced protocol C pair with node 0 primary, the cluster's answers left to the test.
-fn synced(fencing: Fencing) -> Pair {
+fn synced(fencing: DiskFencing) -> Pair {
     let mut p = Pair::synced(policy(fencing));
     p.answer_fence_peer = false;
     p
@@ -67,7 +67,7 @@ fn suspended_ms(p: &Pair, i: usize) -> Option<u64> {
 
 #[test]
 fn resource_and_stonith_holds_every_write_until_the_peer_is_outdated() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     write_unacked(&mut p, &[1]);
     assert!(!p.acked(0, 1), "protocol C waits for the peer");
     cut(&mut p);
@@ -124,7 +124,7 @@ fn resource_and_stonith_holds_every_write_until_the_peer_is_outdated() {
 
 #[test]
 fn resource_and_stonith_resumes_when_the_peer_is_fenced_and_not_before() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     write_unacked(&mut p, &[1]);
     cut(&mut p);
     // The peer cannot be reached: that is not enough under resource-and-stonith.
@@ -147,7 +147,7 @@ fn resource_and_stonith_resumes_when_the_peer_is_fenced_and_not_before() {
 
 #[test]
 fn resource_only_goes_on_alone_when_the_peer_is_unreachable() {
-    let mut p = synced(Fencing::ResourceOnly);
+    let mut p = synced(DiskFencing::ResourceOnly);
     write_unacked(&mut p, &[1]);
     cut(&mut p);
     assert!(
@@ -163,7 +163,7 @@ fn resource_only_goes_on_alone_when_the_peer_is_unreachable() {
 
 #[test]
 fn dont_care_acknowledges_alone_at_once() {
-    let mut p = synced(Fencing::DontCare);
+    let mut p = synced(DiskFencing::DontCare);
     write_unacked(&mut p, &[1]);
     cut(&mut p);
     p.settle();
@@ -173,7 +173,7 @@ fn dont_care_acknowledges_alone_at_once() {
 
 #[test]
 fn a_link_that_returns_ends_the_suspension_only_once_the_peer_is_whole() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     write_unacked(&mut p, &[1]);
     cut(&mut p);
     p.write(2, 8 * 4096, 4096, 2);
@@ -209,7 +209,7 @@ fn a_link_that_returns_ends_the_suspension_only_once_the_peer_is_whole() {
 
 #[test]
 fn an_outdated_copy_is_promoted_only_with_force_and_the_mark_survives_a_restart() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     cut(&mut p);
     let ticket = p.n[1].core.outdate(p.now).unwrap();
     p.collect(1);
@@ -224,7 +224,7 @@ fn an_outdated_copy_is_promoted_only_with_force_and_the_mark_survives_a_restart(
     let mut m = meta(2);
     m.generations = flags.generations;
     m.flags = flags.flags;
-    let mut again = Core::new(policy(Fencing::ResourceAndStonith), m, 2, p.now);
+    let mut again = Core::new(policy(DiskFencing::ResourceAndStonith), m, 2, p.now);
     assert_eq!(again.disk_state(), DiskState::Outdated);
     assert_eq!(
         again.promote(p.now, false),
@@ -239,13 +239,13 @@ fn an_outdated_copy_is_promoted_only_with_force_and_the_mark_survives_a_restart(
 
 #[test]
 fn a_primary_refuses_to_be_outdated() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     assert_eq!(p.n[0].core.outdate(p.now), Err(AdminError::IsPrimary));
 }
 
 #[test]
 fn promotion_alone_needs_the_peer_outdated_or_fenced() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     p.n[0].core.demote(p.now).unwrap();
     p.collect(0);
     p.settle();
@@ -265,7 +265,7 @@ fn promotion_alone_needs_the_peer_outdated_or_fenced() {
     p.collect(1);
     assert_eq!(p.n[1].core.promote(p.now, false), Ok(()));
 
-    let mut q = synced(Fencing::ResourceOnly);
+    let mut q = synced(DiskFencing::ResourceOnly);
     q.n[0].core.demote(q.now).unwrap();
     q.collect(0);
     q.settle();
@@ -280,7 +280,7 @@ fn promotion_alone_needs_the_peer_outdated_or_fenced() {
 
 #[test]
 fn the_outdated_mark_is_cleared_by_the_resync_that_makes_the_copy_whole() {
-    let mut p = Pair::synced(policy(Fencing::ResourceAndStonith));
+    let mut p = Pair::synced(policy(DiskFencing::ResourceAndStonith));
     // The harness plays the cluster: the primary's link loss outdates node 1.
     cut(&mut p);
     p.settle();
@@ -303,7 +303,7 @@ fn the_outdated_mark_is_cleared_by_the_resync_that_makes_the_copy_whole() {
 
 #[test]
 fn a_secondary_that_leaves_outdates_itself_so_its_peer_need_not_fence_it() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     let ticket = p.n[1].core.leave(p.now);
     p.collect(1);
     p.settle();
@@ -319,7 +319,7 @@ fn a_secondary_that_leaves_outdates_itself_so_its_peer_need_not_fence_it() {
 
 #[test]
 fn an_admin_disconnect_of_a_secondary_outdates_it_before_the_link_goes() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     p.n[1].core.disconnect(p.now);
     p.collect(1);
     p.settle();
@@ -333,7 +333,7 @@ fn an_admin_disconnect_of_a_secondary_outdates_it_before_the_link_goes() {
 /// the superblock write is still in flight says `consistent`.
 #[test]
 fn outdated_is_reported_to_the_peer_only_once_durable() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     cut(&mut p);
     p.n[1].core.outdate(p.now).unwrap();
     p.collect(1);
@@ -369,7 +369,7 @@ fn a_crashed_primary_may_be_promoted_only_if_its_peer_was_outdated_before_the_cr
         m.flags.peer_outdated = outdated_before;
         let cfg = Config {
             protocol: Protocol::C,
-            ..policy(Fencing::ResourceAndStonith)
+            ..policy(DiskFencing::ResourceAndStonith)
         };
         let mut core = Core::new(cfg, m, 1, 0);
         if outdated_after {
@@ -391,7 +391,7 @@ fn a_crashed_primary_may_be_promoted_only_if_its_peer_was_outdated_before_the_cr
 /// The frames a suspended primary sends while it waits: none carry data.
 #[test]
 fn a_suspended_primary_sends_no_data() {
-    let mut p = synced(Fencing::ResourceAndStonith);
+    let mut p = synced(DiskFencing::ResourceAndStonith);
     cut(&mut p);
     p.write(1, 0, 4096, 1);
     let mut outputs = Vec::new();
@@ -407,7 +407,7 @@ fn a_suspended_primary_sends_no_data() {
     let _ = Bytes::new();
 }
 
-/// Fencing the peer does not make a copy newer: a node that has not seen its peer since
+/// DiskFencing the peer does not make a copy newer: a node that has not seen its peer since
 /// it started (`Consistent`) and then fences it refuses promotion without --force, and
 /// says why; an up-to-date copy may go on.
 #[test]
@@ -419,7 +419,7 @@ fn a_copy_alone_since_its_start_is_not_promoted_by_fencing_its_peer() {
         history: [0, 0],
     };
     m.flags.consistent = true;
-    let mut core = Core::new(policy(Fencing::ResourceAndStonith), m, 1, 0);
+    let mut core = Core::new(policy(DiskFencing::ResourceAndStonith), m, 1, 0);
     core.connect(0, false);
     assert_eq!(core.disk_state(), DiskState::Consistent);
     assert_eq!(core.promote(0, false), Err(AdminError::PeerNotOutdated));

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use pair::{Pair, SIZE, meta};
 use tandem_disk::core::generation::{Generations, SyncDecision};
 use tandem_disk::core::{
-    AdminError, Config, ConnState, Core, DiskState, Fencing, Input, Output, Protocol, Role,
+    AdminError, Config, ConnState, Core, DiskFencing, DiskState, Input, Output, Protocol, Role,
 };
 use tandem_wire::frame::{Frame, StateReport};
 
@@ -127,7 +127,7 @@ fn split_brain_is_detected_and_nothing_is_overwritten() {
     // Split brain needs both sides to write apart: only `dont-care` lets that happen
     // without an operator's `--force`.
     let mut p = Pair::synced(Config {
-        fencing: Fencing::DontCare,
+        fencing: DiskFencing::DontCare,
         ..Config::default()
     });
     p.n[0].core.disconnect(p.now);
@@ -221,7 +221,7 @@ fn unrelated_disks_never_sync() {
 #[test]
 fn a_primary_never_becomes_sync_target() {
     let mut p = Pair::synced(Config {
-        fencing: Fencing::DontCare,
+        fencing: DiskFencing::DontCare,
         ..Config::default()
     });
     // Node 0 (primary) loses the link without writing; node 1 is promoted and writes.
@@ -375,7 +375,7 @@ fn status_json_has_the_documented_fields() {
 /// After a resync both sides are up to date and know it of each other (a stale view
 /// of the peer would count a later primary's writes as unprotected). The case where
 /// the source reported itself only `consistent` — after a restart — is checked by the
-/// simulation's final state over many seeds (crates/disk/tests/sim.rs).
+/// simulation's final state over many seeds (crates/sim/tests/disk.rs).
 #[test]
 fn after_a_resync_both_sides_see_each_other_up_to_date() {
     let mut p = Pair::synced(Config::default());

@@ -25,8 +25,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tandem_config::{Config, FenceAgent, FenceDevice};
+use tandem_rng::Rng;
 
 use crate::action::FenceAction;
 use crate::result::{FenceRecord, FenceResult, History, Origin, Outcome};
@@ -46,33 +46,9 @@ pub const DEFAULT_RESULT_GRACE: Duration = Duration::from_secs(10);
 /// Default number of history records kept.
 pub const DEFAULT_HISTORY_CAPACITY: usize = 200;
 
-/// Fencing state of one node, as the planner reads it (the names mirror
-/// `tandem_policy::FenceState`; the daemon maps one to the other).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FenceState {
-    /// No fencing wanted or under way.
-    #[default]
-    NotNeeded,
-    /// A fence is wanted; no attempt yet (priority delay, or no device: waiting for an
-    /// operator).
-    Required,
-    /// An attempt, or its retries, is under way.
-    InProgress,
-    /// A device said the node is off. Reset when it returns with a new incarnation.
-    FencedOk,
-    /// Every device and retry failed; a new series starts after the cooldown.
-    Failed,
-    /// An operator ran `tandem fence confirm NODE`.
-    ConfirmedByOperator,
-}
-
-impl FenceState {
-    /// Whether the node is known to be down.
-    pub fn is_down(self) -> bool {
-        matches!(self, FenceState::FencedOk | FenceState::ConfirmedByOperator)
-    }
-}
+/// Fencing state of one node: the planner's own type, so the coordinator's verdicts
+/// reach it unchanged.
+pub use tandem_policy::FenceState;
 
 /// What the daemon must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,20 +137,6 @@ pub enum RequestError {
     EmptyNode,
 }
 
-/// SplitMix64: a tiny seeded generator, enough for jitter, reproducible in tests.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Waiting to start a round (priority delay or backoff). `attempted`: whether a
@@ -248,7 +210,7 @@ impl Coordinator {
             levels: by_level.into_values().collect(),
             targets: BTreeMap::new(),
             next_id: 1,
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             commands: VecDeque::new(),
             anchor: (now, wall_ms_now),
         }
@@ -664,7 +626,7 @@ impl Coordinator {
             .saturating_mul(1u32 << exp)
             .min(self.cfg.backoff_max);
         let half_ms = (base.as_millis() / 2) as u64;
-        Duration::from_millis(half_ms + self.rng.next() % (half_ms + 1))
+        Duration::from_millis(half_ms + self.rng.below(half_ms + 1))
     }
 
     fn coordinator_gave_up(

@@ -23,7 +23,6 @@
 
 pub mod cluster;
 pub mod invariants;
-pub mod rng;
 pub mod sim;
 pub mod storage;
 
@@ -31,8 +30,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 pub use invariants::forgery::Forgery;
-pub use rng::Rng;
 pub use sim::{Action, LinkFaults, Params, Sim, Summary};
+pub use tandem_rng::Rng;
 
 /// The calm phase that ends every scenario: long enough for restarted nodes to pass
 /// initdead, for every partition to heal and for every retransmission to settle.

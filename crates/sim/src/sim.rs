@@ -15,7 +15,7 @@ use crate::invariants::event_order::EventOrder;
 use crate::invariants::forgery::{Forgery, expect_dropped};
 use crate::invariants::messages::Messages;
 use crate::invariants::{Check, convergence};
-use crate::rng::Rng;
+use tandem_rng::Rng;
 
 /// Size and timing of a simulated cluster.
 #[derive(Debug, Clone)]

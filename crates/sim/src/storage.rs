@@ -12,7 +12,7 @@ use tandem_disk::core::bitmap::Bitmap;
 use tandem_disk::core::generation::Generations;
 use tandem_disk::core::{BITMAP_WORDS_PER_BLOCK, MetaFlags, MetaState, MetaWrite};
 
-use crate::rng::Rng;
+use tandem_rng::Rng;
 
 /// The data area: durable bytes plus a volatile cache of completed writes.
 #[derive(Debug, Clone)]

@@ -2,13 +2,13 @@
 //! break an invariant, the faults must really happen, and each unsafe variant must be
 //! caught within a bounded number of seeds — proof that the checks can fail.
 //!
-//! `CLUSTER_SIM_SEEDS=N` runs more seeds; `cargo run --release -p tandem-sim --bin
+//! `TANDEM_SIM_SEEDS=N` runs more seeds; `cargo run --release -p tandem-sim --bin
 //! cluster-sim -- --seeds N` is the faster way to run thousands.
 
 use tandem_sim::cluster::{Options, Unsafe, run_seed};
 
 fn seeds(default: u64) -> u64 {
-    std::env::var("CLUSTER_SIM_SEEDS")
+    std::env::var("TANDEM_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)

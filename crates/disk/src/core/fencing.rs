@@ -46,7 +46,7 @@ impl Core {
     /// changes (only an outdate or a fence ends the suspension).
     pub fn peer_unreachable(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        if self.cfg.fencing == Fencing::ResourceOnly && !self.conn.link_up() {
+        if self.cfg.fencing == DiskFencing::ResourceOnly && !self.conn.link_up() {
             self.peer_unreachable = true;
             self.resume();
         }
@@ -94,7 +94,7 @@ impl Core {
     /// Called when the link is lost, with the peer's disk state as last reported.
     pub(super) fn fence_peer_on_link_loss(&mut self, peer_disk: Option<DiskState>) {
         if self.role != Role::Primary
-            || self.cfg.fencing == Fencing::DontCare
+            || self.cfg.fencing == DiskFencing::DontCare
             || self.flags.peer_outdated
         {
             return;

@@ -45,7 +45,7 @@ impl Core {
         if self.conn != ConnState::Handshaking {
             return;
         }
-        if s.protocol != self.cfg.protocol.code() {
+        if s.protocol != protocol_code(self.cfg.protocol) {
             self.go_standalone("peer uses another replication protocol");
             return;
         }

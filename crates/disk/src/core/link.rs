@@ -28,7 +28,7 @@ impl Core {
             flags |= state_flags::UNACKED_CHANGES;
         }
         StateReport {
-            protocol: self.cfg.protocol.code(),
+            protocol: protocol_code(self.cfg.protocol),
             role: u8::from(self.role == Role::Primary),
             disk: self.reported_disk_state().code(),
             node_id: self.node_id,

@@ -599,7 +599,7 @@ impl Core {
         // Alone, the peer may be primary, or be promoted later with writes this side
         // lacks: the fencing policy wants it outdated or fenced first.
         let peer_may_be_promoted = !replicating
-            && self.cfg.fencing != Fencing::DontCare
+            && self.cfg.fencing != DiskFencing::DontCare
             && !self.flags.peer_outdated
             && !self.peer_unreachable;
         match self.disk {

@@ -9,25 +9,16 @@ use super::bitmap::Bitmap;
 use super::generation::{Generations, SyncDecision};
 use super::policy::AfterSplitBrain;
 
-/// Replication protocol: when a write is acknowledged to the frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// Local disk done and the data handed to the link.
-    A,
-    /// Local disk done and the peer has received the data.
-    B,
-    /// Local disk done and the peer has written it: durable on both.
-    C,
-}
+/// Replication protocol (when a write is acknowledged to the frontend) and disk
+/// fencing policy: the configuration's own types.
+pub use tandem_config::{DiskFencing, Protocol};
 
-impl Protocol {
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            Protocol::A => b'A',
-            Protocol::B => b'B',
-            Protocol::C => b'C',
-        }
+/// The protocol's code in a state report.
+pub(crate) fn protocol_code(p: Protocol) -> u8 {
+    match p {
+        Protocol::A => b'A',
+        Protocol::B => b'B',
+        Protocol::C => b'C',
     }
 }
 
@@ -437,23 +428,7 @@ pub struct Config {
     pub checksum_resync: bool,
     /// What a primary does when the link drops while the peer's copy could still be
     /// promoted (DRBD's `fencing`).
-    pub fencing: Fencing,
-}
-
-/// A disk's fencing policy (DRBD's `disk { fencing …; }`): whether a primary that lost
-/// its link may acknowledge a write the peer lacks before the peer's copy is known to
-/// be unpromotable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fencing {
-    /// Go on alone at once; a failover to the peer then loses those writes.
-    DontCare,
-    /// Suspend I/O and ask for the peer to be outdated ([`Output::FencePeer`]); go on
-    /// when it is, or when the peer cannot be reached ([`super::Core::peer_unreachable`]).
-    ResourceOnly,
-    /// Suspend I/O until the peer is known outdated or has been fenced; nothing the peer
-    /// could be promoted without is ever acknowledged.
-    ResourceAndStonith,
+    pub fencing: DiskFencing,
 }
 
 impl Default for Config {
@@ -470,7 +445,7 @@ impl Default for Config {
             epoch_max_writes: 256,
             bitmap_persist_interval_ms: 1000,
             checksum_resync: false,
-            fencing: Fencing::ResourceAndStonith,
+            fencing: DiskFencing::ResourceAndStonith,
         }
     }
 }

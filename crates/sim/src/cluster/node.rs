@@ -116,7 +116,7 @@ impl SimNode {
     }
 
     /// Loses power: every process dies, the cache forgets what it likes.
-    pub fn power_off(&mut self, rng: &mut crate::rng::Rng) {
+    pub fn power_off(&mut self, rng: &mut tandem_rng::Rng) {
         if !self.powered {
             return;
         }
@@ -139,7 +139,7 @@ impl SimNode {
     }
 
     /// A clean stop completed: caches are flushed (the OS syncs at shutdown).
-    pub fn stop_cleanly(&mut self, rng: &mut crate::rng::Rng) {
+    pub fn stop_cleanly(&mut self, rng: &mut tandem_rng::Rng) {
         let pending: Vec<(u64, PendingIo)> = std::mem::take(&mut self.ios);
         for (_, io) in pending {
             let _ = self.storage.complete(io);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tandem_agents::{ActionResult, ExecStatus, OcfExit};
 use tandem_controller::{Command, Controller, DiskOrder, Input, Op, Operator, SendTag};
 use tandem_disk::core::generation::Generations;
-use tandem_disk::core::{AdminError, ConnState, Core, Fencing, Output, Role};
+use tandem_disk::core::{AdminError, ConnState, Core, Output, Role};
 use tandem_fencing::{FenceAction, FenceResult};
 use tandem_membership::{
     Event as MembershipEvent, LinkConfig, Membership, MembershipConfig, NodeConfig, PacketKey,
@@ -20,8 +20,8 @@ use tandem_policy::{RequestKind, Scope};
 use tandem_wire::frame::{Frame, FrameKey};
 
 use super::node::{DiskAction, SimNode};
-use crate::rng::Rng;
 use crate::storage::{DiskModel, PendingIo, Storage, StoredMeta};
+use tandem_rng::Rng;
 
 /// The replicated disk's size.
 const DISK_BYTES: u64 = 4 << 20;
@@ -325,11 +325,7 @@ fn disk_config(disk: &tandem_config::Disk) -> tandem_disk::core::Config {
         al_extents: 7,
         ping_interval_ms: disk.ping_interval.as_millis() as u64,
         ping_timeout_ms: disk.net_timeout.as_millis() as u64,
-        fencing: match disk.fencing {
-            tandem_config::DiskFencing::DontCare => Fencing::DontCare,
-            tandem_config::DiskFencing::ResourceOnly => Fencing::ResourceOnly,
-            tandem_config::DiskFencing::ResourceAndStonith => Fencing::ResourceAndStonith,
-        },
+        fencing: disk.fencing,
         ..tandem_disk::core::Config::default()
     }
 }
@@ -1220,7 +1216,7 @@ impl Cluster {
                 if let Some((_, block, id)) = self.writes.remove(&req)
                     && result.is_ok()
                 {
-                    if std::env::var("SIM_TRACE_BLOCK").ok() == Some(block.to_string()) {
+                    if std::env::var("TANDEM_SIM_TRACE_BLOCK").ok() == Some(block.to_string()) {
                         self.note(format!(
                             "{} acks write {id} to block {block}: {result:?}",
                             self.nodes[i].name
@@ -1478,7 +1474,7 @@ impl Cluster {
             if let Some(seen) = seen
                 && seen != self.nodes[i].disk_seen
             {
-                let traced = std::env::var("SIM_TRACE_BLOCK")
+                let traced = std::env::var("TANDEM_SIM_TRACE_BLOCK")
                     .ok()
                     .and_then(|b| b.parse::<u64>().ok())
                     .map(|b| {

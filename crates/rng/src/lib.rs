@@ -1,5 +1,7 @@
-//! A small seeded PRNG (xoshiro256**, seeded through SplitMix64): every fault the
-//! simulator injects is drawn from it, so a seed replays a run exactly.
+//! The one seeded pseudo-random generator of tandem (xoshiro256**, seeded through
+//! SplitMix64): every fault the simulators inject, every mutation a fuzz-style test
+//! makes and the fencing coordinator's retry jitter are drawn from it, so a seed
+//! replays a run exactly. Not for secrets: nonces and keys come from `getrandom`.
 
 /// Deterministic random numbers from a 64-bit seed.
 #[derive(Debug, Clone)]
@@ -48,6 +50,11 @@ impl Rng {
         } else {
             lo + self.below(hi - lo + 1)
         }
+    }
+
+    /// True with probability `percent` in a hundred.
+    pub fn chance_percent(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
     }
 
     /// True with probability `ppm` per million.

@@ -1,8 +1,8 @@
 //! Deterministic simulation of two replication cores with an in-memory disk model (a
 //! volatile write cache that loses unflushed writes in a crash), link faults, crashes
 //! at any step, failover and split brain, under a write workload. Every fault comes from
-//! the seed; a failure prints the seed (`SIM_SEED=N cargo test -p tandem-disk --test sim`
-//! replays one).
+//! the seed; a failure prints the seed (`TANDEM_SIM_SEED=N cargo test -p tandem-sim --test disk`
+//! replays one; `TANDEM_SIM_SEEDS=N` runs more).
 //!
 //! Checked after a fault phase and a calm phase that must converge:
 //! - every write acknowledged as replicated under protocol C (or B) is readable after any
@@ -29,108 +29,15 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use tandem_disk::core::activity_log::AlTransaction;
-use tandem_disk::core::bitmap::Bitmap;
-use tandem_disk::core::generation::{Generations, SyncDecision};
+use tandem_disk::core::generation::SyncDecision;
 use tandem_disk::core::{
-    AdminError, BITMAP_WORDS_PER_BLOCK, Config, ConnState, Core, DiskState, Fencing, Input,
-    MetaFlags, MetaState, MetaWrite, Output, Protocol, Role,
+    AdminError, Config, ConnState, Core, DiskFencing, DiskState, Input, Output, Protocol, Role,
 };
+use tandem_rng::Rng;
+use tandem_sim::storage::{DiskModel, PendingIo, StoredMeta};
 use tandem_wire::frame::{Frame, FrameKey};
 
 const SECTOR: usize = 512;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-/// A disk with a volatile write cache: completed writes sit in `cache` until a flush;
-/// FUA writes are durable at completion. A crash keeps a random subset of the cache.
-struct DiskModel {
-    durable: Vec<u8>,
-    cache: Vec<(u64, Bytes, bool)>,
-}
-
-impl DiskModel {
-    fn read(&self, offset: u64, len: usize) -> Vec<u8> {
-        let mut out = self.durable[offset as usize..offset as usize + len].to_vec();
-        for (o, d, _) in &self.cache {
-            let (s, e) = (*o, *o + d.len() as u64);
-            let (rs, re) = (offset, offset + len as u64);
-            if s < re && rs < e {
-                let from = s.max(rs);
-                let to = e.min(re);
-                out[(from - rs) as usize..(to - rs) as usize]
-                    .copy_from_slice(&d[(from - s) as usize..(to - s) as usize]);
-            }
-        }
-        out
-    }
-    fn write(&mut self, offset: u64, data: Bytes, fua: bool) {
-        self.cache.push((offset, data, fua));
-    }
-    fn flush(&mut self) {
-        for (o, d, _) in std::mem::take(&mut self.cache) {
-            self.durable[o as usize..o as usize + d.len()].copy_from_slice(&d);
-        }
-    }
-    fn crash(&mut self, rng: &mut Rng) {
-        for (o, d, fua) in std::mem::take(&mut self.cache) {
-            if fua || rng.chance(50) {
-                self.durable[o as usize..o as usize + d.len()].copy_from_slice(&d);
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-struct StoredMeta {
-    node_id: u64,
-    generations: Generations,
-    flags: MetaFlags,
-    bitmap_words: Vec<u64>,
-    al: Option<AlTransaction>,
-}
-
-impl StoredMeta {
-    fn apply(&mut self, w: &MetaWrite) {
-        match w {
-            MetaWrite::Superblock(s) => {
-                self.generations = s.generations;
-                self.flags = s.flags;
-            }
-            MetaWrite::BitmapBlock { index, words } => {
-                let start = *index as usize * BITMAP_WORDS_PER_BLOCK;
-                for (i, w) in words.iter().enumerate() {
-                    if let Some(x) = self.bitmap_words.get_mut(start + i) {
-                        *x = *w;
-                    }
-                }
-            }
-            MetaWrite::ActivityLog(t) => self.al = Some(t.clone()),
-        }
-    }
-}
-
-enum PendingIo {
-    Write { offset: u64, data: Bytes, fua: bool },
-    Read { offset: u64, len: u32 },
-    Flush,
-    Meta(MetaWrite),
-}
 
 struct Node {
     core: Option<Core>,
@@ -224,43 +131,35 @@ fn version_of(buf: &[u8], sector: u64) -> Result<u64, String> {
 }
 
 impl Sim {
-    fn new(seed: u64, protocol: Protocol, fencing: Fencing) -> Sim {
-        let mut rng = Rng(seed);
+    fn new(seed: u64, protocol: Protocol, fencing: DiskFencing) -> Sim {
+        let mut rng = Rng::new(seed);
         let size: u64 = 12 << 20;
         let cfg = Config {
             protocol,
             al_extents: 2,
-            resync_rate_bytes_per_s: if rng.chance(30) { Some(8 << 20) } else { None },
+            resync_rate_bytes_per_s: if rng.chance_percent(30) {
+                Some(8 << 20)
+            } else {
+                None
+            },
             resync_request_bytes: 64 << 10,
             resync_inflight: 4,
             epoch_max_writes: 8,
             ping_interval_ms: 500,
             ping_timeout_ms: 3000,
             bitmap_persist_interval_ms: 200,
-            checksum_resync: rng.chance(30),
+            checksum_resync: rng.chance_percent(30),
             fencing,
             ..Config::default()
         };
         let sectors = (size / SECTOR as u64) as usize;
-        let mk = |id: u64| {
-            let meta = StoredMeta {
-                node_id: id,
-                generations: Generations::just_created(),
-                flags: MetaFlags::default(),
-                bitmap_words: Bitmap::new(size).words().to_vec(),
-                al: None,
-            };
-            Node {
-                core: None,
-                disk: DiskModel {
-                    durable: vec![0; size as usize],
-                    cache: Vec::new(),
-                },
-                meta,
-                ios: Vec::new(),
-                crashed_at_step: None,
-                handshaked: false,
-            }
+        let mk = |id: u64| Node {
+            core: None,
+            disk: DiskModel::new(size as usize),
+            meta: StoredMeta::fresh(id, size),
+            ios: Vec::new(),
+            crashed_at_step: None,
+            handshaked: false,
         };
         let mut sim = Sim {
             seed,
@@ -309,16 +208,7 @@ impl Sim {
     }
 
     fn start_node(&mut self, i: usize) {
-        let m = &self.nodes[i].meta;
-        let meta = MetaState {
-            node_id: m.node_id,
-            size_bytes: self.size,
-            generations: m.generations,
-            flags: m.flags,
-            al_extents: self.cfg.al_extents,
-            bitmap: Bitmap::from_words(self.size, &m.bitmap_words),
-            al: m.al.clone(),
-        };
+        let meta = self.nodes[i].meta.state(self.size, self.cfg.al_extents);
         let mut core = Core::new(
             self.cfg.clone(),
             meta,
@@ -420,7 +310,7 @@ impl Sim {
                     let (node, offset, len) = self.fe.inflight.remove(&req).expect("known req");
                     assert_eq!(node, i);
                     if let Ok(ack) = result {
-                        if std::env::var("SIM_SEED").is_ok() {
+                        if std::env::var("TANDEM_SIM_SEED").is_ok() {
                             self.log.push(format!(
                                 "step {} node {i} ack write {req} @{offset}+{len} replicated={}",
                                 self.step, ack.replicated
@@ -476,7 +366,7 @@ impl Sim {
     }
 
     fn fail(&self, what: &str) -> ! {
-        let keep = if std::env::var("SIM_SEED").is_ok() {
+        let keep = if std::env::var("TANDEM_SIM_SEED").is_ok() {
             usize::MAX
         } else {
             30
@@ -573,7 +463,7 @@ impl Sim {
         // flush before it.
         for (_, op) in std::mem::take(&mut node.ios) {
             if let PendingIo::Meta(w) = op
-                && self.rng.chance(50)
+                && self.rng.chance_percent(50)
             {
                 node.disk.flush();
                 node.meta.apply(&w);
@@ -623,7 +513,7 @@ impl Sim {
             let len = (1 + self.rng.below(16)) as usize * SECTOR;
             let offset = off_sectors * SECTOR as u64;
             let data = stamp(req, offset, len);
-            let fua = self.rng.chance(10);
+            let fua = self.rng.chance_percent(10);
             for s in off_sectors..off_sectors + (len / SECTOR) as u64 {
                 self.fe.issued[s as usize].push(req);
             }
@@ -723,7 +613,7 @@ impl Sim {
             if self.crashes == 0 && self.crash_allowed {
                 // The active node's power loss is the case that matters most.
                 let i = match self.primary() {
-                    Some(p) if self.rng.chance(70) => p,
+                    Some(p) if self.rng.chance_percent(70) => p,
                     _ => self.rng.below(2) as usize,
                 };
                 if self.nodes[i].core.is_some() {
@@ -762,7 +652,7 @@ impl Sim {
                 let now = self.now_ms;
                 // Never on inconsistent data (mid initial sync): that starts an unrelated
                 // lineage no operator would want resolved.
-                let force = self.rng.chance(20)
+                let force = self.rng.chance_percent(20)
                     && self.nodes[s]
                         .core
                         .as_ref()
@@ -832,7 +722,7 @@ impl Sim {
             return;
         };
         self.stale_promotions += 1;
-        if self.cfg.fencing == Fencing::ResourceAndStonith {
+        if self.cfg.fencing == DiskFencing::ResourceAndStonith {
             self.fail(&format!(
                 "node {i} promoted without write {acked}, acknowledged at sector {sector} (it holds {found})"
             ));
@@ -884,7 +774,7 @@ impl Sim {
             self.drain(i);
             return;
         }
-        let stonith = self.cfg.fencing == Fencing::ResourceAndStonith;
+        let stonith = self.cfg.fencing == DiskFencing::ResourceAndStonith;
         if self.membership_cut && !stonith {
             self.log
                 .push(format!("step {} node {j} unreachable", self.step));
@@ -1054,7 +944,7 @@ impl Sim {
         }
         // Disk fencing's promise: under resource-and-stonith and protocol C, nothing
         // acknowledged is lost — link cuts, cut heartbeats and one power loss included.
-        if self.cfg.fencing == Fencing::ResourceAndStonith
+        if self.cfg.fencing == DiskFencing::ResourceAndStonith
             && self.cfg.protocol == Protocol::C
             && !self.forced
         {
@@ -1104,21 +994,21 @@ struct Coverage {
     stale_promotions: u64,
 }
 
-fn run(seed: u64, protocol: Protocol, fencing: Fencing, cov: &mut Coverage) {
+fn run(seed: u64, protocol: Protocol, fencing: DiskFencing, cov: &mut Coverage) {
     let mut sim = Sim::new(seed, protocol, fencing);
     // Half the runs start from a finished initial sync, so failover and split brain
     // find an up-to-date secondary; the others fault during the initial full sync.
-    if sim.rng.chance(50) {
+    if sim.rng.chance_percent(50) {
         sim.calm(0);
     }
-    sim.crash_allowed = sim.rng.chance(75);
+    sim.crash_allowed = sim.rng.chance_percent(75);
     let fault_steps = 4000 + sim.rng.below(8000);
     for _ in 0..fault_steps {
         sim.step_once(true, true);
     }
     sim.calm(2000);
     sim.check_final();
-    if std::env::var("SIM_TRACE").is_ok() {
+    if std::env::var("TANDEM_SIM_TRACE").is_ok() {
         eprintln!("{}", sim.log.join("\n"));
     }
     cov.runs += 1;
@@ -1134,18 +1024,18 @@ fn run(seed: u64, protocol: Protocol, fencing: Fencing, cov: &mut Coverage) {
     }
 }
 
-fn seeds(protocol: Protocol, fencing: Fencing, default: u64) -> Coverage {
+fn seeds(protocol: Protocol, fencing: DiskFencing, default: u64) -> Coverage {
     let mut cov = Coverage::default();
-    if let Ok(s) = std::env::var("SIM_SEED") {
+    if let Ok(s) = std::env::var("TANDEM_SIM_SEED") {
         run(
-            s.parse().expect("SIM_SEED is a number"),
+            s.parse().expect("TANDEM_SIM_SEED is a number"),
             protocol,
             fencing,
             &mut cov,
         );
         return cov;
     }
-    let n: u64 = std::env::var("SIM_SEEDS")
+    let n: u64 = std::env::var("TANDEM_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default);
@@ -1161,12 +1051,12 @@ fn seeds(protocol: Protocol, fencing: Fencing, default: u64) -> Coverage {
 }
 
 fn replaying_one_seed() -> bool {
-    std::env::var("SIM_SEED").is_ok()
+    std::env::var("TANDEM_SIM_SEED").is_ok()
 }
 
 #[test]
 fn protocol_c_with_resource_and_stonith_never_loses_an_acknowledged_write() {
-    let cov = seeds(Protocol::C, Fencing::ResourceAndStonith, 120);
+    let cov = seeds(Protocol::C, DiskFencing::ResourceAndStonith, 120);
     if !replaying_one_seed() {
         assert!(cov.fence_peer_requests > 0, "{cov:?}");
         assert!(cov.outdated > 0 && cov.fences > 0, "{cov:?}");
@@ -1176,7 +1066,7 @@ fn protocol_c_with_resource_and_stonith_never_loses_an_acknowledged_write() {
 
 #[test]
 fn protocol_c_with_resource_only_survives_any_single_crash() {
-    let cov = seeds(Protocol::C, Fencing::ResourceOnly, 40);
+    let cov = seeds(Protocol::C, DiskFencing::ResourceOnly, 40);
     if !replaying_one_seed() {
         assert!(cov.outdated > 0, "{cov:?}");
     }
@@ -1193,7 +1083,7 @@ fn protocol_c_with_dont_care_promotes_stale_copies_and_the_check_sees_it() {
     let mut cov = Coverage::default();
     let mut found = None;
     for seed in 0..MAX_SEEDS {
-        run(seed, Protocol::C, Fencing::DontCare, &mut cov);
+        run(seed, Protocol::C, DiskFencing::DontCare, &mut cov);
         if cov.stale_promotions > 0 {
             found = Some(seed);
             break;
@@ -1206,10 +1096,10 @@ fn protocol_c_with_dont_care_promotes_stale_copies_and_the_check_sees_it() {
 
 #[test]
 fn protocol_b_acknowledged_writes_survive_any_single_crash() {
-    seeds(Protocol::B, Fencing::ResourceAndStonith, 40);
+    seeds(Protocol::B, DiskFencing::ResourceAndStonith, 40);
 }
 
 #[test]
 fn protocol_a_converges_to_identical_disks() {
-    seeds(Protocol::A, Fencing::ResourceOnly, 40);
+    seeds(Protocol::A, DiskFencing::ResourceOnly, 40);
 }
