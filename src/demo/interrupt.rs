@@ -37,10 +37,15 @@ pub fn install() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the user asked the demo to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// An error once the user asked the demo to stop.
 pub fn check() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: taking the lab down");
+    if interrupted() {
+        bail!("interrupted (the lab is taken down)");
     }
     Ok(())
 }

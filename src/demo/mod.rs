@@ -103,9 +103,12 @@ fn failover(mut cluster: LabCluster, service: &Service) -> anyhow::Result<()> {
     interrupt::wait(Duration::from_secs(30), "the client's first writes", || {
         Ok(client.acked_count() >= 20)
     })?;
+    say(&format!(
+        "group {GROUP} runs on ox1; the client writes numbered {word}s through {VIP}"
+    ));
     interrupt::sleep(Duration::from_secs(1))?;
     say(&format!(
-        "group {GROUP} runs on ox1; the client writes numbered {word}s through {VIP} ({} acknowledged so far); now ox1 loses power",
+        "{} {word}s acknowledged so far; now ox1, the active node, loses power",
         client.acked_count()
     ));
 
@@ -126,6 +129,7 @@ fn failover(mut cluster: LabCluster, service: &Service) -> anyhow::Result<()> {
         "ox2",
         service_resource,
         service.label(),
+        word,
     );
     let waited = interrupt::wait(FAILOVER_TIMEOUT, "the failover", || {
         let status = cluster.status("ox2");
@@ -135,6 +139,9 @@ fn failover(mut cluster: LabCluster, service: &Service) -> anyhow::Result<()> {
         Ok(timeline.complete())
     });
     if let Err(e) = waited {
+        if interrupt::interrupted() {
+            return Err(e);
+        }
         let missing: Vec<String> = timeline
             .missing()
             .iter()

@@ -99,6 +99,18 @@ impl Postgres {
         root(&[
             "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "2775", SOCKET_DIR,
         ])?;
+        let log = "/run/tandem/pg-bootstrap.log";
+        root(&[
+            "install",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "600",
+            "/dev/null",
+            log,
+        ])?;
         postgres(&[
             &self.tool("initdb"),
             "-D",
@@ -119,15 +131,7 @@ impl Postgres {
             &format!("{data}/pg_hba.conf"),
             "\n# tandem demo: the lab's public network\nhost all postgres 192.168.1.0/24 trust\n",
         )?;
-        postgres(&[
-            &self.tool("pg_ctl"),
-            "-D",
-            &data,
-            "-l",
-            "/run/tandem/pg-bootstrap.log",
-            "-w",
-            "start",
-        ])?;
+        postgres(&[&self.tool("pg_ctl"), "-D", &data, "-l", log, "-w", "start"])?;
         let created = postgres(&[
             &self.tool("psql"),
             "-X",

@@ -57,6 +57,7 @@ pub struct Timeline {
     survivor: String,
     service_resource: String,
     service_label: String,
+    record_word: String,
     seen: BTreeSet<Step>,
     /// When each step happened, for the checks after the run.
     times: Vec<(Step, u64)>,
@@ -72,6 +73,7 @@ impl Timeline {
         survivor: &str,
         service_resource: &str,
         service_label: &str,
+        record_word: &str,
     ) -> Self {
         println!();
         println!(
@@ -92,6 +94,7 @@ impl Timeline {
             survivor: survivor.to_string(),
             service_resource: service_resource.to_string(),
             service_label: service_label.to_string(),
+            record_word: record_word.to_string(),
             seen: BTreeSet::new(),
             times: Vec::new(),
         }
@@ -108,7 +111,10 @@ impl Timeline {
             found.push((
                 o.at_ms,
                 Step::FirstAck,
-                format!("first acknowledged write after: record {}", o.record),
+                format!(
+                    "first acknowledged write after: {} {}",
+                    self.record_word, o.record
+                ),
             ));
         }
         found.sort_by_key(|(t, step, _)| (*t, *step));
