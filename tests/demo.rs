@@ -124,16 +124,25 @@ fn assert_timeline(stdout: &str) {
     assert!(stdout.contains("outage seen by the client: "), "{stdout}");
 }
 
+/// The demo with `args` runs to its end: the whole timeline with `service_up` in it,
+/// nothing lost, nothing left.
+fn end_to_end(args: &[&str], service_up: &str) {
+    let stdout = run_demo(args);
+    assert_timeline(&stdout);
+    assert!(
+        stdout.contains(service_up),
+        "{service_up:?} missing in:\n{stdout}"
+    );
+    assert_nothing_lost(&stdout);
+    assert_nothing_left(&lab_name(&stdout));
+}
+
 #[test]
 fn the_demo_fails_over_with_its_data_and_loses_no_acknowledged_record() {
     if !root_or_skip("tandem demo") {
         return;
     }
-    let stdout = run_demo(&[]);
-    assert_timeline(&stdout);
-    assert!(stdout.contains("records service (ocf:heartbeat:anything) up on ox2"));
-    assert_nothing_lost(&stdout);
-    assert_nothing_left(&lab_name(&stdout));
+    end_to_end(&[], "records service (ocf:heartbeat:anything) up on ox2");
 }
 
 #[test]
@@ -150,11 +159,10 @@ fn the_demo_with_postgresql_loses_no_committed_row() {
         eprintln!("SKIP the PostgreSQL demo: PostgreSQL is not installed (scripts/install-deps)");
         return;
     }
-    let stdout = run_demo(&["--service", "postgresql"]);
-    assert_timeline(&stdout);
-    assert!(stdout.contains("PostgreSQL (ocf:heartbeat:pgsql) up on ox2"));
-    assert_nothing_lost(&stdout);
-    assert_nothing_left(&lab_name(&stdout));
+    end_to_end(
+        &["--service", "postgresql"],
+        "PostgreSQL (ocf:heartbeat:pgsql) up on ox2",
+    );
 }
 
 #[test]

@@ -274,10 +274,8 @@ impl Drop for Session {
 /// `tandem demo-records pg-client`: commits rows 1, 2, 3 … to `host`, retrying a
 /// number until it is acknowledged; prints `WALL_MS ack N` or `WALL_MS fail N`.
 pub fn client(host: &str, psql: &Path, interval: Duration) -> anyhow::Result<()> {
-    let mut next = 1u64;
     let mut session: Option<Session> = None;
-    let stdout = std::io::stdout();
-    loop {
+    super::records::write_numbered(interval, |next| {
         let result = match session.as_mut() {
             Some(s) => s.commit(next),
             None => Session::start(psql, host).and_then(|mut s| {
@@ -286,20 +284,10 @@ pub fn client(host: &str, psql: &Path, interval: Duration) -> anyhow::Result<()>
                 r
             }),
         };
-        let mut out = stdout.lock();
-        match result {
-            Ok(()) => {
-                writeln!(out, "{} ack {next}", crate::clock::wall_ms())?;
-                next += 1;
-                drop(out);
-                std::thread::sleep(interval);
-            }
-            Err(_) => {
-                writeln!(out, "{} fail {next}", crate::clock::wall_ms())?;
-                session = None;
-                drop(out);
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if result.is_err() {
+            // A new session for the retry (dropping this one kills its psql).
+            session = None;
         }
-    }
+        result
+    })
 }

@@ -154,10 +154,8 @@ fn probe(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
 }
 
 fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
-    let mut next = 1u64;
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
-    let stdout = std::io::stdout();
-    loop {
+    write_numbered(interval, |next| {
         let result = (|| -> std::io::Result<()> {
             if conn.is_none() {
                 let s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
@@ -178,6 +176,24 @@ fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
                 Err(std::io::Error::other(format!("unexpected answer {line:?}")))
             }
         })();
+        if result.is_err() {
+            // A new connection for the retry: the old one may hang on a dead node.
+            conn = None;
+        }
+        result
+    })
+}
+
+/// The clients' loop: records 1, 2, 3 … through `attempt`, each retried until it is
+/// acknowledged; one line per outcome on stdout (`WALL_MS ack N`, `WALL_MS fail N`).
+pub fn write_numbered(
+    interval: Duration,
+    mut attempt: impl FnMut(u64) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut next = 1u64;
+    let stdout = std::io::stdout();
+    loop {
+        let result = attempt(next);
         let mut out = stdout.lock();
         match result {
             Ok(()) => {
@@ -188,7 +204,6 @@ fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
             }
             Err(_) => {
                 writeln!(out, "{} fail {next}", crate::clock::wall_ms())?;
-                conn = None;
                 drop(out);
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -105,7 +105,7 @@ impl Timeline {
     pub fn update(&mut self, status: Option<&Value>, outcomes: &[Outcome]) {
         let mut found: Vec<(u64, Step, String)> = Vec::new();
         if let Some(status) = status {
-            self.from_status(status, &mut found);
+            self.read_status(status, &mut found);
         }
         if let Some(o) = outcomes.iter().find(|o| o.ack && o.at_ms > self.dead_ms) {
             found.push((
@@ -126,7 +126,7 @@ impl Timeline {
         }
     }
 
-    fn from_status(&self, status: &Value, found: &mut Vec<(u64, Step, String)>) {
+    fn read_status(&self, status: &Value, found: &mut Vec<(u64, Step, String)>) {
         let (failed, survivor) = (&self.failed, &self.survivor);
         let after = |t: Option<u64>| t.filter(|t| *t >= self.off_ms);
         for e in status["events"].as_array().into_iter().flatten() {
