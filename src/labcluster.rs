@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tandem_lab::{Lab, Topology};
+use tandem_lab::{HostProcess, Lab, Topology};
 
 /// Membership timing of a lab cluster.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,8 @@ pub struct LabCluster {
     /// The configuration file, inside the lab's data directory.
     pub config: PathBuf,
     tandem: PathBuf,
+    /// The agents started and not stopped since, by node.
+    agents: Vec<(String, HostProcess)>,
 }
 
 impl LabCluster {
@@ -40,7 +42,18 @@ impl LabCluster {
     /// appended to the configuration; `{dir}` in them is the lab's data directory and
     /// `{lab}` the lab's name.
     pub fn up_with(timing: Timing, fencing: &str, tables: &str) -> anyhow::Result<Self> {
+        Self::up_with_lab(timing, fencing, |_| Ok(tables.to_string()))
+    }
+
+    /// As [`LabCluster::up_with`], with the tables made from the lab once it is up
+    /// (paths that only exist then, such as a host's lossy disk).
+    pub fn up_with_lab(
+        timing: Timing,
+        fencing: &str,
+        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
         let lab = Lab::up_auto(Topology::whitepaper()).context("build the lab")?;
+        let tables = tables(&lab)?;
         let dir = lab.data_dir();
         let config = dir.join("cluster.toml");
         let ms = |d: Duration| d.as_millis();
@@ -95,11 +108,42 @@ interface = "eth0"
             lab,
             config,
             tandem: std::env::current_exe().context("find the tandem binary")?,
+            agents: Vec::new(),
         })
     }
 
+    /// The tandem binary the lab's hosts run.
+    pub fn tandem_binary(&self) -> &std::path::Path {
+        &self.tandem
+    }
+
+    /// Appends `text` to the configuration (agents read it when they start).
+    pub fn append_config(&self, text: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .with_context(|| format!("open {}", self.config.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Runs `tandem -c CONFIG ARGS…` in `node`; its stdout, or an error with stderr.
+    pub fn tandem(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
+        let tandem = self.tandem.to_str().context("tandem binary path")?;
+        let config = self.config.to_str().context("configuration path")?;
+        let mut argv = vec![tandem, "-c", config];
+        argv.extend_from_slice(args);
+        self.lab
+            .run(node, &argv)
+            .with_context(|| format!("tandem {} on {node}", args.join(" ")))
+    }
+
     /// Starts `tandem agent` in `node`, logging to `NODE.log` in the data directory.
-    pub fn start_agent(&self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+    /// The agent gets a process group of its own: a Ctrl-C at the terminal reaches
+    /// the command that built the lab (which tears it down), not the agents.
+    pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt as _;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,9 +154,40 @@ interface = "eth0"
             .args(["agent", "--node", node])
             .args(extra)
             .stdout(log.try_clone()?)
-            .stderr(log);
-        self.lab.spawn(node, cmd)?;
+            .stderr(log)
+            .process_group(0);
+        let agent = self.lab.spawn(node, cmd)?;
+        self.agents.push((node.to_string(), agent));
         Ok(())
+    }
+
+    /// Stops `node`'s agent cleanly (SIGTERM: groups stopped, disks demoted, goodbye)
+    /// and waits for it to exit.
+    pub fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let i = self
+            .agents
+            .iter()
+            .position(|(n, _)| n == node)
+            .with_context(|| format!("no agent of {node} to stop"))?;
+        let (_, agent) = self.agents.remove(i);
+        agent.signal(libc::SIGTERM);
+        match agent.wait_timeout(Duration::from_secs(60))? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("{node}'s agent exited with {status} when stopped"),
+            None => bail!("{node}'s agent did not stop within 60 s"),
+        }
+    }
+
+    /// Takes the lab down (every host process killed, mounts, loop devices, namespaces
+    /// and files removed); the problems its teardown reported, if any.
+    pub fn down(self) -> anyhow::Result<Vec<String>> {
+        let report = self.lab.down().context("take the lab down")?;
+        Ok(report.problems)
+    }
+
+    /// Forgets `node`'s agent (its host lost power: the process is gone).
+    pub fn forget_agent(&mut self, node: &str) {
+        self.agents.retain(|(n, _)| n != node);
     }
 
     /// `tandem status --json` as seen in `node`, if its agent answers.

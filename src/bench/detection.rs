@@ -139,7 +139,7 @@ fn false_deads_under_hog(
     hog: Duration,
     realtime: bool,
 ) -> anyhow::Result<(usize, usize)> {
-    let cluster = LabCluster::up(timing)?;
+    let mut cluster = LabCluster::up(timing)?;
     let extra: &[&str] = if realtime { &[] } else { &["--no-realtime"] };
     cluster.start_agent("ox1", extra)?;
     cluster.start_agent("ox2", extra)?;

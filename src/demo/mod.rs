@@ -1,95 +1,42 @@
-//! `tandem demo`: the whitepaper's cluster, failing over for real, on this machine.
+//! `tandem demo`: the whitepaper's cluster failing over with its data, on this machine.
 //!
-//! Builds the lab (ox1, ox2 and a client; `lan` 192.168.1.0/24 and the dedicated `hb`
-//! network), runs `tandem agent` on both nodes with the lab's power switch as their
-//! fence device, and a group like the whitepaper's front: the virtual IP
-//! 192.168.1.160, `ocf:heartbeat:Dummy` and an LSB service answering TCP on port 8080.
-//! The client probes the service every 50 ms. Then ox1, the active node, loses power,
-//! and the demo prints what happened, when, and the outage the client saw.
+//! ```text
+//!  client ──lan 192.168.1.0/24── VIP 192.168.1.160 ── ox1 (home) / ox2
+//!  ox1 ══hb 192.168.180.0/24══ ox2   heartbeats (hb ucast + lan bcast) and r0's link
+//!  group ox:  r0 (disk, protocol C) → ext4 on /dev/tandem/r0 → service → VIP
+//! ```
+//!
+//! The lab is built, the disk bootstrapped as the whitepaper's §4.3 does it (setup.rs),
+//! the cluster started with the group; the client writes numbered records through the
+//! VIP; ox1, the active node, loses power mid-load; the timeline is printed as it
+//! happens (timeline.rs); then every record the client saw acknowledged is looked up on
+//! the survivor: `acknowledged N, lost 0`, or a non-zero exit. The lab is taken down at
+//! the end, on any error and on Ctrl-C (interrupt.rs), and the demo checks that nothing
+//! of it is left.
 
+mod client;
+mod interrupt;
+mod postgres;
 pub mod records;
+mod service;
+mod setup;
+mod timeline;
 
-use std::io::BufRead;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
 use crate::labcluster::{LabCluster, Timing};
-
-const VIP: &str = "192.168.1.160";
-
-/// The service: an LSB init script running a TCP server with its pid file in the host's
-/// own /run (each lab host has a private /run/tandem).
-const SERVICE: &str = r#"#!/bin/sh
-PIDFILE=/run/tandem/web.pid
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
-case "$1" in
-  start)
-    running && exit 0
-    python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &
-    echo $! > "$PIDFILE"
-    for i in $(seq 50); do
-      python3 -c "import socket; socket.create_connection(('127.0.0.1', 8080), 0.2)" 2>/dev/null && exit 0
-      sleep 0.1
-    done
-    exit 1 ;;
-  stop)
-    if [ -f "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null; rm -f "$PIDFILE"; fi
-    exit 0 ;;
-  status) running && exit 0; exit 3 ;;
-  *) exit 2 ;;
-esac
-"#;
-
-/// The client's probe: one TCP connect every 50 ms, a line per answer.
-const PROBE: &str = r#"
-import socket, sys, time
-while True:
-    t = int(time.time() * 1000)
-    try:
-        socket.create_connection((sys.argv[1], 8080), 0.2).close()
-        print(t, "ok", flush=True)
-    except OSError:
-        print(t, "fail", flush=True)
-    time.sleep(0.05)
-"#;
-
-const TABLES: &str = r#"[[fence_device]]
-name = "lab-switch"
-agent = "fence_tandem_lab"
-params = { ipaddr = "{lab}" }
-timeout = "20s"
-
-[[group]]
-name = "ox"
-home = "ox1"
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "192.168.1.160/24"
-interface = "eth0"
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "dummy"
-type = "ocf"
-provider = "heartbeat"
-agent = "Dummy"
-params = { state = "/run/tandem/dummy.state" }
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "service"
-type = "lsb"
-script = "{dir}/service"
-monitor_interval = "1s"
-"#;
+use service::Service;
+use setup::{GROUP, VIP, say};
 
 /// `tandem demo` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The data service: tandem's records service, or Debian's PostgreSQL.
+    #[arg(long, value_enum, default_value = "records")]
+    pub service: service::Kind,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub keepalive_ms: u64,
@@ -98,190 +45,221 @@ pub struct Args {
     pub deadtime_ms: u64,
 }
 
-/// Runs the demo and prints its timeline.
+/// How long the failover may take before the demo calls it failed: deadtime, the
+/// fencing delay (5 s), the fence, the promotion, a journal replay, a service's
+/// recovery — seconds each at most, on a loaded machine.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the demo; an error if any step failed or any acknowledged record is missing.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    interrupt::install()?;
+    if args.deadtime_ms <= 2 * args.keepalive_ms {
+        bail!(
+            "--deadtime-ms ({}) must be more than twice --keepalive-ms ({})",
+            args.deadtime_ms,
+            args.keepalive_ms
+        );
+    }
+    let service = Service::new(args.service)?;
     let timing = Timing {
         keepalive: Duration::from_millis(args.keepalive_ms),
         deadtime: Duration::from_millis(args.deadtime_ms),
     };
-    say("building the lab: ox1, ox2 and a client; networks lan and hb");
-    let mut cluster = LabCluster::up_with(timing, "required", TABLES)?;
-    let _switch = cluster
+    say("building the lab: ox1, ox2 and a client; networks lan (public) and hb (dedicated)");
+    let cluster = LabCluster::up_with_lab(timing, "required", setup::disk_tables)?;
+    let name = cluster.lab.name().to_string();
+    say(&format!(
+        "lab {name}: namespaces tl-{name}-*, files under /var/lib/tandem-lab/{name} and /run/tandem-lab/{name}"
+    ));
+    let result = failover(cluster, &service);
+    // The lab is down by now, whatever happened: check that it left nothing.
+    let left = leftovers(&name);
+    match (result, left.is_empty()) {
+        (Ok(()), true) => {
+            say(&format!(
+                "lab {name} taken down: no namespace, mount, loop device or file left"
+            ));
+            Ok(())
+        }
+        (Ok(()), false) => bail!("the lab's teardown left: {}", left.join("; ")),
+        (Err(e), true) => Err(e),
+        (Err(e), false) => Err(e.context(format!("and the teardown left: {}", left.join("; ")))),
+    }
+}
+
+/// Everything from the bootstrap to the data check; the lab goes down when this
+/// returns, by `LabCluster::down` or, on an error, by its drop.
+fn failover(mut cluster: LabCluster, service: &Service) -> anyhow::Result<()> {
+    let switch = cluster
         .lab
         .power_switch()
         .context("start the lab's power switch")?;
-    let dir = cluster.lab.data_dir();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(dir.join("service"), SERVICE)?;
-        std::fs::set_permissions(dir.join("service"), std::fs::Permissions::from_mode(0o755))?;
-    }
-    say("starting tandem agent on ox1 and ox2 (fencing through the lab's power switch)");
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
-    wait(Duration::from_secs(30), "the group on ox1", || {
-        owner(&cluster, "ox2").as_deref() == Some("ox1")
+    setup::create_backing(&cluster, service.disk_mib())?;
+    setup::bootstrap(&mut cluster, service)?;
+    let mount = setup::mount_point(&cluster);
+
+    let word = service.record_word();
+    let mut client = client::Client::start(&cluster, service)?;
+    interrupt::wait(Duration::from_secs(30), "the client's first writes", || {
+        Ok(client.acked_count() >= 20)
     })?;
     say(&format!(
-        "group ox runs on ox1: {VIP} → ocf:heartbeat:Dummy → service on :8080"
+        "group {GROUP} runs on ox1; the client writes numbered {word}s through {VIP}"
     ));
-
-    let mut probe = std::process::Command::new("python3");
-    probe
-        .args(["-c", PROBE, VIP])
-        .stdout(std::process::Stdio::piped());
-    let mut probe = cluster
-        .lab
-        .spawn("client", probe)
-        .context("start the client probe")?;
-    let stdout = probe.stdout.take().context("probe output")?;
-    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, bool)>::new()));
-    let collected = std::sync::Arc::clone(&answers);
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let mut words = line.split_whitespace();
-            if let (Some(t), Some(ok)) = (words.next().and_then(|t| t.parse().ok()), words.next()) {
-                collected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((t, ok == "ok"));
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    say("the client reaches the service through the virtual IP; now ox1 loses power");
+    interrupt::sleep(Duration::from_secs(1))?;
+    say(&format!(
+        "{} {word}s acknowledged so far; now ox1, the active node, loses power",
+        client.acked_count()
+    ));
 
     let off_ms = crate::clock::wall_ms();
     cluster.lab.power_off("ox1").context("power off ox1")?;
-    wait(Duration::from_secs(60), "the group on ox2", || {
-        owner(&cluster, "ox2").as_deref() == Some("ox2")
-    })?;
-    wait(
-        Duration::from_secs(10),
-        "the client to get answers again",
-        || {
-            answers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|(t, ok)| *ok && *t > off_ms)
-        },
-    )?;
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = probe.kill();
-
-    let status = cluster.status("ox2").context("status of ox2")?;
-    print_timeline(
+    // Every process of ox1 is dead and reaped from here on: an answer the client reads
+    // later is the survivor's (one read before may still be ox1's, in flight).
+    let dead_ms = crate::clock::wall_ms();
+    cluster.forget_agent("ox1");
+    let service_resource = match service {
+        Service::Records => "records",
+        Service::Postgres(_) => "postgresql",
+    };
+    let mut timeline = timeline::Timeline::start(
         off_ms,
-        &status,
-        &answers.lock().unwrap_or_else(|p| p.into_inner()),
+        dead_ms,
+        "ox1",
+        "ox2",
+        service_resource,
+        service.label(),
+        word,
     );
+    let waited = interrupt::wait(FAILOVER_TIMEOUT, "the failover", || {
+        let status = cluster.status("ox2");
+        timeline.update(status.as_ref(), &client.outcomes());
+        // A failed group ends the wait at once (owner() says why).
+        setup::owner(&cluster, "ox2")?;
+        Ok(timeline.complete())
+    });
+    if let Err(e) = waited {
+        if interrupt::interrupted() {
+            return Err(e);
+        }
+        let missing: Vec<String> = timeline
+            .missing()
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect();
+        return Err(e.context(format!("steps not seen: {}", missing.join(", "))));
+    }
+    // A little more load on the survivor, then the client stops.
+    interrupt::sleep(Duration::from_secs(1))?;
+    client.stop()?;
+    let outcomes = client.outcomes();
+    let summary = client::summarize(&outcomes, dead_ms);
+    println!();
+    if let (Some(a), Some(b)) = (summary.last_before, summary.first_after) {
+        println!(
+            "outage seen by the client: {} ms, from its last acknowledged {word} before the power-off to its first after ({} failed attempts in between)",
+            b - a,
+            summary.failed
+        );
+    }
+    let wrong_order = timeline.out_of_order();
+    if !wrong_order.is_empty() {
+        bail!("steps out of order: {wrong_order:?}");
+    }
+
+    let (stored, unreadable) = service.stored(&cluster, "ox2", &mount)?;
+    let lost: Vec<u64> = summary.acked.difference(&stored).copied().collect();
+    println!(
+        "data check on ox2: {} {word}s stored; every acknowledged {word} looked up",
+        stored.len()
+    );
+    println!("acknowledged {}, lost {}", summary.acked.len(), lost.len());
+    if unreadable > 0 {
+        bail!("{unreadable} stored lines are not records");
+    }
+    if summary.acked.is_empty() {
+        bail!("the client had no {word} acknowledged");
+    }
+    if !lost.is_empty() {
+        bail!(
+            "acknowledged {word}s missing on the survivor: {}",
+            preview(&lost)
+        );
+    }
+    drop(switch);
+    let report = cluster.down()?;
+    if !report.is_empty() {
+        bail!("the lab's teardown reported: {}", report.join("; "));
+    }
     Ok(())
 }
 
-fn owner(cluster: &LabCluster, node: &str) -> Option<String> {
-    let status = cluster.status(node)?;
-    let g = status["groups"]
-        .as_array()?
-        .iter()
-        .find(|g| g["name"] == "ox")?;
-    (g["state"] == "started").then(|| g["owner"].as_str().map(str::to_owned))?
+fn preview(numbers: &[u64]) -> String {
+    let shown: Vec<String> = numbers.iter().take(20).map(u64::to_string).collect();
+    if numbers.len() > shown.len() {
+        format!("{} … ({} in all)", shown.join(" "), numbers.len())
+    } else {
+        shown.join(" ")
+    }
 }
 
-fn print_timeline(off_ms: u64, status: &Value, answers: &[(u64, bool)]) {
-    let rel = |t: u64| t as i64 - off_ms as i64;
-    let mut lines: Vec<(i64, String)> = vec![(0, "ox1 powered off".into())];
-    for e in status["events"].as_array().into_iter().flatten() {
-        let t = e["time_ms"].as_u64().unwrap_or(0);
-        if t >= off_ms && e["event"] == "node_dead" {
-            lines.push((
-                rel(t),
-                "ox2 declares ox1 dead (no heartbeat on any link)".into(),
-            ));
-        }
-    }
-    for r in status["fencing"]["history"]
-        .as_array()
+/// What a lab named `name` could leave on this machine: its network namespaces, its
+/// state and data directories, mounts below them, loop devices backed by its files
+/// (tandem local devices name their FUSE file after a backing path: `!` for `/`), and
+/// its cgroup.
+fn leftovers(name: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("tl-{name}-");
+    for e in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
+        .flatten()
     {
-        let t = r["at_unix_ms"].as_u64().unwrap_or(0);
-        if t >= off_ms {
-            lines.push((
-                rel(t),
-                format!(
-                    "ox2 fenced {} through {} ({}: {})",
-                    r["target"].as_str().unwrap_or("?"),
-                    r["device"].as_str().unwrap_or("?"),
-                    r["action"].as_str().unwrap_or("?"),
-                    r["outcome"]["kind"].as_str().unwrap_or("?")
-                ),
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) {
+            left.push(format!("network namespace {n}"));
+        }
+    }
+    let dirs = [
+        format!("/var/lib/tandem-lab/{name}"),
+        format!("/run/tandem-lab/{name}"),
+    ];
+    for d in &dirs {
+        if Path::new(d).exists() {
+            left.push(format!("directory {d}"));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        if dirs
+            .iter()
+            .any(|d| l.contains(&format!("{d}/")) || l.contains(&format!("{d} ")))
+        {
+            left.push(format!("mount {l}"));
+        }
+    }
+    let bang = format!("!tandem-lab!{name}!");
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if backing.contains(&bang) || dirs.iter().any(|d| backing.starts_with(&format!("{d}/"))) {
+            left.push(format!(
+                "loop device /dev/{} ({})",
+                e.file_name().to_string_lossy(),
+                backing.trim()
             ));
         }
     }
-    for a in status["actions"].as_array().into_iter().flatten() {
-        let t = a["time_ms"].as_u64().unwrap_or(0);
-        if t >= off_ms && a["action"] == "start" && a["ok"] == true {
-            let what = match a["resource"].as_str().unwrap_or("") {
-                "vip" => format!("{VIP} up on ox2 (gratuitous ARP sent)"),
-                other => format!("{other} start finished on ox2"),
-            };
-            lines.push((rel(t), what));
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let cg = format!("{root}/tandem-lab/tl-{name}");
+        if Path::new(&cg).exists() {
+            left.push(format!("cgroup {cg}"));
         }
     }
-    let last_before = answers
-        .iter()
-        .filter(|(t, ok)| *ok && *t <= off_ms)
-        .map(|(t, _)| *t)
-        .max();
-    let first_after = answers
-        .iter()
-        .filter(|(t, ok)| *ok && *t > off_ms)
-        .map(|(t, _)| *t)
-        .min();
-    if let Some(t) = first_after {
-        lines.push((rel(t), "the client is answered again".into()));
-    }
-    lines.sort_by_key(|(t, _)| *t);
-    println!();
-    println!("timeline (ms after the power-off)");
-    for (t, what) in &lines {
-        println!("  {t:>6}  {what}");
-    }
-    if let (Some(a), Some(b)) = (last_before, first_after) {
-        let failed = answers
-            .iter()
-            .filter(|(t, ok)| !ok && *t > a && *t < b)
-            .count();
-        println!();
-        println!(
-            "outage seen by the client: {} ms ({} failed probes between the last answer before and the first after)",
-            b - a,
-            failed
-        );
-    }
-    println!(
-        "between the verdict and the fence, ox2 waited cluster.fencing_delay (default 5 s): it held \
-         no group, so in a partition (which it cannot tell from a power-off) the node serving the \
-         group must win the fence race"
-    );
-    println!("data check: not part of this demo yet (the replicated disk joins it next)");
-}
-
-fn wait(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = crate::clock::now() + timeout;
-    while crate::clock::now() < deadline {
-        if done() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
-}
-
-fn say(what: &str) {
-    println!("demo: {what}");
+    left
 }

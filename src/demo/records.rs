@@ -6,7 +6,9 @@
 //! acknowledged record is on the file system, and through it on the replicated disk's
 //! flush, on both nodes. The client sends numbered records through the virtual IP, one
 //! at a time, retrying a number until it is acknowledged, and prints a line per
-//! outcome (`WALL_MS ack N` or `WALL_MS fail N`) for the demo to read.
+//! outcome (`WALL_MS ack N` or `WALL_MS fail N`) for the demo to read. `probe` is the
+//! service's health check (the OCF `anything` agent's monitor hook), and `pg-client`
+//! the same client for PostgreSQL (src/demo/postgres.rs).
 
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,6 +44,28 @@ enum Sub {
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
     },
+    /// Exit 0 once ADDR accepts a connection; 1 if it does not within the timeout.
+    Probe {
+        /// The service's address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// How long to keep trying.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Commit numbered rows to PostgreSQL at HOST through psql until killed; one line
+    /// per outcome on stdout.
+    PgClient {
+        /// The server's address (the virtual IP).
+        #[arg(long)]
+        host: String,
+        /// The psql binary.
+        #[arg(long)]
+        psql: PathBuf,
+        /// Pause between two acknowledged rows.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
 }
 
 /// The service's port.
@@ -55,13 +79,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Sub::Serve { dir, port } => serve(dir, port),
         Sub::Client { addr, interval_ms } => client(addr, Duration::from_millis(interval_ms)),
+        Sub::Probe { addr, timeout_ms } => probe(addr, Duration::from_millis(timeout_ms)),
+        Sub::PgClient {
+            host,
+            psql,
+            interval_ms,
+        } => super::postgres::client(&host, &psql, Duration::from_millis(interval_ms)),
     }
 }
 
 fn serve(dir: PathBuf, port: u16) -> anyhow::Result<()> {
     let path = dir.join("records");
-    let listener =
-        TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("listen on port {port}"))?;
+    // The file first: once the port answers, records can be stored.
     // One writer at a time: records from several connections never interleave in a line.
     let file = std::sync::Arc::new(std::sync::Mutex::new(
         std::fs::OpenOptions::new()
@@ -70,6 +99,12 @@ fn serve(dir: PathBuf, port: u16) -> anyhow::Result<()> {
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?,
     ));
+    // The file's name durable too (it may have just been created).
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync {}", dir.display()))?;
+    let listener =
+        TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("listen on port {port}"))?;
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let file = file.clone();
@@ -105,11 +140,22 @@ fn handle(conn: TcpStream, file: &std::sync::Mutex<std::fs::File>) -> std::io::R
     }
 }
 
-fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
-    let mut next = 1u64;
-    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
-    let stdout = std::io::stdout();
+fn probe(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = crate::clock::now() + timeout;
     loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => return Ok(()),
+            Err(e) if crate::clock::now() >= deadline => {
+                anyhow::bail!("{addr} does not answer: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    write_numbered(interval, |next| {
         let result = (|| -> std::io::Result<()> {
             if conn.is_none() {
                 let s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
@@ -130,6 +176,24 @@ fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
                 Err(std::io::Error::other(format!("unexpected answer {line:?}")))
             }
         })();
+        if result.is_err() {
+            // A new connection for the retry: the old one may hang on a dead node.
+            conn = None;
+        }
+        result
+    })
+}
+
+/// The clients' loop: records 1, 2, 3 … through `attempt`, each retried until it is
+/// acknowledged; one line per outcome on stdout (`WALL_MS ack N`, `WALL_MS fail N`).
+pub fn write_numbered(
+    interval: Duration,
+    mut attempt: impl FnMut(u64) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut next = 1u64;
+    let stdout = std::io::stdout();
+    loop {
+        let result = attempt(next);
         let mut out = stdout.lock();
         match result {
             Ok(()) => {
@@ -140,7 +204,6 @@ fn client(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
             }
             Err(_) => {
                 writeln!(out, "{} fail {next}", crate::clock::wall_ms())?;
-                conn = None;
                 drop(out);
                 std::thread::sleep(Duration::from_millis(20));
             }

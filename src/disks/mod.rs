@@ -23,7 +23,7 @@ mod device;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,11 @@ struct Running {
     /// The local device (`/dev/tandem/NAME`), present exactly while primary. Held
     /// across publish and unpublish, so two requests never race on it.
     local: Mutex<Option<tandem_blockdev::LocalDevice>>,
+    /// Wall-clock ms of the last promotion on this node (0: none since the disk came
+    /// up); status shows it, so a failover's timeline needs no log parsing.
+    promoted_unix_ms: AtomicU64,
+    /// Wall-clock ms at which the local device was last published (0: never).
+    published_unix_ms: AtomicU64,
 }
 
 impl Running {
@@ -702,6 +707,8 @@ impl Service {
                     }
                 }
                 r.primary.store(true, Ordering::Relaxed);
+                r.promoted_unix_ms
+                    .store(crate::clock::wall_ms(), Ordering::Relaxed);
                 if let Err(err) = self.publish_local(name, &r) {
                     // The local device exists exactly while this node is primary: a
                     // primary without it would leave whatever mounts it stranded.
@@ -872,6 +879,8 @@ impl Service {
             device,
             local_paths: local_paths(&name, host),
             local: Mutex::new(None),
+            promoted_unix_ms: AtomicU64::new(0),
+            published_unix_ms: AtomicU64::new(0),
         });
         rt.spawn(startup_wait_log(
             name.clone(),
@@ -964,6 +973,8 @@ impl Service {
             direct_io = published.direct_io(),
             "local device published"
         );
+        r.published_unix_ms
+            .store(crate::clock::wall_ms(), Ordering::Relaxed);
         *local = Some(published);
         Ok(())
     }
@@ -1012,6 +1023,7 @@ impl Service {
         };
         v["nbd_socket"] = json!(r.socket);
         v["local_device"] = local_device_json(&r);
+        v["promoted_unix_ms"] = unix_ms_json(&r.promoted_unix_ms);
         v["waiting_for_peer"] = json!(r.waiting());
         v["resync_paused"] = json!(r.resync_paused.load(Ordering::Relaxed));
         v["nbd"] = json!(
@@ -1086,6 +1098,7 @@ fn local_device_json(r: &Running) -> Value {
     let s = d.stats();
     json!({
         "path": d.link(),
+        "published_unix_ms": unix_ms_json(&r.published_unix_ms),
         "loop_device": d.loop_device().path(),
         "direct_io": d.direct_io(),
         "reads": s.reads,
@@ -1096,6 +1109,14 @@ fn local_device_json(r: &Running) -> Value {
         "written_bytes": s.written_bytes,
         "errors": s.errors,
     })
+}
+
+/// A wall-clock stamp for status: null while it was never set.
+fn unix_ms_json(stamp: &AtomicU64) -> Value {
+    match stamp.load(Ordering::Relaxed) {
+        0 => Value::Null,
+        ms => json!(ms),
+    }
 }
 
 /// Before anything else at agent start: removes what a previous agent of this node

@@ -307,7 +307,31 @@ impl Cluster {
         heartbeats: Heartbeats,
         fencing_delay: &str,
     ) -> (Cluster, tandem_lab::PowerSwitch) {
-        let mut c = Cluster::new(24, disk_extra, true);
+        Self::fenced_with_group(
+            24,
+            disk_extra,
+            heartbeats,
+            fencing_delay,
+            |_| {},
+            DISK_GROUP,
+        )
+    }
+
+    /// Two agents with the lab's power switch as fence device and `group` (TOML: the
+    /// group `data`, home ox1; `{dir}` in it is the lab's data directory) appended to
+    /// both configurations. Before that, the disk
+    /// (`backing_mib`) is bootstrapped outside any group: forced primary on ox1, in
+    /// sync, and `bootstrap` run while it is (e.g. `mkfs` on its local device); then
+    /// demoted and the cluster restarted with the group, which ox1 starts.
+    pub fn fenced_with_group(
+        backing_mib: u64,
+        disk_extra: &str,
+        heartbeats: Heartbeats,
+        fencing_delay: &str,
+        bootstrap: impl FnOnce(&Cluster),
+        group: &str,
+    ) -> (Cluster, tandem_lab::PowerSwitch) {
+        let mut c = Cluster::new(backing_mib, disk_extra, true);
         let switch = c.lab.power_switch().expect("lab power switch");
         let fence = super::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
         let lan_link = match heartbeats {
@@ -326,7 +350,7 @@ impl Cluster {
             );
             std::fs::write(path, format!("{text}\n{fence}\n{lan_link}")).unwrap();
         }
-        // Fresh disks: bootstrapped outside any group as the whitepaper's §4.3 does (the
+        // Fresh disks: bootstrapped outside any group as the whitepaper's §4.3 does it (the
         // operator forces one side, once, and waits for the full sync); then the
         // cluster restarts with the group, which promotes the disk by itself.
         c.start_agent("ox1");
@@ -334,6 +358,8 @@ impl Cluster {
         c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
         c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
         c.wait_in_sync(60);
+        bootstrap(&c);
+        c.tandem("ox1", &["disk", "secondary", "r0"]);
         c.stop_agent("ox2");
         c.stop_agent("ox1");
         for node in ["ox1", "ox2"] {
@@ -341,18 +367,30 @@ impl Cluster {
                 .append(true)
                 .open(&c.configs[idx(node)])
                 .unwrap();
-            std::io::Write::write_all(&mut f, DISK_GROUP.as_bytes()).unwrap();
+            let group = group.replace("{dir}", c.lab.data_dir().to_str().unwrap());
+            std::io::Write::write_all(&mut f, group.as_bytes()).unwrap();
         }
         c.start_agent("ox1");
         c.start_agent("ox2");
         c.wait_state("ox1", "the group running", 60, |s| s["role"] == "primary");
         c.wait_in_sync(60);
-        wait_for(Duration::from_secs(30), "group data started on ox1", || {
-            let st: Value = serde_json::from_str(&c.tandem("ox1", &["status", "--json"])).ok()?;
-            (st["groups"][0]["state"] == "started" && st["groups"][0]["owner"] == "ox1")
-                .then_some(())
-        });
+        c.wait_group_on("ox1", "ox1", 30);
         (c, switch)
+    }
+
+    /// Waits until `node` sees the group `data` started on `owner`.
+    pub fn wait_group_on(&self, node: &str, owner: &str, timeout_s: u64) {
+        wait_for(
+            Duration::from_secs(timeout_s),
+            &format!("group data started on {owner}, as {node} sees it"),
+            || {
+                let st: Value =
+                    serde_json::from_str(&self.tandem_result(node, &["status", "--json"]).ok()?)
+                        .ok()?;
+                (st["groups"][0]["state"] == "started" && st["groups"][0]["owner"] == owner)
+                    .then_some(())
+            },
+        );
     }
 
     /// SIGTERM to `node`'s agent; waits for it to exit.

@@ -1,0 +1,259 @@
+//! The demo's cluster: its configuration, the disk's bootstrap as the whitepaper's §4.3
+//! does it (outside any group), and the start of the cluster with the group.
+//!
+//! ```text
+//!  [[disk]] r0, protocol C, fencing resource-and-stonith, backing on each node's lossy
+//!  disk (a power cut loses what was not flushed), replicated over `hb`
+//!  group ox (home ox1):  r0 (disk) → fs (ext4 on /dev/tandem/r0) → service → vip
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::interrupt;
+use super::service::Service;
+use crate::labcluster::LabCluster;
+
+/// The virtual IP the client writes through.
+pub const VIP: &str = "192.168.1.160";
+/// The local device of r0 on its primary.
+pub const DEVICE: &str = "/dev/tandem/r0";
+/// The group's name.
+pub const GROUP: &str = "ox";
+
+/// Where the file system is mounted in ox1 and ox2: a directory of the lab's own data
+/// directory (each host mounts it in its own mount namespace; the teardown removes it).
+pub fn mount_point(cluster: &LabCluster) -> String {
+    cluster.lab.data_dir().join("data").display().to_string()
+}
+
+/// The fence device and the disk, appended to the lab cluster's configuration.
+pub fn disk_tables(lab: &tandem_lab::Lab) -> anyhow::Result<String> {
+    let backing = |node: &str| -> anyhow::Result<String> {
+        Ok(lab
+            .host_disk_dir(node)
+            .with_context(|| format!("{node}'s lossy disk"))?
+            .join("r0.img")
+            .display()
+            .to_string())
+    };
+    Ok(format!(
+        r#"[[fence_device]]
+name = "lab-switch"
+agent = "fence_tandem_lab"
+params = {{ ipaddr = "{lab}" }}
+timeout = "20s"
+
+[[disk]]
+name = "r0"
+protocol = "C"
+fencing = "resource-and-stonith"
+
+[disk.on.ox1]
+device = "{DEVICE}"
+backing = "{ox1}"
+address = "192.168.180.20:7788"
+
+[disk.on.ox2]
+device = "{DEVICE}"
+backing = "{ox2}"
+address = "192.168.180.10:7788"
+"#,
+        lab = lab.name(),
+        ox1 = backing("ox1")?,
+        ox2 = backing("ox2")?,
+    ))
+}
+
+/// The group: disk → file system → the service → the address, started in that order
+/// and stopped in reverse (the address goes first, the disk demotes last, after the
+/// unmount).
+fn group_tables(mount: &str, service_resource: &str) -> String {
+    format!(
+        r#"
+[[group]]
+name = "{GROUP}"
+home = "ox1"
+
+[[group.resource]]
+name = "r0"
+type = "disk"
+disk = "r0"
+monitor_interval = "1s"
+
+[[group.resource]]
+name = "fs"
+type = "filesystem"
+device = "{DEVICE}"
+directory = "{mount}"
+fstype = "ext4"
+monitor_interval = "1s"
+
+{service_resource}
+
+[[group.resource]]
+name = "vip"
+type = "ipaddr"
+address = "{VIP}/24"
+interface = "eth0"
+monitor_interval = "1s"
+"#
+    )
+}
+
+/// Creates the backing files (flushed, so a power cut keeps them) on both nodes'
+/// lossy disks.
+pub fn create_backing(cluster: &LabCluster, size_mib: u64) -> anyhow::Result<()> {
+    for node in ["ox1", "ox2"] {
+        let path = cluster.lab.host_disk_dir(node)?.join("r0.img");
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+        f.set_len(size_mib << 20)?;
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The whitepaper's §4.3, with tandem's commands, then the cluster with the group:
+/// `create-md` and `up` on both nodes, `primary --force` on ox1 and the full sync,
+/// `mkfs.ext4` on `/dev/tandem/r0`, the service's data put on it, `secondary` — all
+/// outside any group; then both agents restart with the group, which ox1 starts.
+pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<()> {
+    let mount = mount_point(cluster);
+    say("§4.3 bootstrap, outside any group:");
+    for node in ["ox1", "ox2"] {
+        step(&format!("{node}: tandem disk create-md r0"));
+        cluster.tandem(node, &["disk", "create-md", "r0", "--node", node])?;
+    }
+    cluster.start_agent("ox1", &[])?;
+    cluster.start_agent("ox2", &[])?;
+    for node in ["ox1", "ox2"] {
+        step(&format!("{node}: tandem agent; tandem disk up r0"));
+        interrupt::wait(Duration::from_secs(30), "the agent to answer", || {
+            Ok(disk_status(cluster, node).is_some())
+        })?;
+        cluster.tandem(node, &["disk", "up", "r0"])?;
+    }
+    for node in ["ox1", "ox2"] {
+        interrupt::wait(Duration::from_secs(30), "r0 to connect", || {
+            Ok(disk_status(cluster, node).is_some_and(|s| s["connection"] == "connected"))
+        })?;
+    }
+    step("ox1: tandem disk primary --force r0   (this copy counts: full sync to ox2)");
+    cluster.tandem("ox1", &["disk", "primary", "--force", "r0"])?;
+    wait_in_sync(cluster, Duration::from_secs(120))?;
+    step(&format!("ox1: mkfs.ext4 {DEVICE}"));
+    cluster
+        .lab
+        .run("ox1", &["mkfs.ext4", "-q", "-F", DEVICE])
+        .context("mkfs.ext4 on ox1")?;
+    step(&format!(
+        "ox1: mount {DEVICE} {mount}; {}",
+        service.bootstrap_note()
+    ));
+    std::fs::create_dir_all(&mount)?;
+    cluster
+        .lab
+        .run("ox1", &["mount", "-t", "ext4", DEVICE, &mount])
+        .context("mount on ox1")?;
+    let prepared = service.prepare(cluster, &mount);
+    // Unmount whatever happened: a mounted file system keeps the disk primary.
+    let unmounted = cluster.lab.run("ox1", &["umount", &mount]);
+    prepared?;
+    unmounted.context("umount on ox1")?;
+    step("ox1: umount; tandem disk secondary r0");
+    cluster.tandem("ox1", &["disk", "secondary", "r0"])?;
+    wait_in_sync(cluster, Duration::from_secs(60))?;
+    cluster.stop_agent("ox2")?;
+    cluster.stop_agent("ox1")?;
+
+    say(&format!(
+        "the cluster with group {GROUP}: r0 → ext4 on {DEVICE} at {mount} → {} → {VIP}",
+        service.label()
+    ));
+    cluster.append_config(&group_tables(
+        &mount,
+        &service.resource(cluster.tandem_binary(), &mount)?,
+    ))?;
+    cluster.start_agent("ox1", &[])?;
+    cluster.start_agent("ox2", &[])?;
+    interrupt::wait(Duration::from_secs(60), "the group on ox1", || {
+        Ok(owner(cluster, "ox1")?.as_deref() == Some("ox1"))
+    })?;
+    wait_in_sync(cluster, Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// `tandem disk status --json r0` in `node`, if its agent answers.
+pub fn disk_status(cluster: &LabCluster, node: &str) -> Option<Value> {
+    let out = cluster
+        .tandem(node, &["disk", "status", "--json", "r0"])
+        .ok()?;
+    serde_json::from_str(&out).ok()
+}
+
+/// Both copies connected, up to date, nothing out of sync.
+fn wait_in_sync(cluster: &LabCluster, timeout: Duration) -> anyhow::Result<()> {
+    for node in ["ox1", "ox2"] {
+        interrupt::wait(timeout, &format!("r0 in sync on {node}"), || {
+            Ok(disk_status(cluster, node).is_some_and(|s| {
+                s["connection"] == "connected"
+                    && s["disk_state"] == "up_to_date"
+                    && s["peer_disk_state"] == "up_to_date"
+                    && s["out_of_sync_bytes"] == 0
+            }))
+        })?;
+    }
+    Ok(())
+}
+
+/// The node running the group as `node` sees it, once it is started; an error when the
+/// group failed or is blocked (the demo then stops instead of waiting out its time).
+pub fn owner(cluster: &LabCluster, node: &str) -> anyhow::Result<Option<String>> {
+    let Some(status) = cluster.status(node) else {
+        return Ok(None);
+    };
+    let Some(g) = status["groups"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["name"] == GROUP))
+    else {
+        return Ok(None);
+    };
+    match g["state"].as_str() {
+        Some("started") => Ok(g["owner"].as_str().map(str::to_owned)),
+        Some("failed") => bail!(
+            "group {GROUP} failed on {node}: {}",
+            failed_resources(g).unwrap_or_default()
+        ),
+        _ => Ok(None),
+    }
+}
+
+fn failed_resources(group: &Value) -> Option<String> {
+    let list: Vec<String> = group["resources"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["last_action"]["ok"] == false)
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r["name"].as_str().unwrap_or("?"),
+                r["last_action"]["action"].as_str().unwrap_or("?"),
+                r["last_action"]["result"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    Some(list.join("; "))
+}
+
+/// A line of the demo's own narration.
+pub fn say(what: &str) {
+    println!("demo: {what}");
+}
+
+/// A bootstrap step, as an operator would type it.
+fn step(what: &str) {
+    println!("        {what}");
+}
