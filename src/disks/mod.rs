@@ -52,8 +52,13 @@ const DEFAULT_WORKERS: usize = 1;
 const PRIMARY_WAITS_FOR_STARTUP: Duration = Duration::from_secs(20);
 /// How often the monitor looks at every disk (roles, resync groups).
 const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
-/// How often `down` and a clean stop try to demote while I/O is in flight (100 ms apart).
-const DEMOTE_TRIES: usize = 50;
+/// How long a group's demotion, `down` and a clean stop keep trying while the core
+/// refuses as busy (I/O in flight, or writes the peer has not confirmed flushing: the
+/// core asked for that flush), beyond the link's timeout — after which a dead peer's
+/// link is gone and nothing waits for it any more.
+const DEMOTE_PATIENCE_BEYOND_LINK: Duration = Duration::from_secs(2);
+/// How long an operator's `secondary` retries while the core is busy.
+const OPERATOR_DEMOTE_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a status query may take before the disk is reported unresponsive.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -129,6 +134,8 @@ struct Running {
     /// Wall-clock ms of the last promotion on this node (0: none since the disk came
     /// up); status shows it, so a failover's timeline needs no log parsing.
     promoted_unix_ms: AtomicU64,
+    /// How long a patient demotion keeps retrying (see [`DEMOTE_PATIENCE_BEYOND_LINK`]).
+    demote_patience: Duration,
     /// Wall-clock ms at which the local device was last published (0: never).
     published_unix_ms: AtomicU64,
 }
@@ -400,7 +407,7 @@ pub fn stop(managed: &[String]) {
             tracing::error!(disk = %name, "stopping: {err:#}; left primary, and whatever uses the device loses it when the agent exits");
             continue;
         }
-        match service.demote_durably(&r, DEMOTE_TRIES) {
+        match service.demote_durably(&r, r.demote_patience) {
             Ok(()) => tracing::info!(disk = %name, "stopping: demoted to secondary"),
             Err(err) => tracing::error!(disk = %name, "stopping: still primary: {err:#}"),
         }
@@ -712,7 +719,7 @@ impl Service {
                 if let Err(err) = self.publish_local(name, &r) {
                     // The local device exists exactly while this node is primary: a
                     // primary without it would leave whatever mounts it stranded.
-                    let undo = match self.demote_durably(&r, DEMOTE_TRIES) {
+                    let undo = match self.demote_durably(&r, r.demote_patience) {
                         Ok(()) => "demoted again".to_string(),
                         Err(e) => format!("and the demotion that should undo it failed: {e:#}"),
                     };
@@ -740,15 +747,18 @@ impl Service {
             // writes resolve once the peer is outdated or fenced); an operator's
             // `secondary` answers at once.
             DiskCommand::Secondary => {
-                let tries = match caller {
-                    Caller::Group => DEMOTE_TRIES,
-                    Caller::Operator => 1,
+                // A group waits as long as a dead peer's link can take to go; an
+                // operator for one barrier round trip, and is told why if that was
+                // not enough (suspended writes wait for the peer's fate, not for this).
+                let patience = match caller {
+                    Caller::Group => r.demote_patience,
+                    Caller::Operator => OPERATOR_DEMOTE_PATIENCE,
                 };
                 // The device goes first, while the disk still takes writes: refused
                 // (nothing changes) while a file system is mounted on it; what buffered
                 // writers left in its cache is written back and flushed.
                 self.unpublish_local(name, &r)?;
-                if let Err(err) = self.demote_durably(&r, tries) {
+                if let Err(err) = self.demote_durably(&r, patience) {
                     // Still primary, so the device comes back.
                     if let Err(e) = self.publish_local(name, &r) {
                         tracing::error!(disk = %name, "still primary after a failed demotion, but the local device could not be published again: {e:#}");
@@ -881,6 +891,8 @@ impl Service {
             local: Mutex::new(None),
             promoted_unix_ms: AtomicU64::new(0),
             published_unix_ms: AtomicU64::new(0),
+            demote_patience: Duration::from_millis(core_config(disk).ping_timeout_ms)
+                + DEMOTE_PATIENCE_BEYOND_LINK,
         });
         rt.spawn(startup_wait_log(
             name.clone(),
@@ -917,7 +929,7 @@ impl Service {
         // No new NBD clients from here on.
         r.server.shutdown();
         r.server.remove_export(name);
-        self.demote_durably(r, DEMOTE_TRIES)
+        self.demote_durably(r, r.demote_patience)
             .context("cannot demote before going down")?;
         rt.block_on(r.node.shutdown())?;
         let _ = std::fs::remove_file(&r.socket);
@@ -928,21 +940,17 @@ impl Service {
         Ok(())
     }
 
-    /// Demotes (trying `tries` times, 100 ms apart, while I/O is in flight). The node
+    /// Demotes, retrying 100 ms apart for `patience` while the core is busy. The node
     /// answers once the superblock on disk says "not primary": an agent that exits
     /// right after (a clean stop) must not leave a superblock that reads as a crashed
     /// primary at the next start, or its activity log would be resynced.
-    fn demote_durably(&self, r: &Running, tries: usize) -> anyhow::Result<()> {
+    fn demote_durably(&self, r: &Running, patience: Duration) -> anyhow::Result<()> {
         let rt = &self.runtime;
-        let mut result = Ok(());
-        for attempt in 0..tries.max(1) {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        let give_up = crate::clock::now() + patience;
+        let mut result = rt.block_on(r.node.demote())?;
+        while result.is_err() && crate::clock::now() < give_up {
+            std::thread::sleep(Duration::from_millis(100));
             result = rt.block_on(r.node.demote())?;
-            if result.is_ok() {
-                break;
-            }
         }
         result?;
         r.primary.store(false, Ordering::Relaxed);

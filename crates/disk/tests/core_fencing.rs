@@ -428,3 +428,163 @@ fn a_copy_alone_since_its_start_is_not_promoted_by_fencing_its_peer() {
     assert!(!core.status().peer_outdated, "not recorded as outdated");
     assert_eq!(core.promote(0, true), Ok(()), "--force goes on");
 }
+
+/// Node 0's write `req` to 4 KiB block `block`, acknowledged under protocol C: the peer
+/// wrote it (into its volatile cache) and answered; no barrier has confirmed its flush.
+fn write_acked_unflushed(p: &mut Pair, req: u64, block: u64, byte: u8) {
+    p.write(req, block * 4096, 4096, byte);
+    p.complete_ios(0);
+    p.deliver(1);
+    p.complete_ios(1);
+    p.deliver(0);
+    assert!(p.acked(0, req));
+}
+
+/// A flush is the promise that survives both nodes losing their caches. When the link
+/// breaks before the peer's barrier ack, the flush rests on the primary's disk alone, so
+/// it completes only once the new generation that makes this copy the resync source is
+/// durable. Acknowledged earlier, a crash of the primary then left generations equal to
+/// the peer's; the crashed primary resynced its activity log from the survivor, whose
+/// cache had lost the write (cluster-sim seeds 4855, 4913).
+#[test]
+fn a_flush_the_peer_never_confirmed_waits_for_the_new_generation() {
+    let mut p = synced(DiskFencing::ResourceAndStonith);
+    write_acked_unflushed(&mut p, 1, 0, 0x11);
+    // The flush: its barrier never reaches the peer, the local flush is done.
+    p.input(0, Input::Flush { req: 2 });
+    p.wire[1].clear();
+    p.complete_ios(0);
+    assert!(!p.acked(0, 2), "waits for the peer's barrier ack");
+    // The peer loses power (its cache never wrote block 0) and is fenced.
+    p.n[1].disk[..4096].fill(0);
+    p.power_cut(1);
+    p.n[0].core.peer_fenced(p.now);
+    p.collect(0);
+    // Node 0 loses power the moment the flush is acknowledged.
+    while !p.acked(0, 2) {
+        assert!(
+            p.complete_one(0).is_some(),
+            "the flush was never acknowledged"
+        );
+    }
+    p.power_cut(0);
+    p.connect();
+    p.settle();
+    for i in 0..2 {
+        assert_eq!(
+            p.n[i].disk[0],
+            0x11,
+            "node {i} lost the flushed write: {:?}",
+            p.n[i].core.status().last_decision
+        );
+    }
+}
+
+/// The same for a write whose peer copy was lost with the link, with no suspension to
+/// hold it (`dont-care`; also a primary that knew its peer outdated): acknowledged
+/// alone only once the new generation is durable.
+#[test]
+fn a_write_acknowledged_alone_after_a_link_loss_waits_for_the_new_generation() {
+    let mut p = synced(DiskFencing::DontCare);
+    write_acked_unflushed(&mut p, 1, 0, 0x21);
+    // A second write is sent, the link breaks before the peer answers; the peer's
+    // copy of both is in its cache, which the power cut that follows empties.
+    p.write(2, 4096, 4096, 0x22);
+    p.complete_ios(0);
+    p.deliver(1);
+    p.complete_ios(1);
+    p.wire[0].clear();
+    p.n[1].disk[..2 * 4096].fill(0);
+    p.power_cut(1);
+    assert!(!p.n[0].core.suspended());
+    while !p.acked(0, 2) {
+        assert!(
+            p.complete_one(0).is_some(),
+            "the write was never acknowledged"
+        );
+    }
+    p.power_cut(0);
+    p.connect();
+    p.settle();
+    for i in 0..2 {
+        assert_eq!(
+            (p.n[i].disk[0], p.n[i].disk[4096]),
+            (0x21, 0x22),
+            "node {i} lost an acknowledged write: {:?}",
+            p.n[i].core.status().last_decision
+        );
+    }
+}
+
+/// The cluster's answer that the peer is outdated belongs to the question, asked while
+/// there was no link. A link that came up since may have cleared the peer's mark (its
+/// handshake found both copies equal): the answer is stale and changes nothing, and a
+/// suspension asks again (as DRBD ignores a fence-peer handler's exit code when the
+/// connection came back meanwhile). Believed, it let a later primary write alone, and a
+/// crashed primary be promoted alone, against a peer that was not outdated (cluster-sim
+/// seed 4681).
+#[test]
+fn an_outdate_answer_from_before_a_new_link_is_ignored() {
+    let mut p = synced(DiskFencing::ResourceAndStonith);
+    // The link breaks; node 0 asks; the peer is outdated, but before node 0 hears it the
+    // link is back and the handshake finds nothing to sync: the peer's mark is gone.
+    cut(&mut p);
+    assert!(p.n[0].core.suspended());
+    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    p.collect(1);
+    superblocks_until_durable(&mut p, 1, ticket);
+    p.connect();
+    p.settle();
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    assert!(!p.n[0].core.suspended());
+    // The answer arrives now: stale.
+    p.n[0].core.peer_outdated(p.now);
+    p.collect(0);
+    assert!(
+        !p.n[0].core.status().peer_outdated,
+        "a stale answer believed"
+    );
+    // So the next link loss suspends again and asks.
+    let asked = p.fence_peer_asked[0];
+    cut(&mut p);
+    assert!(p.n[0].core.suspended());
+    assert_eq!(p.fence_peer_asked[0], asked + 1);
+    p.write(1, 0, 4096, 1);
+    p.settle();
+    assert!(
+        !p.acked(0, 1),
+        "acknowledged alone while the peer may be promoted"
+    );
+
+    // Again, with the answer arriving after a link came and went: the peer is outdated,
+    // a link comes (its handshake clears the mark) and breaks again, node 0 asks again
+    // (the same open question, for the cluster); the answer is stale, and the next
+    // question's answer counts.
+    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    p.collect(1);
+    superblocks_until_durable(&mut p, 1, ticket);
+    p.connect();
+    p.settle();
+    assert!(p.acked(0, 1));
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    let asked = p.fence_peer_asked[0];
+    cut(&mut p);
+    assert!(p.n[0].core.suspended());
+    assert_eq!(p.fence_peer_asked[0], asked + 1);
+    p.n[0].core.peer_outdated(p.now);
+    p.collect(0);
+    assert!(
+        !p.n[0].core.status().peer_outdated,
+        "a stale answer believed"
+    );
+    assert!(p.n[0].core.suspended());
+    p.answer_fence_peer = true;
+    for _ in 0..60 {
+        p.now += 100;
+        p.input(0, Input::Tick);
+    }
+    assert!(p.fence_peer_asked[0] > asked + 1, "asked again");
+    assert!(!p.n[0].core.suspended());
+    assert!(p.n[0].core.status().peer_outdated);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::Outdated);
+}

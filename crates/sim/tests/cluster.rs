@@ -62,14 +62,25 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
 /// - 3646, 4136, 4810: part of the group still running after the calm phase (gone with
 ///   claims; the starts these seeds raced are now granted one at a time);
 /// - 1249: a node waited for ever for the report of a peer back from a partition the
-///   peer never saw (it was frozen) (fixed: `AskReport`).
+///   peer never saw (it was frozen) (fixed: `AskReport`);
+/// - 4401: a primary demoted while its peer had writes acknowledged under protocol C
+///   only in its cache; the peer lost power, both met with equal generations and no
+///   resync (fixed: a demotion waits for the peer's flush);
+/// - 4681: an answer "the peer is outdated" arriving after a link had come and cleared
+///   the mark let a primary write alone against a current peer (fixed: a stale answer
+///   is ignored);
+/// - 4855, 4913, 869, 1004: a flush (or a write) acknowledged on the primary alone
+///   after a link loss, before its new generation was durable; a crash then left
+///   generations equal and the survivor's lossy cache won (fixed: such
+///   acknowledgements wait for that superblock).
 ///
 /// A change to the simulator's draws changes what a seed plays; they are then just more
 /// seeds.
 #[test]
 fn seeds_that_once_failed_hold() {
     for seed in [
-        88, 122, 161, 186, 240, 344, 379, 393, 1904, 1987, 2874, 3646, 4136, 4810, 1249,
+        88, 122, 161, 186, 240, 344, 379, 393, 1904, 1987, 2874, 3646, 4136, 4810, 1249, 4401,
+        4681, 4855, 4913, 869, 1004,
     ] {
         run_seed(seed, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     }

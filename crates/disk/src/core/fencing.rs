@@ -34,19 +34,32 @@ const FENCE_PEER_REPEAT_MS: u64 = 5_000;
 impl Core {
     /// The cluster made sure the peer's copy is outdated (durable on the peer, which
     /// answered only then): this side may write alone. Resumes suspended I/O.
+    ///
+    /// The answer is about the question, asked when there was no link (a suspension's
+    /// `FencePeer`, a promotion refused with `PeerNotOutdated`): if a link has come up
+    /// since, its handshake may have found both copies equal (or resynced the peer) and
+    /// cleared the peer's mark, so the answer is stale and ignored — as DRBD ignores a
+    /// fence-peer handler's exit code when the connection was established while it
+    /// ran. Believed, it would let this side promote itself or write alone later
+    /// against a peer that is not outdated (cluster-sim seed 4681). An answer to no
+    /// question is ignored too.
     pub fn peer_outdated(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        self.set_peer_outdated();
+        if self.fence_answer_is_current() {
+            self.set_peer_outdated();
+        }
         self.pump();
     }
 
     /// The cluster could not reach the peer at all (neither outdated nor fenced). Under
     /// `resource-only` this side goes on alone, knowingly — I/O resumes and promotion
     /// alone is allowed until the next link; under `resource-and-stonith` nothing
-    /// changes (only an outdate or a fence ends the suspension).
+    /// changes (only an outdate or a fence ends the suspension, and the cluster goes on
+    /// to fence). Stale (a link came up since the question), it is ignored, as
+    /// [`Core::peer_outdated`].
     pub fn peer_unreachable(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        if self.cfg.fencing == DiskFencing::ResourceOnly && !self.conn.link_up() {
+        if self.cfg.fencing == DiskFencing::ResourceOnly && self.fence_answer_is_current() {
             self.peer_unreachable = true;
             self.resume();
         }
@@ -221,8 +234,18 @@ impl Core {
         self.ask_fence_peer();
     }
 
+    /// Takes the cluster's answer to the open question about the peer's fate (outdated,
+    /// unreachable): whether it still holds — no link now, and none has come up since
+    /// the question was first asked. A stale answer closes the question all the same:
+    /// a suspension asks again (`fence_peer_tick`), and that answer counts.
+    fn fence_answer_is_current(&mut self) -> bool {
+        let asked = self.fence_question_link.take();
+        asked == Some(self.link_gen) && !self.conn.link_up()
+    }
+
     fn ask_fence_peer(&mut self) {
         self.fence_peer_asked_ms = self.now_ms;
+        self.fence_question_link.get_or_insert(self.link_gen);
         self.fence_peer_requests += 1;
         self.outputs.push_back(Output::FencePeer);
     }
@@ -239,7 +262,7 @@ impl Core {
             // discarded after they were acknowledged.
             self.flags.unacked_changes = false;
             self.persist_superblock();
-            self.held_acks_wait_meta = self.meta_enqueued;
+            self.alone_acks_wait_meta = self.meta_enqueued;
         }
         let reqs: Vec<u64> = self.write_order.iter().copied().collect();
         for r in reqs {

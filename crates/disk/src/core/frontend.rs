@@ -333,10 +333,12 @@ impl Core {
             }
             return;
         }
-        // Suspended: a write whose peer copy was lost waits for the peer to be outdated
-        // or fenced; acknowledged now, it could be missing from a promoted peer.
+        // A write whose peer copy was lost waits while suspended (for the peer to be
+        // outdated or fenced; acknowledged now, it could be missing from a promoted
+        // peer), and until the metadata that makes this copy the one that holds it is
+        // durable (see `alone_acks_wait_meta`).
         if matches!(w.peer, PeerLeg::Lost)
-            && (self.suspended_since_ms.is_some() || self.meta_done < self.held_acks_wait_meta)
+            && (self.suspended_since_ms.is_some() || self.meta_done < self.alone_acks_wait_meta)
         {
             return;
         }
@@ -399,7 +401,15 @@ impl Core {
         let Some(f) = self.flushes.get(&req) else {
             return;
         };
-        if !f.local_done || f.epoch.is_some() || self.suspended_since_ms.is_some() {
+        // A flush is a promise that survives the loss of both nodes' caches. Once the
+        // peer can no longer confirm it (the link broke before its barrier ack), it
+        // rests on this disk alone: like a write whose peer copy was lost, it waits
+        // until the generation that makes this copy the sync source is durable.
+        if !f.local_done
+            || f.epoch.is_some()
+            || self.suspended_since_ms.is_some()
+            || self.meta_done < self.alone_acks_wait_meta
+        {
             return;
         }
         self.flushes.remove(&req);

@@ -52,11 +52,16 @@ impl Core {
                     self.detach("metadata write failed");
                 }
                 self.meta_done += 1;
-                if self.meta_done == self.held_acks_wait_meta {
-                    // The superblock that may release held acknowledgements is durable.
+                if self.meta_done == self.alone_acks_wait_meta {
+                    // The superblock that may release acknowledgements given alone is
+                    // durable.
                     let reqs: Vec<u64> = self.write_order.iter().copied().collect();
                     for r in reqs {
                         self.try_complete_write(r);
+                    }
+                    let flushes: Vec<u64> = self.flushes.keys().copied().collect();
+                    for f in flushes {
+                        self.try_complete_flush(f);
                     }
                 }
             }

@@ -125,6 +125,15 @@ impl Core {
         self.fence_peer_on_link_loss(peer_disk);
         self.persist_all_dirty_bitmap();
         self.persist_superblock();
+        if was_primary {
+            // From here this side acknowledges alone: writes whose peer copy was lost,
+            // flushes the peer never confirmed. The peer may hold those writes only in
+            // a cache that a power cut empties, so after a crash here the copy that
+            // holds them must win the handshake — which it does only once the new
+            // generation above is on disk. Until then a crash leaves generations equal
+            // to the peer's, and a crashed primary then resyncs from the survivor.
+            self.alone_acks_wait_meta = self.meta_enqueued;
+        }
         // Requests that waited for the peer complete on their local result; pending
         // flushes no longer wait for a barrier ack; reads through the peer fail.
         for r in reqs {

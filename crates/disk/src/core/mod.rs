@@ -280,6 +280,12 @@ pub struct Core {
     suspended_since_ms: Option<u64>,
     /// When the core last asked the driver to fence the peer.
     fence_peer_asked_ms: u64,
+    /// The question about the peer's fate that waits for the cluster's answer: the link
+    /// generation when it was first asked (a suspension's `FencePeer`, or a promotion
+    /// refused for it). The cluster answers once per question, however often it is
+    /// repeated; an answer counts only if no link has come up since the question (see
+    /// `Core::peer_outdated`).
+    fence_question_link: Option<u64>,
     /// How often it asked, since start.
     fence_peer_requests: u64,
     /// Under `resource-only`: the cluster could not reach the peer, so this side may go
@@ -294,9 +300,12 @@ pub struct Core {
     /// A state report (and maybe a standalone drop) owed to the peer once a metadata
     /// ticket is durable.
     announce: Option<Announce>,
-    /// Writes held by a suspension are acknowledged only once this metadata ticket is
-    /// durable (the superblock that clears `unacked_changes`).
-    held_acks_wait_meta: u64,
+    /// Acknowledgements that rest on this copy alone — a write whose peer copy was lost,
+    /// a flush the peer never confirmed — go out only once this metadata ticket is
+    /// durable: the superblock a primary writes when its link breaks (the new
+    /// generation that says this copy holds what the peer may lack) and, after a
+    /// suspension, the one that clears `unacked_changes`.
+    alone_acks_wait_meta: u64,
     /// `ResyncComplete` owed to the target once the source's generation rotation is
     /// durable: (metadata ticket, the link it is for).
     resync_complete_owed: Option<(u64, u64)>,
@@ -407,13 +416,14 @@ impl Core {
             last_decision: None,
             suspended_since_ms: None,
             fence_peer_asked_ms: 0,
+            fence_question_link: None,
             fence_peer_requests: 0,
             peer_unreachable: false,
             peer_fenced_while_stale: false,
             outdated_ticket: 0,
             announce: None,
             resync_complete_owed: None,
-            held_acks_wait_meta: 0,
+            alone_acks_wait_meta: 0,
         };
         if crash_recovery {
             // The extents' bits must be on disk before the flag that made us add them
@@ -604,6 +614,8 @@ impl Core {
             && !self.peer_unreachable;
         match self.disk {
             DiskState::UpToDate | DiskState::Consistent if peer_may_be_promoted && !force => {
+                // The driver now asks the cluster to outdate (or fence) the peer.
+                self.fence_question_link.get_or_insert(self.link_gen);
                 return Err(if self.peer_fenced_while_stale {
                     AdminError::MayBeStale
                 } else {
@@ -667,15 +679,26 @@ impl Core {
         if !self.writes.is_empty() || !self.flushes.is_empty() || !self.reads.is_empty() {
             return Err(AdminError::Busy);
         }
+        // Writes the peer acknowledged but has not confirmed flushing (the transfer log)
+        // may still be lost by a power cut there, and only this side knows it: a
+        // primary keeps them (and their activity-log extents) until the barrier ack,
+        // and a link lost first turns them into dirty bits under a new generation.
+        // A secondary has no transfer log, and nothing on its disk would say that its
+        // peer may lack them: demoted now, a power cut of the peer followed by a
+        // handshake of equal generations and clean bitmaps would lose them (cluster-sim
+        // seed 4401). So the demotion waits for the peer's flush, asked for now, as
+        // DRBD's waits for every request pending on the peer.
+        if !self.transfer_log.is_empty() {
+            if self.conn.replicating() && self.epoch_writes > 0 {
+                self.close_epoch();
+                self.pump();
+            }
+            return Err(AdminError::Busy);
+        }
         self.role = Role::Secondary;
         self.flags.was_primary = false;
         // Nothing is in flight (checked above), so nothing waits for the peer's fate.
         self.suspended_since_ms = None;
-        // The last writes wait in the transfer log for the peer's flush: ask for it now,
-        // so a clean stop that follows finds them confirmed (see `leave`).
-        if self.conn.replicating() && self.epoch_writes > 0 {
-            self.close_epoch();
-        }
         self.persist_all_dirty_bitmap();
         self.persist_superblock();
         if self.conn.link_up() {
@@ -703,6 +726,9 @@ impl Core {
     /// connecting, for the peer's return.
     pub fn peer_fenced(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        // A fence answers any open question about the peer's fate (and is a fact,
+        // whatever the link did meanwhile).
+        self.fence_question_link = None;
         self.drop_link("the peer was fenced");
         // A fenced node runs nothing until it returns. If this copy is up to date (we
         // were primary, or connected to the peer until it went), the peer can hold

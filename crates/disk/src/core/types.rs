@@ -237,8 +237,9 @@ pub enum AdminError {
     /// Only one primary at a time.
     #[error("the peer is primary")]
     PeerIsPrimary,
-    /// Cannot do it while writes are in flight.
-    #[error("requests in flight")]
+    /// Cannot do it while writes are in flight (for a demotion: also while the peer has
+    /// not yet confirmed flushing the writes it was sent; the demotion asked for it).
+    #[error("requests in flight, or writes the peer has not yet confirmed flushing")]
     Busy,
     /// No disk and no up-to-date peer to serve through.
     #[error("no local disk and no up-to-date peer")]
