@@ -35,5 +35,5 @@ pub use transition::{
 };
 pub use view::{
     ClusterView, FailedOp, Failure, FenceState, GroupView, PeerState, PeerView, Request,
-    RequestKind, ResourceState, ResourceView, Scope, ViewError,
+    RequestKind, ResourceState, ResourceView, Scope, ViewError, WitnessVote,
 };

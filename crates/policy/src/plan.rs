@@ -21,7 +21,9 @@ use tandem_config::{AutoFailback, Config, FencingPolicy, Group};
 use crate::transition::{
     ActionId, ActionKind, Blocked, Note, NoteLevel, PeerMessage, Transition, WaitReason,
 };
-use crate::view::{ClusterView, FailedOp, FenceState, PeerState, RequestKind, ResourceState};
+use crate::view::{
+    ClusterView, FailedOp, FenceState, PeerState, RequestKind, ResourceState, WitnessVote,
+};
 
 /// Plans the next transition of `view.local`. Pure: same inputs, same plan.
 ///
@@ -291,28 +293,57 @@ impl<'a> Planner<'a> {
             FenceState::Failed => Gate::Block(format!(
                 "fencing of {peer} failed ({reason}): no takeover until a fence succeeds or an operator runs `tandem fence confirm {peer}`"
             )),
-            FenceState::NotNeeded | FenceState::Required => {
-                let delayed = !self.config.groups.iter().any(|g| self.holds(g, self.local));
-                let id = self.t.push(
-                    ActionKind::Fence {
-                        node: peer.to_string(),
-                        reason: reason.clone(),
-                        delayed,
-                    },
-                    Vec::new(),
-                );
-                if self.config.fence_devices.is_empty() {
-                    self.t.notes.push(Note {
-                        level: NoteLevel::Info,
-                        group: None,
-                        text: format!(
-                            "no [[fence_device]] configured: fencing {peer} waits for `tandem fence confirm {peer}`"
-                        ),
-                    });
+            FenceState::NotNeeded | FenceState::Required if self.lost_contact() => {
+                match self.view.witness {
+                    WitnessVote::None => self.fence_peer(reason, None),
+                    WitnessVote::Granted => self.fence_peer(reason, Some(false)),
+                    WitnessVote::Asking => {
+                        self.wait(WaitReason::WitnessVote {
+                            peer: peer.to_string(),
+                        });
+                        Gate::Block(format!("takeover waits for the witness's vote ({reason})"))
+                    }
+                    WitnessVote::Refused => Gate::Block(format!(
+                        "the witness did not give this node the vote ({reason}): {peer} is not fenced and nothing is taken over"
+                    )),
+                    WitnessVote::Isolated => Gate::Block(format!(
+                        "this node lost {peer} and the witness together: it fences nobody and takes nothing over"
+                    )),
                 }
-                Gate::Open(vec![id])
             }
+            FenceState::NotNeeded | FenceState::Required => self.fence_peer(reason, None),
         };
+    }
+
+    /// Whether this node has lost contact with its peer (the case the witness decides).
+    fn lost_contact(&self) -> bool {
+        matches!(self.view.peer.state, PeerState::Dead | PeerState::Unknown)
+    }
+
+    /// Fences the peer: `delayed` by the witness's verdict, else (`None`) delayed when
+    /// this node holds no group (in a partition the node that serves must win).
+    fn fence_peer(&mut self, reason: String, delayed: Option<bool>) -> Gate {
+        let peer = self.peer;
+        let delayed = delayed
+            .unwrap_or_else(|| !self.config.groups.iter().any(|g| self.holds(g, self.local)));
+        let id = self.t.push(
+            ActionKind::Fence {
+                node: peer.to_string(),
+                reason: reason.clone(),
+                delayed,
+            },
+            Vec::new(),
+        );
+        if self.config.fence_devices.is_empty() {
+            self.t.notes.push(Note {
+                level: NoteLevel::Info,
+                group: None,
+                text: format!(
+                    "no [[fence_device]] configured: fencing {peer} waits for `tandem fence confirm {peer}`"
+                ),
+            });
+        }
+        Gate::Open(vec![id])
     }
 
     fn wait(&mut self, reason: WaitReason) {
@@ -351,6 +382,12 @@ impl<'a> Planner<'a> {
     fn eligible(&self, group: &Group, node: &str) -> Result<(), String> {
         if node == self.peer && !self.peer_available {
             return Err(format!("{} is {}", self.peer, self.peer_condition()));
+        }
+        if node == self.local && self.view.witness == WitnessVote::Isolated {
+            return Err(format!(
+                "{node} lost {} and the witness together (it runs nothing until it hears one of them)",
+                self.peer
+            ));
         }
         let threshold = self
             .view

@@ -206,6 +206,9 @@ fn wait(r: &WaitReason) -> String {
         WaitReason::PeerRelease { peer, group } => format!("{peer} to release {group}"),
         WaitReason::Fencing { node } => format!("fencing of {node} (in progress)"),
         WaitReason::FencedByPeer { peer } => format!("{peer} to fence this node"),
+        WaitReason::WitnessVote { peer } => {
+            format!("the witness's vote (this node lost {peer})")
+        }
         WaitReason::InFlight { group, resource } => {
             format!("the action in flight on {group}:{resource}")
         }

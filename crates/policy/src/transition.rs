@@ -123,6 +123,11 @@ pub enum WaitReason {
         /// The node being fenced.
         node: String,
     },
+    /// The witness's answer to this node's request for the vote.
+    WitnessVote {
+        /// The peer this node lost.
+        peer: String,
+    },
     /// The peer is expected to fence this node.
     FencedByPeer {
         /// The peer.

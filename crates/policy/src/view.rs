@@ -47,6 +47,30 @@ pub struct ClusterView {
     /// everywhere (as far as the reports go).
     #[serde(default)]
     pub groups: BTreeMap<String, GroupView>,
+    /// The witness's vote for the current loss of contact with the peer.
+    #[serde(default)]
+    pub witness: WitnessVote,
+}
+
+/// Where this node stands with the witness while it has lost its peer (DESIGN §3.3). It
+/// matters only while the peer is dead or never heard; otherwise it is `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WitnessVote {
+    /// No witness configured, or it was gone well before the peer: fencing works as
+    /// without one (the node holding no group waits `fencing_delay`).
+    #[default]
+    None,
+    /// The vote was asked for; no answer yet. No fence and no takeover meanwhile.
+    Asking,
+    /// This node has the vote: it fences its peer at once, without `fencing_delay`.
+    Granted,
+    /// The witness gave the vote to the peer, or will not give it to this node: it
+    /// neither fences nor takes over.
+    Refused,
+    /// This node lost the peer and the witness together: it neither fences nor takes
+    /// over, and runs nothing (it stops what it holds; the peer may have the vote).
+    Isolated,
 }
 
 fn yes() -> bool {
