@@ -10,6 +10,7 @@ mod demo;
 mod disks;
 mod labcluster;
 mod state;
+mod witness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     Lab(cmd::lab::Args),
     /// Run this node's daemon in the foreground.
     Agent(cmd::agent::Args),
+    /// Run the witness of a two-node cluster in the foreground (on a third machine).
+    Witness(witness::Args),
     /// Show nodes, links and events as the local agent sees them.
     Status(cmd::status::Args),
     /// Hand this node's groups to the peer (Heartbeat's hb_standby).
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(&cli.global, c),
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
+        Command::Witness(a) => witness::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Standby(a) => cmd::operator::standby(&cli.global, a),

@@ -73,6 +73,31 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// Reads `name` from the state directory (`None` if it does not exist).
+    pub fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let file = self.path.join(name);
+        match fs::read(&file) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("read {}", file.display())),
+        }
+    }
+
+    /// Removes `name` from the state directory durably (the directory is synced).
+    pub fn remove_durably(&self, name: &str) -> anyhow::Result<()> {
+        let file = self.path.join(name);
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).with_context(|| format!("remove {}", file.display())),
+        }
+        File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("sync {}", self.path.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

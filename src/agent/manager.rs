@@ -192,6 +192,14 @@ impl Manager {
                         }
                     }
                 }
+                Command::SendToWitness(message) => {
+                    let Some(witness) = tandem_controller::witness_node_id(&self.config) else {
+                        continue;
+                    };
+                    if let Err(err) = self.driver.send_message(witness, message.encode()) {
+                        tracing::warn!("message to the witness not sent: {err}");
+                    }
+                }
                 Command::RunFenceDevice(command) => {
                     let devices = self.config.fence_devices.clone();
                     let paths = self.fence_paths.clone();

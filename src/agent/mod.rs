@@ -13,7 +13,7 @@
 //! (Heartbeat ran the same way, `realtime on`).
 
 mod events;
-mod links;
+pub(crate) mod links;
 mod manager;
 mod ping;
 
@@ -363,7 +363,7 @@ fn handle_signals(
 }
 
 /// The HMAC key for heartbeats, from the native key file or a Heartbeat authkeys file.
-fn load_key(config: &Config) -> anyhow::Result<PacketKey> {
+pub(crate) fn load_key(config: &Config) -> anyhow::Result<PacketKey> {
     let path = &config.cluster.key_file;
     let (key, warnings) = tandem_config::key::check_file(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -385,14 +385,14 @@ fn load_key(config: &Config) -> anyhow::Result<PacketKey> {
 }
 
 /// Maps the native configuration onto the membership core's. Node ids are positions in
-/// `[[node]]` order and link ids positions in `[[link]]` order: the file is identical on
+/// `[[node]]` order (the witness after them) and link ids positions in `[[link]]` order: the file is identical on
 /// every node (its digest travels in every heartbeat), so every node derives the same ids.
 pub fn membership_config(
     config: &Config,
     local: &str,
     key: PacketKey,
 ) -> anyhow::Result<MembershipConfig> {
-    let nodes: Vec<NodeConfig> = config
+    let mut nodes: Vec<NodeConfig> = config
         .nodes
         .iter()
         .enumerate()
@@ -401,6 +401,14 @@ pub fn membership_config(
             name: n.name.clone(),
         })
         .collect();
+    // The witness is a member too (it hears and is heard like a node), numbered after
+    // the nodes (`tandem_controller::witness_node_id`).
+    if let (Some(w), Some(id)) = (&config.witness, tandem_controller::witness_node_id(config)) {
+        nodes.push(NodeConfig {
+            id,
+            name: w.name.clone(),
+        });
+    }
     let Some(local_node) = nodes.iter().find(|n| n.name == local).map(|n| n.id) else {
         bail!("this node is {local:?}, which the configuration does not list (use --node NAME)");
     };
@@ -433,7 +441,7 @@ pub fn membership_config(
     })
 }
 
-fn hostname() -> anyhow::Result<String> {
+pub(crate) fn hostname() -> anyhow::Result<String> {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for writes of its length.
     if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
@@ -444,7 +452,7 @@ fn hostname() -> anyhow::Result<String> {
 }
 
 /// Keeps the daemon's pages in memory so a heartbeat never waits for a page fault.
-fn lock_memory() {
+pub(crate) fn lock_memory() {
     // SAFETY: mlockall has no memory-safety preconditions.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         tracing::warn!(

@@ -107,6 +107,18 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
         }
     }
 
+    if let Some(w) = &config.witness {
+        o.push_str("\n[witness]\n");
+        kv(&mut o, "name", &q(&w.name));
+        kv(&mut o, "tie_wait", &d(w.tie_wait));
+        kv(&mut o, "vote_retry", &d(w.vote_retry));
+        kv(
+            &mut o,
+            "state_file",
+            &q(&w.state_file.display().to_string()),
+        );
+    }
+
     for n in &config.nodes {
         o.push_str("\n[[node]]\n");
         kv(&mut o, "name", &q(&n.name));

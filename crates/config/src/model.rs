@@ -28,6 +28,28 @@ pub struct Config {
     pub disks: Vec<Disk>,
     /// `[[group]]`: ordered resource groups, in file order.
     pub groups: Vec<Group>,
+    /// `[witness]`: a third machine that gives one node the vote when the two lose each
+    /// other (absent: no witness, fencing waits `fencing_delay` as before).
+    pub witness: Option<Witness>,
+}
+
+/// `[witness]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    /// Its name in membership: `tandem witness --node NAME` on the third machine. Not a
+    /// `[[node]]`; it runs no groups. Its addresses go into the links (ucast `peers`)
+    /// like the nodes'.
+    pub name: String,
+    /// How long the witness waits for the second node's request when the nodes lost
+    /// each other but it hears both and the first asker holds no group (default:
+    /// deadtime).
+    pub tie_wait: Duration,
+    /// How often a node repeats a request the witness has not answered, or refused
+    /// (default: twice the keepalive).
+    pub vote_retry: Duration,
+    /// Where the witness stores its grant, so a restart cannot grant twice (default:
+    /// `STATE_DIR/witness-grant.json`).
+    pub state_file: PathBuf,
 }
 
 /// `[cluster]`: cluster-wide settings.

@@ -84,9 +84,11 @@ const GROUP_KEYS: &[&str] = &[
     "resource",
 ];
 const RESOURCE_COMMON_KEYS: &[&str] = &["type", "name", "timeout", "monitor_interval"];
+const WITNESS_KEYS: &[&str] = &["name", "tie_wait", "vote_retry", "state_file"];
 const TOP_KEYS: &[&str] = &[
     "cluster",
     "log",
+    "witness",
     "node",
     "link",
     "fence_device",
@@ -627,6 +629,11 @@ impl<'s> Walker<'s> {
             self.key_file(&cluster.key_file, span);
         }
 
+        let witness = root
+            .get("witness")
+            .and_then(|v| self.table(v, "[witness]".to_string()))
+            .and_then(|t| self.witness(&t, &cluster, &node_names));
+
         Config {
             cluster,
             log,
@@ -635,7 +642,46 @@ impl<'s> Walker<'s> {
             fence_devices,
             disks,
             groups,
+            witness,
         }
+    }
+
+    fn witness(
+        &mut self,
+        t: &Tbl<'_, '_>,
+        cluster: &Cluster,
+        node_names: &HashMap<String, Range<usize>>,
+    ) -> Option<Witness> {
+        self.check_keys(t, WITNESS_KEYS);
+        let v = self.required(
+            t,
+            "name",
+            "the witness's name (`tandem witness --node NAME`)",
+        )?;
+        let name = self.name(v, "name")?;
+        if node_names.contains_key(&name) {
+            self.err(
+                v.span(),
+                format!("the witness `{name}` is also a [[node]]: it must be a third machine"),
+            );
+            return None;
+        }
+        let tie_wait = self.duration(t, "tie_wait", cluster.deadtime);
+        let vote_retry = self.duration(
+            t,
+            "vote_retry",
+            (cluster.keepalive * 2).max(Duration::from_millis(100)),
+        );
+        let state_file = match t.get("state_file") {
+            Some(_) => self.path(t, "state_file", "/").0,
+            None => cluster.state_dir.join("witness-grant.json"),
+        };
+        Some(Witness {
+            name,
+            tie_wait,
+            vote_retry,
+            state_file,
+        })
     }
 
     fn cluster(&mut self, t: &Tbl<'_, '_>, spans: &mut Spans) -> Cluster {

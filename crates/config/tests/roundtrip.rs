@@ -266,6 +266,13 @@ fn config() -> impl Strategy<Value = Config> {
                             })
                             .collect(),
                     }],
+                    // A witness in every other case (keyed on a drawn bool).
+                    witness: on.then(|| Witness {
+                        name: "quorum".into(),
+                        tie_wait: deadtime,
+                        vote_retry: keepalive * 2,
+                        state_file: "/var/lib/tandem/witness-grant.json".into(),
+                    }),
                 }
             },
         )

@@ -13,6 +13,7 @@ use tandem_membership::{Event, MessageId, NodeId};
 use tandem_policy::{
     ActionId, FailedOp, Failure, PeerState, Request, ResourceState, ResourceView, Transition,
 };
+use tandem_witness::Ballot;
 
 use crate::claim::Claims;
 use crate::messages::{PeerMessage, Reported, failure_from_code, state_from_code};
@@ -107,6 +108,10 @@ pub struct Controller {
     pub(crate) coordinator: Coordinator,
     /// Claims of groups about to be started, both ways.
     pub(crate) claims: Claims,
+    /// This node's dealings with the witness (inert without `[witness]`).
+    pub(crate) witness: Ballot,
+    /// The witness's membership node id, if one is configured.
+    pub(crate) witness_id: Option<NodeId>,
     pub(crate) outdater: Outdater,
     /// Outdate requests in flight as reliable messages.
     pub(crate) outdate_messages: BTreeMap<MessageId, u64>,
@@ -155,6 +160,16 @@ impl Controller {
             now,
             wall_ms,
         );
+        let witness_id = crate::witness::witness_node_id(&config);
+        let witness = Ballot::new(
+            &peer,
+            config.witness.is_some(),
+            config.cluster.deadtime,
+            config
+                .witness
+                .as_ref()
+                .map_or(config.cluster.deadtime, |w| w.vote_retry),
+        );
         Ok(Controller {
             // A peer heard on the links answers an outdate within a few keepalives; one
             // that does not within a deadtime is as good as gone.
@@ -176,6 +191,8 @@ impl Controller {
             ping: BTreeMap::new(),
             coordinator,
             claims: Claims::default(),
+            witness,
+            witness_id,
             outdate_messages: BTreeMap::new(),
             running: None,
             replan: true,
@@ -280,6 +297,7 @@ impl Controller {
         next.extend(self.claims.peer.values().copied());
         next.extend(self.coordinator.poll_timeout());
         next.extend(self.outdater.poll_timeout());
+        next.extend(self.witness.poll_timeout());
         if let Some(Shutdown::Goodbye { deadline, .. }) = &self.shutdown {
             next.push(*deadline);
         }
@@ -316,7 +334,17 @@ impl Controller {
 
     fn membership(&mut self, event: Event) {
         match event {
+            Event::NodeUp { .. }
+            | Event::NodeDead { .. }
+            | Event::NodeReturnedAfterPartition { .. }
+            | Event::NodeRestarted { .. }
+            | Event::Message { .. }
+                if self.is_witness(&event) =>
+            {
+                self.witness_event(event);
+            }
             Event::NodeUp { node, .. } if node == self.peer_id => {
+                self.witness.peer_back();
                 if self.peer_state != PeerState::ReturnedAfterPartition {
                     self.peer_state = PeerState::Up;
                 }
@@ -333,9 +361,14 @@ impl Controller {
                 };
                 self.outdater.peer_unreachable();
                 self.end_claims(false);
+                if self.peer_state == PeerState::Dead {
+                    let holds = self.holds_any();
+                    self.witness.peer_lost(self.now, holds);
+                }
                 self.replan = true;
             }
             Event::NodeReturnedAfterPartition { node, .. } if node == self.peer_id => {
+                self.witness.peer_back();
                 self.peer_state = PeerState::ReturnedAfterPartition;
                 self.peer_heard_again();
                 self.peer_reported.clear();
@@ -347,6 +380,7 @@ impl Controller {
             }
             Event::NodeRestarted { node, .. } if node == self.peer_id => {
                 // A new incarnation has lost its state: it runs nothing until it reports.
+                self.witness.peer_back();
                 self.peer_state = PeerState::Up;
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;
@@ -793,8 +827,18 @@ impl Controller {
         let initdead_over = now >= self.started_at + self.config.cluster.initdead;
         if initdead_over != self.initdead_over {
             self.initdead_over = initdead_over;
+            if self.peer_state == PeerState::Unknown {
+                // Never heard within initdead: lost, as far as the witness goes.
+                let holds = self.holds_any();
+                self.witness.peer_lost(now, holds);
+            }
             self.replan = true;
         }
+        let before = self.witness.vote();
+        let holds = self.holds_any();
+        self.witness.tick(now, holds);
+        self.witness_messages();
+        self.replan |= self.witness.vote() != before;
         let mut expired = false;
         let timeouts: BTreeMap<String, Duration> = self
             .config

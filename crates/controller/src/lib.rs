@@ -33,7 +33,9 @@ pub mod messages;
 mod status;
 mod transition;
 mod types;
+mod witness;
 
 pub use controller::Controller;
 pub use messages::PeerMessage;
 pub use types::{Command, DiskOrder, Input, Op, Operator, SendTag};
+pub use witness::witness_node_id;

@@ -86,6 +86,7 @@ impl Controller {
             ping: self.ping.clone(),
             requests: self.requests.iter().map(|(_, r)| r.clone()).collect(),
             groups,
+            witness: self.witness.vote(),
         }
     }
 
@@ -194,6 +195,7 @@ impl Controller {
             })).collect::<Vec<_>>(),
             "ping": self.ping,
             "fencing": self.fencing_status(),
+            "witness": self.witness_status(),
             "fencing_policy": match self.config.cluster.fencing {
                 FencingPolicy::None => "none",
                 _ => "required",

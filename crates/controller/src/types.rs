@@ -190,6 +190,10 @@ pub enum Command {
         /// What it is for.
         tag: SendTag,
     },
+    /// Send a reliable message to the witness (membership node
+    /// [`crate::witness_node_id`]); nothing is fed back (an unanswered request is
+    /// repeated).
+    SendToWitness(tandem_witness::WitnessMessage),
     /// Run a fence device ([`tandem_fencing::Command::RunDevice`]); answer with
     /// [`Input::FenceDone`].
     RunFenceDevice(tandem_fencing::Command),

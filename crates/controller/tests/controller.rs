@@ -10,6 +10,7 @@ use tandem_controller::{
 };
 use tandem_membership::Event;
 use tandem_policy::{RequestKind, Scope};
+use tandem_witness::WitnessMessage;
 
 const CONFIG: &str = r#"
 [cluster]
@@ -685,6 +686,181 @@ fn a_peer_back_from_a_partition_is_asked_to_report_and_a_node_asked_reports() {
         cmds.iter().any(|c| matches!(
             c,
             Command::Send { message: PeerMessage::Report { group, .. }, .. } if group == "g"
+        )),
+        "{cmds:?}"
+    );
+}
+
+/// The controller configuration with fencing through a device and a witness.
+fn witness_config(with_witness: bool) -> String {
+    let mut c = CONFIG.replace(
+        "fencing = \"none\"",
+        "fencing = \"required\"\nfencing_delay = \"5s\"",
+    );
+    c.push_str(
+        r#"
+[[fence_device]]
+name = "sw"
+agent = "fence_dummy"
+plugs = { a = "1", b = "2" }
+"#,
+    );
+    if with_witness {
+        c.push_str("\n[witness]\nname = \"w\"\n");
+    }
+    c
+}
+
+const WITNESS: u32 = 3;
+
+impl Shell {
+    fn witness_says(&mut self, m: WitnessMessage) -> Vec<Command> {
+        self.feed(Input::Membership(Event::Message {
+            from: WITNESS,
+            payload: m.encode(),
+        }))
+    }
+
+    fn witness_up(&mut self) -> Vec<Command> {
+        self.feed(Input::Membership(Event::NodeUp {
+            node: WITNESS,
+            incarnation: 1,
+        }))
+    }
+
+    fn peer_dead(&mut self) -> Vec<Command> {
+        self.feed(Input::Membership(Event::NodeDead {
+            node: self.peer_id,
+            incarnation: Some(1),
+        }))
+    }
+}
+
+fn fences(cmds: &[Command]) -> usize {
+    cmds.iter()
+        .filter(|c| matches!(c, Command::RunFenceDevice(_)))
+        .count()
+}
+
+fn vote_requests(cmds: &[Command]) -> Vec<u64> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendToWitness(WitnessMessage::VoteRequest { request, .. }) => Some(*request),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Node b, holding nothing, loses a (which ran the group): without a witness it waits
+/// `fencing_delay` before fencing; with one it asks, and fences the moment the vote is
+/// granted.
+#[test]
+fn with_the_witness_s_vote_a_node_holding_nothing_fences_at_once() {
+    for with_witness in [false, true] {
+        let mut s = Shell::on("b", &witness_config(with_witness));
+        s.idle_cluster();
+        if with_witness {
+            s.witness_up();
+        }
+        let cmds = s.peer_dead();
+        assert_eq!(fences(&cmds), 0, "fenced before the vote or the delay");
+        let mut all = cmds.clone();
+        all.extend(s.advance(Duration::from_millis(100)));
+        if with_witness {
+            let asked = vote_requests(&all);
+            assert_eq!(asked.len(), 1, "{all:?}");
+            assert_eq!(fences(&all), 0, "fenced before the answer");
+            let cmds = s.witness_says(WitnessMessage::VoteAnswer {
+                request: asked[0],
+                granted: true,
+                reason: "b may fence a".into(),
+            });
+            assert_eq!(fences(&cmds), 1, "the vote fences at once: {cmds:?}");
+            assert_eq!(s.c.status()["witness"]["vote"], "granted");
+        } else {
+            assert!(vote_requests(&all).is_empty());
+            assert_eq!(fences(&all), 0, "no delay without a witness");
+            let later = s.advance(Duration::from_secs(6));
+            assert_eq!(fences(&later), 1, "fenced after fencing_delay");
+        }
+    }
+}
+
+/// Refused, a node neither fences nor takes over, however long it waits.
+#[test]
+fn a_node_refused_the_vote_neither_fences_nor_starts() {
+    let mut s = Shell::on("b", &witness_config(true));
+    s.idle_cluster();
+    s.witness_up();
+    s.peer_dead();
+    let asked = vote_requests(&s.seen);
+    s.witness_says(WitnessMessage::VoteAnswer {
+        request: asked[0],
+        granted: false,
+        reason: "the vote went to a".into(),
+    });
+    let mut later = Vec::new();
+    for _ in 0..100 {
+        later.extend(s.advance(Duration::from_millis(100)));
+    }
+    assert_eq!(fences(&later), 0);
+    assert!(
+        runs(&later).iter().all(|(op, _)| *op != Op::Start),
+        "{later:?}"
+    );
+    assert!(vote_requests(&later).len() >= 2, "a refusal is asked again");
+}
+
+/// The node running the group loses the witness and then its peer within a deadtime:
+/// it is cut off from both, so it stops the group and fences nobody.
+#[test]
+fn a_node_that_loses_peer_and_witness_together_stops_and_fences_nobody() {
+    let mut s = Shell::new(&witness_config(true));
+    s.witness_up();
+    s.started_here();
+    s.feed(Input::Membership(Event::NodeDead {
+        node: WITNESS,
+        incarnation: Some(1),
+    }));
+    s.advance(Duration::from_millis(300));
+    let mut cmds = s.peer_dead();
+    cmds.extend(s.done(Op::Stop, "svc", ok()));
+    cmds.extend(s.done(Op::Stop, "ip", ok()));
+    for _ in 0..100 {
+        cmds.extend(s.advance(Duration::from_millis(100)));
+    }
+    assert_eq!(
+        runs(&cmds),
+        [(Op::Stop, "svc".into()), (Op::Stop, "ip".into())],
+        "stops right to left and starts nothing"
+    );
+    assert_eq!(fences(&cmds), 0);
+    assert!(vote_requests(&cmds).is_empty(), "nobody to ask");
+    assert_eq!(s.c.status()["witness"]["vote"], "isolated");
+}
+
+/// The winner releases its vote when it hears its peer again.
+#[test]
+fn a_granted_vote_is_released_when_the_peer_is_heard_again() {
+    let mut s = Shell::on("b", &witness_config(true));
+    s.idle_cluster();
+    s.witness_up();
+    s.peer_dead();
+    let asked = vote_requests(&s.seen);
+    s.witness_says(WitnessMessage::VoteAnswer {
+        request: asked[0],
+        granted: true,
+        reason: "ok".into(),
+    });
+    let cmds = s.feed(Input::Membership(Event::NodeRestarted {
+        node: s.peer_id,
+        incarnation: 2,
+        previous: 1,
+    }));
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::SendToWitness(WitnessMessage::Release { peer }) if peer == "a"
         )),
         "{cmds:?}"
     );

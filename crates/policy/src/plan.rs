@@ -383,7 +383,12 @@ impl<'a> Planner<'a> {
         if node == self.peer && !self.peer_available {
             return Err(format!("{} is {}", self.peer, self.peer_condition()));
         }
-        if node == self.local && self.view.witness == WitnessVote::Isolated {
+        // Isolated, this node runs nothing until it hears the peer or the witness again,
+        // or an operator confirms the peer down (`tandem fence confirm`).
+        if node == self.local
+            && self.view.witness == WitnessVote::Isolated
+            && !self.view.peer_fence_state(self.peer).is_down()
+        {
             return Err(format!(
                 "{node} lost {} and the witness together (it runs nothing until it hears one of them)",
                 self.peer

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tandem_config::Config;
 use tandem_policy::{
     ActionKind, ClusterView, FailedOp, Failure, FenceState, GroupView, PeerState, PeerView,
-    Request, RequestKind, ResourceState, ResourceView, Scope, Transition,
+    Request, RequestKind, ResourceState, ResourceView, Scope, Transition, WitnessVote,
 };
 
 const GROUPS: [(&str, &[&str]); 2] = [
@@ -164,6 +164,7 @@ fn view_strategy() -> impl Strategy<Value = (Config, ClusterView)> {
         ),
         prop::collection::vec(request(), 0..3),
         global(),
+        witness_vote(),
     )
         .prop_map(
             |(
@@ -175,6 +176,7 @@ fn view_strategy() -> impl Strategy<Value = (Config, ClusterView)> {
                 (p1, p2),
                 requests,
                 g,
+                witness,
             )| {
                 let cfg = config(fb, none, dev, ping);
                 let mut fencing = BTreeMap::new();
@@ -200,10 +202,21 @@ fn view_strategy() -> impl Strategy<Value = (Config, ClusterView)> {
                     ping: pings,
                     requests,
                     groups: groups_of(&g),
+                    witness,
                 };
                 (cfg, view)
             },
         )
+}
+
+fn witness_vote() -> impl Strategy<Value = WitnessVote> {
+    prop_oneof![
+        4 => Just(WitnessVote::None),
+        1 => Just(WitnessVote::Asking),
+        1 => Just(WitnessVote::Granted),
+        1 => Just(WitnessVote::Refused),
+        1 => Just(WitnessVote::Isolated),
+    ]
 }
 
 /// Groups this plan starts (or restarts) without any fence before the start.
@@ -233,6 +246,45 @@ fn unfenced_starts(t: &Transition) -> Vec<String> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// With a witness, a node that lost its peer and does not hold the vote (asking,
+    /// refused, or isolated) never fences and never starts anything; isolated, it
+    /// keeps nothing running either.
+    #[test]
+    fn without_the_vote_a_node_neither_fences_nor_starts(
+        (cv, peer_unknown) in (view_strategy(), any::<bool>()),
+        vote in prop_oneof![Just(WitnessVote::Asking), Just(WitnessVote::Refused), Just(WitnessVote::Isolated)],
+    ) {
+        let (cfg, mut view) = cv;
+        if cfg.cluster.fencing == tandem_config::FencingPolicy::None {
+            return Ok(());
+        }
+        view.peer.state = if peer_unknown { PeerState::Unknown } else { PeerState::Dead };
+        view.initdead_passed = true;
+        view.maintenance = false;
+        view.fencing.clear();
+        view.witness = vote;
+        let t = tandem_policy::plan(&cfg, &view);
+        let summary = tandem_policy::render::summary(&cfg, &view, &t);
+        for a in &t.actions {
+            prop_assert!(
+                !matches!(a.kind, ActionKind::Fence { .. } | ActionKind::Start { .. }),
+                "{vote:?}: {:?}\n{summary}", a.kind
+            );
+        }
+        if vote == WitnessVote::Isolated {
+            for g in view.groups.values() {
+                // A resource in an unknown state is probed first, one in flight awaited
+                // (the next plan acts); a failed stop blocks its group.
+                if let Some(on) = g.on.get(&view.local).filter(|on| on.values().all(|rv| !matches!(rv.state, ResourceState::Unknown | ResourceState::Starting | ResourceState::Stopping | ResourceState::FailedStop))) {
+                    for (r, rv) in on {
+                        let stops = t.actions.iter().any(|a| matches!(&a.kind, ActionKind::Stop { resource, .. } if resource == r));
+                        prop_assert!(!rv.state.holds() || stops || rv.state == ResourceState::FailedStop || matches!(rv.state, ResourceState::Stopping | ResourceState::Starting | ResourceState::Unknown), "isolated and keeps {r}\n{summary}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_plan_is_safe_and_deterministic((cfg, view) in view_strategy()) {
@@ -270,6 +322,7 @@ proptest! {
             ping: [("ox1".to_string(), p1), ("ox2".to_string(), p2)].into_iter().collect(),
             requests: requests.clone(),
             groups: groups.clone(),
+            witness: WitnessVote::None,
         };
         let (v1, v2) = (view("ox1"), view("ox2"));
         let (t1, t2) = (tandem_policy::plan(&cfg, &v1), tandem_policy::plan(&cfg, &v2));
@@ -384,6 +437,7 @@ proptest! {
                 ping: [("ox1".to_string(), p1), ("ox2".to_string(), p2)].into_iter().collect(),
                 requests: requests.clone(),
                 groups: groups_of(&g),
+                witness: WitnessVote::None,
             }
         };
         let mut idle_turns = 0;

@@ -228,6 +228,7 @@ pub fn import_texts(
         nodes,
         links,
         fence_devices,
+        witness: None,
         disks,
         groups,
     };
