@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, VIP};
+use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, Sampler};
 use common::{root_or_skip, wait_for};
 
 fn fenced_opts() -> Opts {
@@ -17,57 +15,6 @@ fn fenced_opts() -> Opts {
         fencing: "required",
         tail: LAB_FENCE_DEVICE.into(),
         ..Opts::default()
-    }
-}
-
-/// Samples both nodes every 50 ms: counts the samples in which both held the address.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    both: Arc<AtomicUsize>,
-    samples: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(lab_name: &str) -> Sampler {
-        let lab = tandem_lab::Lab::open(lab_name).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let both = Arc::new(AtomicUsize::new(0));
-        let samples = Arc::new(AtomicUsize::new(0));
-        let (s, b, n) = (Arc::clone(&stop), Arc::clone(&both), Arc::clone(&samples));
-        let thread = std::thread::spawn(move || {
-            let holds = |host: &str| {
-                lab.is_powered(host).unwrap_or(false)
-                    && lab
-                        .addresses(host)
-                        .map(|a| a.iter().any(|(_, addr)| addr == VIP))
-                        .unwrap_or(false)
-            };
-            while !s.load(Ordering::Relaxed) {
-                if holds("ox1") && holds("ox2") {
-                    b.fetch_add(1, Ordering::Relaxed);
-                }
-                n.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Sampler {
-            stop,
-            both,
-            samples,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling; panics if both nodes ever held the address.
-    fn finish(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let both = self.both.load(Ordering::Relaxed);
-        assert_eq!(both, 0, "both nodes held {VIP} in {both} samples");
-        self.samples.load(Ordering::Relaxed)
     }
 }
 

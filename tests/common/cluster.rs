@@ -4,6 +4,8 @@
 //! client host reaches through the address.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -53,7 +55,13 @@ pub struct Opts {
     pub tail: String,
     /// Extra `[[group]]` keys.
     pub group_extra: String,
+    /// A witness host `quorum` (lan 192.168.1.30, hb 192.168.180.30) running
+    /// `tandem witness`, and `[witness]` in the configuration.
+    pub witness: bool,
 }
+
+/// The witness host's name in the lab and the configuration.
+pub const WITNESS: &str = "quorum";
 
 impl Default for Opts {
     fn default() -> Self {
@@ -64,6 +72,7 @@ impl Default for Opts {
             fencing: "none",
             tail: String::new(),
             group_extra: String::new(),
+            witness: false,
         }
     }
 }
@@ -80,6 +89,14 @@ fn cluster_toml(dir: &std::path::Path, lab: &str, o: &Opts) -> String {
         (o.auto_failback, o.middle, &o.cluster_extra, o.fencing);
     let tail = o.tail.replace("{lab}", lab);
     let group_extra = &o.group_extra;
+    let (witness_peer, witness) = if o.witness {
+        (
+            r#", "192.168.180.30""#,
+            format!("[witness]\nname = \"{WITNESS}\"\n"),
+        )
+    } else {
+        ("", String::new())
+    };
     format!(
         r#"[cluster]
 name = "failover"
@@ -101,13 +118,14 @@ name = "ox2"
 name = "hb"
 type = "ucast"
 interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
+peers = ["192.168.180.20", "192.168.180.10"{witness_peer}]
 
 [[link]]
 name = "lan"
 type = "bcast"
 interface = "eth0"
 
+{witness}
 [[group]]
 name = "web"
 home = "ox1"
@@ -152,6 +170,7 @@ pub struct Cluster {
     /// The configuration file.
     pub config: PathBuf,
     agents: Vec<(String, HostProcess)>,
+    witness: Option<HostProcess>,
 }
 
 impl Drop for Cluster {
@@ -170,7 +189,19 @@ impl Cluster {
     /// (`{dir}` in the configuration; `{tandem}` in a file is the tandem binary).
     pub fn start_with_files(opts: Opts, files: &[(&str, &str)]) -> Cluster {
         use std::os::unix::fs::PermissionsExt;
-        let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
+        let mut topology = Topology::whitepaper();
+        if opts.witness {
+            topology.hosts.push(tandem_lab::HostSpec::new(WITNESS));
+            for net in &mut topology.nets {
+                let third = if net.name == "lan" {
+                    [192, 168, 1, 30]
+                } else {
+                    [192, 168, 180, 30]
+                };
+                net.hosts.insert(WITNESS.to_string(), third.into());
+            }
+        }
+        let lab = Lab::up_auto(topology).expect("lab up");
         let switch = lab.power_switch().expect("lab power switch");
         let dir = lab.data_dir();
         for (name, text) in files {
@@ -193,11 +224,32 @@ impl Cluster {
             lab,
             config,
             agents: Vec::new(),
+            witness: None,
             _switch: switch,
         };
+        if opts.witness {
+            c.start_witness();
+        }
         c.start_agent("ox1");
         c.start_agent("ox2");
         c
+    }
+
+    /// Starts `tandem witness` in the witness host.
+    pub fn start_witness(&mut self) {
+        self.witness = Some(super::spawn_tandem(
+            &self.lab,
+            &self.config,
+            WITNESS,
+            "witness",
+        ));
+    }
+
+    /// Kills the witness (SIGKILL, as a crash or a power loss would) and waits for it.
+    pub fn kill_witness(&mut self) {
+        let p = self.witness.take().expect("the witness runs");
+        p.signal(libc::SIGKILL);
+        let _ = p.wait_timeout(Duration::from_secs(10));
     }
 
     pub fn start_agent(&mut self, node: &str) {
@@ -285,5 +337,56 @@ impl Cluster {
             .filter(|a| a["action"] == "start" && a["ok"] == true)
             .map(|a| a["resource"].as_str().unwrap_or("").to_string())
             .collect()
+    }
+}
+
+/// Samples both nodes every 50 ms: counts the samples in which both held the address.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    both: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub fn start(lab_name: &str) -> Sampler {
+        let lab = tandem_lab::Lab::open(lab_name).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let both = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let (s, b, n) = (Arc::clone(&stop), Arc::clone(&both), Arc::clone(&samples));
+        let thread = std::thread::spawn(move || {
+            let holds = |host: &str| {
+                lab.is_powered(host).unwrap_or(false)
+                    && lab
+                        .addresses(host)
+                        .map(|a| a.iter().any(|(_, addr)| addr == VIP))
+                        .unwrap_or(false)
+            };
+            while !s.load(Ordering::Relaxed) {
+                if holds("ox1") && holds("ox2") {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Sampler {
+            stop,
+            both,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; panics if both nodes ever held the address.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let both = self.both.load(Ordering::Relaxed);
+        assert_eq!(both, 0, "both nodes held {VIP} in {both} samples");
+        self.samples.load(Ordering::Relaxed)
     }
 }

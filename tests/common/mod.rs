@@ -58,6 +58,18 @@ pub fn write_private(path: &Path, text: &str) {
 /// Starts `tandem -c CONFIG agent --node NODE` in lab host `node`, its output appended
 /// to `NODE.log` in the lab's data directory.
 pub fn spawn_agent(lab: &tandem_lab::Lab, config: &Path, node: &str) -> tandem_lab::HostProcess {
+    spawn_tandem(lab, config, node, "agent")
+}
+
+/// Starts `tandem -c CONFIG DAEMON --node NODE` (`agent` or `witness`) in lab host
+/// `node`, its output appended to `NODE.log` in the lab's data directory.
+#[allow(dead_code)]
+pub fn spawn_tandem(
+    lab: &tandem_lab::Lab,
+    config: &Path,
+    node: &str,
+    daemon: &str,
+) -> tandem_lab::HostProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -66,10 +78,10 @@ pub fn spawn_agent(lab: &tandem_lab::Lab, config: &Path, node: &str) -> tandem_l
     let mut cmd = std::process::Command::new(TANDEM);
     cmd.arg("-c")
         .arg(config)
-        .args(["agent", "--node", node])
+        .args([daemon, "--node", node])
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    lab.spawn(node, cmd).expect("spawn agent")
+    lab.spawn(node, cmd).expect("spawn tandem")
 }
 
 /// Prints the last `lines` lines of ox1's and ox2's agent logs when the test is
@@ -78,9 +90,10 @@ pub fn print_agent_logs_on_panic(lab: &tandem_lab::Lab, lines: usize) {
     if !std::thread::panicking() {
         return;
     }
-    for node in ["ox1", "ox2"] {
-        let text =
-            std::fs::read_to_string(lab.data_dir().join(format!("{node}.log"))).unwrap_or_default();
+    for node in ["ox1", "ox2", "quorum"] {
+        let Ok(text) = std::fs::read_to_string(lab.data_dir().join(format!("{node}.log"))) else {
+            continue;
+        };
         let all: Vec<&str> = text.lines().collect();
         eprintln!("----- {node} agent log (last {lines} lines) -----");
         for l in &all[all.len().saturating_sub(lines)..] {
