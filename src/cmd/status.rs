@@ -169,6 +169,23 @@ fn render_groups(out: &mut String, status: &serde_json::Value) {
             red(&format!("UNSAFE: {}", note.as_str().unwrap_or("")))
         );
     }
+    if let Some(w) = status["witness"].as_object() {
+        let _ = writeln!(
+            out,
+            "\nWITNESS {} ({}), vote: {}{}",
+            w["name"].as_str().unwrap_or("?"),
+            if w["heard"] == true {
+                "heard"
+            } else {
+                "not heard"
+            },
+            w["vote"].as_str().unwrap_or("?"),
+            w["reason"]
+                .as_str()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out, "\nGROUP       HOME     OWNER    STATE");
     for g in groups {
         let owner = g["owner"].as_str().unwrap_or("-");
