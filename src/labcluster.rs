@@ -20,16 +20,21 @@ pub struct Timing {
     pub deadtime: Duration,
 }
 
+/// The witness host of a lab cluster built with one (lan .30, hb .30).
+pub const WITNESS: &str = "quorum";
+
 /// A lab with a tandem configuration for ox1 and ox2 (links `hb` ucast on eth1 and
-/// `lan` bcast on eth0).
+/// `lan` bcast on eth0), and optionally a witness host running `tandem witness`.
 pub struct LabCluster {
     /// The lab.
     pub lab: Lab,
     /// The configuration file, inside the lab's data directory.
     pub config: PathBuf,
     tandem: PathBuf,
-    /// The agents started and not stopped since, by node.
+    /// The agents (and the witness) started and not stopped since, by host.
     agents: Vec<(String, HostProcess)>,
+    /// Whether the lab has the [`WITNESS`] host and the configuration a `[witness]`.
+    witness: bool,
 }
 
 impl LabCluster {
@@ -52,7 +57,45 @@ impl LabCluster {
         fencing: &str,
         tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
     ) -> anyhow::Result<Self> {
-        let lab = Lab::up_auto(Topology::whitepaper()).context("build the lab")?;
+        Self::build(timing, fencing, false, tables)
+    }
+
+    /// As [`LabCluster::up_with_lab`], with a third host [`WITNESS`] on both networks
+    /// and `[witness]` in the configuration ([`LabCluster::start_witness`] runs it).
+    pub fn up_with_witness(
+        timing: Timing,
+        fencing: &str,
+        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
+        Self::build(timing, fencing, true, tables)
+    }
+
+    fn build(
+        timing: Timing,
+        fencing: &str,
+        witness: bool,
+        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
+        let mut topology = Topology::whitepaper();
+        let (witness_peer, witness_table) = if witness {
+            topology.hosts.push(tandem_lab::HostSpec::new(WITNESS));
+            for net in &mut topology.nets {
+                let [a, b, c] = if net.name == "lan" {
+                    [192, 168, 1]
+                } else {
+                    [192, 168, 180]
+                };
+                net.hosts
+                    .insert(WITNESS.to_string(), std::net::Ipv4Addr::new(a, b, c, 30));
+            }
+            (
+                r#", "192.168.180.30""#.to_string(),
+                format!("[witness]\nname = \"{WITNESS}\"\n"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let lab = Lab::up_auto(topology).context("build the lab")?;
         let tables = tables(&lab)?;
         let dir = lab.data_dir();
         let config = dir.join("cluster.toml");
@@ -81,13 +124,14 @@ address = "192.168.180.10"
 name = "hb"
 type = "ucast"
 interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
+peers = ["192.168.180.20", "192.168.180.10"{witness_peer}]
 
 [[link]]
 name = "lan"
 type = "bcast"
 interface = "eth0"
 
+{witness_table}
 {tables}
 "#,
                 keepalive = ms(timing.keepalive),
@@ -109,6 +153,7 @@ interface = "eth0"
             config,
             tandem: std::env::current_exe().context("find the tandem binary")?,
             agents: Vec::new(),
+            witness,
         })
     }
 
@@ -143,6 +188,20 @@ interface = "eth0"
     /// The agent gets a process group of its own: a Ctrl-C at the terminal reaches
     /// the command that built the lab (which tears it down), not the agents.
     pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_daemon(node, "agent", extra)
+    }
+
+    /// Whether this cluster has a witness.
+    pub fn has_witness(&self) -> bool {
+        self.witness
+    }
+
+    /// Starts `tandem witness` in the [`WITNESS`] host (logging to `quorum.log`).
+    pub fn start_witness(&mut self) -> anyhow::Result<()> {
+        self.start_daemon(WITNESS, "witness", &[])
+    }
+
+    fn start_daemon(&mut self, node: &str, daemon: &str, extra: &[&str]) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt as _;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -151,7 +210,7 @@ interface = "eth0"
         let mut cmd = Command::new(&self.tandem);
         cmd.arg("-c")
             .arg(&self.config)
-            .args(["agent", "--node", node])
+            .args([daemon, "--node", node])
             .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)

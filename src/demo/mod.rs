@@ -43,10 +43,15 @@ pub struct Args {
     /// Deadtime in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub deadtime_ms: u64,
+    /// Without the witness (a third machine that gives the survivor the vote to fence
+    /// at once): the survivor then waits the fencing delay (5 s), as Heartbeat's and
+    /// Pacemaker's two-node clusters do.
+    #[arg(long)]
+    pub no_witness: bool,
 }
 
 /// How long the failover may take before the demo calls it failed: deadtime, the
-/// fencing delay (5 s), the fence, the promotion, a journal replay, a service's
+/// fencing delay (5 s, without a witness), the fence, the promotion, a journal replay, a service's
 /// recovery — seconds each at most, on a loaded machine.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -65,8 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         keepalive: Duration::from_millis(args.keepalive_ms),
         deadtime: Duration::from_millis(args.deadtime_ms),
     };
-    say("building the lab: ox1, ox2 and a client; networks lan (public) and hb (dedicated)");
-    let cluster = LabCluster::up_with_lab(timing, "required", setup::disk_tables)?;
+    let cluster = if args.no_witness {
+        say("building the lab: ox1, ox2 and a client; networks lan (public) and hb (dedicated)");
+        LabCluster::up_with_lab(timing, "required", setup::disk_tables)?
+    } else {
+        say(
+            "building the lab: ox1, ox2, a client and the witness quorum; networks lan (public) and hb (dedicated)",
+        );
+        LabCluster::up_with_witness(timing, "required", setup::disk_tables)?
+    };
     let name = cluster.lab.name().to_string();
     say(&format!(
         "lab {name}: namespaces tl-{name}-*, files under /var/lib/tandem-lab/{name} and /run/tandem-lab/{name}"

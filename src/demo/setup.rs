@@ -177,6 +177,10 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
         &mount,
         &service.resource(cluster.tandem_binary(), &mount)?,
     ))?;
+    if cluster.has_witness() {
+        say("the witness: tandem witness on quorum, a third machine on both networks");
+        cluster.start_witness()?;
+    }
     cluster.start_agent("ox1", &[])?;
     cluster.start_agent("ox2", &[])?;
     interrupt::wait(Duration::from_secs(60), "the group on ox1", || {
