@@ -1,4 +1,5 @@
 //! `tandem bench …`: measurements that print tables (never timed tests).
 
 pub mod detection;
+pub mod failover;
 pub mod replication;

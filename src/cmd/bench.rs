@@ -8,6 +8,8 @@ use std::process::ExitCode;
 pub enum Command {
     /// Failure detection: power-off to node_dead, and false verdicts under a CPU hog.
     Detection(crate::bench::detection::Args),
+    /// VIP outage after a power-off: tandem (fencing, witness) against keepalived.
+    Failover(crate::bench::failover::Args),
     /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
     Replication(crate::bench::replication::Args),
 }
@@ -17,6 +19,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Detection(args) => crate::bench::detection::run(args)?,
         Command::Replication(args) => crate::bench::replication::run(args)?,
+        Command::Failover(args) => crate::bench::failover::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
