@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::RunOptions;
 use crate::exec::{self, CommandSpec};
-use crate::ocf::{DEFAULT_PATH, result_from_run};
+use crate::ocf::result_from_run;
 use crate::result::{Action, ActionResult, ExecStatus, OcfExit};
 
 /// Calling convention of a script.
@@ -141,14 +141,10 @@ impl ScriptAgent {
     fn spec(&self, path: &Path, verb: &str) -> CommandSpec {
         let mut args: Vec<OsString> = self.args.iter().map(OsString::from).collect();
         args.push(verb.into());
-        let mut env = Vec::new();
-        if std::env::var_os("PATH").is_none() {
-            env.push(("PATH".into(), DEFAULT_PATH.into()));
-        }
         CommandSpec {
             program: path.to_path_buf(),
             args,
-            env,
+            env: Vec::new(),
         }
     }
 
