@@ -9,6 +9,18 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// Wall-clock microseconds since the Unix epoch: the floor of a new incarnation
+/// ([`crate::state::StateDir::bump_incarnation`]), so that a node whose state directory
+/// was lost still starts above any incarnation it used before — even when it restarts
+/// within the same second, which a floor in seconds did not cover.
+#[allow(clippy::disallowed_methods)]
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Wall-clock milliseconds since the Unix epoch, for logs and status only.
 #[allow(clippy::disallowed_methods)]
 pub fn wall_ms() -> u64 {

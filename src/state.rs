@@ -32,9 +32,12 @@ impl StateDir {
 
     /// Reads the last incarnation, adds one — or takes `floor` if that is larger — and
     /// stores the result durably (write to a temporary file, fsync, rename, fsync the
-    /// directory). The daemon passes the wall-clock seconds as `floor`: a node whose
-    /// state directory was lost (a replaced disk) then still starts with an incarnation
-    /// newer than any its peers heard, instead of being dropped as a replay.
+    /// directory). The daemon passes the wall-clock microseconds as `floor`: a node
+    /// whose state directory was lost (a replaced disk, a fresh lab host) then still
+    /// starts with an incarnation newer than any its peers heard. With the same
+    /// incarnation, its peer would take the new process for the old one: heartbeats
+    /// dropped as replays, and the reliable messages of the two lives mixed up so that
+    /// neither node ever received the other's state report.
     pub fn bump_incarnation(&self, floor: u64) -> anyhow::Result<u64> {
         let file = self.path.join("incarnation");
         let previous = match fs::read_to_string(&file) {
@@ -98,6 +101,13 @@ impl StateDir {
     }
 }
 
+/// The floor the daemon gives [`StateDir::bump_incarnation`]: wall-clock microseconds,
+/// so two starts of a node never share an incarnation even when its state directory
+/// was lost in between and it restarted within the same second.
+pub fn incarnation_floor() -> u64 {
+    crate::clock::wall_us()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +134,25 @@ mod tests {
             1_001
         );
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_node_restarted_within_a_second_on_a_fresh_state_directory_gets_a_new_incarnation() {
+        // The daemon's floor, as `tandem agent` passes it: a lost state directory and a
+        // restart within the same second must still give a newer incarnation.
+        let (a, b) = (tempdir(), tempdir());
+        let first = StateDir::open(&a)
+            .unwrap()
+            .bump_incarnation(incarnation_floor())
+            .unwrap();
+        let second = StateDir::open(&b)
+            .unwrap()
+            .bump_incarnation(incarnation_floor())
+            .unwrap();
+        assert!(second > first, "{first} then {second}");
+        for d in [a, b] {
+            fs::remove_dir_all(d).unwrap();
+        }
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .state_dir
         .unwrap_or_else(|| config.cluster.state_dir.clone());
     let incarnation =
-        StateDir::open(&state_dir)?.bump_incarnation(crate::clock::wall_ms() / 1000)?;
+        StateDir::open(&state_dir)?.bump_incarnation(crate::state::incarnation_floor())?;
     let store = GrantStore::open(&args.state_file.unwrap_or(witness.state_file.clone()))?;
     let stored = store.load()?;
     if let Some(g) = &stored {

@@ -70,6 +70,13 @@ fn standby_takeover_and_auto_failback() {
     // group goes back to its home.
     c.stop_agent("ox1");
     c.wait_owner("ox2", "ox2");
+    // A standby with nobody to take the group is refused, with the reason and a
+    // non-zero exit — not "requested" and then nothing.
+    let refused = c.tandem_refused("ox2", &["standby", "all"]);
+    assert!(
+        refused.contains("exit status: 1") && refused.contains("no node would take over"),
+        "{refused}"
+    );
     c.start_agent("ox1");
     c.wait_owner("ox2", "ox1");
     assert!(c.client_connects());

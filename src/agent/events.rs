@@ -50,8 +50,14 @@ impl Names {
     }
 }
 
-/// Starts the thread; it ends when the driver stops. Every event also goes to the
-/// resource manager, when there is one.
+/// The daemon's exit status when its heartbeat thread ended (EX_SOFTWARE): it must not
+/// run on without it — resources kept running on a node that no longer speaks for them
+/// are what the peer will fence — so it exits, loudly, and systemd restarts it.
+pub const EXIT_HEARTBEAT_THREAD_ENDED: i32 = 70;
+
+/// Starts the thread. Every event also goes to the resource manager, when there is
+/// one. The driver lives as long as the daemon, so its events end only when its
+/// thread died: then the whole daemon exits with [`EXIT_HEARTBEAT_THREAD_ENDED`].
 pub fn spawn(
     driver: Arc<Driver>,
     names: Names,
@@ -76,6 +82,14 @@ pub fn spawn(
                 }
                 shared.events.push_back(record);
             }
+            let why = driver
+                .failure()
+                .unwrap_or_else(|| "it ended without saying why".into());
+            tracing::error!(
+                "the heartbeat thread stopped ({why}): exiting with status {EXIT_HEARTBEAT_THREAD_ENDED} rather than running on unheard"
+            );
+            eprintln!("tandem agent: the heartbeat thread stopped ({why}); exiting");
+            std::process::exit(EXIT_HEARTBEAT_THREAD_ENDED);
         })
         .context("start the event thread")?;
     Ok(())
@@ -114,6 +128,14 @@ fn record(names: &Names, timed: &TimedEvent) -> Option<EventRecord> {
         Event::LinkDown { node, link } => {
             tracing::warn!(node = %names.node(*node), link = %names.link(*link), "link down");
             ("link_down", Some(*node), Some(*link), String::new())
+        }
+        Event::LinkClosed { link, error } => {
+            tracing::error!(link = %names.link(*link), %error, "link closed after an error; reopening it");
+            ("link_closed", None, Some(*link), error.clone())
+        }
+        Event::LinkReopened { link } => {
+            tracing::info!(link = %names.link(*link), "link reopened");
+            ("link_reopened", None, Some(*link), String::new())
         }
         Event::NodeReturnedAfterPartition { node, incarnation } => {
             tracing::error!(

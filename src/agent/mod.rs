@@ -112,7 +112,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .state_dir
         .unwrap_or_else(|| config.cluster.state_dir.clone());
     let incarnation =
-        StateDir::open(&state_dir)?.bump_incarnation(crate::clock::wall_ms() / 1000)?;
+        StateDir::open(&state_dir)?.bump_incarnation(crate::state::incarnation_floor())?;
     let socket_path = args
         .control_socket
         .unwrap_or_else(|| config.cluster.control_socket.clone());

@@ -52,7 +52,8 @@ pub struct MaintenanceArgs {
     pub socket: Option<PathBuf>,
 }
 
-/// Sends a standby request.
+/// Sends a standby request. One the cluster would not carry out comes back refused with
+/// the reason, which `main` prints to stderr before exiting 1.
 pub fn standby(global: &Global, args: ScopeArgs) -> anyhow::Result<ExitCode> {
     let socket = super::status::control_socket(global, args.socket);
     control::request(
@@ -61,7 +62,7 @@ pub fn standby(global: &Global, args: ScopeArgs) -> anyhow::Result<ExitCode> {
             scope: args.scope.into(),
         },
     )?;
-    println!("standby requested; `tandem status` shows the groups move");
+    println!("standby accepted; `tandem status` shows the groups move");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -74,7 +75,7 @@ pub fn takeover(global: &Global, args: ScopeArgs) -> anyhow::Result<ExitCode> {
             scope: args.scope.into(),
         },
     )?;
-    println!("takeover requested; `tandem status` shows the groups move");
+    println!("takeover accepted; `tandem status` shows the groups move");
     Ok(ExitCode::SUCCESS)
 }
 

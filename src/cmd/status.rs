@@ -107,6 +107,9 @@ fn render(status: &serde_json::Value) -> String {
                 drops.join(" ")
             }
         );
+        if let Some(error) = l["closed"].as_str() {
+            let _ = writeln!(out, "            CLOSED after an error, reopening: {error}");
+        }
     }
     render_groups(&mut out, status);
     let disks = status["disks"].as_array().cloned().unwrap_or_default();

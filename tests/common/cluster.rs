@@ -281,6 +281,16 @@ impl Cluster {
         self.lab.run(node, &argv).expect("tandem command")
     }
 
+    /// Runs a `tandem` command that must fail: its exit status and stderr.
+    pub fn tandem_refused(&self, node: &str, args: &[&str]) -> String {
+        let mut argv = vec![TANDEM, "-c", self.config.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        match self.lab.run(node, &argv) {
+            Ok(out) => panic!("`tandem {}` on {node} succeeded: {out}", args.join(" ")),
+            Err(e) => e.to_string(),
+        }
+    }
+
     pub fn status(&self, node: &str) -> Option<Value> {
         let config = self.config.to_str().unwrap();
         let out = self

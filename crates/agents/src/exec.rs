@@ -5,6 +5,11 @@
 //! pidfd, the two pipes and an optional cancel eventfd with `poll(2)`; it returns as
 //! soon as the agent exits, even if a daemon the agent started still holds the pipes
 //! open (a classic way for init scripts to hang their callers).
+//!
+//! The agent does not inherit the daemon's environment (which may hold anything the
+//! daemon was started with, secrets included, and a locale that changes the text
+//! agents parse): it starts from [`AGENT_ENVIRONMENT`] and gets only what its runner
+//! adds (the OCF variables for an OCF agent).
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -67,12 +72,22 @@ impl Cancel {
     }
 }
 
+/// The environment every agent starts from, whatever the daemon's own holds: a fixed
+/// search path and the C locale (so `status` texts and tool output parse the same on
+/// every node). docs/agents.md lists it with what each kind of agent adds.
+pub const AGENT_ENVIRONMENT: [(&str, &str); 3] = [
+    ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("LANG", "C"),
+    ("LC_ALL", "C"),
+];
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
-    pub env: Vec<(OsString, OsString)>,
+    /// Variables added to [`AGENT_ENVIRONMENT`] (a name in both takes this value).
+    pub env: Vec<(String, String)>,
 }
 
 /// How the process ended.
@@ -187,6 +202,8 @@ pub(crate) fn run(spec: &CommandSpec, timeout: Duration, cancel: Option<&Cancel>
     let deadline = started + timeout;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        .env_clear()
+        .envs(AGENT_ENVIRONMENT)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -383,6 +400,26 @@ mod tests {
         assert!(matches!(r.end, ProcessEnd::Exited(3)), "{:?}", r.end);
         assert_eq!(r.stdout, "out 42\n");
         assert_eq!(r.stderr, "err\n");
+    }
+
+    #[test]
+    fn the_agent_gets_the_fixed_environment_not_the_daemons() {
+        // SAFETY: tests in this binary do not read this variable concurrently.
+        unsafe { std::env::set_var("TANDEM_EXEC_SECRET", "leak") };
+        let r = run(&sh("env"), Duration::from_secs(10), None);
+        let mut got: Vec<&str> = r.stdout.lines().collect();
+        got.retain(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "LANG=C",
+                "LC_ALL=C",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "TANDEM_X=42"
+            ],
+            "the shell's own PWD, SHLVL and _ aside"
+        );
     }
 
     #[test]

@@ -129,15 +129,6 @@ pub enum Agent {
     Systemd(SystemdAgent),
 }
 
-fn script_path(dir: &Path, script: &str) -> PathBuf {
-    let p = Path::new(script);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        dir.join(script)
-    }
-}
-
 impl Agent {
     /// The agent for `resource` (`disk` resources belong to the disk component).
     pub fn new(resource: &Resource, paths: &Paths) -> Result<Agent, AgentError> {
@@ -183,22 +174,13 @@ impl Agent {
                 script,
                 args,
                 heartbeat,
-            } => Agent::Script(ScriptAgent {
-                path: script_path(
-                    if *heartbeat {
-                        &paths.heartbeat_dir
-                    } else {
-                        &paths.init_dir
-                    },
-                    script,
-                ),
-                args: args.clone(),
-                style: if *heartbeat {
-                    ScriptStyle::Heartbeat
-                } else {
-                    ScriptStyle::Lsb
-                },
-            }),
+            } => Agent::Script(ScriptAgent::new(
+                script,
+                args.clone(),
+                *heartbeat,
+                &paths.heartbeat_dir,
+                &paths.init_dir,
+            )),
             ResourceKind::Systemd { unit } => Agent::Systemd(SystemdAgent {
                 unit: unit.clone(),
                 run_dir: paths.systemd_run_dir.clone(),
@@ -301,17 +283,19 @@ pub fn check_resource(resource: &Resource, paths: &Paths) -> Vec<CheckIssue> {
             }
         }
         Agent::Script(s) => {
-            if !is_executable(&s.path) {
-                push(
-                    // A warning, not an error: the configuration is shared by every node and is
-                    // often checked where the services are not installed (an admin host, a
-                    // node being prepared); the start on a node without it fails anyway.
+            // A warning, not an error: the configuration is shared by every node and is
+            // often checked where the services are not installed (an admin host, a
+            // node being prepared); the start on a node without it fails anyway.
+            match s.locate() {
+                None => push(
                     false,
-                    format!(
-                        "script {} does not exist or is not executable on this node",
-                        s.path.display()
-                    ),
-                );
+                    format!("script {} does not exist on this node", s.searched()),
+                ),
+                Some((path, _)) if !is_executable(path) => push(
+                    false,
+                    format!("script {} is not executable on this node", path.display()),
+                ),
+                Some(_) => {}
             }
         }
         Agent::Systemd(s) => {

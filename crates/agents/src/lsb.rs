@@ -12,15 +12,21 @@
 //! (case-sensitive) means running, and anything else means stopped. tandem reads it
 //! the same way.
 //!
+//! A script named bare is looked up as Heartbeat's `ResourceManager` looked it up:
+//! `/etc/ha.d/resource.d/NAME` first, then `/etc/init.d/NAME`. One found in resource.d
+//! follows the resource.d convention whatever the configuration says; one found in
+//! init.d follows the configured one. The lookup happens at every action, so a script
+//! installed after the daemon started is found.
+//!
 //! Stopping a stopped service must succeed: a failed `stop` is confirmed with `status`,
 //! and if the service reports stopped the stop counts as done.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::RunOptions;
 use crate::exec::{self, CommandSpec};
-use crate::ocf::{DEFAULT_PATH, result_from_run};
+use crate::ocf::result_from_run;
 use crate::result::{Action, ActionResult, ExecStatus, OcfExit};
 
 /// Calling convention of a script.
@@ -35,12 +41,12 @@ pub enum ScriptStyle {
 /// One script-based resource.
 #[derive(Debug, Clone)]
 pub struct ScriptAgent {
-    /// The script's path.
-    pub path: PathBuf,
+    /// Where the script may be, in search order, each with the convention a script
+    /// found there follows: an absolute path alone, or a bare name in the Heartbeat
+    /// resource directory and then in the init directory.
+    pub candidates: Vec<(PathBuf, ScriptStyle)>,
     /// Arguments placed before the action (Heartbeat's `Script::arg1::arg2`).
     pub args: Vec<String>,
-    /// How to read the script's answers.
-    pub style: ScriptStyle,
 }
 
 /// Pacemaker's mapping of an LSB exit code for a non-status action.
@@ -81,32 +87,78 @@ fn glob_not_running(lower: &str) -> bool {
 }
 
 impl ScriptAgent {
-    /// The command line for `verb` (`start`, `stop`, `status`).
-    pub fn command(&self, verb: &str) -> Vec<String> {
-        let mut v = vec![self.path.display().to_string()];
+    /// The agent for `script` (a bare name or an absolute path) with `args`:
+    /// `heartbeat` is the configured convention of a script found in `init_dir`.
+    pub fn new(
+        script: &str,
+        args: Vec<String>,
+        heartbeat: bool,
+        heartbeat_dir: &Path,
+        init_dir: &Path,
+    ) -> ScriptAgent {
+        let configured = if heartbeat {
+            ScriptStyle::Heartbeat
+        } else {
+            ScriptStyle::Lsb
+        };
+        let candidates = if Path::new(script).is_absolute() {
+            vec![(PathBuf::from(script), configured)]
+        } else {
+            vec![
+                (heartbeat_dir.join(script), ScriptStyle::Heartbeat),
+                (init_dir.join(script), configured),
+            ]
+        };
+        ScriptAgent { candidates, args }
+    }
+
+    /// The script to run and how to read it: the first candidate that exists.
+    pub fn locate(&self) -> Option<(&Path, ScriptStyle)> {
+        self.candidates
+            .iter()
+            .find(|(p, _)| p.is_file())
+            .map(|(p, s)| (p.as_path(), *s))
+    }
+
+    /// Where the script was looked for, for messages.
+    pub fn searched(&self) -> String {
+        let paths: Vec<String> = self
+            .candidates
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        paths.join(" or ")
+    }
+
+    /// The command line for `verb` (`start`, `stop`, `status`) of the script at `path`.
+    pub fn command(&self, path: &Path, verb: &str) -> Vec<String> {
+        let mut v = vec![path.display().to_string()];
         v.extend(self.args.iter().cloned());
         v.push(verb.to_string());
         v
     }
 
-    fn spec(&self, verb: &str) -> CommandSpec {
+    fn spec(&self, path: &Path, verb: &str) -> CommandSpec {
         let mut args: Vec<OsString> = self.args.iter().map(OsString::from).collect();
         args.push(verb.into());
-        let mut env = Vec::new();
-        if std::env::var_os("PATH").is_none() {
-            env.push(("PATH".into(), DEFAULT_PATH.into()));
-        }
         CommandSpec {
-            program: self.path.clone(),
+            program: path.to_path_buf(),
             args,
-            env,
+            env: Vec::new(),
         }
     }
 
     fn invoke(&self, verb: &str, opts: &RunOptions) -> ActionResult {
-        let spec = self.spec(verb);
+        let Some((path, style)) = self.locate() else {
+            return ActionResult::not_done(
+                ExecStatus::NotInstalled,
+                format!("no script {}", self.searched()),
+                std::time::Duration::ZERO,
+            );
+        };
+        let spec = self.spec(path, verb);
         let run = exec::run(&spec, opts.timeout, opts.cancel.as_ref());
-        match (verb, self.style) {
+        match (verb, style) {
             ("status", ScriptStyle::Heartbeat) => {
                 let mut r = result_from_run(&run, &spec.program, |_| OcfExit::Success);
                 if r.exec_status == ExecStatus::Done {
@@ -166,13 +218,7 @@ impl ScriptAgent {
             }
             Action::MetaData | Action::ValidateAll => ActionResult::done(
                 OcfExit::Unimplemented,
-                format!(
-                    "{} scripts have no {action} action",
-                    match self.style {
-                        ScriptStyle::Lsb => "LSB",
-                        ScriptStyle::Heartbeat => "Heartbeat",
-                    }
-                ),
+                format!("init and Heartbeat scripts have no {action} action"),
                 std::time::Duration::ZERO,
             ),
         }
@@ -212,13 +258,15 @@ mod tests {
 
     #[test]
     fn heartbeat_arguments_come_before_the_action() {
-        let a = ScriptAgent {
-            path: "/etc/ha.d/resource.d/IPaddr".into(),
-            args: vec!["10.0.0.1/24".into(), "eth0".into()],
-            style: ScriptStyle::Heartbeat,
-        };
+        let a = ScriptAgent::new(
+            "/etc/ha.d/resource.d/IPaddr",
+            vec!["10.0.0.1/24".into(), "eth0".into()],
+            true,
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        );
         assert_eq!(
-            a.command("status"),
+            a.command(Path::new("/etc/ha.d/resource.d/IPaddr"), "status"),
             [
                 "/etc/ha.d/resource.d/IPaddr",
                 "10.0.0.1/24",

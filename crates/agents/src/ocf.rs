@@ -3,7 +3,6 @@
 //! configuration check.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,7 +44,8 @@ impl OcfAgent {
         agent_path(&self.ocf_root, &self.provider, &self.agent)
     }
 
-    /// The environment an action runs with (sorted, for tests and logs).
+    /// The variables an action adds to [`exec::AGENT_ENVIRONMENT`] (sorted, for tests
+    /// and logs).
     pub fn environment(&self, action: Action, opts: &RunOptions) -> Vec<(String, String)> {
         let mut env = vec![
             ("OCF_ROOT".to_string(), self.ocf_root.display().to_string()),
@@ -71,9 +71,6 @@ impl OcfAgent {
         ));
         for (k, v) in &self.params {
             env.push((format!("OCF_RESKEY_{k}"), v.clone()));
-        }
-        if std::env::var_os("PATH").is_none() {
-            env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
         }
         env.sort();
         env
@@ -101,21 +98,13 @@ impl OcfAgent {
         let spec = CommandSpec {
             program: self.path(),
             args: vec![action.as_str().into()],
-            env: self
-                .environment(action, opts)
-                .into_iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-                .collect(),
+            env: self.environment(action, opts),
         };
         let run = exec::run(&spec, opts.timeout, opts.cancel.as_ref());
         let r = result_from_run(&run, &spec.program, OcfExit::from_code);
         (r, run.stdout)
     }
 }
-
-/// A conservative PATH for agents when the daemon has none.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Maps a finished process to an [`ActionResult`], with `map` turning the exit code
 /// into an OCF code (identity for OCF, the LSB tables for init scripts).

@@ -181,6 +181,67 @@ exit 0
     assert_eq!(first[2], "10.0.0.1/24 eth0 start");
 }
 
+/// A script that records which copy ran (`TAG ARGS…`) in `log` and says "running".
+fn tagged_script(path: &std::path::Path, tag: &str, log: &std::path::Path) {
+    script(
+        path,
+        &format!(
+            "#!/bin/sh\necho \"{tag} $*\" >> {log}\necho '{tag} is running'\nexit 0\n",
+            log = log.display()
+        ),
+    );
+}
+
+#[test]
+fn bare_name_is_looked_up_in_resource_d_first_then_init_d() {
+    // Heartbeat's ResourceManager: /etc/ha.d/resource.d, then /etc/init.d.
+    let resource_d = TempDir::new("rd");
+    let init_d = TempDir::new("id");
+    let log = init_d.path.join("calls");
+    let paths = Paths {
+        heartbeat_dir: resource_d.path.clone(),
+        init_dir: init_d.path.clone(),
+        ..Paths::default()
+    };
+    // Only in resource.d, named bare without arguments (`heartbeat = false`, what the
+    // importer makes of an unknown name): found, and run by the resource.d convention.
+    tagged_script(&resource_d.path.join("only_rd"), "rd", &log);
+    let agent = Agent::new(&lsb_resource("a", "only_rd", vec![], false), &paths).unwrap();
+    for action in [Action::Start, Action::Monitor, Action::Stop] {
+        let r = agent.run(action, &opts());
+        assert!(r.is_success(), "{action}: {r}");
+    }
+    let r = agent.run(Action::Monitor, &opts());
+    assert!(r.reason.contains("read as running"), "text status: {r}");
+
+    // In both: resource.d wins.
+    tagged_script(&resource_d.path.join("both"), "rd", &log);
+    tagged_script(&init_d.path.join("both"), "init", &log);
+    // Only in init.d: found there.
+    tagged_script(&init_d.path.join("only_init"), "init", &log);
+    std::fs::remove_file(&log).unwrap();
+    for name in ["both", "only_init"] {
+        let agent = Agent::new(&lsb_resource(name, name, vec![], false), &paths).unwrap();
+        assert!(agent.run(Action::Start, &opts()).is_success());
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls, "rd start\ninit start\n");
+
+    // In neither: not installed, and the reason names both places.
+    let agent = Agent::new(&lsb_resource("n", "nowhere", vec![], false), &paths).unwrap();
+    let r = agent.run(Action::Start, &opts());
+    assert_eq!(r.exec_status, ExecStatus::NotInstalled, "{r}");
+    assert!(
+        r.reason.contains(&resource_d.path.display().to_string())
+            && r.reason.contains(&init_d.path.display().to_string()),
+        "{r}"
+    );
+
+    // Installed after the agent was built (the daemon builds agents at start): found.
+    tagged_script(&resource_d.path.join("nowhere"), "rd", &log);
+    assert!(agent.run(Action::Start, &opts()).is_success());
+}
+
 #[test]
 fn heartbeat_status_ok_with_failing_exit_code_still_reads_as_running() {
     let dir = TempDir::new("hbok");

@@ -473,12 +473,14 @@ pub enum ResourceKind {
     },
     /// An init script, or a Heartbeat `/etc/ha.d/resource.d` script.
     Lsb {
-        /// Script name (looked up in `/etc/init.d`, or `/etc/ha.d/resource.d` when
-        /// `heartbeat`), or an absolute path.
+        /// Script name (looked up in `/etc/ha.d/resource.d` first, then in
+        /// `/etc/init.d`, as Heartbeat did), or an absolute path.
         script: String,
         /// Arguments before the action (Heartbeat's `Script::arg1::arg2`).
         args: Vec<String>,
-        /// Heartbeat resource.d calling convention (`script args… start|stop|status`).
+        /// Heartbeat resource.d calling convention (`script args… start|stop|status`)
+        /// for a script found in `/etc/init.d` or at an absolute path; one found in
+        /// resource.d always follows it.
         heartbeat: bool,
     },
     /// A systemd unit.

@@ -553,23 +553,13 @@ impl Controller {
             Operator::Request(..) if self.shutdown.is_some() => {
                 Err("this node is shutting down".into())
             }
-            Operator::Request(kind, scope) => {
-                let request = Request {
-                    node: self.local.clone(),
-                    kind,
-                    scope,
-                };
-                let at_ms = self.wall_ms();
-                self.send(PeerMessage::Request {
-                    node: request.node.clone(),
-                    kind,
-                    scope,
-                    at_ms,
-                });
-                self.add_request(at_ms, request);
-                self.replan = true;
-                Ok(serde_json::json!({"accepted": true}))
-            }
+            Operator::Request(kind, scope) => match self.request_refusal(kind, scope) {
+                Some(why) => {
+                    tracing::warn!(?kind, ?scope, "operator request refused: {why}");
+                    Err(why)
+                }
+                None => Ok(self.accept_request(kind, scope)),
+            },
             Operator::Maintenance(on) => {
                 self.maintenance = on;
                 self.send(PeerMessage::Maintenance { on });
@@ -599,60 +589,6 @@ impl Controller {
         };
         self.step();
         answer
-    }
-
-    /// Adds an operator request in cluster order, dropping the ones that a later
-    /// request fully replaces (the newest request covering a group decides, so one whose
-    /// groups are all covered by a later one can never decide again), and keeping at
-    /// most [`REQUESTS_KEPT`]. A request known already is not added twice.
-    fn add_request(&mut self, at_ms: u64, request: Request) {
-        if self
-            .requests
-            .iter()
-            .any(|(t, r)| *t == at_ms && *r == request)
-        {
-            return;
-        }
-        let key = |(t, r): &(u64, Request)| (*t, r.node.clone());
-        let pos = self
-            .requests
-            .partition_point(|x| key(x) <= key(&(at_ms, request.clone())));
-        self.requests.insert(pos, (at_ms, request));
-        let covered = |r: &Request| -> Vec<String> {
-            self.config
-                .groups
-                .iter()
-                .filter(|g| r.scope.covers(&r.node, &g.home))
-                .map(|g| g.name.clone())
-                .collect()
-        };
-        let covers: Vec<Vec<String>> = self.requests.iter().map(|(_, r)| covered(r)).collect();
-        let keep: Vec<bool> = (0..covers.len())
-            .map(|k| {
-                !covers[k]
-                    .iter()
-                    .all(|g| covers[k + 1..].iter().any(|later| later.contains(g)))
-            })
-            .collect();
-        let mut keep = keep.into_iter();
-        self.requests.retain(|_| keep.next().unwrap_or(true));
-        while self.requests.len() > REQUESTS_KEPT {
-            self.requests.remove(0);
-        }
-    }
-
-    /// Tells the peer every standing request (it may have missed them while down, or
-    /// lost them in a restart): both nodes' planners must see the same requests.
-    fn share_requests(&mut self) {
-        let all: Vec<(u64, Request)> = self.requests.clone();
-        for (at_ms, r) in all {
-            self.send(PeerMessage::Request {
-                node: r.node,
-                kind: r.kind,
-                scope: r.scope,
-                at_ms,
-            });
-        }
     }
 
     fn action_done(

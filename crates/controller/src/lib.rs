@@ -30,6 +30,7 @@ mod claim;
 pub mod controller;
 mod disk_fencing;
 pub mod messages;
+mod requests;
 mod status;
 mod transition;
 mod types;

@@ -865,3 +865,90 @@ fn a_granted_vote_is_released_when_the_peer_is_heard_again() {
         "{cmds:?}"
     );
 }
+
+/// A request the cluster would not carry out is refused at once with the reason (the
+/// CLI prints it and exits non-zero) and never reaches the peer; once the views settle
+/// the same request is accepted.
+#[test]
+fn a_request_the_cluster_would_not_carry_out_is_refused_with_the_reason() {
+    let mut s = Shell::new(CONFIG);
+    let ask = |s: &mut Shell, kind: RequestKind, scope: Scope| {
+        let r = s.c.operator(s.now, Operator::Request(kind, scope));
+        let cmds = s.drain();
+        let shared = cmds.iter().any(|c| {
+            matches!(
+                c,
+                Command::Send {
+                    message: PeerMessage::Request { .. },
+                    ..
+                }
+            )
+        });
+        // (An accepted request goes to the peer when it is reachable.)
+        assert!(
+            r.is_ok() || !shared,
+            "a refused request reached the peer: {r:?}"
+        );
+        r
+    };
+    let refused = |r: Result<serde_json::Value, String>, why: &str| {
+        let e = r.expect_err("expected a refusal");
+        assert!(e.contains(why), "{e:?} does not say {why:?}");
+    };
+    // Not probed yet: this node does not know what runs here.
+    refused(
+        ask(&mut s, RequestKind::Standby, Scope::All),
+        "has not probed 2 of its resources",
+    );
+    // The peer is up and has not reported (what both nodes were stuck in).
+    s.peer_up();
+    s.done(Op::Probe, "ip", not_running());
+    s.done(Op::Probe, "svc", not_running());
+    refused(
+        ask(&mut s, RequestKind::Standby, Scope::All),
+        "b is up but has not reported its state of g",
+    );
+    refused(
+        ask(&mut s, RequestKind::Takeover, Scope::All),
+        "has not reported",
+    );
+    // No group in scope: `a` is the home of the only group.
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: Default::default(),
+    });
+    refused(
+        ask(&mut s, RequestKind::Standby, Scope::Foreign),
+        "no group falls in the scope of this standby (`foreign`) on a",
+    );
+    // Settled: accepted.
+    assert!(ask(&mut s, RequestKind::Standby, Scope::All).is_ok());
+    assert!(ask(&mut s, RequestKind::Takeover, Scope::Local).is_ok());
+    // Maintenance: nothing would move.
+    s.c.operator(s.now, Operator::Maintenance(true)).unwrap();
+    refused(
+        ask(&mut s, RequestKind::Takeover, Scope::All),
+        "maintenance mode is on",
+    );
+    s.c.operator(s.now, Operator::Maintenance(false)).unwrap();
+    s.drain();
+    // The peer dead: nobody would take the group; a takeover still stands.
+    s.feed(Input::Membership(Event::NodeDead {
+        node: PEER,
+        incarnation: Some(1),
+    }));
+    refused(
+        ask(&mut s, RequestKind::Standby, Scope::All),
+        "b is dead: no node would take over g",
+    );
+    assert!(ask(&mut s, RequestKind::Takeover, Scope::All).is_ok());
+    // Back after a partition: settled (its report, fencing) before anything moves.
+    s.feed(Input::Membership(Event::NodeReturnedAfterPartition {
+        node: PEER,
+        incarnation: 1,
+    }));
+    refused(
+        ask(&mut s, RequestKind::Takeover, Scope::All),
+        "b came back after a partition",
+    );
+}

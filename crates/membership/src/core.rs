@@ -102,6 +102,20 @@ pub enum Event {
         /// The node.
         node: NodeId,
     },
+    /// The driver closed a local link after an error that retrying the same socket
+    /// cannot cure (`ENODEV` when its interface was deleted, `EIO` on a serial line);
+    /// it reopens the link with backoff. Sent by the driver, never by the core.
+    LinkClosed {
+        /// The link.
+        link: LinkId,
+        /// The error, as the system put it.
+        error: String,
+    },
+    /// The driver reopened a link it had closed. Sent by the driver, never by the core.
+    LinkReopened {
+        /// The link.
+        link: LinkId,
+    },
     /// A reliable message, delivered once and in order per sender.
     Message {
         /// Sender.
@@ -974,6 +988,7 @@ impl Membership {
                     id: l.id,
                     name: l.name.clone(),
                     down_hint: l.down_hint,
+                    closed: None,
                     packets_sent: l.packets_sent,
                     packets_received: l.packets_received,
                     drops: l.drops.clone(),

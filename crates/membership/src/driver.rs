@@ -14,6 +14,14 @@
 //! under load is how split brains start). The thread owns the core; everything else
 //! talks to it through a channel and a self-pipe. This is the only place in the crate
 //! that reads the clock.
+//!
+//! One link's trouble is that link's alone. An error that retrying the same socket
+//! cannot cure (`ENODEV` once its interface is deleted, `EIO` writing a serial line)
+//! closes that link — the core is told it is down and [`Event::LinkClosed`] says why —
+//! and the driver reopens it from its [`Medium`] after [`REOPEN_BACKOFF_MIN`], doubling
+//! up to [`REOPEN_BACKOFF_MAX`] while reopening fails; [`Event::LinkReopened`] follows.
+//! The other links go on carrying heartbeats the whole time. Only a failure of the
+//! thread itself (its `poll`) ends it; [`Driver::failure`] then says why.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -22,8 +30,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tandem_wire::serial::{FrameDecoder, encode_frame};
@@ -143,16 +152,30 @@ enum Io {
     },
 }
 
+/// One link: how to open it, and its socket or tty while it is open.
 struct OpenLink {
     id: LinkId,
-    io: Io,
-    /// A tty whose other end hung up is not polled until then (poll would report the
-    /// hang-up in a tight loop).
+    /// What to reopen after an error.
+    medium: Medium,
+    /// `None` while closed after an error.
+    io: Option<Io>,
+    /// Open: a tty whose other end hung up is not polled until then (poll would report
+    /// the hang-up in a tight loop). Closed: the next reopen attempt.
     paused_until: Option<Instant>,
+    /// The wait before the next reopen attempt after this one fails.
+    backoff: Duration,
+    /// Why the link is closed.
+    error: Option<String>,
 }
 
 /// How long a hung-up tty is left alone before it is polled again.
-const HANGUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+const HANGUP_PAUSE: Duration = Duration::from_millis(200);
+
+/// The first wait before a closed link is reopened.
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// The longest wait between attempts to reopen a closed link.
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// A running driver. Dropping it stops the thread.
 pub struct Driver {
@@ -164,6 +187,7 @@ pub struct Driver {
     events: std::sync::Mutex<mpsc::Receiver<TimedEvent>>,
     realtime: Result<(), String>,
     tid: libc::pid_t,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// How the driver thread runs.
@@ -261,18 +285,19 @@ fn make_raw(fd: RawFd, baud: Option<u32>) -> io::Result<()> {
     Ok(())
 }
 
-fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
-    let io = match spec.medium {
+/// Opens the socket or tty of `medium` (again, after an error: it stays the recipe).
+fn open_io(medium: &Medium) -> io::Result<Io> {
+    Ok(match medium {
         Medium::Ucast {
             bind,
             peers,
             device,
         } => {
-            let s = udp(bind, device.as_deref())?;
-            s.bind(&bind.into())?;
+            let s = udp(*bind, device.as_deref())?;
+            s.bind(&(*bind).into())?;
             Io::Udp {
                 socket: s.into(),
-                destinations: peers,
+                destinations: peers.clone(),
             }
         }
         Medium::Bcast {
@@ -280,12 +305,12 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
             broadcast,
             device,
         } => {
-            let s = udp(bind, device.as_deref())?;
+            let s = udp(*bind, device.as_deref())?;
             s.set_broadcast(true)?;
-            s.bind(&bind.into())?;
+            s.bind(&(*bind).into())?;
             Io::Udp {
                 socket: s.into(),
-                destinations: vec![broadcast],
+                destinations: vec![*broadcast],
             }
         }
         Medium::Mcast {
@@ -296,16 +321,16 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
             loopback,
             device,
         } => {
-            let bind = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+            let bind = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port));
             let s = udp(bind, device.as_deref())?;
             s.bind(&bind.into())?;
-            s.join_multicast_v4(&group, &interface)?;
-            s.set_multicast_if_v4(&interface)?;
-            s.set_multicast_ttl_v4(ttl)?;
-            s.set_multicast_loop_v4(loopback)?;
+            s.join_multicast_v4(group, interface)?;
+            s.set_multicast_if_v4(interface)?;
+            s.set_multicast_ttl_v4(*ttl)?;
+            s.set_multicast_loop_v4(*loopback)?;
             Io::Udp {
                 socket: s.into(),
-                destinations: vec![SocketAddr::V4(SocketAddrV4::new(group, port))],
+                destinations: vec![SocketAddr::V4(SocketAddrV4::new(*group, *port))],
             }
         }
         Medium::Serial { path, baud } => {
@@ -313,10 +338,10 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&path)
+                .open(path)
                 .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
             let fd = OwnedFd::from(file);
-            make_raw(fd.as_raw_fd(), Some(baud))?;
+            make_raw(fd.as_raw_fd(), Some(*baud))?;
             Io::Serial {
                 fd,
                 decoder: FrameDecoder::new(),
@@ -324,6 +349,8 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
             }
         }
         Medium::SerialFd { fd } => {
+            // A duplicate: the medium keeps the original to reopen from.
+            let fd = fd.try_clone()?;
             make_raw(fd.as_raw_fd(), None)?;
             Io::Serial {
                 fd,
@@ -331,12 +358,71 @@ fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
                 backlog: Vec::new(),
             }
         }
-    };
+    })
+}
+
+fn open_link(spec: LinkSpec) -> io::Result<OpenLink> {
     Ok(OpenLink {
         id: spec.id,
-        io,
+        io: Some(open_io(&spec.medium)?),
+        medium: spec.medium,
         paused_until: None,
+        backoff: REOPEN_BACKOFF_MIN,
+        error: None,
     })
+}
+
+impl OpenLink {
+    /// Closes the link after `e`: the core stops sending on it, the caller hears why,
+    /// and a reopen is due after the current backoff.
+    fn close(
+        &mut self,
+        e: &io::Error,
+        core: &mut Membership,
+        events: &mpsc::Sender<TimedEvent>,
+        now: Instant,
+    ) {
+        self.io = None;
+        self.error = Some(e.to_string());
+        self.paused_until = Some(now + self.backoff);
+        core.link_down(self.id, now);
+        let _ = events.send(TimedEvent {
+            at: now,
+            event: Event::LinkClosed {
+                link: self.id,
+                error: e.to_string(),
+            },
+        });
+    }
+
+    /// Tries to reopen a closed link whose wait is over.
+    fn reopen_if_due(
+        &mut self,
+        core: &mut Membership,
+        events: &mpsc::Sender<TimedEvent>,
+        now: Instant,
+    ) {
+        if self.io.is_some() || self.paused_until.is_some_and(|t| t > now) {
+            return;
+        }
+        match open_io(&self.medium) {
+            Ok(io) => {
+                self.io = Some(io);
+                self.error = None;
+                self.paused_until = None;
+                core.link_up(self.id, now);
+                let _ = events.send(TimedEvent {
+                    at: now,
+                    event: Event::LinkReopened { link: self.id },
+                });
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF_MAX);
+                self.error = Some(format!("{e} (reopening)"));
+                self.paused_until = Some(now + self.backoff);
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -365,6 +451,8 @@ impl Driver {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
         let (rt_tx, rt_rx) = mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
+        let failed = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("tandem-membership".into())
             .spawn(move || {
@@ -372,7 +460,17 @@ impl Driver {
                 let tid = unsafe { libc::gettid() };
                 let rt = options.realtime_priority.map_or(Ok(()), set_realtime);
                 let _ = rt_tx.send((rt, tid));
-                run(core, links, wake_rx, cmd_rx, ev_tx)
+                // The reason is recorded before the event channel closes (it closes
+                // when this closure returns), so whoever sees it closed can read it.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(core, links, wake_rx, cmd_rx, &ev_tx)
+                }))
+                .unwrap_or_else(|_| Err(io::Error::other("membership thread panicked")));
+                if let Err(e) = &result {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+                drop(ev_tx);
+                result
             })?;
         let (realtime, tid) = rt_rx
             .recv()
@@ -384,7 +482,17 @@ impl Driver {
             events: std::sync::Mutex::new(ev_rx),
             realtime,
             tid,
+            failure,
         })
+    }
+
+    /// Why the driver thread ended by itself, once it has (an error of its `poll`, or a
+    /// panic). The events channel closes right after this is set.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Events, in order, with the time the driver saw them. One consumer at a time.
@@ -488,33 +596,90 @@ fn write_serial(fd: &OwnedFd, backlog: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-fn flush(core: &mut Membership, links: &mut [OpenLink]) -> io::Result<()> {
+/// Sends what the core hands out; a link that fails for good is closed.
+fn flush(core: &mut Membership, links: &mut [OpenLink], events: &mpsc::Sender<TimedEvent>) {
+    let now = clock();
     while let Some(t) = core.poll_transmit() {
         let Some(link) = links.iter_mut().find(|l| l.id == t.link) else {
             continue;
         };
-        match &mut link.io {
-            Io::Udp {
+        let result = match &mut link.io {
+            None => Ok(()),
+            Some(Io::Udp {
                 socket,
                 destinations,
-            } => {
-                for d in destinations.iter() {
-                    if let Err(e) = socket.send_to(&t.bytes, d) {
-                        if !transient(&e) {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            Io::Serial { fd, backlog, .. } => {
+            }) => destinations
+                .iter()
+                .map(|d| socket.send_to(&t.bytes, d).map(|_| ()))
+                .find(|r| r.as_ref().is_err_and(|e| !transient(e)))
+                .unwrap_or(Ok(())),
+            Some(Io::Serial { fd, backlog, .. }) => {
                 if backlog.len() < SERIAL_BACKLOG_LIMIT {
                     backlog.extend(encode_frame(&t.bytes));
                 }
+                write_serial(fd, backlog)
+            }
+        };
+        if let Err(e) = result {
+            link.close(&e, core, events, now);
+        }
+    }
+}
+
+/// Reads what arrived on one open link; `Err` is an error that closes the link.
+fn receive(
+    core: &mut Membership,
+    l: &mut OpenLink,
+    rev: libc::c_short,
+    buf: &mut [u8],
+    now: Instant,
+) -> io::Result<()> {
+    let Some(io) = &mut l.io else {
+        return Ok(());
+    };
+    match io {
+        Io::Udp { socket, .. } => loop {
+            match socket.recv_from(buf) {
+                Ok((n, _from)) => {
+                    // Traffic proves the link works: the next failure starts over.
+                    l.backoff = REOPEN_BACKOFF_MIN;
+                    core.handle_packet(l.id, &buf[..n], now);
+                }
+                Err(e) if transient(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        },
+        Io::Serial {
+            fd,
+            decoder,
+            backlog,
+        } => {
+            if rev & libc::POLLOUT != 0 {
                 write_serial(fd, backlog)?;
+            }
+            loop {
+                // SAFETY: reading into a valid buffer of the given length.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    let e = io::Error::last_os_error();
+                    if n < 0 && transient(&e) {
+                        return Ok(());
+                    }
+                    // EOF or EIO: the other end of the line (a pty's) is closed; look
+                    // again later, it may come back.
+                    if n == 0 || e.raw_os_error() == Some(libc::EIO) {
+                        l.paused_until = Some(now + HANGUP_PAUSE);
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
+                l.backoff = REOPEN_BACKOFF_MIN;
+                for frame in decoder.push(&buf[..n as usize]).into_iter().flatten() {
+                    core.handle_packet(l.id, &frame, now);
+                }
             }
         }
     }
-    Ok(())
 }
 
 fn run(
@@ -522,15 +687,18 @@ fn run(
     mut links: Vec<OpenLink>,
     wake: OwnedFd,
     commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<TimedEvent>,
+    events: &mpsc::Sender<TimedEvent>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let now = clock();
+        for l in &mut links {
+            l.reopen_if_due(&mut core, events, now);
+        }
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now);
         }
-        flush(&mut core, &mut links)?;
+        flush(&mut core, &mut links, events);
         while let Some(event) = core.poll_event() {
             // A caller that stopped listening does not stop the heartbeats.
             let _ = events.send(TimedEvent { at: now, event });
@@ -539,19 +707,21 @@ fn run(
         let mut fds: Vec<libc::pollfd> = links
             .iter_mut()
             .map(|l| {
-                if l.paused_until.is_some_and(|t| t > now) {
+                let idle = libc::pollfd {
                     // poll ignores negative descriptors.
-                    return libc::pollfd {
-                        fd: -1,
-                        events: 0,
-                        revents: 0,
-                    };
-                }
-                l.paused_until = None;
-                let (fd, out) = match &l.io {
-                    Io::Udp { socket, .. } => (socket.as_raw_fd(), false),
-                    Io::Serial { fd, backlog, .. } => (fd.as_raw_fd(), !backlog.is_empty()),
+                    fd: -1,
+                    events: 0,
+                    revents: 0,
                 };
+                if l.paused_until.is_some_and(|t| t > now) {
+                    return idle;
+                }
+                let (fd, out) = match &l.io {
+                    None => return idle,
+                    Some(Io::Udp { socket, .. }) => (socket.as_raw_fd(), false),
+                    Some(Io::Serial { fd, backlog, .. }) => (fd.as_raw_fd(), !backlog.is_empty()),
+                };
+                l.paused_until = None;
                 libc::pollfd {
                     fd,
                     events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
@@ -591,47 +761,8 @@ fn run(
             if rev == 0 {
                 continue;
             }
-            match &mut l.io {
-                Io::Udp { socket, .. } => loop {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, _from)) => {
-                            core.handle_packet(l.id, &buf[..n], now);
-                        }
-                        Err(e) if transient(&e) => break,
-                        Err(e) => return Err(e),
-                    }
-                },
-                Io::Serial {
-                    fd,
-                    decoder,
-                    backlog,
-                } => {
-                    if rev & libc::POLLOUT != 0 {
-                        write_serial(fd, backlog)?;
-                    }
-                    loop {
-                        // SAFETY: reading into a valid buffer of the given length.
-                        let n = unsafe {
-                            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                        };
-                        if n <= 0 {
-                            let e = io::Error::last_os_error();
-                            if n < 0 && transient(&e) {
-                                break;
-                            }
-                            // EOF or EIO: the other end of the line (a pty's) is closed;
-                            // look again later, it may come back.
-                            if n == 0 || e.raw_os_error() == Some(libc::EIO) {
-                                l.paused_until = Some(now + HANGUP_PAUSE);
-                                break;
-                            }
-                            return Err(e);
-                        }
-                        for frame in decoder.push(&buf[..n as usize]).into_iter().flatten() {
-                            core.handle_packet(l.id, &frame, now);
-                        }
-                    }
-                }
+            if let Err(e) = receive(&mut core, l, rev, &mut buf, now) {
+                l.close(&e, &mut core, events, now);
             }
         }
         if fds[links.len()].revents != 0 {
@@ -645,7 +776,13 @@ fn run(
                     let _ = reply.send(core.send_message(to, payload, now));
                 }
                 Command::Status(reply) => {
-                    let _ = reply.send(core.status(now));
+                    let mut status = core.status(now);
+                    for s in &mut status.links {
+                        if let Some(l) = links.iter().find(|l| l.id == s.id) {
+                            s.closed.clone_from(&l.error);
+                        }
+                    }
+                    let _ = reply.send(status);
                 }
                 Command::LinkDown(l) => core.link_down(l, now),
                 Command::LinkUp(l) => core.link_up(l, now),

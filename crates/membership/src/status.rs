@@ -217,6 +217,10 @@ pub struct LinkStatus {
     pub name: String,
     /// The driver reported the link down (no sending on it).
     pub down_hint: bool,
+    /// Set by the driver while it has the link closed after an error: the error, and
+    /// that it is being reopened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<String>,
     /// Packets handed out for this link.
     pub packets_sent: u64,
     /// Datagrams received on this link (accepted or not).

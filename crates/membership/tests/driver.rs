@@ -350,8 +350,10 @@ fn sh(cmd: &str) {
     );
 }
 
-#[test]
-fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
+/// Runs `body` on a thread in an anonymous network namespace of its own (loopback up):
+/// it and every interface and socket in it vanish with the thread, whatever happens.
+/// Needs root: skips with a message, or fails under `CI=true`.
+fn in_private_namespace(body: impl FnOnce() + Send + 'static) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -360,23 +362,37 @@ fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
         eprintln!("skipped: needs root for a network namespace and a veth pair");
         return;
     }
-    // The namespace belongs to this thread only and is anonymous: it, the veth pair and
-    // every socket in it vanish when the thread ends, whatever happens in between.
     std::thread::spawn(|| {
         // SAFETY: unshare affects only the calling thread's namespaces.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
-        sh("ip link set lo up \
-            && ip link add tdm-a type veth peer name tdm-b \
-            && ip addr add 10.99.0.1/24 dev tdm-a && ip addr add 10.99.0.2/24 dev tdm-b \
-            && ip link set tdm-a up && ip link set tdm-b up");
-        // Both ends live in this one namespace, so each sees the other's source address
-        // as local: allow that (a lab with one namespace per host does not need it).
-        for dev in ["all", "tdm-a", "tdm-b"] {
-            sh(&format!(
-                "sysctl -qw net.ipv4.conf.{dev}.accept_local=1 net.ipv4.conf.{dev}.rp_filter=0"
-            ));
-        }
+        sh("ip link set lo up");
+        body();
+    })
+    .join()
+    .unwrap();
+}
+
+/// A veth pair `a`/`b` with `NET.1/24` and `NET.2/24`, up.
+fn make_veth(a: &str, b: &str, net: &str) {
+    sh(&format!(
+        "ip link add {a} type veth peer name {b} \
+         && ip addr add {net}.1/24 dev {a} && ip addr add {net}.2/24 dev {b} \
+         && ip link set {a} up && ip link set {b} up"
+    ));
+    // Both ends live in one namespace, so each sees the other's source address as
+    // local: allow that (a lab with one namespace per host does not need it).
+    for dev in ["all", a, b] {
+        sh(&format!(
+            "sysctl -qw net.ipv4.conf.{dev}.accept_local=1 net.ipv4.conf.{dev}.rp_filter=0"
+        ));
+    }
+}
+
+#[test]
+fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
+    in_private_namespace(|| {
+        make_veth("tdm-a", "tdm-b", "10.99.0");
         let links = [(0, "bcast"), (1, "mcast")];
         let group = "239.192.0.94".parse().unwrap();
         let spec = |dev: &str, ip: &str| {
@@ -445,9 +461,98 @@ fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
         );
         a.stop().unwrap();
         b.stop().unwrap();
-    })
-    .join()
-    .unwrap();
+    });
+}
+
+#[test]
+fn a_link_whose_interface_is_deleted_is_closed_and_reopened_while_the_other_keeps_the_peer() {
+    in_private_namespace(|| {
+        make_veth("tdr-a", "tdr-b", "10.97.0");
+        let links = [(0, "veth"), (1, "lo")];
+        let spec = |dev: &str, lo_bind: &str, lo_peer: &str| {
+            vec![
+                LinkSpec {
+                    id: 0,
+                    medium: Medium::Bcast {
+                        bind: "0.0.0.0:6950".parse().unwrap(),
+                        broadcast: "10.97.0.255:6950".parse().unwrap(),
+                        device: Some(dev.into()),
+                    },
+                },
+                LinkSpec {
+                    id: 1,
+                    medium: Medium::Ucast {
+                        bind: lo_bind.parse().unwrap(),
+                        peers: vec![lo_peer.parse().unwrap()],
+                        device: None,
+                    },
+                },
+            ]
+        };
+        let a = Driver::start(
+            core(1, 1, &links),
+            spec("tdr-a", "127.0.0.1:6951", "127.0.0.2:6951"),
+        )
+        .unwrap();
+        let b = Driver::start(
+            core(2, 1, &links),
+            spec("tdr-b", "127.0.0.2:6951", "127.0.0.1:6951"),
+        )
+        .unwrap();
+        let (mut sa, mut sb) = (vec![], vec![]);
+        for link in [0, 1] {
+            wait_for(&a, &mut sa, "A hears B", |e| {
+                *e == Event::LinkUp { node: 2, link }
+            });
+            wait_for(&b, &mut sb, "B hears A", |e| {
+                *e == Event::LinkUp { node: 1, link }
+            });
+        }
+
+        // Deleting the interface makes the next send on the bound socket fail with
+        // ENODEV: that link closes, and only that link.
+        sh("ip link del tdr-a");
+        let closed = wait_for(&a, &mut sa, "A closes the veth link", |e| {
+            matches!(e, Event::LinkClosed { link: 0, .. })
+        });
+        let Event::LinkClosed { error, .. } = closed.event else {
+            unreachable!()
+        };
+        assert!(error.contains("No such device"), "{error}");
+        std::thread::sleep(DEADTIME * 2);
+        let st = a.status().expect("A's heartbeat thread runs on");
+        assert_eq!(st.nodes[1].state, NodeState::Up, "{st:?}");
+        assert!(st.links[0].closed.is_some(), "{:?}", st.links[0]);
+        assert_eq!(
+            b.status().expect("B's heartbeat thread runs on").nodes[0].state,
+            NodeState::Up
+        );
+        // The other link carried the peer: nobody was declared dead.
+        for e in a.events().try_iter().chain(b.events().try_iter()) {
+            sa.push(e.event);
+        }
+        assert!(
+            !sa.iter()
+                .chain(&sb)
+                .any(|e| matches!(e, Event::NodeDead { .. })),
+            "{sa:?} {sb:?}"
+        );
+
+        // The interface comes back (a new one, same name): reopened, heard again.
+        make_veth("tdr-a", "tdr-b", "10.97.0");
+        wait_for(&a, &mut sa, "A reopens the veth link", |e| {
+            *e == Event::LinkReopened { link: 0 }
+        });
+        wait_for(&a, &mut sa, "A hears B on the veth link again", |e| {
+            *e == Event::LinkUp { node: 2, link: 0 }
+        });
+        wait_for(&b, &mut sb, "B hears A on the veth link again", |e| {
+            *e == Event::LinkUp { node: 1, link: 0 }
+        });
+        assert_eq!(a.status().unwrap().links[0].closed, None);
+        a.stop().unwrap();
+        b.stop().unwrap();
+    });
 }
 
 #[test]

@@ -183,7 +183,11 @@ impl EventOrder {
                     who(node)
                 ));
             }
-            Event::Message { .. } | Event::MessageAcked { .. } | Event::MessageFailed { .. } => {}
+            Event::Message { .. }
+            | Event::MessageAcked { .. }
+            | Event::MessageFailed { .. }
+            | Event::LinkClosed { .. }
+            | Event::LinkReopened { .. } => {}
         }
         Ok(())
     }

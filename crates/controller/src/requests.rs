@@ -1,0 +1,181 @@
+//! Operator requests (`tandem standby` / `tandem takeover`): refused at once, with the
+//! reason, when the cluster would not carry them out; otherwise shared with the peer and
+//! kept in cluster order for the planner.
+//!
+//! A request that is only stored would make the operator believe something is about to
+//! happen: `tandem standby` used to answer "requested" while both nodes waited for each
+//! other's state report, and nothing moved. So a request is refused while
+//! - maintenance mode is on (nothing starts or stops);
+//! - this node has not probed all its resources yet, or the peer is up (or back after a
+//!   partition) and has not reported all its groups: the views are not settled, and the
+//!   planner would not move anything;
+//! - the peer came back after a partition (its report, and fencing if it holds groups,
+//!   come first);
+//! - for a standby: the peer, which would take the groups, is not up (dead, gone,
+//!   never heard);
+//! - no group falls in the request's scope.
+
+use tandem_policy::{PeerState, Request, RequestKind, ResourceState, Scope};
+
+use crate::controller::{Controller, REQUESTS_KEPT};
+use crate::messages::PeerMessage;
+
+impl Controller {
+    /// Why the cluster would not carry out `kind` over `scope` now, if it would not.
+    pub(crate) fn request_refusal(&self, kind: RequestKind, scope: Scope) -> Option<String> {
+        let verb = match kind {
+            RequestKind::Standby => "standby",
+            RequestKind::Takeover => "takeover",
+        };
+        let covered: Vec<&str> = self
+            .config
+            .groups
+            .iter()
+            .filter(|g| scope.covers(&self.local, &g.home))
+            .map(|g| g.name.as_str())
+            .collect();
+        if covered.is_empty() {
+            return Some(format!(
+                "no group falls in the scope of this {verb} (`{}`) on {}",
+                scope_name(scope),
+                self.local
+            ));
+        }
+        if self.maintenance {
+            return Some(
+                "maintenance mode is on: nothing starts or stops until `tandem maintenance off`"
+                    .into(),
+            );
+        }
+        let unprobed = self
+            .resources
+            .values()
+            .filter(|r| r.state == ResourceState::Unknown)
+            .count();
+        if unprobed > 0 {
+            return Some(format!(
+                "{} has not probed {unprobed} of its resources yet: it does not know what runs here; try again in a moment",
+                self.local
+            ));
+        }
+        let peer = &self.peer;
+        match self.peer_state {
+            PeerState::ReturnedAfterPartition => {
+                return Some(format!(
+                    "{peer} came back after a partition: its report and fencing come before anything moves"
+                ));
+            }
+            PeerState::Up => {
+                let missing: Vec<&str> = self
+                    .config
+                    .groups
+                    .iter()
+                    .filter(|g| !self.peer_reported.contains(&g.name))
+                    .map(|g| g.name.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    return Some(format!(
+                        "{peer} is up but has not reported its state of {}: nothing can move until it does (see `tandem status` on both nodes)",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            PeerState::Dead | PeerState::LeftCleanly | PeerState::Unknown
+                if kind == RequestKind::Standby =>
+            {
+                let state = match self.peer_state {
+                    PeerState::Dead => "dead",
+                    PeerState::LeftCleanly => "stopped (it left the cluster cleanly)",
+                    _ => "not heard since this agent started",
+                };
+                return Some(format!(
+                    "{peer} is {state}: no node would take over {}",
+                    covered.join(", ")
+                ));
+            }
+            PeerState::Dead | PeerState::LeftCleanly | PeerState::Unknown => {}
+        }
+        None
+    }
+
+    /// Shares an accepted request with the peer and keeps it for the planner.
+    pub(crate) fn accept_request(&mut self, kind: RequestKind, scope: Scope) -> serde_json::Value {
+        let request = Request {
+            node: self.local.clone(),
+            kind,
+            scope,
+        };
+        let at_ms = self.wall_ms();
+        self.send(PeerMessage::Request {
+            node: request.node.clone(),
+            kind,
+            scope,
+            at_ms,
+        });
+        self.add_request(at_ms, request);
+        self.replan = true;
+        serde_json::json!({"accepted": true})
+    }
+
+    /// Adds an operator request in cluster order, dropping the ones that a later
+    /// request fully replaces (the newest request covering a group decides, so one whose
+    /// groups are all covered by a later one can never decide again), and keeping at
+    /// most [`REQUESTS_KEPT`]. A request known already is not added twice.
+    pub(crate) fn add_request(&mut self, at_ms: u64, request: Request) {
+        if self
+            .requests
+            .iter()
+            .any(|(t, r)| *t == at_ms && *r == request)
+        {
+            return;
+        }
+        let key = |(t, r): &(u64, Request)| (*t, r.node.clone());
+        let pos = self
+            .requests
+            .partition_point(|x| key(x) <= key(&(at_ms, request.clone())));
+        self.requests.insert(pos, (at_ms, request));
+        let covered = |r: &Request| -> Vec<String> {
+            self.config
+                .groups
+                .iter()
+                .filter(|g| r.scope.covers(&r.node, &g.home))
+                .map(|g| g.name.clone())
+                .collect()
+        };
+        let covers: Vec<Vec<String>> = self.requests.iter().map(|(_, r)| covered(r)).collect();
+        let keep: Vec<bool> = (0..covers.len())
+            .map(|k| {
+                !covers[k]
+                    .iter()
+                    .all(|g| covers[k + 1..].iter().any(|later| later.contains(g)))
+            })
+            .collect();
+        let mut keep = keep.into_iter();
+        self.requests.retain(|_| keep.next().unwrap_or(true));
+        while self.requests.len() > REQUESTS_KEPT {
+            self.requests.remove(0);
+        }
+    }
+
+    /// Tells the peer every standing request (it may have missed them while down, or
+    /// lost them in a restart): both nodes' planners must see the same requests.
+    pub(crate) fn share_requests(&mut self) {
+        let all: Vec<(u64, Request)> = self.requests.clone();
+        for (at_ms, r) in all {
+            self.send(PeerMessage::Request {
+                node: r.node,
+                kind: r.kind,
+                scope: r.scope,
+                at_ms,
+            });
+        }
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::All => "all",
+        Scope::Local => "local",
+        Scope::Foreign => "foreign",
+    }
+}
