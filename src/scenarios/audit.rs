@@ -159,10 +159,7 @@ fn data_checksum(dc: &DataCluster, node: &str) -> anyhow::Result<u64> {
     use std::io::Read as _;
     let path = dc.cluster.lab.host_disk_dir(node)?.join("r0.img");
     let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let len = f.metadata()?.len();
-    let size = tandem_disk::meta::Layout::internal(len)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        .size_bytes;
+    let size = data_bytes(dc, node)?;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
@@ -179,4 +176,15 @@ fn data_checksum(dc: &DataCluster, node: &str) -> anyhow::Result<u64> {
         left -= n as u64;
     }
     Ok(hash)
+}
+
+/// The size of r0's data area on `node` (its backing file less the internal metadata).
+pub fn data_bytes(dc: &DataCluster, node: &str) -> anyhow::Result<u64> {
+    let path = dc.cluster.lab.host_disk_dir(node)?.join("r0.img");
+    let len = std::fs::metadata(&path)
+        .with_context(|| format!("size of {}", path.display()))?
+        .len();
+    Ok(tandem_disk::meta::Layout::internal(len)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .size_bytes)
 }

@@ -117,6 +117,13 @@ fn rounds(dc: &mut DataCluster, seed: u64, n: u32, totals: &mut Totals) -> anyho
         dc.restore()?;
         let owner = dc.wait_healthy(RECOVERY_TIMEOUT)?;
         let recovered = wall_ms() - undo;
+        // The client writes again (a hung connection retried, the VIP found).
+        let whole = wall_ms();
+        interrupt::wait(
+            Duration::from_secs(30),
+            "an acknowledged write after the recovery",
+            || Ok(dc.client.acks().last().is_some_and(|o| o.at_ms > whole)),
+        )?;
         audit::check_placement(dc, &owner)?;
         let (acked, lost) = dc.lost_records(&owner)?;
         totals.lost += lost.len();
