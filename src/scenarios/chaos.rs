@@ -114,8 +114,7 @@ fn rounds(dc: &mut DataCluster, seed: u64, n: u32, totals: &mut Totals) -> anyho
         inject(dc, fault, node)?;
         interrupt::sleep(hold)?;
         let undo = wall_ms();
-        dc.restore()?;
-        let owner = dc.wait_healthy(RECOVERY_TIMEOUT)?;
+        let owner = dc.recover(RECOVERY_TIMEOUT)?;
         let recovered = wall_ms() - undo;
         // The client writes again (a hung connection retried, the VIP found).
         let whole = wall_ms();

@@ -227,6 +227,23 @@ impl DataCluster {
         Ok(())
     }
 
+    /// Undoes every fault and waits for the cluster to be whole, undoing again what
+    /// happens meanwhile: a node thawed or healed before its peer's fence lands is
+    /// powered off after the first undo, and must be powered on again. The owner.
+    pub fn recover(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = crate::clock::now() + timeout;
+        loop {
+            self.restore()?;
+            match self.wait_healthy(Duration::from_secs(2)) {
+                Ok(owner) => return Ok(owner),
+                Err(e) if interrupt::interrupted() || crate::clock::now() >= deadline => {
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Waits until the cluster is whole: both agents answer and agree on the group's
     /// owner, r0 is connected with both copies up to date and nothing out of sync.
     /// The owner.
