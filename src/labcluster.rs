@@ -173,6 +173,21 @@ interface = "eth0"
         Ok(())
     }
 
+    /// Sets `key = value` (`value` already in TOML syntax) in the configuration's
+    /// `[cluster]` table, replacing an earlier setting of the key; agents read it when
+    /// they start.
+    pub fn set_cluster_key(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("read {}", self.config.display()))?;
+        let prefix = format!("{key} = ");
+        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with(&prefix)).collect();
+        let text = kept
+            .join("\n")
+            .replacen("[cluster]", &format!("[cluster]\n{key} = {value}"), 1);
+        std::fs::write(&self.config, text + "\n")
+            .with_context(|| format!("write {}", self.config.display()))
+    }
+
     /// Runs `tandem -c CONFIG ARGS…` in `node`; its stdout, or an error with stderr.
     pub fn tandem(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
         let tandem = self.tandem.to_str().context("tandem binary path")?;
@@ -242,6 +257,28 @@ interface = "eth0"
     pub fn down(self) -> anyhow::Result<Vec<String>> {
         let report = self.lab.down().context("take the lab down")?;
         Ok(report.problems)
+    }
+
+    /// Sends `signal` to `node`'s agent (SIGKILL: the daemon dies at once, holding
+    /// its resources); the agent stays listed until [`LabCluster::forget_agent`].
+    pub fn signal_agent(&self, node: &str, signal: i32) -> anyhow::Result<()> {
+        let (_, agent) = self
+            .agents
+            .iter()
+            .find(|(n, _)| n == node)
+            .with_context(|| format!("no agent of {node} is running"))?;
+        if !agent.signal(signal) {
+            bail!("{node}'s agent had already exited");
+        }
+        Ok(())
+    }
+
+    /// Whether `node`'s agent was started and has not exited (a fence's power-off or a
+    /// kill ends it; [`LabCluster::start_agent`] starts a new one).
+    pub fn agent_running(&self, node: &str) -> bool {
+        self.agents
+            .iter()
+            .any(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
     }
 
     /// Forgets `node`'s agent (its host lost power: the process is gone).

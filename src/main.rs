@@ -9,6 +9,7 @@ mod control;
 mod demo;
 mod disks;
 mod labcluster;
+mod scenarios;
 mod state;
 mod witness;
 

@@ -151,6 +151,12 @@ enum LabCommand {
     },
     /// Build a lab, check networks, partition, power and freeze, take it down.
     Smoke,
+    /// Run named failure scenarios (after Pacemaker's CTS) on the data demo's cluster,
+    /// each followed by an audit; a report table, exit 1 if any failed (docs/scenarios.md).
+    Scenarios(crate::scenarios::ScenarioArgs),
+    /// Random power-offs, freezes, agent kills and partitions under the data demo's
+    /// write load, reproducible from --seed; every acknowledged write checked each round.
+    Chaos(crate::scenarios::ChaosArgs),
     /// Serve a lab's lossy disks (started by `up`; internal).
     #[command(hide = true)]
     Diskd {
@@ -387,6 +393,8 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Smoke => smoke(),
+        LabCommand::Scenarios(a) => crate::scenarios::scenarios(a),
+        LabCommand::Chaos(a) => crate::scenarios::chaos(a),
         LabCommand::Diskd { name } => {
             tandem_lab::serve_disks(&name)?;
             Ok(ExitCode::SUCCESS)

@@ -66,9 +66,33 @@ impl Client {
         lock(&self.outcomes).clone()
     }
 
+    /// The acknowledged outcomes so far, in order.
+    pub fn acks(&self) -> Vec<Outcome> {
+        lock(&self.outcomes)
+            .iter()
+            .filter(|o| o.ack)
+            .copied()
+            .collect()
+    }
+
     /// Acknowledged records so far.
     pub fn acked_count(&self) -> usize {
         lock(&self.outcomes).iter().filter(|o| o.ack).count()
+    }
+
+    /// Pauses the client (SIGSTOP): no new record is sent until [`Client::resume`].
+    /// An audit uses it to compare the two copies of the disk while nothing writes.
+    pub fn pause(&self) {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGSTOP);
+        }
+    }
+
+    /// Resumes a paused client (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGCONT);
+        }
     }
 
     /// Stops the client (SIGKILL: it holds nothing) and waits for it.

@@ -14,12 +14,12 @@
 //! the end, on any error and on Ctrl-C (interrupt.rs), and the demo checks that nothing
 //! of it is left.
 
-mod client;
-mod interrupt;
+pub(crate) mod client;
+pub(crate) mod interrupt;
 mod postgres;
 pub mod records;
-mod service;
-mod setup;
+pub(crate) mod service;
+pub(crate) mod setup;
 mod timeline;
 
 use std::path::Path;

@@ -696,6 +696,15 @@ impl Service {
                         Err(AdminError::PeerIsPrimary) if crate::clock::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(50));
                         }
+                        // A sync target that just connected (both nodes back from a
+                        // power cut: the crashed primary's activity-log extents come
+                        // from the peer) is resynced in a moment: wait for it rather
+                        // than fail the group's start, which would bar this node from
+                        // the group for its failure timeout (`tandem lab scenarios
+                        // PowerOffBoth`).
+                        Err(AdminError::Resyncing) if crate::clock::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                         Err(AdminError::PeerNotOutdated) => {
                             let now = crate::clock::now();
                             let until = *outdate_deadline.get_or_insert_with(|| {
