@@ -281,6 +281,14 @@ interface = "eth0"
             .any(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
     }
 
+    /// The PID (in the machine's namespace) of `node`'s running agent.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents
+            .iter()
+            .find(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
+            .map(|(_, a)| a.pid())
+    }
+
     /// Forgets `node`'s agent (its host lost power: the process is gone).
     pub fn forget_agent(&mut self, node: &str) {
         self.agents.retain(|(n, _)| n != node);

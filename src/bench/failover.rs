@@ -319,7 +319,7 @@ monitor_interval = "1s"
 
 /// keepalived's configuration for one node: VRRPv3, unicast over the hb network, the
 /// address on the public one.
-fn keepalived_conf(own: &str, peer: &str, priority: u8, advert_ms: u64) -> String {
+pub(crate) fn keepalived_conf(own: &str, peer: &str, priority: u8, advert_ms: u64) -> String {
     format!(
         r#"global_defs {{
   vrrp_version 3
@@ -355,19 +355,7 @@ fn keepalived_trial(advert_ms: u64) -> anyhow::Result<u64> {
     ] {
         let conf = dir.join(format!("keepalived-{host}.conf"));
         std::fs::write(&conf, keepalived_conf(own, peer, priority, advert_ms))?;
-        let log = std::fs::File::create(dir.join(format!("keepalived-{host}.log")))?;
-        let mut cmd = Command::new("keepalived");
-        cmd.arg("--dont-fork")
-            .arg("--log-console")
-            .arg("--vrrp")
-            .arg("--use-file")
-            .arg(&conf)
-            .arg("--pid")
-            .arg(format!("/run/tandem/keepalived-{host}.pid"))
-            .arg("--vrrp_pid")
-            .arg(format!("/run/tandem/keepalived-vrrp-{host}.pid"))
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let cmd = keepalived_command(&conf, host);
         daemons.push(lab.spawn(host, cmd)?);
     }
     let prober = Prober::start(&lab)?;
@@ -382,4 +370,22 @@ fn keepalived_trial(advert_ms: u64) -> anyhow::Result<u64> {
         bail!("the lab's teardown: {}", report.problems.join("; "));
     }
     Ok(first.saturating_sub(off))
+}
+
+/// keepalived in the foreground, VRRP only, logging to the console (the lab captures
+/// nothing: its output is dropped), pid files in the host's private /run.
+pub(crate) fn keepalived_command(conf: &std::path::Path, host: &str) -> Command {
+    let mut cmd = Command::new("keepalived");
+    cmd.arg("--dont-fork")
+        .arg("--log-console")
+        .arg("--vrrp")
+        .arg("--use-file")
+        .arg(conf)
+        .arg("--pid")
+        .arg(format!("/run/tandem/keepalived-{host}.pid"))
+        .arg("--vrrp_pid")
+        .arg(format!("/run/tandem/keepalived-vrrp-{host}.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }

@@ -2,4 +2,5 @@
 
 pub mod detection;
 pub mod failover;
+pub mod footprint;
 pub mod replication;

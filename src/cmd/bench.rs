@@ -10,6 +10,8 @@ pub enum Command {
     Detection(crate::bench::detection::Args),
     /// VIP outage after a power-off: tandem (fencing, witness) against keepalived.
     Failover(crate::bench::failover::Args),
+    /// Idle daemon's memory and CPU, against keepalived idling in the same lab.
+    Footprint(crate::bench::footprint::Args),
     /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
     Replication(crate::bench::replication::Args),
 }
@@ -20,6 +22,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Detection(args) => crate::bench::detection::run(args)?,
         Command::Replication(args) => crate::bench::replication::run(args)?,
         Command::Failover(args) => crate::bench::failover::run(args)?,
+        Command::Footprint(args) => crate::bench::footprint::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

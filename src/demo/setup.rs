@@ -199,7 +199,7 @@ pub fn disk_status(cluster: &LabCluster, node: &str) -> Option<Value> {
 }
 
 /// Both copies connected, up to date, nothing out of sync.
-fn wait_in_sync(cluster: &LabCluster, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_in_sync(cluster: &LabCluster, timeout: Duration) -> anyhow::Result<()> {
     for node in ["ox1", "ox2"] {
         interrupt::wait(timeout, &format!("r0 in sync on {node}"), || {
             Ok(disk_status(cluster, node).is_some_and(|s| {

@@ -361,6 +361,7 @@ impl Controller {
                 };
                 self.outdater.peer_unreachable();
                 self.end_claims(false);
+                self.forget_peer_requests();
                 if self.peer_state == PeerState::Dead {
                     let holds = self.holds_any();
                     self.witness.peer_lost(self.now, holds);
@@ -381,6 +382,7 @@ impl Controller {
             Event::NodeRestarted { node, .. } if node == self.peer_id => {
                 // A new incarnation has lost its state: it runs nothing until it reports.
                 self.witness.peer_back();
+                self.forget_peer_requests();
                 self.peer_state = PeerState::Up;
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;

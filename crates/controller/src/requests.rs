@@ -157,6 +157,15 @@ impl Controller {
         }
     }
 
+    /// The peer died or restarted: its standing requests end with it. A takeover it
+    /// asked for must not pull a group back from the node that took it over after the
+    /// peer failed (Heartbeat's `hb_takeover` was one-shot; `auto_failback` decides what
+    /// happens when a node returns). Its restarted self has forgotten them too.
+    pub(crate) fn forget_peer_requests(&mut self) {
+        let peer = self.peer.clone();
+        self.requests.retain(|(_, r)| r.node != peer);
+    }
+
     /// Tells the peer every standing request (it may have missed them while down, or
     /// lost them in a restart): both nodes' planners must see the same requests.
     pub(crate) fn share_requests(&mut self) {

@@ -952,3 +952,34 @@ fn a_request_the_cluster_would_not_carry_out_is_refused_with_the_reason() {
         "b came back after a partition",
     );
 }
+
+/// A node's standing requests end when it dies or restarts: a takeover it asked for
+/// does not pull the group back from the node that took over after it failed.
+#[test]
+fn the_peers_requests_end_when_it_dies_or_restarts() {
+    for dies in [true, false] {
+        let mut s = Shell::new(CONFIG);
+        s.started_here();
+        s.peer_says(PeerMessage::Request {
+            node: "b".into(),
+            kind: RequestKind::Takeover,
+            scope: Scope::All,
+            at_ms: 2_000_000,
+        });
+        assert_eq!(s.c.status()["requests"].as_array().unwrap().len(), 1);
+        if dies {
+            s.peer_dead();
+        } else {
+            s.feed(Input::Membership(Event::NodeRestarted {
+                node: PEER,
+                incarnation: 2,
+                previous: 1,
+            }));
+        }
+        assert_eq!(
+            s.c.status()["requests"].as_array().unwrap().len(),
+            0,
+            "dies: {dies}"
+        );
+    }
+}
