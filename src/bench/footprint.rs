@@ -131,7 +131,7 @@ monitor_interval = "10s"
 }
 
 fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f64)> {
-    let mut cluster = LabCluster::up_with_lab(timing, "none", setup::disk_tables)?;
+    let mut cluster = LabCluster::up_with_lab(timing, "required", setup::disk_tables)?;
     setup::create_backing(&cluster, 64)?;
     for node in ["ox1", "ox2"] {
         cluster.tandem(node, &["disk", "create-md", "r0", "--node", node])?;
