@@ -199,3 +199,38 @@ impl GrantStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tandem-witness-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// What a restarted witness reads is the grant it stored; a removed grant is gone;
+    /// an unreadable one is an error (never "no grant").
+    #[test]
+    fn the_grant_survives_a_restart_and_an_unreadable_one_stops_the_witness() {
+        let d = dir("grant");
+        let path = d.join("witness-grant.json");
+        let store = GrantStore::open(&path).unwrap();
+        assert_eq!(store.load().unwrap(), None);
+        let g = Grant {
+            winner: "ox2".into(),
+            loser: "ox1".into(),
+            loser_incarnation: 7,
+            granted_unix_ms: 1,
+        };
+        store.save(Some(&g)).unwrap();
+        assert_eq!(GrantStore::open(&path).unwrap().load().unwrap(), Some(g));
+        store.save(None).unwrap();
+        assert_eq!(GrantStore::open(&path).unwrap().load().unwrap(), None);
+        std::fs::write(&path, b"{\"winner\":").unwrap();
+        let err = GrantStore::open(&path).unwrap().load().unwrap_err();
+        assert!(format!("{err:#}").contains("cannot be read"), "{err:#}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

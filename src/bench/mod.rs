@@ -4,3 +4,4 @@ pub mod detection;
 pub mod failover;
 pub mod footprint;
 pub mod replication;
+pub mod resync;

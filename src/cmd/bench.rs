@@ -12,6 +12,8 @@ pub enum Command {
     Failover(crate::bench::failover::Args),
     /// Idle daemon's memory and CPU, against keepalived idling in the same lab.
     Footprint(crate::bench::footprint::Args),
+    /// Bytes a resync moves against the bytes dirtied, and its rate against the limit.
+    Resync(crate::bench::resync::Args),
     /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
     Replication(crate::bench::replication::Args),
 }
@@ -23,6 +25,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replication(args) => crate::bench::replication::run(args)?,
         Command::Failover(args) => crate::bench::failover::run(args)?,
         Command::Footprint(args) => crate::bench::footprint::run(args)?,
+        Command::Resync(args) => crate::bench::resync::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
