@@ -164,10 +164,7 @@ impl Bench {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("tandem bench replication needs root (it builds a lab)");
-    }
+    tandem_lab::require_root().context("tandem bench replication builds a lab")?;
     let targets = select_targets(&TARGETS, args.targets.as_deref());
     let jobs = args.run.jobs();
     let size = args.run.size_mib << 20;

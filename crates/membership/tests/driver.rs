@@ -352,12 +352,7 @@ fn sh(cmd: &str) {
 
 #[test]
 fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("this test needs root (network namespace, veth) and CI=true");
-        }
-        eprintln!("skipped: needs root for a network namespace and a veth pair");
+    if !tandem_testkit::root_or_skip("a network namespace and a veth pair") {
         return;
     }
     // The namespace belongs to this thread only and is anonymous: it, the veth pair and
@@ -452,12 +447,7 @@ fn bcast_and_mcast_links_with_bound_devices_in_a_private_namespace() {
 
 #[test]
 fn heartbeat_thread_can_run_round_robin() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("this test needs root (SCHED_RR) and CI=true");
-        }
-        eprintln!("skipped: needs root for SCHED_RR");
+    if !tandem_testkit::root_or_skip("SCHED_RR") {
         return;
     }
     let links = [(0, "lo")];
