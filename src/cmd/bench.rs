@@ -8,6 +8,8 @@ use std::process::ExitCode;
 pub enum Command {
     /// Failure detection: power-off to node_dead, and false verdicts under a CPU hog.
     Detection(crate::bench::detection::Args),
+    /// What a connected, idle disk pair costs: CPU time and wakeups (no lab, no root).
+    DiskIdle(crate::bench::disk_idle::Args),
     /// The NBD server against qemu-nbd and nbdkit (no lab, no root).
     Nbd(crate::bench::nbd::Args),
     /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
@@ -18,6 +20,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Detection(args) => crate::bench::detection::run(args)?,
+        Command::DiskIdle(args) => crate::bench::disk_idle::run(args)?,
         Command::Nbd(args) => crate::bench::nbd::run(args)?,
         Command::Replication(args) => crate::bench::replication::run(args)?,
     }
