@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{TANDEM, root_or_skip};
+use common::TANDEM;
+use tandem_testkit::root_or_skip;
 
 fn bench(args: &[&str]) -> String {
     let out = std::process::Command::new(TANDEM)

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::disks::{Cluster, DISK_GROUP, Heartbeats};
-use common::root_or_skip;
 use serde_json::Value;
+use tandem_testkit::root_or_skip;
 
 const DEV: &str = "/dev/tandem/r0";
 
@@ -105,7 +105,7 @@ fn write_in(c: &Cluster, node: &str, path: &str, bytes: &[u8], fsync: bool) {
 
 #[test]
 fn an_fsynced_write_on_ext4_survives_a_power_off_of_the_primary() {
-    if !root_or_skip("an_fsynced_write_on_ext4_survives_a_power_off_of_the_primary") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch, mnt) = cluster_with_fs();
@@ -142,7 +142,7 @@ fn an_fsynced_write_on_ext4_survives_a_power_off_of_the_primary() {
 
 #[test]
 fn a_clean_move_and_a_clean_stop_unmount_before_the_disk_demotes() {
-    if !root_or_skip("a_clean_move_and_a_clean_stop_unmount_before_the_disk_demotes") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch, mnt) = cluster_with_fs();

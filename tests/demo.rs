@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TANDEM, root_or_skip, wait_for};
+use common::{TANDEM, wait_for};
+use tandem_testkit::root_or_skip;
 
 /// The timeline's lines, in the order the steps must happen.
 const STEPS: [&str; 8] = [
@@ -139,7 +140,7 @@ fn end_to_end(args: &[&str], service_up: &str) {
 
 #[test]
 fn the_demo_fails_over_with_its_data_and_loses_no_acknowledged_record() {
-    if !root_or_skip("tandem demo") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     end_to_end(&[], "records service (ocf:heartbeat:anything) up on ox2");
@@ -147,16 +148,13 @@ fn the_demo_fails_over_with_its_data_and_loses_no_acknowledged_record() {
 
 #[test]
 fn the_demo_with_postgresql_loses_no_committed_row() {
-    if !root_or_skip("tandem demo --service postgresql") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    if !Path::new("/usr/lib/postgresql").exists() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "PostgreSQL is not installed, and CI=true forbids skipping the demo with it (scripts/install-deps installs it)"
-            );
-        }
-        eprintln!("SKIP the PostgreSQL demo: PostgreSQL is not installed (scripts/install-deps)");
+    if !tandem_testkit::skip_unless(
+        Path::new("/usr/lib/postgresql").exists(),
+        "PostgreSQL is not installed (scripts/install-deps installs it)",
+    ) {
         return;
     }
     end_to_end(
@@ -167,7 +165,7 @@ fn the_demo_with_postgresql_loses_no_committed_row() {
 
 #[test]
 fn ctrl_c_in_the_middle_of_the_demo_leaves_nothing_behind() {
-    if !root_or_skip("tandem demo interrupted") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // As a terminal does it: SIGINT to the demo's whole process group, once the group

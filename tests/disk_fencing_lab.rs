@@ -17,9 +17,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::disks::{Cluster, Heartbeats, URI};
-use common::{root_or_skip, wait_for, wall_ms};
+use common::{wait_for, wall_ms};
 use serde_json::Value;
 use tandem_disk::meta::{MetaLocation, MetaStore};
+use tandem_testkit::root_or_skip;
 
 /// The write the sequence acknowledges while the replication network is cut.
 const WRITE: &str = "write -P 0x5a 4M 4M";
@@ -117,7 +118,7 @@ fn ox2_refuses_its_outdated_copy(c: &mut Cluster) {
 
 #[test]
 fn resource_and_stonith_outdates_the_peer_before_acknowledging_and_it_is_never_promoted() {
-    if !root_or_skip("resource_and_stonith_outdates_the_peer") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) = Cluster::fenced_with_disk_group_on("", Heartbeats::HbAndLan, "1s");
@@ -133,7 +134,7 @@ fn resource_and_stonith_outdates_the_peer_before_acknowledging_and_it_is_never_p
 
 #[test]
 fn resource_only_outdates_a_reachable_peer_and_it_is_never_promoted() {
-    if !root_or_skip("resource_only_outdates_a_reachable_peer") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) = Cluster::fenced_with_disk_group_on(
@@ -153,7 +154,7 @@ fn resource_only_outdates_a_reachable_peer_and_it_is_never_promoted() {
 /// fencing; the test shows the lab sequence really exercises the loss.)
 #[test]
 fn dont_care_loses_the_acknowledged_write() {
-    if !root_or_skip("dont_care_loses_the_acknowledged_write") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) =
@@ -179,7 +180,7 @@ fn dont_care_loses_the_acknowledged_write() {
 /// so it fences first (ox2 waits its fencing delay).
 #[test]
 fn a_primary_cut_off_on_every_path_suspends_io_until_the_peer_is_fenced() {
-    if !root_or_skip("a_primary_cut_off_on_every_path_suspends_io") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) =

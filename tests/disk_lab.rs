@@ -11,12 +11,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::disks::{Cluster, DISK_GROUP, MIB, SOCK, URI, idx, num};
-use common::{root_or_skip, wait_for};
+use common::wait_for;
 use serde_json::Value;
+use tandem_testkit::root_or_skip;
 
 #[test]
 fn resync_after_disconnect_moves_only_what_changed() {
-    if !root_or_skip("resync_after_disconnect_moves_only_what_changed") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(160, "", true);
@@ -125,7 +126,7 @@ fn resync_after_disconnect_moves_only_what_changed() {
 
 #[test]
 fn split_brain_is_detected_and_resolved_only_by_the_operator() {
-    if !root_or_skip("split_brain_is_detected_and_resolved_only_by_the_operator") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(48, "", true);
@@ -200,7 +201,7 @@ fn split_brain_is_detected_and_resolved_only_by_the_operator() {
 
 #[test]
 fn rate_limited_resync_holds_the_rate() {
-    if !root_or_skip("rate_limited_resync_holds_the_rate") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // 40 MiB of backing: the initial full sync is the measured resync (~10 s at 4 MiB/s).
@@ -259,7 +260,7 @@ fn rate_limited_resync_holds_the_rate() {
 
 #[test]
 fn a_killed_primary_resyncs_its_activity_log() {
-    if !root_or_skip("a_killed_primary_resyncs_its_activity_log") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(96, "al_extents = 7", true);
@@ -309,7 +310,7 @@ fn a_killed_primary_resyncs_its_activity_log() {
 
 #[test]
 fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
-    if !root_or_skip("a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(24, "", false);
@@ -409,7 +410,7 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
 
 #[test]
 fn resync_groups_run_in_order() {
-    if !root_or_skip("resync_groups_run_in_order") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // r0 in group 0 (rate-limited, ~4 s of full sync), r1 in group 1: r1's resync waits.
@@ -479,7 +480,7 @@ fn resync_groups_run_in_order() {
 
 #[test]
 fn startup_waits_for_the_peer_before_promotion() {
-    if !root_or_skip("startup_waits_for_the_peer_before_promotion") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(24, "wfc_timeout = \"4s\"", true);
@@ -509,7 +510,7 @@ fn startup_waits_for_the_peer_before_promotion() {
 
 #[test]
 fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
-    if !root_or_skip("a_group_with_a_disk_fails_over_on_a_clean_stop") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(24, "", true);
@@ -581,7 +582,7 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
 /// promotes the disk; every write acknowledged under protocol C reads back there.
 #[test]
 fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
-    if !root_or_skip("a_group_with_a_disk_fails_over_when_its_node_loses_power") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) = Cluster::fenced_with_disk_group("");
@@ -617,7 +618,7 @@ fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
 /// the group's promotion does not wait for `net_timeout` (20 s here).
 #[test]
 fn a_fenced_peer_does_not_hold_the_promotion_until_the_link_times_out() {
-    if !root_or_skip("a_fenced_peer_does_not_hold_the_promotion_until_the_link_times_out") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let (mut c, _switch) = Cluster::fenced_with_disk_group("net_timeout = \"20s\"");

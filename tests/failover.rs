@@ -7,11 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Opts, VIP};
-use common::{root_or_skip, wait_for};
+use common::wait_for;
+use tandem_testkit::root_or_skip;
 
 #[test]
 fn group_moves_in_order_to_the_peer_when_its_home_stops_cleanly() {
-    if !root_or_skip("failover on clean stop") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start(Opts::default());
@@ -47,7 +48,7 @@ fn group_moves_in_order_to_the_peer_when_its_home_stops_cleanly() {
 
 #[test]
 fn standby_takeover_and_auto_failback() {
-    if !root_or_skip("standby and takeover") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start(Opts {
@@ -84,7 +85,7 @@ fn standby_takeover_and_auto_failback() {
 
 #[test]
 fn a_failing_middle_resource_leaves_nothing_of_the_group_on_that_node() {
-    if !root_or_skip("failed start in the middle") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // The middle resource is an OCF agent that does not exist on this machine.
@@ -124,7 +125,7 @@ script = "/nonexistent/tandem-test-missing-script""#;
 
 #[test]
 fn a_killed_service_is_restarted_in_place_and_past_the_threshold_the_group_moves() {
-    if !root_or_skip("monitor failures") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let c = Cluster::start(Opts::default());
@@ -164,7 +165,7 @@ fn a_killed_service_is_restarted_in_place_and_past_the_threshold_the_group_moves
 
 #[test]
 fn the_node_that_loses_outside_connectivity_hands_its_group_over() {
-    if !root_or_skip("ping targets") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // The client is the outside world both nodes must reach (Heartbeat's ipfail).
@@ -191,7 +192,7 @@ fn the_node_that_loses_outside_connectivity_hands_its_group_over() {
 
 #[test]
 fn maintenance_mode_stops_managing_without_stopping_anything() {
-    if !root_or_skip("maintenance mode") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let c = Cluster::start(Opts::default());
@@ -227,7 +228,7 @@ fn maintenance_mode_stops_managing_without_stopping_anything() {
 
 #[test]
 fn failures_expire_and_the_group_fails_back_to_its_home() {
-    if !root_or_skip("failure expiry") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let c = Cluster::start(Opts {

@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, Sampler};
-use common::{root_or_skip, wait_for};
+use common::wait_for;
+use tandem_testkit::root_or_skip;
 
 fn fenced_opts() -> Opts {
     Opts {
@@ -32,7 +33,7 @@ fn fenced_successfully(c: &Cluster, node: &str, target: &str) -> bool {
 
 #[test]
 fn a_powered_off_active_node_is_fenced_through_the_switch_before_the_takeover() {
-    if !root_or_skip("fence then take over") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start(fenced_opts());
@@ -51,7 +52,7 @@ fn a_powered_off_active_node_is_fenced_through_the_switch_before_the_takeover() 
 
 #[test]
 fn split_brain_leaves_exactly_one_node_serving_and_powers_the_other_off() {
-    if !root_or_skip("split brain") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let rounds: usize = std::env::var("TANDEM_SPLIT_BRAIN_ROUNDS")
@@ -93,7 +94,7 @@ fn split_brain_leaves_exactly_one_node_serving_and_powers_the_other_off() {
 
 #[test]
 fn a_frozen_active_node_is_fenced_and_holds_nothing_after_thaw() {
-    if !root_or_skip("freeze") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start(fenced_opts());
@@ -113,7 +114,7 @@ fn a_frozen_active_node_is_fenced_and_holds_nothing_after_thaw() {
 
 #[test]
 fn no_takeover_while_the_device_fails_and_takeover_once_it_works() {
-    if !root_or_skip("failing fence device") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // A fence-agents program that fails until a file appears, then hands over to the
@@ -164,7 +165,7 @@ timeout = "5s""#;
 
 #[test]
 fn a_resource_whose_stop_fails_gets_its_node_fenced_and_the_group_moves() {
-    if !root_or_skip("failed stop") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     // The middle resource cannot be stopped.
@@ -195,7 +196,7 @@ script = "{dir}/stuck""#;
 
 #[test]
 fn a_node_that_leaves_cleanly_is_not_fenced() {
-    if !root_or_skip("clean leave") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start(fenced_opts());

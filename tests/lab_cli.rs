@@ -6,7 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{TANDEM, root_or_skip};
+use common::TANDEM;
+use tandem_testkit::root_or_skip;
 
 /// Runs `tandem ARGS`; returns stdout, or panics with stderr.
 fn tandem(args: &[&str]) -> String {
@@ -31,7 +32,7 @@ impl Drop for Down {
 
 #[test]
 fn lossy_disks_of_a_cli_lab_are_served_by_a_daemon_and_cut_by_every_power_path() {
-    if !root_or_skip("tandem lab lossy disks") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let name = format!("cli{:x}", std::process::id() % 0xf_ffff);

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::disks::Cluster;
-use common::{root_or_skip, wait_for};
+use common::wait_for;
 use serde_json::Value;
+use tandem_testkit::root_or_skip;
 
 const DEV: &str = "/dev/tandem/r0";
 
@@ -69,7 +70,7 @@ fn assert_clean_after_restart(c: &Cluster, mnt: &Path) {
 
 #[test]
 fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
-    if !root_or_skip("the_local_device_exists_exactly_while_primary_and_outlives_no_agent") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::new(64, "", true);

@@ -7,9 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TANDEM, root_or_skip, wait_for, wall_ms, write_private};
+use common::{TANDEM, wait_for, wall_ms, write_private};
 use serde_json::Value;
 use tandem_lab::{Lab, Topology};
+use tandem_testkit::root_or_skip;
 
 const KEEPALIVE_MS: u64 = 200;
 const DEADTIME_MS: u64 = 1000;
@@ -147,7 +148,7 @@ impl Cluster {
 
 #[test]
 fn one_link_cut_keeps_nodes_up_all_cut_declares_dead_in_time_heal_reports_partition() {
-    if !root_or_skip("membership partition") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let mut c = Cluster::start();
@@ -206,7 +207,7 @@ fn one_link_cut_keeps_nodes_up_all_cut_declares_dead_in_time_heal_reports_partit
 
 #[test]
 fn forged_replayed_and_unknown_packets_from_a_lab_host_are_dropped_and_counted() {
-    if !root_or_skip("membership forged packets") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let c = Cluster::start();

@@ -9,7 +9,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{TANDEM, root_or_skip};
+use common::TANDEM;
+use tandem_testkit::root_or_skip;
 
 /// Runs `tandem lab ARGS`; exit success, stdout, stderr.
 fn lab(args: &[&str]) -> (bool, String, String) {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TANDEM, root_or_skip, wait_for, write_private};
+use common::{TANDEM, wait_for, write_private};
 use serde_json::Value;
+use tandem_testkit::root_or_skip;
 
 /// A pseudo-terminal: the master end (held by the relay) and the slave's path.
 struct Pty {
@@ -121,7 +122,7 @@ fn peer_state(socket: &PathBuf, peer: &str) -> Option<String> {
 
 #[test]
 fn a_serial_link_alone_carries_heartbeats_and_its_loss_is_detected() {
-    if !root_or_skip("serial link") {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("tandem-serial-{}", std::process::id()));

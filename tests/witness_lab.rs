@@ -9,8 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, Sampler};
-use common::{root_or_skip, wait_for};
+use common::wait_for;
 use serde_json::Value;
+use tandem_testkit::root_or_skip;
 
 const FENCING_DELAY_MS: u64 = 8_000;
 

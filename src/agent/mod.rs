@@ -101,6 +101,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    let oversized = crate::cmd::config::oversized_report_errors(&global.config, &config);
+    if !oversized.is_empty() {
+        eprintln!("{}", oversized.join("\n"));
+        return Ok(ExitCode::from(1));
+    }
     let local = match args.node {
         Some(node) => node,
         None => hostname()?,

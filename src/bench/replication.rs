@@ -6,7 +6,7 @@
 //! sync, so it writes locally only. ox1 is primary for all three; fio's `nbd` engine
 //! drives each through the agent's NBD socket (reached from outside the host through
 //! `/proc/INIT/root`). As baselines, `qemu-nbd` and `nbdkit file` serve plain files in
-//! the same directory. Jobs and the table come from `tandem_nbd::bench`; every cell is
+//! the same directory. Jobs and the table come from [`super::fio`]; every cell is
 //! the median of the rounds, and ratios are against qemu-nbd in the same run.
 //!
 //! The local device: `tandem-dev` is fio (`libaio`, `O_DIRECT`) on ox1's
@@ -16,31 +16,23 @@
 //! ratios against `loop-file`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tandem_lab::{HostProcess, Lab, Topology};
-use tandem_nbd::bench::{
-    BenchRow, FioJob, format_table, run_fio_job, run_fio_job_on_device, standard_jobs,
+
+use super::fio::{
+    BenchRow, ChildGuard, RunArgs, format_table, interleave, nbdkit_args, preallocate,
+    qemu_nbd_args, run_fio_job, run_fio_job_on_device, select_targets, wait_for,
 };
 
 /// `tandem bench replication` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Size of every backing file, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub size_mib: u64,
-    /// Measured seconds per fio job.
-    #[arg(long, default_value_t = 5)]
-    pub runtime_s: u64,
-    /// Rounds (the median is reported).
-    #[arg(long, default_value_t = 1)]
-    pub rounds: u32,
-    /// Only jobs whose name contains this.
-    #[arg(long)]
-    pub jobs: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Comma-separated subset of: tandem-C, tandem-A, tandem-local, qemu-nbd, nbdkit,
     /// loop-file, tandem-dev.
     #[arg(long)]
@@ -142,51 +134,6 @@ impl Drop for LoopGuard {
     }
 }
 
-/// A child killed (by its own PID) when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn preallocate(path: &Path, size: u64) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let _ = std::fs::remove_file(path);
-    let f = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let len = i64::try_from(size).context("file size")?;
-    // SAFETY: plain syscall on an owned descriptor; no memory is passed.
-    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
-    if rc != 0 {
-        bail!(
-            "fallocate {}: {}",
-            path.display(),
-            std::io::Error::from_raw_os_error(rc)
-        );
-    }
-    Ok(())
-}
-
-#[allow(clippy::disallowed_methods)]
-fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 struct Bench {
     lab: Lab,
     tandem: String,
@@ -217,27 +164,10 @@ impl Bench {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("tandem bench replication needs root (it builds a lab)");
-    }
-    let targets: Vec<&str> = TARGETS
-        .into_iter()
-        .filter(|t| {
-            args.targets
-                .as_ref()
-                .is_none_or(|list| list.split(',').any(|x| x == *t))
-        })
-        .collect();
-    let jobs: Vec<FioJob> = standard_jobs()
-        .into_iter()
-        .filter(|j| {
-            args.jobs
-                .as_ref()
-                .is_none_or(|f| j.name.contains(f.as_str()))
-        })
-        .collect();
-    let size = args.size_mib << 20;
+    tandem_lab::require_root().context("tandem bench replication builds a lab")?;
+    let targets = select_targets(&TARGETS, args.targets.as_deref());
+    let jobs = args.run.jobs();
+    let size = args.run.size_mib << 20;
     let data_bytes = tandem_disk::meta::Layout::internal(size)?.size_bytes;
     // The same extent for every target: the tandem disks' data area, whole MiB.
     let fio_bytes = data_bytes / (1 << 20) * (1 << 20);
@@ -258,7 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config: config_path,
         agents: Vec::new(),
     };
-    eprintln!("preallocating {} files of {} MiB", 8, args.size_mib);
+    eprintln!("preallocating {} files of {} MiB", 8, args.run.size_mib);
     for node in ["ox1", "ox2"] {
         for (_, disk, _, _) in DISKS {
             preallocate(&dir.join(format!("{node}-{disk}.img")), size)?;
@@ -292,7 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         bench.tandem("ox1", &["disk", "primary", "--force", disk])?;
     }
-    eprintln!("initial full sync of {} MiB x 3", args.size_mib);
+    eprintln!("initial full sync of {} MiB x 3", args.run.size_mib);
     for (_, disk, _, _) in DISKS {
         wait_for(Duration::from_secs(600), &format!("{disk} in sync"), || {
             bench
@@ -311,19 +241,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         path_str(dir.join("nbdkit.img")),
         path_str(dir.join("nbdkit.sock")),
     );
-    let spawn = |tool: &str, a: &[String]| -> anyhow::Result<ChildGuard> {
-        Command::new(tool)
-            .args(a)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(ChildGuard)
-            .with_context(|| format!("start {tool}"))
-    };
     let loop_file = LoopGuard::attach(&dir.join("loop-file.img"))?;
-    let qemu = spawn("qemu-nbd", &tandem_nbd::bench::qemu_nbd_args(&qf, &qs))?;
-    let nbdkit = spawn("nbdkit", &tandem_nbd::bench::nbdkit_args(&kf, &ks))?;
+    let qemu = ChildGuard::spawn("qemu-nbd", &qemu_nbd_args(&qf, &qs))?;
+    let nbdkit = ChildGuard::spawn("nbdkit", &nbdkit_args(&kf, &ks))?;
     for s in [&qs, &ks] {
         wait_for(Duration::from_secs(10), s, || {
             std::os::unix::net::UnixStream::connect(s).ok()
@@ -340,8 +260,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Block devices: the "URI" is the device path.
             "loop-file" => (loop_file.0.clone(), Vec::new()),
             "tandem-dev" => (tandem_dev.display().to_string(), agent_pids.clone()),
-            "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), vec![qemu.0.id()]),
-            "nbdkit" => (format!("nbd+unix:///?socket={ks}"), vec![nbdkit.0.id()]),
+            "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), vec![qemu.pid()]),
+            "nbdkit" => (format!("nbd+unix:///?socket={ks}"), vec![nbdkit.pid()]),
             _ => {
                 let disk = DISKS
                     .iter()
@@ -363,39 +283,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     };
-    let mut rows: Vec<BenchRow> = Vec::new();
-    for job in &jobs {
-        let mut samples: Vec<Vec<BenchRow>> = vec![Vec::new(); targets.len()];
-        for _ in 0..args.rounds.max(1) {
-            for (i, t) in targets.iter().enumerate() {
-                // Every target writes to the same disk of this machine: what one job
-                // left in its write-back (a loop device at 2 GB/s leaves a lot) must
-                // not be paid for by the next.
-                let _ = Command::new("sync").status();
-                let (uri, pid) = target_uri(t)?;
-                let row = if matches!(*t, "loop-file" | "tandem-dev") {
-                    run_fio_job_on_device(t, Path::new(&uri), job, fio_bytes, args.runtime_s, &pid)?
-                } else {
-                    run_fio_job(t, &uri, job, fio_bytes, args.runtime_s, &pid)?
-                };
-                eprintln!(
-                    "{:<20} {:<13} {:>9.1} MiB/s {:>9.0} IOPS",
-                    job.name,
-                    t,
-                    row.bytes_per_s / 1048576.0,
-                    row.iops
-                );
-                samples[i].push(row);
-            }
+    let rows = interleave(&jobs, args.run.rounds(), &targets, |t, job| {
+        // Every target writes to the same disk of this machine: what one job
+        // left in its write-back (a loop device at 2 GB/s leaves a lot) must
+        // not be paid for by the next.
+        let _ = Command::new("sync").status();
+        let (uri, pid) = target_uri(t)?;
+        if matches!(t, "loop-file" | "tandem-dev") {
+            run_fio_job_on_device(
+                t,
+                Path::new(&uri),
+                job,
+                fio_bytes,
+                args.run.runtime_s(),
+                &pid,
+            )
+        } else {
+            run_fio_job(t, &uri, job, fio_bytes, args.run.runtime_s(), &pid)
         }
-        for mut s in samples {
-            s.sort_by(|a, b| a.bytes_per_s.total_cmp(&b.bytes_per_s));
-            let mid = s.len() / 2;
-            if let Some(r) = s.into_iter().nth(mid) {
-                rows.push(r);
-            }
-        }
-    }
+    })?;
     // How much crossed the link, as a sanity check that C and A did replicate.
     let mut link = String::new();
     for (t, disk, _, _) in DISKS {
@@ -409,9 +315,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "Replication benchmark: fio {} s per job, {} round(s), {} MiB files, fio size {} MiB",
-        args.runtime_s,
-        args.rounds.max(1),
-        args.size_mib,
+        args.run.runtime_s(),
+        args.run.rounds(),
+        args.run.size_mib,
         fio_bytes >> 20
     );
     println!();

@@ -14,6 +14,10 @@ pub enum Command {
     Footprint(crate::bench::footprint::Args),
     /// Bytes a resync moves against the bytes dirtied, and its rate against the limit.
     Resync(crate::bench::resync::Args),
+    /// What a connected, idle disk pair costs: CPU time and wakeups (no lab, no root).
+    DiskIdle(crate::bench::disk_idle::Args),
+    /// The NBD server against qemu-nbd and nbdkit (no lab, no root).
+    Nbd(crate::bench::nbd::Args),
     /// Replicated disk over NBD (protocol C, A, local) against qemu-nbd and nbdkit.
     Replication(crate::bench::replication::Args),
 }
@@ -22,6 +26,8 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Detection(args) => crate::bench::detection::run(args)?,
+        Command::DiskIdle(args) => crate::bench::disk_idle::run(args)?,
+        Command::Nbd(args) => crate::bench::nbd::run(args)?,
         Command::Replication(args) => crate::bench::replication::run(args)?,
         Command::Failover(args) => crate::bench::failover::run(args)?,
         Command::Footprint(args) => crate::bench::footprint::run(args)?,

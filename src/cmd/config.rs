@@ -74,6 +74,11 @@ fn check(global: &Global) -> anyhow::Result<ExitCode> {
         Err(d) => return Ok(failed(&d)),
     };
     print_warnings(&warnings);
+    let oversized = oversized_report_errors(&global.config, &c);
+    if !oversized.is_empty() {
+        eprintln!("{}", oversized.join("\n"));
+        return Ok(ExitCode::FAILURE);
+    }
     // Resource definitions are checked against this node's agents now, not at failover
     // time: an unknown OCF type or a missing required parameter is an error here.
     let issues = tandem_agents::check_config(&c, &tandem_agents::Paths::default());
@@ -148,6 +153,51 @@ fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let text = render(&c, &files, &warnings);
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `FILE:LINE:COL: error: …` for each group whose largest report to the peer cannot fit
+/// one cluster message (the peer would never see that group's whole state), located at
+/// the group's name. `config check` and the agent at start refuse such a file.
+pub fn oversized_report_errors(path: &std::path::Path, config: &Config) -> Vec<String> {
+    use tandem_controller::messages::{MAX_PAYLOAD_BYTES, oversized_reports};
+    let groups = oversized_reports(config);
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    groups
+        .into_iter()
+        .map(|(group, bytes)| {
+            let (line, col) = locate_group(&text, &group.name);
+            format!(
+                "{}:{line}:{col}: error: group {}: its report to the peer can take {bytes} bytes ({} resources, each failed with {} failures kept), more than the {MAX_PAYLOAD_BYTES} bytes of one cluster message; split it into smaller groups or use shorter resource names",
+                path.display(),
+                group.name,
+                group.resources.len(),
+                tandem_controller::controller::FAILURES_KEPT,
+            )
+        })
+        .collect()
+}
+
+/// Where a group is named: the `name = "…"` line of its `[[group]]` table; 1:1 if none.
+fn locate_group(text: &str, group: &str) -> (usize, usize) {
+    let needle = format!("\"{group}\"");
+    let mut in_group = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_group = t.starts_with("[[group]]");
+            continue;
+        }
+        let is_name = t
+            .strip_prefix("name")
+            .is_some_and(|r| r.trim_start().starts_with('='));
+        if in_group && is_name && t.contains(needle.as_str()) {
+            return (i + 1, line.len() - t.len() + 1);
+        }
+    }
+    (1, 1)
 }
 
 /// Where a resource is defined in the file: its `name = "…"` line if it has one, else

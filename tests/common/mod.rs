@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 /// The `tandem` binary under test.
 pub const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
-/// Whether a root-only test may run. Under `CI=true` a missing root is a failure, not a
-/// skip: CI must never go green by skipping what it was meant to prove.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, and CI=true forbids skipping it");
-    }
-    eprintln!("SKIP {test}: needs root (network namespaces, cgroups, mounts)");
-    false
-}
-
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
 #[allow(clippy::disallowed_methods)]
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

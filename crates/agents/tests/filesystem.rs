@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{LoopExt4, require_root};
+use common::LoopExt4;
 use tandem_agents::filesystem::process_alive;
 use tandem_agents::{Action, Agent, ExecStatus, OcfExit, Paths, RunOptions, check_resource};
 use tandem_config::{Resource, ResourceKind};
+use tandem_testkit::root_or_skip;
 
 fn fs_resource(device: &str, directory: PathBuf, options: Option<&str>) -> Resource {
     Resource {
@@ -33,7 +34,7 @@ fn opts() -> RunOptions {
 
 #[test]
 fn mount_monitor_and_stop_kills_holders_then_unmounts() {
-    if !require_root("mount_monitor_and_stop_kills_holders_then_unmounts") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let fs = LoopExt4::new();
@@ -108,7 +109,7 @@ fn mount_monitor_and_stop_kills_holders_then_unmounts() {
 
 #[test]
 fn errors_are_classified_and_nothing_is_stacked() {
-    if !require_root("errors_are_classified_and_nothing_is_stacked") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let fs = LoopExt4::new();
@@ -149,7 +150,7 @@ fn errors_are_classified_and_nothing_is_stacked() {
 
 #[test]
 fn monitor_fails_when_the_file_system_went_read_only() {
-    if !require_root("monitor_fails_when_the_file_system_went_read_only") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let fs = LoopExt4::new();

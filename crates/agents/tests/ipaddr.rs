@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, require_root};
+use common::Lab;
 use tandem_agents::{Action, Agent, OcfExit, Paths, RunOptions, check_resource};
 use tandem_config::{Resource, ResourceKind};
+use tandem_testkit::root_or_skip;
 
 fn vip(address: &str, prefix_len: Option<u8>, interface: Option<&str>) -> Resource {
     Resource {
@@ -32,7 +33,7 @@ fn opts() -> RunOptions {
 
 #[test]
 fn ipv4_and_ipv6_added_announced_monitored_and_removed() {
-    if !require_root("ipv4_and_ipv6_added_announced_monitored_and_removed") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let lab = Lab::new(72);
@@ -119,7 +120,7 @@ fn ipv4_and_ipv6_added_announced_monitored_and_removed() {
 
 #[test]
 fn start_is_idempotent_and_errors_are_classified() {
-    if !require_root("start_is_idempotent_and_errors_are_classified") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let lab = Lab::new(73);
@@ -167,7 +168,7 @@ fn config_check_rejects_bad_prefix() {
 fn without_announcements_the_peer_keeps_its_stale_entry() {
     // Negative control for the test above: the peer's entry moves because of our
     // announcements, not because of anything else the kernel does.
-    if !require_root("without_announcements_the_peer_keeps_its_stale_entry") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     let lab = Lab::new(74);
@@ -190,7 +191,7 @@ fn without_announcements_the_peer_keeps_its_stale_entry() {
 
 #[test]
 fn a_capture_on_the_peer_sees_count_pairs_spaced_by_the_interval() {
-    if !require_root("a_capture_on_the_peer_sees_count_pairs_spaced_by_the_interval") {
+    if !root_or_skip("network namespaces, mounts, loop devices") {
         return;
     }
     use std::io::{BufRead, BufReader};

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Lab, LoopExt4, TempDir, require_root};
+use common::{Lab, LoopExt4, TempDir};
 use tandem_agents::{Action, Agent, OcfExit, Paths, RunOptions, check_resource};
 use tandem_config::{Resource, ResourceKind};
+use tandem_testkit::{root_or_skip, skip_unless};
 
 fn ocf(name: &str, agent: &str, params: &[(&str, &str)]) -> Resource {
     Resource {
@@ -37,14 +38,10 @@ fn installed(agent: &str) -> bool {
         .ocf_root
         .join("resource.d/heartbeat")
         .join(agent);
-    if p.exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{} missing: install resource-agents", p.display());
-    }
-    eprintln!("skipping: {} not installed", p.display());
-    false
+    skip_unless(
+        p.exists(),
+        &format!("{} not installed (resource-agents)", p.display()),
+    )
 }
 
 fn expect(agent: &Agent, action: Action, exit: OcfExit) {
@@ -131,7 +128,7 @@ fn config_check_reports_unknown_type_and_missing_required_parameter() {
 
 #[test]
 fn ipaddr2_in_a_network_namespace() {
-    if !require_root("ipaddr2_in_a_network_namespace") || !installed("IPaddr2") {
+    if !root_or_skip("network namespaces, mounts, loop devices") || !installed("IPaddr2") {
         return;
     }
     let lab = Lab::new(71);
@@ -184,7 +181,7 @@ fn ipaddr2_in_a_network_namespace() {
 
 #[test]
 fn filesystem_agent_on_an_ext4_loop_device() {
-    if !require_root("filesystem_agent_on_an_ext4_loop_device") || !installed("Filesystem") {
+    if !root_or_skip("network namespaces, mounts, loop devices") || !installed("Filesystem") {
         return;
     }
     let fs = LoopExt4::new();

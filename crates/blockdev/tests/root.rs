@@ -12,23 +12,12 @@ use std::time::Duration;
 
 use tandem_blockdev::{Error, LocalDevice, Options, Paths, holders, loopdev};
 use tandem_nbd::{BlockDevice, BufResult, DeviceError, DeviceFuture, MemoryDevice};
+use tandem_testkit::root_or_skip;
 
 const MIB: usize = 1 << 20;
 /// The start of every 4 KiB block of the test file: found again in the device's writes.
 const MARKER: &[u8; 16] = b"TANDEM-FLUSH-MRK";
 const CHILD_ENV: &str = "TANDEM_BLOCKDEV_CRASH_CHILD";
-
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root (FUSE, loop devices, mounts), and CI=true forbids skipping it");
-    }
-    eprintln!("SKIP {test}: needs root (FUSE, loop devices, mounts)");
-    false
-}
 
 /// A private mount namespace for the calling thread (and the processes it starts), with
 /// a fresh tmpfs at a new directory; returns that directory.
@@ -195,7 +184,7 @@ impl BlockDevice for Recording {
 /// device's flush) were dropped on the way, no flush would follow the data.
 #[test]
 fn an_fsync_on_ext4_reaches_the_device_flush_after_the_data() {
-    if !root_or_skip("an_fsync_on_ext4_reaches_the_device_flush_after_the_data") {
+    if !root_or_skip("FUSE, loop devices, mounts") {
         return;
     }
     let dir = private_scratch("fsync");
@@ -278,7 +267,7 @@ fn an_fsync_on_ext4_reaches_the_device_flush_after_the_data() {
 /// A process holding the device open is named; after it exits the device goes.
 #[test]
 fn a_process_holding_the_device_is_named() {
-    if !root_or_skip("a_process_holding_the_device_is_named") {
+    if !root_or_skip("FUSE, loop devices, mounts") {
         return;
     }
     let dir = private_scratch("holder");
@@ -333,7 +322,7 @@ fn a_process_holding_the_device_is_named() {
 /// unaligned offsets of the FUSE file included (through the loop they never are).
 #[test]
 fn bytes_written_to_the_device_path_reach_the_device() {
-    if !root_or_skip("bytes_written_to_the_device_path_reach_the_device") {
+    if !root_or_skip("FUSE, loop devices, mounts") {
         return;
     }
     let dir = private_scratch("bytes");
@@ -383,7 +372,7 @@ fn bytes_written_to_the_device_path_reach_the_device() {
 /// a link; the stale cleanup removes all of them, and the device can be published again.
 #[test]
 fn the_stale_cleanup_removes_what_a_killed_publisher_left() {
-    if !root_or_skip("the_stale_cleanup_removes_what_a_killed_publisher_left") {
+    if !root_or_skip("FUSE, loop devices, mounts") {
         return;
     }
     let dir = private_scratch("crash");

@@ -1,8 +1,10 @@
 //! Cluster messages between the two nodes' controllers, carried by membership's reliable
 //! messages (delivered once, in order). Compact JSON; every message must fit one
-//! membership payload ([`MAX_PAYLOAD_BYTES`]): reports go one group per message, fence
-//! records are cut down to fit, and `config check` refuses a group whose report cannot
-//! fit ([`report_fits`]).
+//! membership payload ([`MAX_PAYLOAD_BYTES`]): reports go one group per message, and
+//! `config check` (and the agent at start) refuses a group whose largest report cannot
+//! fit ([`oversized_reports`]); a fence record carries at most
+//! [`FENCE_TEXT_IN_MESSAGE_MAX_BYTES`] of device output (its end) and of reason, which
+//! makes it fit.
 
 use std::collections::BTreeMap;
 
@@ -128,9 +130,17 @@ pub struct Reported {
     pub failures: String,
 }
 
-/// Whether the largest report of `group` fits one message: every resource in the
-/// longest state with `failure_letters` failures. `config check` uses it.
-pub fn report_fits(group: &tandem_config::Group, failure_letters: usize) -> bool {
+/// The most of a fence device's output (or a run's error detail, or a fence's reason)
+/// that a [`PeerMessage::Fence`] carries: the output's *last* bytes, where fence agents
+/// print why they failed, after a `…`; the reason's first. The local history keeps up to
+/// `tandem_fencing::OUTPUT_MAX_BYTES`. With names as long as the configuration allows
+/// (node and device names are short identifiers) such a record fits one message.
+pub const FENCE_TEXT_IN_MESSAGE_MAX_BYTES: usize = 512;
+
+/// The size of `group`'s largest possible report: every resource in the longest state,
+/// with as many failures as the controller keeps
+/// ([`FAILURES_KEPT`](crate::controller::FAILURES_KEPT)).
+pub fn largest_report_bytes(group: &tandem_config::Group) -> usize {
     let resources = group
         .resources
         .iter()
@@ -139,7 +149,7 @@ pub fn report_fits(group: &tandem_config::Group, failure_letters: usize) -> bool
                 r.name.clone(),
                 Reported {
                     state: state_code(ResourceState::FailedMonitor).to_string(),
-                    failures: "m".repeat(failure_letters),
+                    failures: "m".repeat(crate::controller::FAILURES_KEPT),
                 },
             )
         })
@@ -150,7 +160,18 @@ pub fn report_fits(group: &tandem_config::Group, failure_letters: usize) -> bool
     }
     .encode()
     .len()
-        <= MAX_PAYLOAD_BYTES
+}
+
+/// The groups of `config` whose largest report does not fit one message, with that
+/// report's size: the peer would never see their complete state. `config check` and
+/// the agent refuse such a configuration.
+pub fn oversized_reports(config: &tandem_config::Config) -> Vec<(&tandem_config::Group, usize)> {
+    config
+        .groups
+        .iter()
+        .map(|g| (g, largest_report_bytes(g)))
+        .filter(|(_, bytes)| *bytes > MAX_PAYLOAD_BYTES)
+        .collect()
 }
 
 /// The letter of a failed operation in a report.
@@ -204,6 +225,38 @@ pub fn state_from_code(code: &str) -> ResourceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(resources: usize, name_len: usize) -> tandem_config::Config {
+        let text = format!(
+            "[cluster]\nname = \"c\"\nkey_file = \"/k\"\nfencing = \"none\"\n[[node]]\nname = \"a\"\n[[node]]\nname = \"b\"\n[[link]]\nname = \"hb\"\ntype = \"ucast\"\ninterface = \"eth0\"\npeers = [\"10.0.0.1\", \"10.0.0.2\"]\n[[group]]\nname = \"g\"\nhome = \"a\"\n{}",
+            (0..resources)
+                .map(|i| format!(
+                    "[[group.resource]]\nname = \"{i:0name_len$}\"\ntype = \"ipaddr\"\naddress = \"10.0.1.{}/24\"\n",
+                    i + 1
+                ))
+                .collect::<String>()
+        );
+        let (config, _) =
+            tandem_config::native::parse("c.toml", &text, tandem_config::native::FileChecks::Off)
+                .expect("valid configuration");
+        config
+    }
+
+    #[test]
+    fn a_group_whose_largest_report_cannot_fit_is_found() {
+        // The whitepaper's group: nine resources.
+        let small = config(9, 12).groups[0].clone();
+        assert!(largest_report_bytes(&small) <= MAX_PAYLOAD_BYTES);
+        let mut config = config(40, 12);
+        let big = config.groups[0].clone();
+        assert!(largest_report_bytes(&big) > MAX_PAYLOAD_BYTES);
+        config.groups.insert(0, small);
+        let over = oversized_reports(&config);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].0, &big);
+        // What the size says is what the controller would send.
+        assert_eq!(over[0].1, largest_report_bytes(&big));
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {

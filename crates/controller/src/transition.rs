@@ -405,10 +405,19 @@ impl Controller {
     }
 }
 
-/// A fence record as a message that fits one membership payload: a device's long output
-/// (or a long reason) is cut, from the end, until it does.
+/// A fence record as a message: device output and error detail cut to their last
+/// [`FENCE_TEXT_IN_MESSAGE_MAX_BYTES`](crate::messages::FENCE_TEXT_IN_MESSAGE_MAX_BYTES),
+/// the reason to its first. Should names make it too long all the same, the text is
+/// cut further until it fits one membership payload.
 pub(crate) fn fence_record_message(mut record: tandem_fencing::FenceRecord) -> PeerMessage {
+    use crate::messages::FENCE_TEXT_IN_MESSAGE_MAX_BYTES as MAX;
     use tandem_fencing::Outcome;
+    match &mut record.outcome {
+        Outcome::Failed { output, .. } => keep_tail(output, MAX),
+        Outcome::Error { detail } => keep_tail(detail, MAX),
+        _ => {}
+    }
+    keep_head(&mut record.reason, MAX);
     loop {
         let message = PeerMessage::Fence {
             record: String::from_utf8_lossy(&record.to_json()).into_owned(),
@@ -428,12 +437,37 @@ pub(crate) fn fence_record_message(mut record: tandem_fencing::FenceRecord) -> P
         };
         // JSON escaping can make a byte cost more than one: cut at least what is over.
         let keep = text.len().saturating_sub(over.max(16));
-        let mut cut = keep;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+        if keep <= '…'.len_utf8() {
+            text.clear();
+        } else {
+            keep_tail(text, keep);
         }
-        text.truncate(cut);
     }
+}
+
+/// Cuts `text` to at most `max` bytes, keeping its end after a `…` (on a character
+/// boundary).
+fn keep_tail(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut from = text.len() - max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    *text = format!("…{}", &text[from..]);
+}
+
+/// Cuts `text` to at most `max` bytes, keeping its start (on a character boundary).
+fn keep_head(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
 }
 
 fn log_transition(t: &Transition) {
@@ -471,9 +505,9 @@ fn log_transition(t: &Transition) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_fence_record_with_long_output_is_cut_to_fit_one_message() {
-        let record = tandem_fencing::FenceRecord {
+    /// ox2's failed fence of ox1 with `output` and `reason`.
+    fn failed_record(output: String, reason: String) -> tandem_fencing::FenceRecord {
+        tandem_fencing::FenceRecord {
             at_unix_ms: 1,
             executor: "ox2".into(),
             target: "ox1".into(),
@@ -481,12 +515,17 @@ mod tests {
             action: tandem_fencing::FenceAction::Off,
             outcome: tandem_fencing::Outcome::Failed {
                 exit: Some(1),
-                output: "é\"\n".repeat(3000),
+                output,
             },
             duration_ms: 5,
             origin: tandem_fencing::Origin::Local,
-            reason: "ox1 is dead".into(),
-        };
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_fence_record_with_long_output_is_cut_to_fit_one_message() {
+        let record = failed_record("é\"\n".repeat(3000), "ox1 is dead".into());
         let m = fence_record_message(record);
         assert!(m.encode().len() <= crate::messages::MAX_PAYLOAD_BYTES);
         let PeerMessage::Fence { record } = m else {
@@ -498,5 +537,25 @@ mod tests {
             back.outcome,
             tandem_fencing::Outcome::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn a_fence_record_carries_the_end_of_the_output_within_its_bound() {
+        use crate::messages::FENCE_TEXT_IN_MESSAGE_MAX_BYTES as MAX;
+        let end = "Failed: Unable to obtain correct plug status or plug is not available";
+        let output = format!("{}{end}", "noise ".repeat(700)); // the runner keeps 4 KiB
+        let record = failed_record(output, "r".repeat(4000));
+        let m = fence_record_message(record);
+        assert!(m.encode().len() <= crate::messages::MAX_PAYLOAD_BYTES);
+        let PeerMessage::Fence { record } = m else {
+            panic!("not a fence message")
+        };
+        let back = tandem_fencing::FenceRecord::from_json(record.as_bytes()).unwrap();
+        let tandem_fencing::Outcome::Failed { output, .. } = back.outcome else {
+            panic!("not failed")
+        };
+        assert!(output.starts_with('…') && output.ends_with(end), "{output}");
+        assert!(output.len() <= MAX, "{}", output.len());
+        assert_eq!(back.reason.len(), MAX);
     }
 }

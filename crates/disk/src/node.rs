@@ -5,7 +5,7 @@
 //!   NodeHandle (frontend + admin) ──cmd──▶ ┌──────────────┐ ◀──frames──┐
 //!                                          │  event loop  │            ├─ link socket
 //!   blocking I/O (spawn_blocking) ─IoDone─▶│  owns Core   │ ──frames──▶┘
-//!   20 ms tick ───────────────────────────▶└──────────────┘ ──small writes──▶ page cache
+//!   timer (Core::poll_timeout, dial) ─────▶└──────────────┘ ──small writes──▶ page cache
 //! ```
 //!
 //! The loop is the only place that reads the clock. It reads and writes the link socket
@@ -808,9 +808,11 @@ impl Driver {
         mut ev_rx: mpsc::Receiver<Event>,
         listener: TcpListener,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut stopped = None;
         'run: loop {
+            // Sleep until the core or the dialler has something due, or an input comes:
+            // an idle connected disk wakes once per ping interval.
+            let wake = self.next_wake();
             tokio::select! {
                 cmd = cmd_rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -845,7 +847,12 @@ impl Driver {
                         self.on_accept(sock);
                     }
                 }
-                _ = tick.tick() => {
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     let now = self.now_ms();
                     self.core.handle(now, Input::Tick);
                     self.maybe_dial();
@@ -906,6 +913,21 @@ impl Driver {
             establish(sock, false, secret, id, ev).await;
             drop(permit);
         });
+    }
+
+    /// The earliest of the core's [`Core::poll_timeout`] and the next dial.
+    fn next_wake(&self) -> Option<tokio::time::Instant> {
+        let core = self
+            .core
+            .poll_timeout()
+            .map(|ms| self.clock + Duration::from_millis(ms));
+        let dial =
+            (self.dialer && !self.dialing && self.link.is_none() && self.core.wants_connection())
+                .then(|| self.last_dial.map_or(self.clock, |t| t + self.dial_wait));
+        core.into_iter()
+            .chain(dial)
+            .min()
+            .map(tokio::time::Instant::from_std)
     }
 
     fn maybe_dial(&mut self) {

@@ -1,4 +1,4 @@
-//! The lab, for real: namespaces, bridges, cgroups, mounts. Needs root (see `root()`).
+//! The lab, for real: namespaces, bridges, cgroups, mounts. Needs root (`tandem_testkit::root_or_skip`).
 //! Every test builds its own lab with a unique name, so they run in parallel threads.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tandem_lab::{HostSpec, Lab, NetSpec, Topology};
 
-mod common;
-use common::root;
+use tandem_testkit::root_or_skip;
 
 /// Two hosts on two networks; `private_dirs` empty keeps the machine's tree untouched.
 fn two_hosts() -> Topology {
@@ -60,7 +59,7 @@ fn pid_alive(pid: u32) -> bool {
 
 #[test]
 fn hosts_ping_each_other_over_two_networks() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(two_hosts()).unwrap();
@@ -92,7 +91,7 @@ fn hosts_ping_each_other_over_two_networks() {
 
 #[test]
 fn power_off_kills_and_reaps_every_process_and_downs_links() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -172,7 +171,7 @@ fn power_off_kills_and_reaps_every_process_and_downs_links() {
 
 #[test]
 fn partition_cuts_one_network_and_heal_restores_it() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -201,7 +200,7 @@ fn partition_cuts_one_network_and_heal_restores_it() {
 
 #[test]
 fn freeze_stops_processes_and_thaw_resumes_them() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -253,7 +252,7 @@ fn freeze_stops_processes_and_thaw_resumes_them() {
 
 #[test]
 fn mounts_inside_a_host_stay_inside() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -304,7 +303,7 @@ fn mounts_inside_a_host_stay_inside() {
 
 #[test]
 fn teardown_leaves_nothing_behind() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(two_hosts()).unwrap();
@@ -348,7 +347,7 @@ fn teardown_leaves_nothing_behind() {
 
 #[test]
 fn down_by_name_cleans_a_lab_whose_owner_forgot_it() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -380,7 +379,7 @@ fn down_by_name_cleans_a_lab_whose_owner_forgot_it() {
 
 #[test]
 fn power_switch_serves_fencing_from_inside_a_host() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(two_hosts()).unwrap();
@@ -450,7 +449,7 @@ fn helper_build_lab_then_hang() {
 
 #[test]
 fn leftovers_of_a_killed_run_are_removed() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let name = format!("k{:x}", std::process::id());
@@ -522,7 +521,7 @@ fn helper_serve_switch() {
 
 #[test]
 fn power_off_from_another_process_reaps_our_children() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(two_hosts()).unwrap();
@@ -558,7 +557,7 @@ fn power_off_from_another_process_reaps_our_children() {
 
 #[test]
 fn multicast_and_broadcast_cross_the_bridge_until_partitioned() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -620,7 +619,7 @@ fn multicast_and_broadcast_cross_the_bridge_until_partitioned() {
 
 #[test]
 fn a_pulled_cable_is_carrier_loss_and_survives_a_power_cycle() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = Lab::up_auto(two_hosts()).unwrap();
@@ -647,7 +646,7 @@ fn a_pulled_cable_is_carrier_loss_and_survives_a_power_cycle() {
 /// the host's new init instead of failing on the old one.
 #[test]
 fn a_host_power_cycled_through_another_handle_is_usable_from_this_one() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(two_hosts()).unwrap();

@@ -1,6 +1,6 @@
 //! Lossy disks, for real: a FUSE layer per host that forgets unflushed writes when the
 //! host loses power. Writers run inside lab hosts (Python, with and without fsync);
-//! the test reads what survived from outside. Needs root (see `common::root`).
+//! the test reads what survived from outside. Needs root (`tandem_testkit::root_or_skip`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tandem_lab::{HostSpec, Lab, NetSpec, Topology};
 
-mod common;
-use common::root;
+use tandem_testkit::root_or_skip;
 
 /// Host `a` with a lossy disk whose cache may hold `cache_mib`, and host `b` without
 /// one, on one network; no private directories (the machine's tree stays untouched).
@@ -76,7 +75,7 @@ fn exists_outside(lab: &Lab, name: &str) -> bool {
 
 #[test]
 fn an_unflushed_write_is_gone_after_power_off_and_a_flushed_one_survives() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -124,7 +123,7 @@ fn an_unflushed_write_is_gone_after_power_off_and_a_flushed_one_survives() {
 
 #[test]
 fn reads_see_unflushed_writes_from_the_host_other_hosts_and_outside() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = lossy_lab();
@@ -159,7 +158,7 @@ fn reads_see_unflushed_writes_from_the_host_other_hosts_and_outside() {
 
 #[test]
 fn o_direct_writes_are_lost_unless_fsynced() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -187,7 +186,7 @@ fn o_direct_writes_are_lost_unless_fsynced() {
 
 #[test]
 fn size_changes_are_undone_unless_fsynced() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -225,7 +224,7 @@ fn size_changes_are_undone_unless_fsynced() {
 
 #[test]
 fn names_are_durable_at_once_but_their_data_is_not() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -265,7 +264,7 @@ fn names_are_durable_at_once_but_their_data_is_not() {
 
 #[test]
 fn keep_cache_power_off_keeps_unflushed_writes() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -281,7 +280,7 @@ fn keep_cache_power_off_keeps_unflushed_writes() {
 
 #[test]
 fn many_concurrent_writers_keep_exactly_what_they_flushed() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     const WRITERS: usize = 8;
@@ -342,7 +341,7 @@ fn many_concurrent_writers_keep_exactly_what_they_flushed() {
 
 #[test]
 fn the_cache_bound_refuses_writes_with_enospc() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = Lab::up_auto(topology(1)).unwrap();
@@ -365,7 +364,7 @@ fn the_cache_bound_refuses_writes_with_enospc() {
 
 #[test]
 fn status_counts_unflushed_data_and_lab_sync_writes_it_down() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let mut lab = lossy_lab();
@@ -414,7 +413,7 @@ fn fuse_mounts_of(name: &str) -> Vec<String> {
 
 #[test]
 fn teardown_unmounts_even_with_a_file_held_open() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let lab = lossy_lab();
@@ -487,7 +486,7 @@ fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send
 
 #[test]
 fn a_killed_lab_owner_leaves_no_hung_mount() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let name = format!("pk{:x}", std::process::id());
@@ -511,7 +510,7 @@ fn a_killed_lab_owner_leaves_no_hung_mount() {
 
 #[test]
 fn a_stuck_disk_server_cannot_hang_teardown() {
-    if !root() {
+    if !root_or_skip("namespaces, cgroups, mounts") {
         return;
     }
     let name = format!("ps{:x}", std::process::id());

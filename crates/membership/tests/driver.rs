@@ -354,12 +354,7 @@ fn sh(cmd: &str) {
 /// it and every interface and socket in it vanish with the thread, whatever happens.
 /// Needs root: skips with a message, or fails under `CI=true`.
 fn in_private_namespace(body: impl FnOnce() + Send + 'static) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("this test needs root (network namespace, veth) and CI=true");
-        }
-        eprintln!("skipped: needs root for a network namespace and a veth pair");
+    if !tandem_testkit::root_or_skip("a network namespace and a veth pair") {
         return;
     }
     std::thread::spawn(|| {
@@ -557,12 +552,7 @@ fn a_link_whose_interface_is_deleted_is_closed_and_reopened_while_the_other_keep
 
 #[test]
 fn heartbeat_thread_can_run_round_robin() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("this test needs root (SCHED_RR) and CI=true");
-        }
-        eprintln!("skipped: needs root for SCHED_RR");
+    if !tandem_testkit::root_or_skip("SCHED_RR") {
         return;
     }
     let links = [(0, "lo")];

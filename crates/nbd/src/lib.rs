@@ -15,10 +15,9 @@
 //! Layers: [`proto`] (wire constants, decoders, request validation), [`handshake`]
 //! (option haggling), [`server`] (tokio driver: listeners, pipelined transmission),
 //! [`device`] (the trait, errors, an in-memory device), [`file`] (files and block
-//! devices), [`bench`] (fio comparison against qemu-nbd and nbdkit).
+//! devices). The fio comparison against qemu-nbd and nbdkit is `tandem bench nbd`.
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod device;
 pub mod file;
 pub mod handshake;

@@ -1,4 +1,4 @@
-//! Shared test plumbing: root gating, unique names, network namespaces, loop devices.
+//! Shared test plumbing: unique names, network namespaces, loop devices.
 //! Every resource made here is torn down by a Drop guard, also when a test fails.
 #![allow(dead_code)]
 
@@ -7,21 +7,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-/// True when the test may run; panics under CI=true without root (COMMON.md).
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{test} needs root (namespaces, mounts, loop devices) and CI=true: refusing to skip"
-        );
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -132,6 +132,14 @@ impl Core {
         }
     }
 
+    /// When [`Self::fence_peer_tick`] asks again, if it will.
+    pub(super) fn fence_peer_deadline_ms(&self) -> Option<u64> {
+        (self.suspended_since_ms.is_some() && !self.conn.link_up()).then(|| {
+            self.fence_peer_asked_ms
+                .saturating_add(FENCE_PEER_REPEAT_MS)
+        })
+    }
+
     /// The link is whole again and the peer holds everything (resync done, or nothing
     /// to sync): a suspension ends.
     pub(super) fn resume_in_sync(&mut self) {

@@ -184,6 +184,23 @@ impl Core {
         }
     }
 
+    /// When [`Self::on_tick`] has link work: the ping timeout, the handshake timeout, or
+    /// the next ping (the same tests, solved for time).
+    pub(super) fn link_deadline_ms(&self) -> Option<u64> {
+        if !self.conn.link_up() {
+            return None;
+        }
+        let timeout = self.cfg.ping_timeout_ms.saturating_add(1);
+        let mut due = self
+            .last_rx_ms
+            .saturating_add(timeout)
+            .min(self.last_ping_ms.saturating_add(self.cfg.ping_interval_ms));
+        if self.conn == ConnState::Handshaking && self.peer.is_none() {
+            due = due.min(self.link_up_ms.saturating_add(timeout));
+        }
+        Some(due)
+    }
+
     pub(super) fn on_frame(&mut self, f: Frame) {
         if !self.conn.link_up() {
             return;

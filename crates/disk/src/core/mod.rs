@@ -466,6 +466,30 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// When `handle(now_ms, Input::Tick)` is next due (same clock as `now_ms`), or None
+    /// if nothing waits on time: the earliest of the link's ping, ping timeout and
+    /// handshake timeout, the repeated fence-peer request of a suspended disk, the
+    /// persisting of dirty bitmap blocks, and the resync request the rate held back.
+    /// Between inputs the driver may sleep until then: an idle connected disk wakes once
+    /// per ping interval, an idle disconnected one not at all. (Connection retries are
+    /// the driver's: it dials.)
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let resync = self
+            .planner
+            .as_ref()
+            .filter(|_| self.conn == ConnState::SyncTarget && !self.resync_paused)
+            .and_then(|p| p.ready_at_ms(self.now_ms));
+        [
+            self.link_deadline_ms(),
+            self.fence_peer_deadline_ms(),
+            self.bitmap_persist_deadline_ms(),
+            resync,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Whether this disk last ran without its peer (it holds changes the peer lacks, or
     /// it was primary when the link broke). The startup wait uses `degr-wfc-timeout`
     /// instead of `wfc-timeout` for such a disk, as DRBD does: a cluster that was

@@ -45,6 +45,14 @@ impl Core {
         }
     }
 
+    /// When the tick persists the dirty bitmap blocks, if there are any.
+    pub(super) fn bitmap_persist_deadline_ms(&self) -> Option<u64> {
+        (!self.bitmap_dirty_blocks.is_empty()).then(|| {
+            self.bitmap_persisted_ms
+                .saturating_add(self.cfg.bitmap_persist_interval_ms)
+        })
+    }
+
     pub(super) fn persist_all_dirty_bitmap(&mut self) {
         let blocks: Vec<u32> = std::mem::take(&mut self.bitmap_dirty_blocks)
             .into_iter()

@@ -51,14 +51,17 @@ impl TokenBucket {
         }
     }
 
-    /// When `n` tokens will be there (for the driver's next tick).
-    pub fn ready_at_ms(&mut self, n: u64, now_ms: u64) -> u64 {
-        self.refill(now_ms);
+    /// When `n` tokens will be there (`now_ms` if they are): when the driver's next tick
+    /// is due for a request the rate held back.
+    pub fn ready_at_ms(&self, n: u64, now_ms: u64) -> u64 {
+        let add =
+            u128::from(now_ms.saturating_sub(self.last_ms)) * u128::from(self.rate_bytes_per_s);
+        let tokens_milli = (self.tokens_milli + add).min(self.burst_milli);
         let need = u128::from(n) * 1000;
-        if self.tokens_milli >= need {
+        if tokens_milli >= need {
             return now_ms;
         }
-        let missing = need - self.tokens_milli;
+        let missing = need - tokens_milli;
         let ms = missing.div_ceil(u128::from(self.rate_bytes_per_s));
         now_ms.saturating_add(u64::try_from(ms).unwrap_or(u64::MAX))
     }
@@ -82,6 +85,9 @@ pub struct ResyncPlanner {
     cursor_block: u64,
     bucket: Option<TokenBucket>,
     inflight: Vec<(u64, u64)>,
+    /// The size of the request the rate held back on the last pass, if it did: only then
+    /// is a tick due for pacing.
+    rate_held_bytes: Option<u64>,
     /// Bytes whose resync finished (durable on the target).
     pub done_bytes: u64,
     /// Bytes to resync when it started (plus any set later).
@@ -102,6 +108,7 @@ impl ResyncPlanner {
             cursor_block: 0,
             bucket,
             inflight: Vec::new(),
+            rate_held_bytes: None,
             done_bytes: 0,
             total_bytes: bitmap.dirty_bytes(),
             started_ms: now_ms,
@@ -111,6 +118,7 @@ impl ResyncPlanner {
     /// The next range to request, as `(first_block, n_blocks)`, or None when the rate,
     /// the in-flight limit or the bitmap says wait. Ranges in flight are skipped.
     pub fn next_request(&mut self, bitmap: &Bitmap, now_ms: u64) -> Option<(u64, u64)> {
+        self.rate_held_bytes = None;
         if self.inflight.len() >= self.limits.max_inflight {
             return None;
         }
@@ -152,6 +160,7 @@ impl ResyncPlanner {
             if let Some(b) = &mut self.bucket
                 && !b.try_take(n * BLOCK_BYTES, now_ms)
             {
+                self.rate_held_bytes = Some(n * BLOCK_BYTES);
                 return None;
             }
             self.inflight.push((s, n));
@@ -186,12 +195,15 @@ impl ResyncPlanner {
         self.inflight.contains(&(first_block, n_blocks))
     }
 
-    /// When the rate limit lets the next request of `bytes` go, for scheduling a tick.
-    pub fn ready_at_ms(&mut self, bytes: u64, now_ms: u64) -> u64 {
-        match &mut self.bucket {
-            Some(b) => b.ready_at_ms(bytes, now_ms),
-            None => now_ms,
-        }
+    /// When the rate lets the request it held back on the last pass go, if it held one
+    /// back: the tick that sends it is due then.
+    pub fn ready_at_ms(&self, now_ms: u64) -> Option<u64> {
+        let bytes = self.rate_held_bytes?;
+        Some(
+            self.bucket
+                .as_ref()
+                .map_or(now_ms, |b| b.ready_at_ms(bytes, now_ms)),
+        )
     }
 
     /// Average rate since the start.
@@ -232,7 +244,10 @@ mod tests {
             "{sent} vs {expect}"
         );
         while b.try_take(64 << 10, 10_000) {}
-        assert!(b.ready_at_ms(64 << 10, 10_000) > 10_000);
+        let ready = b.ready_at_ms(64 << 10, 10_000);
+        assert!(ready > 10_000);
+        assert!(!b.try_take(64 << 10, ready - 1), "not before it says");
+        assert!(b.try_take(64 << 10, ready), "at the time it says");
     }
 
     #[test]

@@ -104,13 +104,7 @@ pub fn have_tool(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is not installed (needed by the NBD client tests)");
-        }
-        eprintln!("skipping: {tool} is not installed");
-    }
-    ok
+    tandem_testkit::skip_unless(ok, &format!("{tool} is not installed"))
 }
 
 /// Run a command, returning its output; panics with the command line if it cannot start.

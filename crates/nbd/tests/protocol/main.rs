@@ -398,26 +398,13 @@ fn connect_as(socket: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<V
     .expect("client thread")
 }
 
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (to connect as another user) and CI must run it"
-    );
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
 /// The socket is 0600 in a 0700 directory: another user cannot even connect. And if
 /// those modes are loosened by mistake, the peer's credentials are checked at accept:
 /// neither root nor in the configured group → closed without a greeting, counted, and
 /// the server goes on; a member of the group gets in.
 #[test]
 fn unix_peers_are_checked_by_mode_and_by_credentials() {
-    if !root_or_skip("unix_peers_are_checked_by_mode_and_by_credentials") {
+    if !tandem_testkit::root_or_skip("to connect as another user") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
