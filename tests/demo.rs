@@ -120,7 +120,11 @@ fn assert_timeline(stdout: &str) {
     let mut from = 0;
     let mut after_service = 0;
     for step in STEPS {
-        let start = if step == STEPS[7] { after_service } else { from };
+        let start = if step == STEPS[7] {
+            after_service
+        } else {
+            from
+        };
         let at = timeline[start..]
             .find(step)
             .unwrap_or_else(|| panic!("{step:?} missing or out of order in:\n{timeline}"));

@@ -361,7 +361,6 @@ impl Controller {
                 };
                 self.outdater.peer_unreachable();
                 self.end_claims(false);
-                self.forget_peer_requests();
                 if self.peer_state == PeerState::Dead {
                     let holds = self.holds_any();
                     self.witness.peer_lost(self.now, holds);
@@ -480,7 +479,12 @@ impl Controller {
                 tracing::info!(%group, peer = %self.peer, "peer released group");
                 self.peer_claim_settled(&group);
             }
-            PeerMessage::AskReport => self.send_report(),
+            // The asker forgot what we run, and what we asked for: both views must see
+            // the same requests (cluster-sim seed 2274).
+            PeerMessage::AskReport => {
+                self.send_report();
+                self.share_requests();
+            }
             PeerMessage::Claim { group, id } => self.peer_claims(group, id),
             PeerMessage::ClaimAnswer { group, id, granted } => {
                 self.claim_answered(group, id, granted)

@@ -157,10 +157,13 @@ impl Controller {
         }
     }
 
-    /// The peer died or restarted: its standing requests end with it. A takeover it
-    /// asked for must not pull a group back from the node that took it over after the
-    /// peer failed (Heartbeat's `hb_takeover` was one-shot; `auto_failback` decides what
-    /// happens when a node returns). Its restarted self has forgotten them too.
+    /// The peer restarted (a new incarnation: after a fence, a crash or a stop): its
+    /// standing requests end with its old life, which its new one has forgotten too. A
+    /// takeover it asked for must not pull a group back from the node that took it over
+    /// after the peer failed (Heartbeat's `hb_takeover` was one-shot; `auto_failback`
+    /// decides what a returning node gets). A peer merely declared dead keeps them: it
+    /// may be alive behind a partition, still holding them, and both views must agree
+    /// when it returns (cluster-sim seed 2274).
     pub(crate) fn forget_peer_requests(&mut self) {
         let peer = self.peer.clone();
         self.requests.retain(|(_, r)| r.node != peer);

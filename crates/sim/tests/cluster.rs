@@ -72,7 +72,11 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
 /// - 4855, 4913, 869, 1004: a flush (or a write) acknowledged on the primary alone
 ///   after a link loss, before its new generation was durable; a crash then left
 ///   generations equal and the survivor's lossy cache won (fixed: such
-///   acknowledgements wait for that superblock).
+///   acknowledgements wait for that superblock);
+/// - 2274: a node forgot its peer's standby when it declared it dead; the peer, back
+///   from a partition it never saw, still stood by it, and the group ran nowhere
+///   (fixed: requests end with a restart, not a dead verdict, and are shared again
+///   with a report that was asked for).
 ///
 /// A change to the simulator's draws changes what a seed plays; they are then just more
 /// seeds.
@@ -80,7 +84,7 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
 fn seeds_that_once_failed_hold() {
     for seed in [
         88, 122, 161, 186, 240, 344, 379, 393, 1904, 1987, 2874, 3646, 4136, 4810, 1249, 4401,
-        4681, 4855, 4913, 869, 1004,
+        4681, 4855, 4913, 869, 1004, 2274,
     ] {
         run_seed(seed, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     }
