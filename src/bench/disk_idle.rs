@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tandem_disk::core::{Config, ConnState, DiskState};
+use tandem_disk::driver::{DriverConfig, DriverHandle, start};
 use tandem_disk::meta::{MetaLocation, MetaStore};
-use tandem_disk::node::{NodeConfig, NodeHandle, start};
 
 use super::fio::process_cpu_time;
 
@@ -89,11 +89,11 @@ async fn node(
     node_id: u64,
     listen: SocketAddr,
     peer: SocketAddr,
-) -> anyhow::Result<NodeHandle> {
+) -> anyhow::Result<DriverHandle> {
     let backing = dir.join(format!("{name}.img"));
     std::fs::File::create(&backing)?.set_len(32 << 20)?;
     MetaStore::create(&backing, &MetaLocation::Internal, 61, node_id, false)?;
-    let cfg = NodeConfig {
+    let cfg = DriverConfig {
         backing,
         meta: MetaLocation::Internal,
         listen,
@@ -105,7 +105,10 @@ async fn node(
     Ok(start(cfg).await?)
 }
 
-async fn wait(node: &NodeHandle, ok: impl Fn(ConnState, DiskState) -> bool) -> anyhow::Result<()> {
+async fn wait(
+    node: &DriverHandle,
+    ok: impl Fn(ConnState, DiskState) -> bool,
+) -> anyhow::Result<()> {
     for _ in 0..600 {
         let s = node.status().await?;
         if ok(s.connection, s.disk_state) {

@@ -1,4 +1,4 @@
-//! The NBD face of a replicated disk: a [`BlockDevice`] over a [`NodeHandle`].
+//! The NBD face of a replicated disk: a [`BlockDevice`] over a [`DriverHandle`].
 //!
 //! The core takes requests of whole 512-byte sectors, at most 1 MiB each; NBD clients
 //! may send any byte range up to 32 MiB. Larger requests are split into 1 MiB pieces
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tandem_disk::core::RequestError;
-use tandem_disk::node::{NodeError, NodeHandle};
+use tandem_disk::driver::{DriverError, DriverHandle};
 use tandem_nbd::{BlockDevice, BufResult, Capabilities, DeviceError, DeviceFuture};
 
 /// Sector size the core works in.
@@ -33,7 +33,7 @@ static ZEROES: [u8; PIECE_BYTES as usize] = [0; PIECE_BYTES as usize];
 
 /// A replicated disk as an NBD block device.
 pub struct ReplicatedDevice {
-    node: NodeHandle,
+    node: DriverHandle,
     size_bytes: u64,
     primary: Arc<AtomicBool>,
     /// Read (shared) for aligned writes, write (exclusive) for read-modify-writes.
@@ -43,7 +43,7 @@ pub struct ReplicatedDevice {
 impl ReplicatedDevice {
     /// Serves `node`; `primary` is kept current by the disk service (the core checks the
     /// role again on every request).
-    pub fn new(node: NodeHandle, primary: Arc<AtomicBool>) -> Self {
+    pub fn new(node: DriverHandle, primary: Arc<AtomicBool>) -> Self {
         ReplicatedDevice {
             size_bytes: node.size_bytes(),
             node,
@@ -66,7 +66,7 @@ fn request_error(e: RequestError) -> DeviceError {
     }
 }
 
-fn node_error(_: NodeError) -> DeviceError {
+fn node_error(_: DriverError) -> DeviceError {
     DeviceError::Shutdown
 }
 
@@ -396,8 +396,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unaligned_write_zeroes_zero_exactly_their_range() {
         use tandem_disk::core::{Config, DiskFencing};
+        use tandem_disk::driver::{self, DriverConfig};
         use tandem_disk::meta::{MetaLocation, MetaStore};
-        use tandem_disk::node::{self, NodeConfig};
         let dir = std::env::temp_dir().join(format!("tandem-zeroes-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -413,7 +413,7 @@ mod tests {
                 .local_addr()
                 .unwrap()
         };
-        let n = node::start(NodeConfig {
+        let n = driver::start(DriverConfig {
             backing,
             meta: MetaLocation::Internal,
             listen: free(),

@@ -1,5 +1,5 @@
 //! The disk service of `tandem agent`: every configured `[[disk]]` with a host entry for
-//! this node runs here — a replication node (`tandem_disk::node`) and an NBD export on a
+//! this node runs here — a replication driver (`tandem_disk::driver`) and an NBD export on a
 //! Unix socket (default `/run/tandem/disk/NAME.nbd`, export name `NAME`).
 //!
 //! ```text
@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 use tandem_config::{AfterSb0Pri, AfterSb1Pri, Config, Disk, Meta};
 use tandem_disk::core::policy::{AfterSplitBrain, SplitBrainPolicy};
 use tandem_disk::core::{AdminError, ConnState, Role};
+use tandem_disk::driver::{self, DriverConfig, DriverHandle, LinkState};
 use tandem_disk::meta::MetaLocation;
-use tandem_disk::node::{self, LinkState, NodeConfig, NodeHandle};
 use tandem_nbd::{Server, ServerConfig, UnixAccess};
 use tokio::sync::watch;
 
@@ -109,7 +109,7 @@ struct Slot {
 
 /// A disk that is up.
 struct Running {
-    node: NodeHandle,
+    driver: DriverHandle,
     server: Arc<Server>,
     socket: PathBuf,
     /// Kept current by the monitor and by promote/demote; the NBD device reads it.
@@ -396,7 +396,7 @@ pub fn stop(managed: &[String]) {
     for (name, r) in running {
         let role = service
             .runtime
-            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.status()).await });
+            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.driver.status()).await });
         if !matches!(role, Ok(Ok(ref s)) if s.role == Role::Primary) {
             continue;
         }
@@ -477,7 +477,7 @@ pub fn outdate_local(name: &str) -> Result<(), String> {
         Some(r) => {
             let result = service
                 .runtime
-                .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.outdate()).await });
+                .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.driver.outdate()).await });
             match result {
                 Ok(Ok(Ok(()))) => {
                     tracing::warn!(disk = %name, "outdated at the peer's request (it lost the replication link)");
@@ -517,9 +517,9 @@ pub fn leave() {
     }
 }
 
-fn running_node(name: &str) -> Option<(&'static Service, NodeHandle)> {
+fn running_node(name: &str) -> Option<(&'static Service, DriverHandle)> {
     let service = SERVICE.get()?;
-    let node = service.running(name)?.node.clone();
+    let node = service.running(name)?.driver.clone();
     Some((service, node))
 }
 
@@ -621,10 +621,10 @@ impl Service {
         self.lock().get(name).and_then(|s| s.running.clone())
     }
 
-    fn running_nodes(&self) -> Vec<(String, NodeHandle)> {
+    fn running_nodes(&self) -> Vec<(String, DriverHandle)> {
         self.lock()
             .iter()
-            .filter_map(|(n, s)| s.running.as_ref().map(|r| (n.clone(), r.node.clone())))
+            .filter_map(|(n, s)| s.running.as_ref().map(|r| (n.clone(), r.driver.clone())))
             .collect()
     }
 
@@ -690,9 +690,9 @@ impl Service {
                 // asked to outdate it (or fence it), as DRBD calls its fence-peer
                 // handler before a promotion; the promotion waits for the answer.
                 let mut outdate_deadline = None;
-                let before = rt.block_on(r.node.status())?;
+                let before = rt.block_on(r.driver.status())?;
                 loop {
-                    match rt.block_on(r.node.promote(*force))? {
+                    match rt.block_on(r.driver.promote(*force))? {
                         Err(AdminError::PeerIsPrimary) if crate::clock::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(50));
                         }
@@ -777,19 +777,19 @@ impl Service {
                 Ok(None)
             }
             DiskCommand::Connect { discard_my_data } => {
-                rt.block_on(r.node.connect(*discard_my_data))?;
+                rt.block_on(r.driver.connect(*discard_my_data))?;
                 Ok(None)
             }
             DiskCommand::Disconnect => {
-                rt.block_on(r.node.disconnect())?;
+                rt.block_on(r.driver.disconnect())?;
                 Ok(None)
             }
             DiskCommand::Verify => {
-                rt.block_on(r.node.verify())??;
+                rt.block_on(r.driver.verify())??;
                 Ok(None)
             }
             DiskCommand::Invalidate => {
-                rt.block_on(r.node.invalidate())??;
+                rt.block_on(r.driver.invalidate())??;
                 Ok(None)
             }
         }
@@ -835,7 +835,7 @@ impl Service {
             .iter()
             .find(|h| h.node != self.local)
             .context("the disk names no peer node")?;
-        let cfg = NodeConfig {
+        let cfg = DriverConfig {
             backing: host.backing.clone(),
             meta: meta_location(&host.meta)?,
             listen: host.address,
@@ -853,9 +853,9 @@ impl Service {
         let (wfc, degr) = (millis(disk.wfc_timeout), millis(disk.degr_wfc_timeout));
         let rt = &self.runtime;
         let (node, server, primary, wait_ms, device) = rt.block_on(async {
-            let node = node::start(cfg)
+            let node = driver::start(cfg)
                 .await
-                .with_context(|| format!("start the replication node on {}", host.address))?;
+                .with_context(|| format!("start the replication driver on {}", host.address))?;
             let primary = Arc::new(AtomicBool::new(false));
             let device = Arc::new(ReplicatedDevice::new(node.clone(), primary.clone()));
             let access = self.nbd_access;
@@ -887,7 +887,7 @@ impl Service {
         })?;
         let running = Arc::new(Running {
             link: node.link(),
-            node,
+            driver: node,
             server,
             socket: socket.clone(),
             primary,
@@ -940,7 +940,7 @@ impl Service {
         r.server.remove_export(name);
         self.demote_durably(r, r.demote_patience)
             .context("cannot demote before going down")?;
-        rt.block_on(r.node.shutdown())?;
+        rt.block_on(r.driver.shutdown())?;
         let _ = std::fs::remove_file(&r.socket);
         if let Some(slot) = self.lock().get_mut(name) {
             slot.running = None;
@@ -956,10 +956,10 @@ impl Service {
     fn demote_durably(&self, r: &Running, patience: Duration) -> anyhow::Result<()> {
         let rt = &self.runtime;
         let give_up = crate::clock::now() + patience;
-        let mut result = rt.block_on(r.node.demote())?;
+        let mut result = rt.block_on(r.driver.demote())?;
         while result.is_err() && crate::clock::now() < give_up {
             std::thread::sleep(Duration::from_millis(100));
-            result = rt.block_on(r.node.demote())?;
+            result = rt.block_on(r.driver.demote())?;
         }
         result?;
         r.primary.store(false, Ordering::Relaxed);
@@ -1052,7 +1052,7 @@ impl Service {
         );
         let status = self
             .runtime
-            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.node.status()).await });
+            .block_on(async { tokio::time::timeout(STATUS_TIMEOUT, r.driver.status()).await });
         match status {
             Ok(Ok(s)) => {
                 if let (Some(obj), Ok(Value::Object(report))) =
@@ -1248,7 +1248,7 @@ async fn monitor(service: &'static Service) {
             .collect();
         let mut pending = Vec::with_capacity(disks.len());
         for (group, r) in &disks {
-            let needs = match r.node.status().await {
+            let needs = match r.driver.status().await {
                 Ok(s) => {
                     r.primary.store(s.role == Role::Primary, Ordering::Relaxed);
                     matches!(
@@ -1268,7 +1268,7 @@ async fn monitor(service: &'static Service) {
         for ((_, r), ok) in disks.iter().zip(&allowed) {
             let pause = several_groups && !ok;
             if r.resync_paused.swap(pause, Ordering::Relaxed) != pause {
-                let _ = r.node.set_resync_paused(pause).await;
+                let _ = r.driver.set_resync_paused(pause).await;
             }
         }
     }
@@ -1341,7 +1341,7 @@ mod tests {
                 .set_len(8 << 20)
                 .unwrap();
             MetaStore::create(&backing, &MetaLocation::Internal, 7, id, false).unwrap();
-            NodeConfig {
+            DriverConfig {
                 backing,
                 meta: MetaLocation::Internal,
                 listen,
@@ -1351,10 +1351,10 @@ mod tests {
                 core: Default::default(),
             }
         };
-        let a = node::start(cfg("a.img", 1, pa, pb)).await.unwrap();
+        let a = driver::start(cfg("a.img", 1, pa, pb)).await.unwrap();
         let mut link = a.link();
         assert!(!startup_over(&link.borrow()), "{:?}", *link.borrow());
-        let b = node::start(cfg("b.img", 2, pb, pa)).await.unwrap();
+        let b = driver::start(cfg("b.img", 2, pb, pa)).await.unwrap();
         let seen = tokio::time::timeout(Duration::from_secs(20), link.wait_for(startup_over))
             .await
             .expect("no handshake within 20 s")
@@ -1376,7 +1376,9 @@ mod tests {
         .unwrap();
         assert!(startup_over(&gone), "{gone:?}");
         // A fresh node that stands alone is not waiting either.
-        let c = node::start(cfg("c.img", 3, port(), port())).await.unwrap();
+        let c = driver::start(cfg("c.img", 3, port(), port()))
+            .await
+            .unwrap();
         let mut alone = c.link();
         assert!(!startup_over(&alone.borrow()));
         c.disconnect().await.unwrap();

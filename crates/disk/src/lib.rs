@@ -6,9 +6,9 @@
 //!   answers for the frontend. No clock, no sockets, no files.
 //! - [`meta`] reads and writes the on-disk metadata (superblock, bitmap, activity log),
 //!   every block checksummed, and refuses corrupted or foreign metadata.
-//! - [`node`] runs a core for real: file or block-device backing store, metadata, an
+//! - [`driver`] runs a core for real: file or block-device backing store, metadata, an
 //!   authenticated TCP replication link (tokio); the frontend and the admin commands
-//!   talk to it through a `NodeHandle`.
+//!   talk to it through a `DriverHandle`.
 //!
 //! The semantics (states, generations, the handshake decision table, split-brain
 //! policies, activity log, resync, protocols) and the on-disk and wire formats are in
@@ -16,6 +16,6 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod driver;
 pub mod meta;
-pub mod node;
 pub mod offline;

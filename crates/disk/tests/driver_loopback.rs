@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_disk::core::{Config, ConnState, DiskState, Status};
+use tandem_disk::driver::{DriverConfig, DriverHandle, start};
 use tandem_disk::meta::{MetaLocation, MetaStore};
-use tandem_disk::node::{NodeConfig, NodeHandle, start};
 use tandem_wire::frame::{self, Frame, FrameKey, HEADER_LEN, Header, StateReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -42,7 +42,7 @@ fn backing(dir: &Path, name: &str, node_id: u64) -> PathBuf {
     p
 }
 
-async fn wait_for(node: &NodeHandle, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
+async fn wait_for(node: &DriverHandle, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
     for _ in 0..600 {
         let s = node.status().await.unwrap();
         if ok(&s) {
@@ -70,11 +70,11 @@ fn data_of(p: &Path, len: u64) -> Vec<u8> {
     b
 }
 
-async fn pair(dir: &Path, secret_b: &[u8]) -> (NodeHandle, NodeHandle, PathBuf, PathBuf) {
+async fn pair(dir: &Path, secret_b: &[u8]) -> (DriverHandle, DriverHandle, PathBuf, PathBuf) {
     let (pa, pb) = (free_port(), free_port());
     let a = backing(dir, "a.img", 1);
     let b = backing(dir, "b.img", 2);
-    let cfg = |backing: &PathBuf, listen, peer, secret: &[u8]| NodeConfig {
+    let cfg = |backing: &PathBuf, listen, peer, secret: &[u8]| DriverConfig {
         backing: backing.clone(),
         meta: MetaLocation::Internal,
         listen,
@@ -182,7 +182,7 @@ async fn a_primary_killed_mid_write_has_its_activity_log_resynced() {
     let (pa, pb) = (free_port(), free_port());
     let fa = backing(&dir.0, "a.img", 1);
     let fb = backing(&dir.0, "b.img", 2);
-    let cfg = |backing: &PathBuf, listen, peer| NodeConfig {
+    let cfg = |backing: &PathBuf, listen, peer| DriverConfig {
         backing: backing.clone(),
         meta: MetaLocation::Internal,
         listen,
@@ -306,9 +306,9 @@ async fn authenticate(
 }
 
 /// A node that accepts (its peer address sorts below any other), for scripted peers.
-async fn accepting_node(dir: &Path, secret: &[u8]) -> (NodeHandle, SocketAddr) {
+async fn accepting_node(dir: &Path, secret: &[u8]) -> (DriverHandle, SocketAddr) {
     let listen = free_port();
-    let node = start(NodeConfig {
+    let node = start(DriverConfig {
         backing: backing(dir, "n.img", 1),
         meta: MetaLocation::Internal,
         listen,
@@ -495,7 +495,7 @@ async fn measure_loopback_throughput() {
         p
     };
     let (fa, fb) = (mk("a.img", 1), mk("b.img", 2));
-    let cfg = |backing: &PathBuf, listen, peer| NodeConfig {
+    let cfg = |backing: &PathBuf, listen, peer| DriverConfig {
         backing: backing.clone(),
         meta: MetaLocation::Internal,
         listen,
@@ -591,7 +591,7 @@ async fn a_failing_peer_is_redialled_with_growing_waits_up_to_connect_interval()
             drop(sock);
         }
     });
-    let node = start(NodeConfig {
+    let node = start(DriverConfig {
         backing: backing(&dir.0, "a.img", 1),
         meta: MetaLocation::Internal,
         listen: a,

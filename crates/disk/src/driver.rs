@@ -2,7 +2,7 @@
 //! store, [`MetaStore`] for metadata, and an authenticated TCP replication link (tokio).
 //!
 //! ```text
-//!   NodeHandle (frontend + admin) ──cmd──▶ ┌──────────────┐ ◀──frames──┐
+//!   DriverHandle (frontend + admin) ──cmd──▶ ┌──────────────┐ ◀──frames──┐
 //!                                          │  event loop  │            ├─ link socket
 //!   blocking I/O (spawn_blocking) ─IoDone─▶│  owns Core   │ ──frames──▶┘
 //!   timer (Core::poll_timeout, dial) ─────▶└──────────────┘ ──small writes──▶ page cache
@@ -42,7 +42,7 @@ use tandem_wire::frame::{self, Frame, FrameKey, FrameType, HEADER_LEN, Header};
 
 /// Everything one node of one resource needs.
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
+pub struct DriverConfig {
     /// Backing file or block device.
     pub backing: PathBuf,
     /// Where the metadata is.
@@ -62,7 +62,7 @@ pub struct NodeConfig {
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
+pub enum DriverError {
     /// Metadata refused.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -124,14 +124,14 @@ enum Event {
 
 /// A running node: the frontend and admin interface.
 #[derive(Clone)]
-pub struct NodeHandle {
+pub struct DriverHandle {
     tx: mpsc::Sender<Cmd>,
     size_bytes: u64,
     link: watch::Receiver<LinkState>,
 }
 
 /// The link as the event loop last left it, published on a `watch` channel
-/// ([`NodeHandle::link`]) after every pass of the loop.
+/// ([`DriverHandle::link`]) after every pass of the loop.
 ///
 /// A watch channel keeps only the newest value, so a waiter may not see every state the
 /// link passes through; `handshakes` is what makes "the peer was here" impossible to
@@ -150,7 +150,7 @@ pub struct LinkState {
     pub fence_peer_requests: u64,
 }
 
-impl NodeHandle {
+impl DriverHandle {
     /// Usable size in bytes.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
@@ -162,13 +162,13 @@ impl NodeHandle {
         self.link.clone()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, NodeError> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))
             .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
     }
 
     /// Writes `data` at `offset_bytes` (primary only).
@@ -177,7 +177,7 @@ impl NodeHandle {
         offset_bytes: u64,
         data: Bytes,
         fua: bool,
-    ) -> Result<Result<WriteAck, RequestError>, NodeError> {
+    ) -> Result<Result<WriteAck, RequestError>, DriverError> {
         self.ask(|tx| Cmd::Write(offset_bytes, data, fua, tx)).await
     }
 
@@ -186,93 +186,95 @@ impl NodeHandle {
         &self,
         offset_bytes: u64,
         len_bytes: u32,
-    ) -> Result<Result<Bytes, RequestError>, NodeError> {
+    ) -> Result<Result<Bytes, RequestError>, DriverError> {
         self.ask(|tx| Cmd::Read(offset_bytes, len_bytes, tx)).await
     }
 
     /// Makes acknowledged writes durable (per protocol, on both sides).
-    pub async fn flush(&self) -> Result<Result<(), RequestError>, NodeError> {
+    pub async fn flush(&self) -> Result<Result<(), RequestError>, DriverError> {
         self.ask(Cmd::Flush).await
     }
 
     /// `tandem disk primary [--force]`.
-    pub async fn promote(&self, force: bool) -> Result<Result<(), AdminError>, NodeError> {
+    pub async fn promote(&self, force: bool) -> Result<Result<(), AdminError>, DriverError> {
         self.ask(|tx| Cmd::Promote(force, tx)).await
     }
 
     /// `tandem disk secondary`: answers once the superblock on disk says secondary.
-    pub async fn demote(&self) -> Result<Result<(), AdminError>, NodeError> {
+    pub async fn demote(&self) -> Result<Result<(), AdminError>, DriverError> {
         self.ask(Cmd::Demote).await
     }
 
     /// `tandem disk connect [--discard-my-data]`.
-    pub async fn connect(&self, discard_my_data: bool) -> Result<(), NodeError> {
+    pub async fn connect(&self, discard_my_data: bool) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::Connect(discard_my_data))
             .await
-            .map_err(|_| NodeError::Stopped)
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// The cluster fenced the peer: drop the link now, the peer counts as outdated
     /// (see `Core::peer_fenced`). Returns once the core has taken it in.
-    pub async fn peer_fenced(&self) -> Result<(), NodeError> {
+    pub async fn peer_fenced(&self) -> Result<(), DriverError> {
         self.ask(Cmd::PeerFenced).await
     }
 
     /// The cluster outdated the peer (its answer came after its metadata was durable):
     /// suspended I/O resumes (`Core::peer_outdated`).
-    pub async fn peer_outdated(&self) -> Result<(), NodeError> {
+    pub async fn peer_outdated(&self) -> Result<(), DriverError> {
         self.ask(Cmd::PeerOutdated).await
     }
 
     /// The cluster could not reach the peer (`Core::peer_unreachable`: under
     /// `resource-only` this side goes on alone).
-    pub async fn peer_unreachable(&self) -> Result<(), NodeError> {
+    pub async fn peer_unreachable(&self) -> Result<(), DriverError> {
         self.ask(Cmd::PeerUnreachable).await
     }
 
     /// The peer lost its link and asks this side to outdate itself: answers once the
     /// outdated mark is durable (`Core::outdate`; a primary refuses).
-    pub async fn outdate(&self) -> Result<Result<(), AdminError>, NodeError> {
+    pub async fn outdate(&self) -> Result<Result<(), AdminError>, DriverError> {
         self.ask(Cmd::Outdate).await
     }
 
     /// Before a clean stop: a secondary whose up-to-date peer goes on outdates itself
     /// and tells the peer (`Core::leave`); answers once that is durable and sent.
-    pub async fn leave(&self) -> Result<(), NodeError> {
-        self.ask(Cmd::Leave).await?.map_err(|_| NodeError::Stopped)
+    pub async fn leave(&self) -> Result<(), DriverError> {
+        self.ask(Cmd::Leave)
+            .await?
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// `tandem disk disconnect`.
-    pub async fn disconnect(&self) -> Result<(), NodeError> {
+    pub async fn disconnect(&self) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::Disconnect)
             .await
-            .map_err(|_| NodeError::Stopped)
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// `tandem disk verify`.
-    pub async fn verify(&self) -> Result<Result<(), AdminError>, NodeError> {
+    pub async fn verify(&self) -> Result<Result<(), AdminError>, DriverError> {
         self.ask(Cmd::Verify).await
     }
 
     /// `tandem disk invalidate`.
-    pub async fn invalidate(&self) -> Result<Result<(), AdminError>, NodeError> {
+    pub async fn invalidate(&self) -> Result<Result<(), AdminError>, DriverError> {
         self.ask(Cmd::Invalidate).await
     }
 
     /// Status snapshot.
-    pub async fn status(&self) -> Result<Status, NodeError> {
+    pub async fn status(&self) -> Result<Status, DriverError> {
         self.ask(Cmd::Status).await
     }
 
     /// Holds back (or releases) this disk's resync requests: the agent runs resync
     /// groups in order with it (see `core::resync::groups_allowed`).
-    pub async fn set_resync_paused(&self, paused: bool) -> Result<(), NodeError> {
+    pub async fn set_resync_paused(&self, paused: bool) -> Result<(), DriverError> {
         self.tx
             .send(Cmd::SetResyncPaused(paused))
             .await
-            .map_err(|_| NodeError::Stopped)
+            .map_err(|_| DriverError::Stopped)
     }
 
     /// How long startup should wait for the peer (`Core::startup_wait_ms`: the degraded
@@ -281,34 +283,34 @@ impl NodeHandle {
         &self,
         wfc_timeout_ms: u64,
         degr_wfc_timeout_ms: u64,
-    ) -> Result<u64, NodeError> {
+    ) -> Result<u64, DriverError> {
         self.ask(|tx| Cmd::StartupWait(wfc_timeout_ms, degr_wfc_timeout_ms, tx))
             .await
     }
 
     /// Stops the node (`tandem disk down`): the link closes, metadata stays as it is.
-    pub async fn shutdown(&self) -> Result<(), NodeError> {
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
         self.ask(Cmd::Shutdown).await
     }
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
     let what = what.into();
-    move |source| NodeError::Io { what, source }
+    move |source| DriverError::Io { what, source }
 }
 
 /// `N` bytes from the kernel's random generator (getrandom(2), which waits until it is
 /// seeded), or an error: never a weaker fallback such as the process id, which two
 /// nodes (or two lab hosts in their own pid namespaces) can share.
-fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
+fn random_bytes<const N: usize>() -> Result<[u8; N], DriverError> {
     random_bytes_from(getrandom::fill)
 }
 
 fn random_bytes_from<const N: usize>(
     fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
-) -> Result<[u8; N], NodeError> {
+) -> Result<[u8; N], DriverError> {
     let mut b = [0u8; N];
-    fill(&mut b).map_err(|e| NodeError::Random(e.to_string()))?;
+    fill(&mut b).map_err(|e| DriverError::Random(e.to_string()))?;
     Ok(b)
 }
 
@@ -353,7 +355,7 @@ struct Backing {
 /// are explicit about their size) and large aligned writes bypass the cache; small
 /// writes stay buffered, because to the device one 4 KiB direct write costs more than
 /// the cache's coalescing.
-fn open_backing(path: &std::path::Path) -> Result<Backing, NodeError> {
+fn open_backing(path: &std::path::Path) -> Result<Backing, DriverError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
@@ -418,7 +420,7 @@ fn write_direct(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 
 /// Starts a node: opens metadata (refusing bad metadata), attaches the core, listens
 /// on `cfg.listen`, and begins connecting. The node starts secondary.
-pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+pub async fn start(cfg: DriverConfig) -> Result<DriverHandle, DriverError> {
     let (store, meta) = MetaStore::open(&cfg.backing, &cfg.meta)?;
     let backing = open_backing(&cfg.backing)?;
     let listener = TcpListener::bind(cfg.listen)
@@ -463,7 +465,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         link_published,
     };
     tokio::spawn(driver.run(cmd_rx, ev_rx, listener));
-    Ok(NodeHandle {
+    Ok(DriverHandle {
         tx: cmd_tx,
         size_bytes,
         link: link_rx,
@@ -768,7 +770,7 @@ impl Link {
 }
 
 struct Driver {
-    cfg: Arc<NodeConfig>,
+    cfg: Arc<DriverConfig>,
     core: Core,
     backing: Arc<Backing>,
     store: Arc<Mutex<MetaStore>>,
@@ -1346,7 +1348,7 @@ async fn read_frame(
 mod tests {
     use super::*;
 
-    /// Regression for the precise cause of `node_loopback` hanging in `Handshaking`: the
+    /// Regression for the precise cause of `driver_loopback` hanging in `Handshaking`: the
     /// link's reader used to start inside `establish`, before `LinkUp` was queued, so a
     /// `State` sent right behind the handshake could reach the loop first and be dropped
     /// as a frame of an unknown link. Now nothing past the handshake is read until the
@@ -1419,7 +1421,7 @@ mod tests {
     #[test]
     fn failing_randomness_is_an_error_not_a_fallback() {
         let failed = random_bytes_from::<8>(|_| Err(getrandom::Error::UNSUPPORTED));
-        assert!(matches!(failed, Err(NodeError::Random(_))), "{failed:?}");
+        assert!(matches!(failed, Err(DriverError::Random(_))), "{failed:?}");
         let a: [u8; 32] = random_bytes().unwrap();
         let b: [u8; 32] = random_bytes().unwrap();
         assert_ne!(a, b);
