@@ -121,6 +121,8 @@ pub struct Controller {
     pub(crate) last_transition: Transition,
     pub(crate) history: VecDeque<ActionRecord>,
     pub(crate) commands: VecDeque<Command>,
+    /// What `/metrics` counts: transitions run, fence device runs and results.
+    pub(crate) counters: crate::status::Counters,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) now: Instant,
 }
@@ -200,6 +202,7 @@ impl Controller {
             last_transition: Transition::new(local),
             history: VecDeque::new(),
             commands: VecDeque::new(),
+            counters: Default::default(),
             shutdown: None,
             now,
         })
@@ -228,6 +231,7 @@ impl Controller {
                 self.replan = true;
             }
             Input::FenceDone { id, result } => {
+                self.counters.fence_result(&result);
                 tracing::info!(
                     device = %result.device,
                     target = ?result.target,
