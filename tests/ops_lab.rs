@@ -143,3 +143,80 @@ fn metrics_after_a_fenced_failover_show_the_dead_node_the_fence_and_the_new_loca
     assert_eq!(keys(&status), keys(&cli));
     assert_eq!(get(&c, "ox2", "/nothing"), None, "404 for anything else");
 }
+
+/// Writes its environment to `DIR/LOCAL-EVENT.env` (both nodes share the lab's data
+/// directory).
+const RECORD_ENV: &str = r#"#!/bin/sh
+mkdir -p "$1"
+env | grep -E '^(TANDEM|DRBD)_' | sort > "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.tmp"
+mv "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.tmp" "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.env"
+"#;
+
+const NOTIFY: &str = r#"
+[[notify]]
+name = "record"
+command = "{dir}/record-env"
+args = ["{dir}/events"]
+events = ["node_dead", "fenced", "group_started", "group_moved"]
+timeout = "5s"
+"#;
+
+/// The variables a notify command saw for `event` on `node`, once it has run.
+fn recorded(c: &Cluster, node: &str, event: &str) -> std::collections::BTreeMap<String, String> {
+    let path = c.lab.data_dir().join(format!("events/{node}-{event}.env"));
+    let text = wait_for(
+        Duration::from_secs(20),
+        &format!("{node}'s {event} notification"),
+        || std::fs::read_to_string(&path).ok(),
+    );
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_failover_runs_the_notify_command_with_the_event_in_its_environment() {
+    if !root_or_skip("network namespaces, cgroups, mounts") {
+        return;
+    }
+    let mut c = Cluster::start_with_files(opts(NOTIFY), &[("record-env", RECORD_ENV)]);
+    c.wait_owner("ox2", "ox1");
+    let started = recorded(&c, "ox1", "group_started");
+    assert_eq!(started["TANDEM_GROUP"], "web");
+    assert_eq!(started["TANDEM_NODE"], "ox1");
+
+    c.lab.power_off("ox1").unwrap();
+    c.wait_owner("ox2", "ox2");
+    let dead = recorded(&c, "ox2", "node_dead");
+    for (k, v) in [
+        ("TANDEM_EVENT", "node_dead"),
+        ("TANDEM_KIND", "node"),
+        ("TANDEM_NODE", "ox1"),
+        ("TANDEM_LOCAL_NODE", "ox2"),
+        ("TANDEM_CLUSTER", "failover"),
+        ("TANDEM_NOTIFY_NAME", "record"),
+        ("TANDEM_GROUP", ""),
+    ] {
+        assert_eq!(dead.get(k).map(String::as_str), Some(v), "{k} in {dead:?}");
+    }
+    assert!(dead["TANDEM_TIMESTAMP"].ends_with('Z'), "{dead:?}");
+    let fenced = recorded(&c, "ox2", "fenced");
+    assert_eq!(fenced["TANDEM_NODE"], "ox1");
+    assert_eq!(fenced["TANDEM_KIND"], "fencing");
+    let moved = recorded(&c, "ox2", "group_moved");
+    assert_eq!(moved["TANDEM_GROUP"], "web");
+    assert_eq!(moved["TANDEM_NODE"], "ox2");
+    assert_eq!(moved["TANDEM_DETAIL"], "from ox1");
+    let sequence = |m: &std::collections::BTreeMap<String, String>| {
+        m["TANDEM_SEQUENCE"].parse::<u64>().unwrap()
+    };
+    assert!(sequence(&dead) < sequence(&fenced) && sequence(&fenced) < sequence(&moved));
+    // One log line for each run.
+    let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
+    let runs = log
+        .lines()
+        .filter(|l| l.contains("notify command exited 0") && l.contains("record"))
+        .count();
+    assert!(runs >= 3, "ox2's log:\n{log}");
+}

@@ -18,6 +18,7 @@ mod http;
 pub(crate) mod links;
 mod manager;
 mod metrics;
+mod notify;
 mod ping;
 
 use std::collections::VecDeque;
@@ -178,6 +179,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             peer_id,
             Arc::clone(&driver),
             tx.clone(),
+            notify::spawn(&config, &local)?,
         )?;
         manager::spawn(m, rx)?;
         let fence_peer = tx.clone();

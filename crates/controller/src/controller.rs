@@ -123,6 +123,8 @@ pub struct Controller {
     pub(crate) commands: VecDeque<Command>,
     /// What `/metrics` counts: transitions run, fence device runs and results.
     pub(crate) counters: crate::status::Counters,
+    /// What notifications compare with (`notices.rs`).
+    pub(crate) watch: crate::notices::Watch,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) now: Instant,
 }
@@ -203,6 +205,7 @@ impl Controller {
             history: VecDeque::new(),
             commands: VecDeque::new(),
             counters: Default::default(),
+            watch: Default::default(),
             shutdown: None,
             now,
         })
@@ -323,6 +326,7 @@ impl Controller {
         } else {
             self.advance();
         }
+        self.notice_changes();
     }
 
     /// Wall-clock milliseconds at `now`.
@@ -337,6 +341,7 @@ impl Controller {
     // ------------------------------------------------------------------ inputs
 
     fn membership(&mut self, event: Event) {
+        self.notice_membership(&event);
         match event {
             Event::NodeUp { .. }
             | Event::NodeDead { .. }
