@@ -6,6 +6,7 @@
 //!  ping thread ───┤  bounded channel       │    fence devices, outdates ──► inputs
 //!  workers ───────┼─► Input ─► Controller ─┼─► membership driver: cluster messages
 //!  control socket ┘   (one thread)         ├─► disk service: peer fenced, outdated…
+//!                                          ├─► notify queue ([[notify]], notify.rs)
 //!                                          └─► exit after a clean stop
 //! ```
 //!
@@ -60,6 +61,7 @@ pub struct Manager {
     inputs: SyncSender<Input>,
     agents: BTreeMap<(String, String), Result<Exec, String>>,
     fence_paths: ProgramPaths,
+    notifier: Option<super::notify::Notifier>,
 }
 
 impl Manager {
@@ -70,6 +72,7 @@ impl Manager {
         peer_id: NodeId,
         driver: Arc<Driver>,
         inputs: SyncSender<Input>,
+        notifier: Option<super::notify::Notifier>,
     ) -> anyhow::Result<Self> {
         let controller = Controller::new(
             Arc::clone(&config),
@@ -104,6 +107,7 @@ impl Manager {
                 &[],
                 tandem_fencing::device::EXTERNAL_PLUGIN_DIR.into(),
             ),
+            notifier,
         })
     }
 
@@ -227,6 +231,11 @@ impl Manager {
                         }
                     }),
                 },
+                Command::Notify(notice) => {
+                    if let Some(n) = &self.notifier {
+                        n.send(notice);
+                    }
+                }
                 Command::Exit => std::process::exit(0),
             }
         }

@@ -5,6 +5,7 @@
 //!                   │ timed events                ▲ status / messages
 //!                   ▼                             │
 //!              event thread ──► event history ──► control socket ◄── tandem status
+//!                                                 └─► [metrics] HTTP ◄── Prometheus
 //! ```
 //!
 //! The heartbeat path runs on its own thread with locked memory and real-time
@@ -13,8 +14,11 @@
 //! (Heartbeat ran the same way, `realtime on`).
 
 mod events;
+mod http;
 pub(crate) mod links;
 mod manager;
+mod metrics;
+mod notify;
 mod ping;
 
 use std::collections::VecDeque;
@@ -175,6 +179,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             peer_id,
             Arc::clone(&driver),
             tx.clone(),
+            notify::spawn(&config, &local)?,
         )?;
         manager::spawn(m, rx)?;
         let fence_peer = tx.clone();
@@ -206,9 +211,19 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     handle_signals(stop_signals, manager.clone(), managed_disks)?;
 
-    let local_name = local.clone();
+    let status: http::StatusFn = {
+        let (local, manager) = (local.clone(), manager.clone());
+        Arc::new(move || status_json(&local, &driver, &shared, manager.as_ref()))
+    };
+    if let Some(addr) = config.metrics.listen {
+        let peer = peer_id(&config, &local).ok().map(|id| metrics::Peer {
+            name: config.nodes[id as usize - 1].name.clone(),
+            id,
+        });
+        http::spawn(addr, Arc::clone(&status), peer)?;
+    }
     control::serve(listener, move |request, _peer| match request {
-        Request::Status => status_json(&local_name, &driver, &shared, manager.as_ref()),
+        Request::Status => status(),
         Request::Standby { scope } => operator(
             manager.as_ref(),
             Operator::Request(RequestKind::Standby, scope),

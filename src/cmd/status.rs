@@ -25,7 +25,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", render(&status));
+        print!("{}", render(&status, crate::clock::wall_ms()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -39,7 +39,8 @@ pub fn control_socket(global: &Global, flag: Option<PathBuf>) -> PathBuf {
     })
 }
 
-fn render(status: &serde_json::Value) -> String {
+/// The status as text; `now_ms` (wall clock) for the events' ages.
+fn render(status: &serde_json::Value, now_ms: u64) -> String {
     let mut out = String::new();
     let s = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -126,7 +127,9 @@ fn render(status: &serde_json::Value) -> String {
             let _ = writeln!(
                 out,
                 "  {} {} {} {} {}",
-                s(&e["time_ms"]),
+                e["time_ms"]
+                    .as_u64()
+                    .map_or_else(|| s(&e["time_ms"]), |t| event_time(t, now_ms)),
                 s(&e["event"]),
                 e["node"].as_str().unwrap_or(""),
                 e["link"].as_str().unwrap_or(""),
@@ -135,6 +138,46 @@ fn render(status: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// `2026-12-04 18:51:33 (12s ago)`: local time, to the second, and age; the
+/// issue's operator read raw epoch milliseconds during an initial sync.
+fn event_time(time_ms: u64, now_ms: u64) -> String {
+    format!(
+        "{} ({} ago)",
+        local_time(time_ms),
+        age(now_ms.saturating_sub(time_ms))
+    )
+}
+
+/// `12s`, `3m04s`, `2h05m`, `3d04h`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in the local time zone (localtime_r reads TZ).
+fn local_time(ms: u64) -> String {
+    let t = (ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r writes only the tm it is given; a zeroed tm is valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return format!("@{}", ms / 1000);
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// Groups and resources; what risks data is printed in red (on a terminal).
@@ -240,5 +283,31 @@ fn render_groups(out: &mut String, status: &serde_json::Value) {
                 last
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{age, render};
+
+    #[test]
+    fn recent_events_show_local_time_and_age_not_epoch_milliseconds() {
+        let status = serde_json::json!({"events": [
+            {"time_ms": 1_796_406_693_078u64, "event": "node_up", "node": "ox2"}
+        ]});
+        let text = render(&status, 1_796_406_705_078);
+        let line = text.lines().find(|l| l.contains("node_up")).unwrap();
+        assert!(!line.contains("1796406693"), "{line}");
+        assert!(line.contains("(12s ago) node_up ox2"), "{line}");
+        assert!(line.trim_start().starts_with("2026-12-0"), "{line}");
+    }
+
+    #[test]
+    fn ages_read_in_the_largest_two_units() {
+        assert_eq!(age(999), "0s");
+        assert_eq!(age(59_000), "59s");
+        assert_eq!(age(184_000), "3m04s");
+        assert_eq!(age(7_500_000), "2h05m");
+        assert_eq!(age(273_600_000), "3d04h");
     }
 }

@@ -343,6 +343,24 @@ pub fn to_toml_with_header(config: &Config, header: &[String]) -> String {
             kv(&mut o, "monitor_interval", &opt_d(r.monitor_interval));
         }
     }
+    if let Some(listen) = config.metrics.listen {
+        o.push_str("\n[metrics]\n");
+        kv(&mut o, "listen", &q(&listen.to_string()));
+    }
+    for n in &config.notify {
+        o.push_str("\n[[notify]]\n");
+        kv(&mut o, "name", &q(&n.name));
+        kv(&mut o, "command", &q(&n.command.display().to_string()));
+        kv(&mut o, "args", &list(n.args.iter().map(|a| q(a))));
+        // Empty lists mean "every event" / "any disk": written by leaving them out.
+        if !n.events.is_empty() {
+            kv(&mut o, "events", &list(n.events.iter().map(|e| q(e))));
+        }
+        if !n.disks.is_empty() {
+            kv(&mut o, "disks", &list(n.disks.iter().map(|e| q(e))));
+        }
+        kv(&mut o, "timeout", &d(n.timeout));
+    }
     o
 }
 

@@ -31,6 +31,10 @@ pub struct Config {
     /// `[witness]`: a third machine that gives one node the vote when the two lose each
     /// other (absent: no witness, fencing waits `fencing_delay` as before).
     pub witness: Option<Witness>,
+    /// `[metrics]`: the agent's HTTP listener for `/metrics` and `/status`.
+    pub metrics: Metrics,
+    /// `[[notify]]`: commands run on cluster events, in file order.
+    pub notify: Vec<Notify>,
 }
 
 /// `[witness]`.
@@ -122,6 +126,46 @@ pub struct PingGroup {
     pub name: String,
     /// Member addresses.
     pub addresses: Vec<IpAddr>,
+}
+
+/// `[metrics]`: off unless the table is present.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// Where the agent serves `/metrics` and `/status` over HTTP; `None`: no listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The events a `[[notify]]` command can be run on (docs/operations.md).
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "node_dead",
+    "node_up",
+    "node_returned_after_partition",
+    "fenced",
+    "fence_failed",
+    "group_moved",
+    "group_started",
+    "group_stopped",
+    "split_brain",
+    "resync_done",
+    "out_of_sync",
+];
+
+/// `[[notify]]`: a command run on events, with the event in its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// Name in logs and metrics (default: the command's file name).
+    pub name: String,
+    /// The program (absolute path), run without a shell.
+    pub command: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The events it runs on (names from [`NOTIFY_EVENTS`]); empty: every event.
+    pub events: Vec<String>,
+    /// Only events about these disks (disk events) — empty: any disk. Events that
+    /// concern no disk are not filtered by it.
+    pub disks: Vec<String>,
+    /// How long one run may take before its process group is killed.
+    pub timeout: Duration,
 }
 
 /// `[log]`.
@@ -620,4 +664,10 @@ pub mod defaults {
     pub const GARP_COUNT: u32 = 5;
     /// `ipaddr.garp_interval`.
     pub const GARP_INTERVAL: Duration = Duration::from_millis(200);
+    /// `metrics.listen` when the table gives no address.
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9694";
+    /// `metrics.listen`'s port when it gives only an address or only a port.
+    pub const METRICS_PORT: u16 = 9694;
+    /// `notify.timeout`.
+    pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 }

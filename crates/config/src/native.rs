@@ -18,6 +18,10 @@ use crate::diag::{Diagnostics, Sink, Source, Warning};
 use crate::model::*;
 use crate::units;
 
+// `[metrics]` and `[[notify]]`: a child module, so it walks with this module's helpers.
+#[path = "native_ops.rs"]
+mod ops;
+
 type Val<'i> = Spanned<DeValue<'i>>;
 
 /// Keys allowed in `[cluster]`.
@@ -94,6 +98,8 @@ const TOP_KEYS: &[&str] = &[
     "fence_device",
     "disk",
     "group",
+    "metrics",
+    "notify",
 ];
 
 /// Type-specific resource keys.
@@ -200,7 +206,7 @@ impl<'s> Walker<'s> {
                 self.err(
                     k.span(),
                     format!(
-                        "unknown table `{}`{}; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]]",
+                        "unknown table `{}`{}; expected one of: [cluster], [log], [[node]], [[link]], [[fence_device]], [[disk]], [[group]], [witness], [metrics], [[notify]]",
                         k.get_ref(),
                         crate::diag::did_you_mean(k.get_ref(), allowed)
                     ),
@@ -622,6 +628,15 @@ impl<'s> Walker<'s> {
             }
         }
 
+        let metrics = match root
+            .get("metrics")
+            .and_then(|v| self.table(v, "[metrics]".to_string()))
+        {
+            Some(t) => self.metrics(&t),
+            None => Metrics::default(),
+        };
+        let notify = self.notifies(&root, &disk_names);
+
         self.resolve_disk_fencing(&cluster, &mut disks, &groups, &fencing_keys);
         self.timing(&cluster, &spans);
         if checks == FileChecks::On {
@@ -643,6 +658,8 @@ impl<'s> Walker<'s> {
             disks,
             groups,
             witness,
+            metrics,
+            notify,
         }
     }
 

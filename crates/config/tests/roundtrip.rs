@@ -273,6 +273,21 @@ fn config() -> impl Strategy<Value = Config> {
                         vote_retry: keepalive * 2,
                         state_file: "/var/lib/tandem/witness-grant.json".into(),
                     }),
+                    metrics: Metrics {
+                        listen: on.then(|| "[::1]:9100".parse().unwrap()),
+                    },
+                    notify: vec![Notify {
+                        name: "mail".into(),
+                        command: "/usr/local/sbin/ha-mail".into(),
+                        args: vec!["root@example.org".into(), "with \"quotes\"".into()],
+                        events: if on {
+                            vec![]
+                        } else {
+                            vec!["node_dead".into(), "split_brain".into()]
+                        },
+                        disks: vec![],
+                        timeout: keepalive,
+                    }],
                 }
             },
         )

@@ -293,3 +293,58 @@ fn whitepaper_disks_fence_by_default_and_drbd8_fencing_imports() {
         "{warnings:?}"
     );
 }
+
+/// DRBD's `split-brain`, `out-of-sync` and `after-resync-target` handlers become
+/// `[[notify]]` commands for that disk's events, run through `/bin/sh -c` as DRBD runs
+/// them; other handlers are still reported as not imported.
+#[test]
+fn drbd_handlers_import_as_notifications() {
+    let drbd = std::fs::read_to_string(fixture("drbd.conf")).unwrap();
+    let drbd = drbd.replacen(
+        "protocol C;",
+        "protocol C;\n  handlers {\n    split-brain \"/usr/lib/drbd/notify-split-brain.sh root\";\n    out-of-sync \"/usr/lib/drbd/notify-out-of-sync.sh root\";\n    after-resync-target \"/usr/local/sbin/resynced r0\";\n    pri-lost \"/usr/lib/drbd/notify-pri-lost.sh\";\n  }",
+        1,
+    );
+    let ha_cf = std::fs::read_to_string(fixture("ha.cf")).unwrap();
+    let har = std::fs::read_to_string(fixture("haresources")).unwrap();
+    let (c, warnings) = tandem_config::import::import_texts(&files(), &ha_cf, &har, Some(&drbd))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let disk = &c.disks[0].name;
+    let got: Vec<(&str, &str, &[String], &[String])> = c
+        .notify
+        .iter()
+        .map(|n| {
+            (
+                n.name.as_str(),
+                n.command.to_str().unwrap(),
+                n.args.as_slice(),
+                n.events.as_slice(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, format!("{disk}-split-brain"));
+    assert_eq!(got[0].1, "/bin/sh");
+    assert_eq!(
+        got[0].2,
+        [
+            "-c".to_string(),
+            "/usr/lib/drbd/notify-split-brain.sh root".into()
+        ]
+    );
+    assert_eq!(got[0].3, ["split_brain".to_string()]);
+    assert_eq!(got[1].3, ["out_of_sync".to_string()]);
+    assert_eq!(got[2].3, ["resync_done".to_string()]);
+    assert!(c.notify.iter().all(|n| n.disks == [disk.clone()]));
+    let w: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("pri-lost") && w.contains("not imported")),
+        "{w:?}"
+    );
+    // What the importer prints loads back to the same notifications.
+    let text = tandem_config::to_toml(&c);
+    let (back, _) = tandem_config::Config::parse_str("imported.toml", &text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back.notify, c.notify);
+}

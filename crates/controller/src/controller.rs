@@ -121,6 +121,10 @@ pub struct Controller {
     pub(crate) last_transition: Transition,
     pub(crate) history: VecDeque<ActionRecord>,
     pub(crate) commands: VecDeque<Command>,
+    /// What `/metrics` counts: transitions run, fence device runs and results.
+    pub(crate) counters: crate::status::Counters,
+    /// What notifications compare with (`notices.rs`).
+    pub(crate) watch: crate::notices::Watch,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) now: Instant,
 }
@@ -200,6 +204,8 @@ impl Controller {
             last_transition: Transition::new(local),
             history: VecDeque::new(),
             commands: VecDeque::new(),
+            counters: Default::default(),
+            watch: Default::default(),
             shutdown: None,
             now,
         })
@@ -228,6 +234,7 @@ impl Controller {
                 self.replan = true;
             }
             Input::FenceDone { id, result } => {
+                self.counters.fence_result(&result);
                 tracing::info!(
                     device = %result.device,
                     target = ?result.target,
@@ -319,6 +326,7 @@ impl Controller {
         } else {
             self.advance();
         }
+        self.notice_changes();
     }
 
     /// Wall-clock milliseconds at `now`.
@@ -333,6 +341,7 @@ impl Controller {
     // ------------------------------------------------------------------ inputs
 
     fn membership(&mut self, event: Event) {
+        self.notice_membership(&event);
         match event {
             Event::NodeUp { .. }
             | Event::NodeDead { .. }

@@ -8,6 +8,7 @@
 //!  action results ────┼─► Controller::handle(now, input) ┼─► Send (cluster messages)
 //!  fence results ─────┤        │ view ─► plan ─► run     ├─► RunFenceDevice
 //!  disk fencing ──────┤        │ transition, timers      ├─► Disks (peer fenced, outdate…)
+//!  ping ──────────────┤        │ notices                 ├─► Notify ([[notify]] commands)
 //!  Tick / Shutdown ───┘        ▼                          └─► Exit (after a clean stop)
 //!  operator requests ──► Controller::operator(now, op) ─► answer (JSON or refusal)
 //!                        Controller::poll_timeout() ─► when to Tick next
@@ -30,6 +31,7 @@ mod claim;
 pub mod controller;
 mod disk_fencing;
 pub mod messages;
+mod notices;
 mod requests;
 mod status;
 mod transition;
@@ -38,5 +40,5 @@ mod witness;
 
 pub use controller::Controller;
 pub use messages::PeerMessage;
-pub use types::{Command, DiskOrder, Input, Op, Operator, SendTag};
+pub use types::{Command, DiskOrder, Input, Notice, Op, Operator, SendTag};
 pub use witness::witness_node_id;

@@ -205,6 +205,71 @@ impl Controller {
             "peer_state": format!("{:?}", self.peer_state),
             "actions": self.history,
             "transition": tandem_policy::render::summary(&self.config, &self.view(), &self.last_transition),
+            "counters": self.counters.to_json(),
         })
+    }
+}
+
+/// Monotonic counts since the agent started, for `/metrics` (docs/operations.md): what
+/// the controller did, kept by it because only it knows (counting is not I/O).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Counters {
+    /// Transitions with at least one action that were started.
+    pub(crate) transitions: u64,
+    /// Per (target, device): device runs asked for, and their results by outcome.
+    fence: BTreeMap<(String, String), FenceCount>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FenceCount {
+    attempts: u64,
+    results: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    pub(crate) fn fence_attempt(&mut self, target: &str, device: &str) {
+        let c = self
+            .fence
+            .entry((target.to_string(), device.to_string()))
+            .or_default();
+        c.attempts += 1;
+    }
+
+    pub(crate) fn fence_result(&mut self, result: &tandem_fencing::FenceResult) {
+        let Some(target) = &result.target else {
+            return;
+        };
+        let c = self
+            .fence
+            .entry((target.clone(), result.device.clone()))
+            .or_default();
+        *c.results.entry(outcome_kind(&result.outcome)).or_default() += 1;
+    }
+
+    /// `{"transitions": N, "fence": [{"target", "device", "attempts", "results": {kind: N}}]}`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let fence: Vec<serde_json::Value> = self
+            .fence
+            .iter()
+            .map(|((target, device), c)| {
+                serde_json::json!({
+                    "target": target, "device": device,
+                    "attempts": c.attempts, "results": c.results,
+                })
+            })
+            .collect();
+        serde_json::json!({ "transitions": self.transitions, "fence": fence })
+    }
+}
+
+/// The outcome's `kind` as fencing history shows it.
+fn outcome_kind(outcome: &tandem_fencing::Outcome) -> &'static str {
+    use tandem_fencing::Outcome;
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Timeout => "timeout",
+        Outcome::NotInstalled => "not-installed",
+        Outcome::Error { .. } => "error",
     }
 }

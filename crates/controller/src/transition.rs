@@ -48,6 +48,9 @@ impl Controller {
                 log_transition(&transition);
             }
             self.last_transition = transition.clone();
+            if !transition.actions.is_empty() {
+                self.counters.transitions += 1;
+            }
             self.running = Some(Running {
                 transition,
                 done: BTreeSet::new(),
@@ -228,7 +231,12 @@ impl Controller {
         self.peer_down_told_disks = peer_down;
         while let Some(command) = self.coordinator.poll_command() {
             match command {
-                tandem_fencing::Command::RunDevice { .. } => {
+                tandem_fencing::Command::RunDevice {
+                    ref target,
+                    ref device,
+                    ..
+                } => {
+                    self.counters.fence_attempt(target, device);
                     self.commands.push_back(Command::RunFenceDevice(command));
                 }
                 tandem_fencing::Command::SendToPeer(record) => {

@@ -199,6 +199,26 @@ pub enum Command {
     RunFenceDevice(tandem_fencing::Command),
     /// An order for the disk service.
     Disks(DiskOrder),
+    /// Tell the operator's `[[notify]]` commands (run off the controller's thread,
+    /// bounded; nothing is fed back).
+    Notify(Notice),
     /// The shutdown is complete: exit the process.
     Exit,
+}
+
+/// An event for the `[[notify]]` commands (names from `tandem_config::NOTIFY_EVENTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `node_dead`, `fenced`, `group_moved` …
+    pub event: &'static str,
+    /// The node concerned (the dead or fenced peer; where a group started or stopped).
+    pub node: Option<String>,
+    /// The group concerned.
+    pub group: Option<String>,
+    /// The disk concerned.
+    pub disk: Option<String>,
+    /// More words (`from ox1` for a move).
+    pub detail: String,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub time_ms: u64,
 }

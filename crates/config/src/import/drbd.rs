@@ -205,8 +205,14 @@ impl Parser<'_> {
 
 /// Parses drbd.conf into disks, each with whether the file set its `fencing` policy.
 /// `nodes` are the cluster's node names (from ha.cf), so an `on HOST` naming anything
-/// else is reported here, at the host name.
-pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<(Disk, bool)> {
+/// else is reported here, at the host name. The handlers tandem has an event for
+/// (`split-brain`, `out-of-sync`, `after-resync-target`) go to `notify`.
+pub fn parse(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    nodes: &[String],
+    notify: &mut Vec<Notify>,
+) -> Vec<(Disk, bool)> {
     let Some(toks) = tokenize(src, sink) else {
         return Vec::new();
     };
@@ -263,7 +269,7 @@ pub fn parse(src: &Source<'_>, sink: &mut Sink, nodes: &[String]) -> Vec<(Disk, 
                 }
             }
             "resource" => {
-                if let Some((d, explicit)) = resource(src, sink, s, nodes) {
+                if let Some((d, explicit)) = resource(src, sink, s, nodes, notify) {
                     if let Some((first, _)) = disks.iter().find(|(x, _)| x.name == d.name) {
                         err(
                             src,
@@ -440,7 +446,13 @@ fn unknown(src: &Source<'_>, sink: &mut Sink, s: &Stmt, section: &str, expected:
     );
 }
 
-fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Option<(Disk, bool)> {
+fn resource(
+    src: &Source<'_>,
+    sink: &mut Sink,
+    s: &Stmt,
+    nodes: &[String],
+    notify: &mut Vec<Notify>,
+) -> Option<(Disk, bool)> {
     let name = match s.args.as_slice() {
         [n] => n.text.clone(),
         [] => {
@@ -686,12 +698,25 @@ fn resource(src: &Source<'_>, sink: &mut Sink, s: &Stmt, nodes: &[String]) -> Op
             }
             "handlers" => {
                 for o in expect_block(src, sink, st, "handlers").unwrap_or(&[]) {
-                    let _ = value(src, sink, o, "\"COMMAND\"");
+                    let command = value(src, sink, o, "\"COMMAND\"");
+                    if let (Some(event), Some(command)) = (handler_event(&o.key.text), command) {
+                        notify.push(handler_notify(&name, &o.key.text, event, &command.text));
+                        sink.push(src.warning(
+                            o.key.at..o.key.at,
+                            format!(
+                                "resource {name}: handler `{}` becomes a [[notify]] on `{event}` run as /bin/sh -c (DRBD_RESOURCE is set as DRBD does)",
+                                o.key.text
+                            ),
+                        ));
+                        continue;
+                    }
                     let why = match o.key.text.as_str() {
                         "fence-peer" => {
                             "tandem outdates the peer over the cluster's heartbeat links and fences it through [[fence_device]] itself (the disk's `fencing` policy), instead of running a fence-peer handler"
                         }
-                        _ => "tandem runs no DRBD handler scripts",
+                        _ => {
+                            "tandem has no such event; it runs the `split-brain`, `out-of-sync` and `after-resync-target` handlers as [[notify]] commands"
+                        }
                     };
                     sink.push(src.warning(
                         o.key.at..o.key.at,
@@ -880,4 +905,27 @@ fn parse_meta(s: &str) -> Option<Meta> {
         path: PathBuf::from(path),
         index,
     })
+}
+
+/// The tandem event a DRBD handler runs on, for the handlers that have one.
+fn handler_event(handler: &str) -> Option<&'static str> {
+    match handler {
+        "split-brain" => Some("split_brain"),
+        "out-of-sync" => Some("out_of_sync"),
+        "after-resync-target" => Some("resync_done"),
+        _ => None,
+    }
+}
+
+/// A `[[notify]]` that runs a handler's command line as DRBD does (`/bin/sh -c`), for
+/// one disk's events.
+fn handler_notify(disk: &str, handler: &str, event: &str, command: &str) -> Notify {
+    Notify {
+        name: format!("{disk}-{handler}"),
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), command.to_string()],
+        events: vec![event.to_string()],
+        disks: vec![disk.to_string()],
+        timeout: crate::model::defaults::NOTIFY_TIMEOUT,
+    }
 }

@@ -92,8 +92,14 @@ pub fn import_texts(
     timing_checks(&ha_src, &mut sink, &hacf);
 
     let errors_before = error_count(&sink);
+    let mut notify = Vec::new();
     let parsed_disks = match &drbd {
-        Some((name, text)) => drbd::parse(&Source::new(name, text), &mut sink, &node_names),
+        Some((name, text)) => drbd::parse(
+            &Source::new(name, text),
+            &mut sink,
+            &node_names,
+            &mut notify,
+        ),
         None => Vec::new(),
     };
     let fencing_explicit: Vec<String> = parsed_disks
@@ -231,6 +237,8 @@ pub fn import_texts(
         witness: None,
         disks,
         groups,
+        metrics: Metrics::default(),
+        notify,
     };
     if hacf.auto_failback.is_none() {
         sink.push(ha_src.warning(0..0, "ha.cf has no auto_failback: Heartbeat's default `legacy` is kept; say `auto_failback off` or `on` explicitly"));

@@ -946,6 +946,8 @@ impl Cluster {
             }
             Command::RunFenceDevice(tandem_fencing::Command::SendToPeer(_)) => {}
             Command::Disks(order) => self.disk_order(i, order),
+            // Notifications change nothing in the cluster.
+            Command::Notify(_) => {}
             Command::Exit => {
                 self.note(format!("{} stopped cleanly", self.nodes[i].name));
                 // The agent exits once its disks' metadata is durable (a demote answers
