@@ -32,6 +32,7 @@ pub mod controller;
 mod disk_fencing;
 pub mod messages;
 mod notices;
+mod peer;
 mod requests;
 mod status;
 mod transition;
