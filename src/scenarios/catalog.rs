@@ -184,6 +184,8 @@ pub const QUICK: &[&str] = &[
     "ReplicationLinkFail",
     "RestartQuickly",
     "PowerOffBoth",
+    // Last: its cluster (auto_failback on) is taken down after it, not rebuilt.
+    "FailbackOn",
 ];
 
 /// The canonical spelling of a scenario's name (matched case-insensitively).
