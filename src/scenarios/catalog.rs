@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::cluster::{DataCluster, NODES, RECOVERY_TIMEOUT, TIMING, peer};
+use super::heal;
 use crate::clock::wall_ms;
 use crate::demo::interrupt;
 
@@ -24,6 +25,8 @@ pub struct Scenario {
     /// replaced, and a standing `takeover` or `standby` moves the group when a node
     /// returns, whatever `auto_failback` says.
     pub fresh: bool,
+    /// Changes the cluster's configuration: the cluster is taken down after it.
+    pub discard: bool,
     /// One line for `--list`.
     pub what: &'static str,
 }
@@ -33,6 +36,7 @@ const fn s(name: &'static str, body: Option<Body>, what: &'static str) -> Scenar
         name,
         body,
         fresh: false,
+        discard: false,
         what,
     }
 }
@@ -42,6 +46,19 @@ const fn fresh(name: &'static str, body: Body, what: &'static str) -> Scenario {
         name,
         body: Some(body),
         fresh: true,
+        discard: false,
+        what,
+    }
+}
+
+/// A scenario that reconfigures the cluster (both agents restarted with the new
+/// configuration, so no operator request stands): the cluster is discarded after it.
+const fn own(name: &'static str, body: Body, what: &'static str) -> Scenario {
+    Scenario {
+        name,
+        body: Some(body),
+        fresh: false,
+        discard: true,
         what,
     }
 }
@@ -138,20 +155,20 @@ pub const SCENARIOS: &[Scenario] = &[
         Some(restart_one_by_one),
         "each agent stopped and started in turn",
     ),
-    s(
+    own(
         "FailbackOn",
-        None,
-        "needs auto_failback on: a second cluster configuration",
+        heal::failback_on,
+        "auto_failback on: the home node returns from a power cut, the group moves back cleanly",
     ),
     s(
         "Reattach",
-        None,
+        Some(heal::reattach),
         "maintenance on, restart both agents, maintenance off: nothing restarts",
     ),
-    s(
+    own(
         "PartitionHeal",
-        None,
-        "a partition healed before fencing completes",
+        heal::partition_heal,
+        "every cluster path cut, healed before fencing completes (a failing device, then manual fencing)",
     ),
 ];
 
@@ -167,6 +184,8 @@ pub const QUICK: &[&str] = &[
     "ReplicationLinkFail",
     "RestartQuickly",
     "PowerOffBoth",
+    // Last: its cluster (auto_failback on) is taken down after it, not rebuilt.
+    "FailbackOn",
 ];
 
 /// The canonical spelling of a scenario's name (matched case-insensitively).
@@ -177,7 +196,12 @@ pub fn lookup(name: &str) -> Option<&'static Scenario> {
 // ---------------------------------------------------------------- helpers
 
 /// Waits until `by` sees the group started on `owner`.
-fn wait_owner(dc: &DataCluster, by: &str, owner: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(super) fn wait_owner(
+    dc: &DataCluster,
+    by: &str,
+    owner: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     interrupt::wait(
         timeout,
         &format!("{by} to see the group on {owner}"),
@@ -186,7 +210,11 @@ fn wait_owner(dc: &DataCluster, by: &str, owner: &str, timeout: Duration) -> any
 }
 
 /// Wall ms of the client's first acknowledgement after `t_ms`, waiting for it.
-fn first_ack_after(dc: &DataCluster, t_ms: u64, timeout: Duration) -> anyhow::Result<u64> {
+pub(super) fn first_ack_after(
+    dc: &DataCluster,
+    t_ms: u64,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     let mut at = None;
     interrupt::wait(timeout, "the client's next acknowledged record", || {
         at = dc
@@ -200,27 +228,40 @@ fn first_ack_after(dc: &DataCluster, t_ms: u64, timeout: Duration) -> anyhow::Re
     at.context("no acknowledgement")
 }
 
-/// Successful fences of `target` in `by`'s history since `since_ms`.
-fn fences(dc: &DataCluster, by: &str, target: &str, since_ms: u64) -> usize {
+/// The outcomes (`success`, `failed`, `timeout`, …) of `by`'s fences of `target` since
+/// `since_ms`, oldest first.
+pub(super) fn fence_outcomes(
+    dc: &DataCluster,
+    by: &str,
+    target: &str,
+    since_ms: u64,
+) -> Vec<String> {
     dc.cluster
         .status(by)
         .and_then(|s| s["fencing"]["history"].as_array().cloned())
         .unwrap_or_default()
         .iter()
         .filter(|r| {
-            r["target"] == target
-                && r["outcome"]["kind"] == "success"
-                && r["at_unix_ms"].as_u64().is_some_and(|t| t >= since_ms)
+            r["target"] == target && r["at_unix_ms"].as_u64().is_some_and(|t| t >= since_ms)
         })
+        .map(|r| r["outcome"]["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Successful fences of `target` in `by`'s history since `since_ms`.
+pub(super) fn fences(dc: &DataCluster, by: &str, target: &str, since_ms: u64) -> usize {
+    fence_outcomes(dc, by, target, since_ms)
+        .iter()
+        .filter(|k| *k == "success")
         .count()
 }
 
-fn secs(ms: u64) -> String {
+pub(super) fn secs(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 /// A clean move by an operator command on `on`; nobody may be fenced.
-fn operator_move(
+pub(super) fn operator_move(
     dc: &mut DataCluster,
     command: &str,
     on: &str,

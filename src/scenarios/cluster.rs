@@ -48,6 +48,16 @@ const FENCING_DELAY: &str = "\"1s\"";
 /// fencing, a promotion, a journal replay, a resync of the changes, on a busy machine.
 pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Whether `e` says a host's init died under the lab (a concurrent power-off).
+fn host_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tandem_lab::LabError>(),
+            Some(tandem_lab::LabError::Boot(_))
+        )
+    })
+}
+
 /// The cluster, its client and its dual-active watch.
 pub struct DataCluster {
     /// The lab cluster (lab, configuration, agents).
@@ -58,7 +68,8 @@ pub struct DataCluster {
     pub sampler: Sampler,
     service: Service,
     mount: String,
-    _switch: tandem_lab::PowerSwitch,
+    /// The lab's power switch (the fence device); `None` while unplugged.
+    switch: Option<tandem_lab::PowerSwitch>,
 }
 
 impl DataCluster {
@@ -90,7 +101,7 @@ impl DataCluster {
             sampler,
             service,
             mount,
-            _switch: switch,
+            switch: Some(switch),
         })
     }
 
@@ -209,9 +220,47 @@ impl DataCluster {
         Ok(self.cluster.lab.partition(net, hosts)?)
     }
 
+    /// Unplugs the lab's power switch: every fence through it fails (the agent finds
+    /// no switch to talk to) until [`DataCluster::plug_switch`].
+    pub fn unplug_switch(&mut self) {
+        self.switch = None;
+    }
+
+    /// Plugs the lab's power switch back in.
+    pub fn plug_switch(&mut self) -> anyhow::Result<()> {
+        if self.switch.is_none() {
+            self.switch = Some(
+                self.cluster
+                    .lab
+                    .power_switch()
+                    .context("start the lab's power switch")?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops both agents cleanly (the group stops, nobody is fenced), changes the
+    /// configuration with `edit`, starts both agents at once and waits for the cluster
+    /// to be whole. The owner. Operator requests end with the restarts.
+    pub fn reconfigure(
+        &mut self,
+        edit: impl FnOnce(&LabCluster) -> anyhow::Result<()>,
+    ) -> anyhow::Result<String> {
+        let a = self.active(RECOVERY_TIMEOUT)?;
+        self.cluster.stop_agent(peer(&a))?;
+        self.cluster.stop_agent(&a)?;
+        edit(&self.cluster).context("change the configuration")?;
+        for n in NODES {
+            self.cluster.start_agent(n, &[])?;
+        }
+        self.wait_healthy(RECOVERY_TIMEOUT)
+            .context("the cluster whole with the new configuration")
+    }
+
     /// Undoes every fault: partitions healed, frozen nodes thawed, nodes powered on,
     /// and an agent started wherever none runs.
     pub fn restore(&mut self) -> anyhow::Result<()> {
+        self.plug_switch()?;
         if !self.cluster.lab.partitions().is_empty() {
             self.cluster.lab.heal(None, &[])?;
         }
@@ -233,7 +282,21 @@ impl DataCluster {
     pub fn recover(&mut self, timeout: Duration) -> anyhow::Result<String> {
         let deadline = crate::clock::now() + timeout;
         loop {
-            self.restore()?;
+            if let Err(e) = self.restore() {
+                if interrupt::interrupted() || crate::clock::now() >= deadline || !host_gone(&e) {
+                    return Err(e);
+                }
+                // A fence through the lab's switch powered the node off while this undo
+                // powered it on or started its agent (chaos seed 2026, round 25: "its
+                // init is gone; power-cycle it"): power-cycle it, as the error says.
+                for node in NODES {
+                    if self.cluster.lab.is_powered(node)? && !self.cluster.agent_running(node) {
+                        let _ = self.power_off(node);
+                    }
+                }
+                interrupt::sleep(Duration::from_millis(200))?;
+                continue;
+            }
             match self.wait_healthy(Duration::from_secs(2)) {
                 Ok(owner) => return Ok(owner),
                 Err(e) if interrupt::interrupted() || crate::clock::now() >= deadline => {

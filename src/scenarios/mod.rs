@@ -16,6 +16,7 @@ mod audit;
 mod catalog;
 mod chaos;
 mod cluster;
+mod heal;
 mod sampler;
 
 use std::io::Write as _;
@@ -92,7 +93,17 @@ pub fn scenarios(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
             let (row, cluster) = run_one(cluster, sc.name, *body, round);
             print_row(&row);
             rows.push(row);
-            dc = cluster.map(|c| (c, true));
+            dc = match cluster {
+                Some(c) if sc.discard => {
+                    say(&format!(
+                        "{} changed the configuration: its cluster is taken down",
+                        sc.name
+                    ));
+                    teardown(c)?;
+                    None
+                }
+                c => c.map(|c| (c, true)),
+            };
         }
     }
     if let Some((c, _)) = dc {

@@ -155,6 +155,7 @@ impl Controller {
                 }
                 self.peer_reported.insert(group.clone());
                 self.peer_groups.insert(group, rs);
+                self.partition_over_if_settled();
             }
             PeerMessage::Released { group } => {
                 tracing::info!(%group, peer = %self.peer, "peer released group");

@@ -10,7 +10,10 @@
 //!   partition) and has not reported all its groups: the views are not settled, and the
 //!   planner would not move anything;
 //! - the peer came back after a partition (its report, and fencing if it holds groups,
-//!   come first);
+//!   come first) — until it has reported every group and holds none that this node
+//!   holds: then the partition is over and the peer is up again
+//!   ([`Controller::partition_over_if_settled`]; without that, a partition healed before
+//!   fencing completed left both nodes refusing every request for ever);
 //! - for a standby: the peer, which would take the groups, is not up (dead, gone,
 //!   never heard);
 //! - no group falls in the request's scope.
@@ -21,6 +24,36 @@ use crate::controller::{Controller, REQUESTS_KEPT};
 use crate::messages::PeerMessage;
 
 impl Controller {
+    /// The peer came back after a partition: once it has reported every group and holds
+    /// none that this node holds (nothing to fence, no loser to pick), the partition is
+    /// over and it counts as up. The planner treats both states alike then; requests
+    /// are refused only while the peer is back after a partition.
+    pub(crate) fn partition_over_if_settled(&mut self) {
+        if self.peer_state != PeerState::ReturnedAfterPartition {
+            return;
+        }
+        let groups = &self.config.groups;
+        if !groups.iter().all(|g| self.peer_reported.contains(&g.name)) {
+            return;
+        }
+        let both_hold = groups.iter().any(|g| {
+            let here = self
+                .resources
+                .iter()
+                .any(|((group, _), r)| *group == g.name && r.state.holds());
+            let there = self
+                .peer_groups
+                .get(&g.name)
+                .is_some_and(|rs| rs.values().any(|r| r.state.holds()));
+            here && there
+        });
+        if both_hold {
+            return;
+        }
+        tracing::info!(peer = %self.peer, "the peer reported after the partition and holds nothing this node holds: the partition is over");
+        self.peer_state = PeerState::Up;
+    }
+
     /// Why the cluster would not carry out `kind` over `scope` now, if it would not.
     pub(crate) fn request_refusal(&self, kind: RequestKind, scope: Scope) -> Option<String> {
         let verb = match kind {

@@ -698,6 +698,13 @@ fn a_request_the_cluster_would_not_carry_out_is_refused_with_the_reason() {
         ask(&mut s, RequestKind::Takeover, Scope::All),
         "b came back after a partition",
     );
+    // Its report, holding nothing `a` holds: the partition is over (a partition healed
+    // before fencing completed once left both nodes refusing every request for ever).
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: Default::default(),
+    });
+    assert!(ask(&mut s, RequestKind::Takeover, Scope::All).is_ok());
 }
 
 /// A node's standing requests end when it restarts (after a fence or a crash): a
