@@ -863,3 +863,43 @@ fn a_demotion_after_the_peers_flush_goes_through() {
     assert_eq!(p.n[0].core.demote(p.now), Ok(()));
     assert_eq!(p.n[0].core.role(), Role::Secondary);
 }
+
+/// Both ends of a resync report its rate: the source used to show 0 while the target
+/// showed the real figure (an operator watches either end).
+#[test]
+fn both_ends_of_a_resync_report_its_rate() {
+    let rate = 1u64 << 20;
+    let mut p = Pair::synced(Config {
+        resync_rate_bytes_per_s: Some(rate),
+        resync_request_bytes: 64 << 10,
+        ..Config::default()
+    });
+    dirty_and_reconnect(&mut p, 1024); // 4 MiB: about 4 s at the limit
+    let start = p.now;
+    while p.now < start + 2_000 {
+        let mut any = false;
+        for i in 0..2 {
+            any |= p.complete_ios(i);
+            any |= p.deliver(i);
+        }
+        if !any {
+            p.now += 10;
+            p.input(0, Input::Tick);
+            p.input(1, Input::Tick);
+        }
+    }
+    for i in 0..2 {
+        let s = p.n[i].core.status();
+        assert!(
+            s.resync_done_bytes > 0 && s.resync_total_bytes > s.resync_done_bytes,
+            "node {i} is mid-resync: {s:?}"
+        );
+        assert!(
+            s.resync_rate_bytes_per_s >= rate / 2 && s.resync_rate_bytes_per_s <= rate * 2,
+            "node {i} ({:?}) reports {} B/s for a limit of {rate}",
+            s.connection,
+            s.resync_rate_bytes_per_s
+        );
+    }
+    p.settle();
+}

@@ -261,6 +261,7 @@ impl Core {
             ConnState::WaitBitmapSource => {
                 self.conn = ConnState::SyncSource;
                 self.resync_source_done_bytes = 0;
+                self.resync_source_started_ms = self.now_ms;
                 self.resync_source_total_bytes = self.bitmap.dirty_bytes();
                 if let Some(p) = &mut self.peer {
                     p.disk = DiskState::Inconsistent;

@@ -248,6 +248,9 @@ pub struct Core {
     resync_finished_sent: bool,
     resync_source_done_bytes: u64,
     resync_source_total_bytes: u64,
+    /// When this side became the sync source (its average rate is shown in status, as
+    /// the target's is: an operator watches either end).
+    resync_source_started_ms: u64,
     bitmap_received: bool,
     bitmap_sent: bool,
     pending_decision: Option<SyncDecision>,
@@ -396,6 +399,7 @@ impl Core {
             resync_finished_sent: false,
             resync_source_done_bytes: 0,
             resync_source_total_bytes: 0,
+            resync_source_started_ms: 0,
             bitmap_received: false,
             bitmap_sent: false,
             pending_decision: None,
@@ -568,7 +572,11 @@ impl Core {
             (None, ConnState::SyncSource) => (
                 self.resync_source_done_bytes,
                 self.resync_source_total_bytes,
-                0,
+                self.resync_source_done_bytes.saturating_mul(1000)
+                    / self
+                        .now_ms
+                        .saturating_sub(self.resync_source_started_ms)
+                        .max(1),
             ),
             _ => (0, 0, 0),
         };
