@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts};
-use common::wait_for;
+use common::{TANDEM, wait_for};
 use tandem_testkit::{root_or_skip, skip_unless};
 
 const METRICS: &str = "127.0.0.1:9465";
@@ -219,4 +219,26 @@ fn a_failover_runs_the_notify_command_with_the_event_in_its_environment() {
         .filter(|l| l.contains("notify command exited 0") && l.contains("record"))
         .count();
     assert!(runs >= 3, "ox2's log:\n{log}");
+}
+
+/// `tandem status --watch` in a pseudo-terminal (util-linux's `script`): the live view
+/// clears and redraws the screen, and shows the group where it runs.
+#[test]
+fn the_watch_view_redraws_in_a_terminal() {
+    if !root_or_skip("status --watch in a lab") {
+        return;
+    }
+    let c = Cluster::start(Opts::default());
+    c.wait_owner("ox1", "ox1");
+    let cmd = format!(
+        "timeout 2 script -qfec '{TANDEM} -c {} status --watch --interval-ms 200' /dev/null; true",
+        c.config.display()
+    );
+    let out = c.lab.run("ox1", &["sh", "-c", &cmd]).expect("run script");
+    assert!(out.contains("\x1b[H\x1b[2J"), "no redraw in:\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("web") && l.contains("ox1")),
+        "no group line in:\n{out}"
+    );
 }

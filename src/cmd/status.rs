@@ -16,11 +16,22 @@ pub struct Args {
     /// The agent's control socket (default: `cluster.control_socket` of the configuration).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// A live view, redrawn until interrupted (as crm_mon does): on a terminal the
+    /// screen is cleared and redrawn whenever the view changes; otherwise each changed
+    /// view is printed after a line with the time.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// How often `--watch` asks the agent, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub interval_ms: u64,
 }
 
 /// Runs `tandem status`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let socket = control_socket(global, args.socket);
+    if args.watch {
+        return watch(&socket, std::time::Duration::from_millis(args.interval_ms));
+    }
     let status = control::request(&socket, &Request::Status)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -28,6 +39,41 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", render(&status, crate::clock::wall_ms()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--watch`: asks the agent every `interval` and redraws when the view changed; an
+/// agent that does not answer is shown as such, and asked again.
+fn watch(socket: &std::path::Path, interval: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let now = crate::clock::wall_ms();
+        let view = match control::request(socket, &Request::Status) {
+            Ok(status) => render(&status, now),
+            Err(err) => format!(
+                "the agent does not answer on {}: {err:#}\n",
+                socket.display()
+            ),
+        };
+        if view != last {
+            let mut out = std::io::stdout().lock();
+            out.write_all(watch_frame(&view, now, tty).as_bytes())?;
+            out.flush()?;
+            last = view;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// One frame of `--watch`: on a terminal, home and clear first; otherwise a line with
+/// the local time before the view.
+fn watch_frame(view: &str, now_ms: u64, tty: bool) -> String {
+    if tty {
+        format!("\x1b[H\x1b[2J{view}")
+    } else {
+        format!("---- {} ----\n{view}", local_time(now_ms))
+    }
 }
 
 /// The socket to talk to: the flag, else the configuration's, else the default.
@@ -288,7 +334,38 @@ fn render_groups(out: &mut String, status: &serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::{age, render};
+    use super::{age, render, watch_frame};
+
+    /// A live view of a resync: the sync source's progress bar, its rate and the time
+    /// left, redrawn in place on a terminal and printed after a time line otherwise.
+    #[test]
+    fn the_watch_view_of_a_resync_shows_a_progress_bar_with_rate_and_time_left() {
+        let status = serde_json::json!({
+            "node": "ox1",
+            "disks": [{
+                "name": "r0", "up": true, "role": "primary", "peer_role": "secondary",
+                "connection": "sync_source", "disk_state": "up_to_date",
+                "peer_disk_state": "inconsistent", "out_of_sync_bytes": 629_145_600u64,
+                "sent_bytes": 0, "received_bytes": 0,
+                "resync": {"done_bytes": 419_430_400u64, "total_bytes": 1_048_576_000u64,
+                           "rate_bytes_per_s": 104_857_600u64}
+            }]
+        });
+        let view = render(&status, 1_796_406_705_078);
+        assert!(view.contains("[========>"), "{view}");
+        assert!(view.contains("sync'ed: 40.0%"), "{view}");
+        assert!(
+            view.contains("finish: 0:00:06 speed: 102400 K/sec"),
+            "{view}"
+        );
+        let tty = watch_frame(&view, 1_796_406_705_078, true);
+        assert!(tty.starts_with("\x1b[H\x1b[2J") && tty.ends_with(&view));
+        let plain = watch_frame(&view, 1_796_406_705_078, false);
+        assert!(
+            plain.starts_with("---- 2026-12-0") && !plain.contains('\x1b'),
+            "{plain}"
+        );
+    }
 
     #[test]
     fn recent_events_show_local_time_and_age_not_epoch_milliseconds() {
