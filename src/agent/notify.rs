@@ -264,8 +264,10 @@ pub fn disk_notices(
             tell("split_brain", format!("{}", d["last_decision"]));
         }
         let was = before.connection.as_str();
-        if matches!(was, "sync_source" | "sync_target") && now.connection == "connected" {
-            tell("resync_done", format!("as {}", was.replace('_', " ")));
+        // Told where the data arrived, once: on the sync target, as DRBD runs its
+        // after-resync-target handler (which imports to this event).
+        if was == "sync_target" && now.connection == "connected" {
+            tell("resync_done", "this copy is up to date again".to_string());
         }
         let out_of_sync = d["verify_out_of_sync_blocks"].as_u64().unwrap_or(0);
         if was == "verify_source" && now.connection != "verify_source" && out_of_sync > 0 {

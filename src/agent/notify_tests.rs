@@ -96,6 +96,10 @@ fn disk_events_are_told_on_change_and_never_on_the_first_look() {
         ["resync_done"]
     );
     assert!(look(&mut seen, "connected", json!(null), 0).is_empty());
+    // The sync source's end of the same resync tells nothing (DRBD's
+    // after-resync-target runs on the target only).
+    assert!(look(&mut seen, "sync_source", json!(null), 0).is_empty());
+    assert!(look(&mut seen, "connected", json!(null), 0).is_empty());
     assert_eq!(
         look(
             &mut seen,
