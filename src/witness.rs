@@ -97,8 +97,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let core = tandem_membership::Membership::new(membership, incarnation, crate::clock::now())
         .context("start the membership core")?;
-    let driver =
-        Driver::start_with(core, specs, Options::default()).context("open the heartbeat links")?;
+    let driver = std::sync::Arc::new(
+        Driver::start_with(core, specs, Options::default()).context("open the heartbeat links")?,
+    );
+    crate::agent::systemd::spawn_watchdog(std::sync::Arc::clone(&driver))?;
+    crate::agent::systemd::notify("READY=1");
     tracing::info!(witness = %local, incarnation, nodes = %format!("{first}, {second}"), "tandem witness starting");
 
     let mut arbiter = Arbiter::new([first, second], witness.tie_wait, stored);

@@ -20,6 +20,7 @@ mod manager;
 mod metrics;
 mod notify;
 mod ping;
+pub(crate) mod systemd;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -210,6 +211,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     handle_signals(stop_signals, manager.clone(), managed_disks)?;
+    systemd::spawn_watchdog(Arc::clone(&driver))?;
 
     let status: http::StatusFn = {
         let (local, manager) = (local.clone(), manager.clone());
@@ -222,6 +224,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         });
         http::spawn(addr, Arc::clone(&status), peer)?;
     }
+    // The links run, the disks are up, the control socket listens: ready.
+    systemd::notify("READY=1");
     control::serve(listener, move |request, _peer| match request {
         Request::Status => status(),
         Request::Standby { scope } => operator(

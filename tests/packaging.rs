@@ -1,0 +1,65 @@
+//! The systemd units in `packaging/` pass `systemd-analyze verify` (with the built
+//! binary standing in for /usr/sbin/tandem), and the commands they start exist.
+
+mod common;
+
+use common::TANDEM;
+use tandem_testkit::skip_unless;
+
+fn unit_text(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/packaging/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("read the unit")
+}
+
+#[test]
+fn the_units_pass_systemd_analyze_verify() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !skip_unless(analyze.exists(), "needs systemd-analyze (Debian's systemd)") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tandem-units-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for unit in ["tandem.service", "tandem-witness.service"] {
+        let path = dir.join(unit);
+        std::fs::write(&path, unit_text(unit).replace("/usr/sbin/tandem", TANDEM)).unwrap();
+        let out = std::process::Command::new(analyze)
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{unit}: {said}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_units_start_commands_that_exist_and_notify_systemd() {
+    for (unit, command) in [
+        ("tandem.service", "agent"),
+        ("tandem-witness.service", "witness"),
+    ] {
+        let text = unit_text(unit);
+        assert!(
+            text.contains(&format!("cluster.toml {command}\n")),
+            "{unit}"
+        );
+        assert!(
+            text.contains("Type=notify") && text.contains("WatchdogSec="),
+            "{unit}"
+        );
+        let help = std::process::Command::new(TANDEM)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "tandem {command} --help");
+    }
+}
