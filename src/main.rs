@@ -31,13 +31,14 @@ pub struct Global {
     pub config: PathBuf,
 }
 
+/// The whole command line (also the source of the manual pages and completions).
 #[derive(Debug, Parser)]
 #[command(
     name = "tandem",
     version,
     about = "A high-availability stack for two Linux servers"
 )]
-struct Cli {
+pub struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -74,6 +75,9 @@ enum Command {
     Simulate(cmd::simulate::Args),
     /// Fence a node, or check the fence devices.
     Fence(cmd::fence::Args),
+    /// Manual pages and shell completions, generated from this command line.
+    #[command(subcommand, hide = true)]
+    Generate(cmd::generate::Command),
     /// The demo's data service and client (run inside the lab by `tandem demo`).
     #[command(hide = true)]
     DemoRecords(demo::records::Args),
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Simulate(a) => cmd::simulate::run(&cli.global, a),
         Command::Disk(a) => cmd::disk::run(&cli.global, a),
         Command::Fence(a) => cmd::fence::run(&cli.global, a),
+        Command::Generate(c) => cmd::generate::run(c),
         Command::DemoRecords(a) => demo::records::run(a).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -63,3 +63,46 @@ fn the_units_start_commands_that_exist_and_notify_systemd() {
         assert!(help.status.success(), "tandem {command} --help");
     }
 }
+
+/// The manual pages and completions come from the command line itself: one page per
+/// visible subcommand, and completions that know every subcommand.
+#[test]
+fn man_pages_and_completions_cover_every_subcommand() {
+    let dir = std::env::temp_dir().join(format!("tandem-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = std::process::Command::new(TANDEM)
+        .args(["generate", "man"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let bash = std::process::Command::new(TANDEM)
+        .args(["generate", "completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(bash.status.success());
+    let bash = String::from_utf8_lossy(&bash.stdout);
+    for sub in [
+        "agent",
+        "witness",
+        "status",
+        "standby",
+        "takeover",
+        "maintenance",
+        "disk",
+        "fence",
+        "config",
+        "lab",
+        "bench",
+        "simulate",
+        "demo",
+    ] {
+        let page = std::fs::read_to_string(dir.join(format!("tandem-{sub}.1")))
+            .unwrap_or_else(|e| panic!("tandem-{sub}.1: {e}"));
+        assert!(page.contains(&format!("tandem {sub}")), "tandem-{sub}.1");
+        assert!(bash.contains(sub), "bash completions lack {sub}");
+    }
+    let main = std::fs::read_to_string(dir.join("tandem.1")).unwrap();
+    assert!(main.contains("witness") && !dir.join("tandem-generate.1").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

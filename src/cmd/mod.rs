@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod disk;
 pub mod fence;
+pub mod generate;
 pub mod lab;
 pub mod operator;
 pub mod simulate;
