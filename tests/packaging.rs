@@ -106,3 +106,45 @@ fn man_pages_and_completions_cover_every_subcommand() {
     assert!(main.contains("witness") && !dir.join("tandem-generate.1").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The package's example configuration passes `tandem config check` with a key made the
+/// way its maintainer script makes one (the pipeline is read from the script itself).
+#[test]
+fn the_example_configuration_checks_with_the_key_the_postinst_makes() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let postinst = std::fs::read_to_string(format!("{root}/packaging/debian/postinst")).unwrap();
+    let keygen = postinst
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("head -c 32 /dev/urandom"))
+        .expect("the postinst makes a key")
+        .replace("/etc/tandem/authkey", "\"$1\"");
+    let dir = std::env::temp_dir().join(format!("tandem-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("authkey");
+    let made = std::process::Command::new("sh")
+        .args(["-c", &format!("umask 077; {keygen}; echo >> \"$1\""), "sh"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let example = std::fs::read_to_string(format!("{root}/testdata/config/example.toml"))
+        .unwrap()
+        .replace("/etc/tandem/authkey", key.to_str().unwrap());
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, example).unwrap();
+    let out = std::process::Command::new(TANDEM)
+        .arg("-c")
+        .arg(&config)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
