@@ -115,10 +115,29 @@ fn main() -> ExitCode {
 /// Logs go to stderr; `RUST_LOG` picks the level (default `info`).
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd (its journal holds our stderr): to the journal itself, with every
+    // event's fields (node, group, resource, disk…) as journal fields.
+    if logs_to_journal(std::env::var_os("JOURNAL_STREAM").is_some()) {
+        if let Ok(journal) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journal.with_syslog_identifier("tandem".into()))
+                .init();
+            return;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Whether logs go to the journal: when systemd connected stderr to it
+/// (`$JOURNAL_STREAM`), unless `TANDEM_LOG_STDERR=1` asks for plain stderr.
+fn logs_to_journal(journal_stream: bool) -> bool {
+    journal_stream && std::env::var("TANDEM_LOG_STDERR").as_deref() != Ok("1")
 }
