@@ -53,7 +53,7 @@ fn host_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<tandem_lab::LabError>(),
-            Some(tandem_lab::LabError::Boot(_))
+            Some(tandem_lab::LabError::Boot(_) | tandem_lab::LabError::PoweredOff(_))
         )
     })
 }

@@ -928,8 +928,15 @@ impl Lab {
         let entry = self.entry(host)?;
         sys::prepare_command(&mut cmd, &entry, None)?;
         let shown = format!("{:?}", cmd.get_program());
-        let mut child = sys::with_pid_ns(&entry.pidns, || cmd.spawn())?
-            .map_err(io_err(format!("spawn {shown} in host {host}")))?;
+        // A fork into a PID namespace whose init has exited fails with ENOMEM: the host
+        // lost power (a fence, a power-off) between the look at it and the spawn.
+        let mut child = sys::with_pid_ns(&entry.pidns, || cmd.spawn())?.map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOMEM) {
+                LabError::PoweredOff(host.to_string())
+            } else {
+                io_err(format!("spawn {shown} in host {host}"))(e)
+            }
+        })?;
         let pid = child.id();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
