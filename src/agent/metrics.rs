@@ -84,6 +84,31 @@ impl Exposition {
         self.add(name, "counter", help, l, v);
     }
 
+    /// A histogram family: `NAME_bucket{le=…}` (cumulative, `+Inf` = count), `NAME_sum`
+    /// and `NAME_count`.
+    fn histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        buckets: &[(f64, f64)],
+        sum: f64,
+        count: f64,
+    ) {
+        let mut samples = String::new();
+        for (le, n) in buckets {
+            let _ = writeln!(samples, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(samples, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(samples, "{name}_sum {sum}");
+        let _ = writeln!(samples, "{name}_count {count}");
+        self.families.push(Family {
+            name,
+            help,
+            kind: "histogram",
+            samples,
+        });
+    }
+
     /// An enumeration the drbd-reactor way: one sample per possible state, labelled
     /// with the metric's own name, 1 on the current state and 0 on the others.
     fn states(
@@ -299,6 +324,20 @@ fn groups(e: &mut Exposition, status: &Value) {
             "Transitions this node's controller started",
             &[],
             n,
+        );
+    }
+    let durations = &counters["transition_seconds"];
+    if let (Some(sum), Some(count)) = (num(&durations["sum"]), num(&durations["count"])) {
+        let buckets: Vec<(f64, f64)> = items(&durations["buckets"])
+            .iter()
+            .filter_map(|b| Some((num(&b[0])?, num(&b[1])?)))
+            .collect();
+        e.histogram(
+            "tandem_transition_duration_seconds",
+            "How long this node's finished transitions took",
+            &buckets,
+            sum,
+            count,
         );
     }
     for f in items(&counters["fence"]) {

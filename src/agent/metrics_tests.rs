@@ -22,7 +22,8 @@ fn after_failover() -> serde_json::Value {
         "maintenance": false,
         "counters": {"transitions": 3, "fence": [
             {"target": "ox1", "device": "lab-switch", "attempts": 1, "results": {"success": 1}}
-        ]},
+        ], "transition_seconds": {"buckets": [[0.5, 1], [1.0, 2], [2.5, 3]], "sum": 2.75,
+                                  "count": 3}},
         "disks": [{"name": "r0", "up": true, "role": "primary", "connection": "stand_alone",
                    "disk_state": "up_to_date", "out_of_sync_bytes": 1048576,
                    "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
@@ -89,11 +90,18 @@ fn every_family_is_declared_once_and_its_samples_stay_together() {
             let mut w = rest.split(' ');
             assert_eq!(w.next(), Some(current));
             let kind = w.next().unwrap();
-            assert!(kind == "gauge" || kind == "counter", "{line}");
+            assert!(
+                kind == "gauge" || kind == "counter" || kind == "histogram",
+                "{line}"
+            );
             assert_eq!(kind == "counter", current.ends_with("_total"), "{line}");
         } else {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert_eq!(name, current, "sample outside its family: {line}");
+            let of_family = name == current
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(current));
+            assert!(of_family, "sample outside its family: {line}");
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
@@ -125,4 +133,21 @@ fn a_disk_that_is_down_has_role_unknown_and_no_connection() {
     assert!(
         text.contains(r#"drbd_device_state{name="r0",volume="0",drbd_device_state="DUnknown"} 1"#)
     );
+}
+
+/// How long transitions took, as a Prometheus histogram (cumulative buckets, `+Inf` =
+/// count, sum and count).
+#[test]
+fn transition_durations_read_as_a_histogram() {
+    let text = render(&after_failover(), Some(&peer()));
+    for line in [
+        "# TYPE tandem_transition_duration_seconds histogram",
+        "tandem_transition_duration_seconds_bucket{le=\"0.5\"} 1",
+        "tandem_transition_duration_seconds_bucket{le=\"2.5\"} 3",
+        "tandem_transition_duration_seconds_bucket{le=\"+Inf\"} 3",
+        "tandem_transition_duration_seconds_sum 2.75",
+        "tandem_transition_duration_seconds_count 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
 }

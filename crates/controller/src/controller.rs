@@ -60,6 +60,8 @@ pub(crate) struct Running {
     pub(crate) fences: BTreeMap<ActionId, String>,
     /// Start nothing more of this transition (an action failed or the view changed).
     pub(crate) abandoned: bool,
+    /// When it started (its duration goes to the counters when it finishes).
+    pub(crate) started: Instant,
 }
 
 /// A clean shutdown under way.

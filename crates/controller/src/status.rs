@@ -210,12 +210,22 @@ impl Controller {
     }
 }
 
+/// Upper bounds (seconds) of the transition-duration histogram's buckets: a failover's
+/// transition takes fractions of a second to minutes (a journal replay, a resync wait).
+pub(crate) const TRANSITION_BUCKETS_S: [f64; 10] =
+    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
 /// Monotonic counts since the agent started, for `/metrics` (docs/operations.md): what
 /// the controller did, kept by it because only it knows (counting is not I/O).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Counters {
     /// Transitions with at least one action that were started.
     pub(crate) transitions: u64,
+    /// How long finished transitions took: per bucket of [`TRANSITION_BUCKETS_S`] the
+    /// count that took at most that long (not cumulative here), their sum and count.
+    transition_buckets: [u64; TRANSITION_BUCKETS_S.len()],
+    transition_sum: std::time::Duration,
+    transition_count: u64,
     /// Per (target, device): device runs asked for, and their results by outcome.
     fence: BTreeMap<(String, String), FenceCount>,
 }
@@ -227,6 +237,16 @@ struct FenceCount {
 }
 
 impl Counters {
+    /// A transition finished after `took`.
+    pub(crate) fn transition_finished(&mut self, took: std::time::Duration) {
+        let s = took.as_secs_f64();
+        if let Some(i) = TRANSITION_BUCKETS_S.iter().position(|le| s <= *le) {
+            self.transition_buckets[i] += 1;
+        }
+        self.transition_sum += took;
+        self.transition_count += 1;
+    }
+
     pub(crate) fn fence_attempt(&mut self, target: &str, device: &str) {
         let c = self
             .fence
@@ -246,7 +266,8 @@ impl Counters {
         *c.results.entry(outcome_kind(&result.outcome)).or_default() += 1;
     }
 
-    /// `{"transitions": N, "fence": [{"target", "device", "attempts", "results": {kind: N}}]}`.
+    /// `{"transitions": N, "fence": [{"target", "device", "attempts", "results": {kind: N}}],
+    /// "transition_seconds": {"buckets": [[le, cumulative count]…], "sum", "count"}}`.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let fence: Vec<serde_json::Value> = self
             .fence
@@ -258,7 +279,24 @@ impl Counters {
                 })
             })
             .collect();
-        serde_json::json!({ "transitions": self.transitions, "fence": fence })
+        let mut cumulative = 0;
+        let buckets: Vec<serde_json::Value> = TRANSITION_BUCKETS_S
+            .iter()
+            .zip(self.transition_buckets)
+            .map(|(le, n)| {
+                cumulative += n;
+                serde_json::json!([le, cumulative])
+            })
+            .collect();
+        serde_json::json!({
+            "transitions": self.transitions,
+            "fence": fence,
+            "transition_seconds": {
+                "buckets": buckets,
+                "sum": self.transition_sum.as_secs_f64(),
+                "count": self.transition_count,
+            },
+        })
     }
 }
 

@@ -26,6 +26,10 @@ impl Controller {
                     // A finished transition always leads to a fresh look: the next plan
                     // is usually empty, but a partial group may continue.
                     self.replan = true;
+                    if !running.transition.actions.is_empty() {
+                        let took = self.now.saturating_duration_since(running.started);
+                        self.counters.transition_finished(took);
+                    }
                 }
                 self.running = None;
             } else if self.replan
@@ -57,6 +61,7 @@ impl Controller {
                 in_flight: BTreeSet::new(),
                 fences: BTreeMap::new(),
                 abandoned: false,
+                started: self.now,
             });
         }
         self.start_runnable();

@@ -48,6 +48,17 @@ fn counters_count_transitions_and_each_fence_attempt_and_result() {
     s.idle_cluster();
     let before = s.c.status()["counters"]["transitions"].as_u64().unwrap();
     assert!(before >= 1, "the probes were a transition");
+    // The probes' transition finished: its duration is in the histogram.
+    let durations = &s.c.status()["counters"]["transition_seconds"];
+    assert!(durations["count"].as_u64().unwrap() >= 1, "{durations}");
+    let buckets = durations["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 10);
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0][1].as_u64() <= w[1][1].as_u64()),
+        "{durations}"
+    );
     s.peer_dead();
     s.advance(Duration::from_secs(6));
     fence_done(&mut s, Outcome::Timeout);
