@@ -26,6 +26,35 @@ pub struct Peer {
     pub id: u32,
 }
 
+/// One histogram's samples, as status gives them.
+struct Histogram<'a> {
+    labels: &'a [(&'a str, &'a str)],
+    /// (upper bound, cumulative count).
+    buckets: &'a [(f64, f64)],
+    sum: f64,
+    count: f64,
+}
+
+impl<'a> Histogram<'a> {
+    /// From status's `{"buckets": [[le, cumulative]…], "sum", "count"}`.
+    fn from_status(
+        v: &Value,
+        labels: &'a [(&'a str, &'a str)],
+        buckets: &'a mut Vec<(f64, f64)>,
+    ) -> Option<Histogram<'a>> {
+        *buckets = items(&v["buckets"])
+            .iter()
+            .filter_map(|b| Some((num(&b[0])?, num(&b[1])?)))
+            .collect();
+        Some(Histogram {
+            labels,
+            buckets,
+            sum: num(&v["sum"])?,
+            count: num(&v["count"])?,
+        })
+    }
+}
+
 /// One metric family: its samples, rendered as they are added.
 struct Family {
     name: &'static str,
@@ -84,29 +113,46 @@ impl Exposition {
         self.add(name, "counter", help, l, v);
     }
 
-    /// A histogram family: `NAME_bucket{le=…}` (cumulative, `+Inf` = count), `NAME_sum`
-    /// and `NAME_count`.
-    fn histogram(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        buckets: &[(f64, f64)],
-        sum: f64,
-        count: f64,
-    ) {
-        let mut samples = String::new();
-        for (le, n) in buckets {
-            let _ = writeln!(samples, "{name}_bucket{{le=\"{le}\"}} {n}");
+    /// One histogram of a family: `NAME_bucket{LABELS,le=…}` (cumulative, `+Inf` =
+    /// count), `NAME_sum{LABELS}` and `NAME_count{LABELS}`.
+    fn histogram(&mut self, name: &'static str, help: &'static str, h: Histogram<'_>) {
+        let i = match self.families.iter().position(|f| f.name == name) {
+            Some(i) => i,
+            None => {
+                self.families.push(Family {
+                    name,
+                    help,
+                    kind: "histogram",
+                    samples: String::new(),
+                });
+                self.families.len() - 1
+            }
+        };
+        let labels = |extra: Option<String>| {
+            let mut all: Vec<String> = h
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            all.extend(extra);
+            if all.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", all.join(","))
+            }
+        };
+        let out = &mut self.families[i].samples;
+        for (le, n) in h.buckets {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {n}",
+                labels(Some(format!("le=\"{le}\"")))
+            );
         }
-        let _ = writeln!(samples, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(samples, "{name}_sum {sum}");
-        let _ = writeln!(samples, "{name}_count {count}");
-        self.families.push(Family {
-            name,
-            help,
-            kind: "histogram",
-            samples,
-        });
+        let inf = labels(Some("le=\"+Inf\"".to_string()));
+        let _ = writeln!(out, "{name}_bucket{inf} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{} {}", labels(None), h.sum);
+        let _ = writeln!(out, "{name}_count{} {}", labels(None), h.count);
     }
 
     /// An enumeration the drbd-reactor way: one sample per possible state, labelled
@@ -326,18 +372,12 @@ fn groups(e: &mut Exposition, status: &Value) {
             n,
         );
     }
-    let durations = &counters["transition_seconds"];
-    if let (Some(sum), Some(count)) = (num(&durations["sum"]), num(&durations["count"])) {
-        let buckets: Vec<(f64, f64)> = items(&durations["buckets"])
-            .iter()
-            .filter_map(|b| Some((num(&b[0])?, num(&b[1])?)))
-            .collect();
+    let mut buckets = Vec::new();
+    if let Some(h) = Histogram::from_status(&counters["transition_seconds"], &[], &mut buckets) {
         e.histogram(
             "tandem_transition_duration_seconds",
             "How long this node's finished transitions took",
-            &buckets,
-            sum,
-            count,
+            h,
         );
     }
     for f in items(&counters["fence"]) {
@@ -456,6 +496,15 @@ fn disks(e: &mut Exposition, status: &Value, peer: Option<&Peer>) {
             ("peer_node_id", peer_id.as_str()),
             ("volume", "0"),
         ];
+        let mut buckets = Vec::new();
+        let disk_label = [("name", name)];
+        if let Some(h) = Histogram::from_status(&d["write_latency"], &disk_label, &mut buckets) {
+            e.histogram(
+                "tandem_disk_write_latency_seconds",
+                "How long acknowledged writes took, arrival to acknowledgement (ms clock)",
+                h,
+            );
+        }
         if let Some(v) = num(&d["out_of_sync_bytes"]) {
             e.gauge(
                 "drbd_peerdevice_outofsync_bytes",

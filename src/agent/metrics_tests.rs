@@ -27,7 +27,9 @@ fn after_failover() -> serde_json::Value {
         "disks": [{"name": "r0", "up": true, "role": "primary", "connection": "stand_alone",
                    "disk_state": "up_to_date", "out_of_sync_bytes": 1048576,
                    "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
-                   "sent_bytes": 8192, "received_bytes": 0, "suspended": null}]
+                   "sent_bytes": 8192, "received_bytes": 0, "suspended": null,
+                   "write_latency": {"buckets": [[0.001, 5], [0.002, 7]], "sum": 0.009,
+                                     "count": 8}}]
     })
 }
 
@@ -147,6 +149,21 @@ fn transition_durations_read_as_a_histogram() {
         "tandem_transition_duration_seconds_bucket{le=\"+Inf\"} 3",
         "tandem_transition_duration_seconds_sum 2.75",
         "tandem_transition_duration_seconds_count 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
+/// Each disk's write latency, as a histogram labelled with the disk.
+#[test]
+fn disk_write_latency_reads_as_a_histogram_per_disk() {
+    let text = render(&after_failover(), Some(&peer()));
+    for line in [
+        "# TYPE tandem_disk_write_latency_seconds histogram",
+        "tandem_disk_write_latency_seconds_bucket{name=\"r0\",le=\"0.001\"} 5",
+        "tandem_disk_write_latency_seconds_bucket{name=\"r0\",le=\"+Inf\"} 8",
+        "tandem_disk_write_latency_seconds_sum{name=\"r0\"} 0.009",
+        "tandem_disk_write_latency_seconds_count{name=\"r0\"} 8",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }

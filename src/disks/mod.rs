@@ -1061,6 +1061,7 @@ impl Service {
                     obj.extend(report);
                 }
                 v["resync_moved_bytes"] = json!(s.resync_moved_bytes);
+                v["write_latency"] = json!(s.write_latency);
                 v["barrier_acks_received"] = json!(s.barrier_acks_received);
                 v["barrier_acks_sent"] = json!(s.barrier_acks_sent);
                 v["generations"] = json!(s.generations);

@@ -903,3 +903,20 @@ fn both_ends_of_a_resync_report_its_rate() {
     }
     p.settle();
 }
+
+/// Every acknowledged write is counted in the latency histogram, in the bucket of the
+/// time from its arrival to its acknowledgement (bounded state: fixed buckets).
+#[test]
+fn acknowledged_writes_are_counted_in_the_latency_histogram() {
+    let mut p = Pair::synced(Config::default());
+    for req in 1..=5u64 {
+        p.write(req, req * 4096, 4096, req as u8);
+        p.now += 3; // the replication round trip takes 3 ms of the core's clock
+        p.settle();
+        assert!(p.acked(0, req));
+    }
+    let h = p.n[0].core.status().write_latency;
+    assert_eq!(h.count, 5, "{h:?}");
+    assert_eq!(h.buckets.iter().sum::<u64>(), 5, "{h:?}");
+    assert!(h.sum_ms >= 15, "{h:?}");
+}

@@ -57,6 +57,7 @@ impl Core {
                 peer: PeerLeg::None,
                 al_extents: None,
                 wait_meta: 0,
+                arrived_ms: self.now_ms,
             },
         );
         self.write_order.push_back(req);
@@ -389,6 +390,10 @@ impl Core {
         if let Some(w) = self.writes.remove(&req) {
             if let Some(ext) = w.al_extents {
                 self.al.end(ext);
+            }
+            if result.is_ok() {
+                self.write_latency
+                    .record(self.now_ms.saturating_sub(w.arrived_ms));
             }
             if let Some(i) = self.write_order.iter().position(|r| *r == req) {
                 self.write_order.remove(i);

@@ -116,6 +116,8 @@ struct WriteReq {
     peer: PeerLeg,
     al_extents: Option<std::ops::RangeInclusive<u32>>,
     wait_meta: u64,
+    /// When the write arrived (its latency is counted at its acknowledgement).
+    arrived_ms: u64,
 }
 
 #[derive(Debug)]
@@ -272,6 +274,8 @@ pub struct Core {
     sent_bytes: u64,
     received_bytes: u64,
     resync_moved_bytes: u64,
+    /// Acknowledged application writes' latencies.
+    write_latency: LatencyHistogram,
     /// Barriers the peer confirmed (its flush of an epoch), on a primary.
     barrier_acks_received: u64,
     /// Barriers this node flushed and confirmed for its peer, on a secondary.
@@ -414,6 +418,7 @@ impl Core {
             sent_bytes: 0,
             received_bytes: 0,
             resync_moved_bytes: 0,
+            write_latency: LatencyHistogram::default(),
             barrier_acks_received: 0,
             barrier_acks_sent: 0,
             last_disconnect_reason: None,
@@ -593,6 +598,7 @@ impl Core {
             sent_bytes: self.sent_bytes,
             received_bytes: self.received_bytes,
             resync_moved_bytes: self.resync_moved_bytes,
+            write_latency: self.write_latency.clone(),
             barrier_acks_received: self.barrier_acks_received,
             barrier_acks_sent: self.barrier_acks_sent,
             generations: self.gens,

@@ -454,6 +454,8 @@ impl Default for Config {
 /// Status for `tandem disk status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
+    /// How long acknowledged application writes took, arrival to acknowledgement.
+    pub write_latency: LatencyHistogram,
     /// Our role.
     pub role: Role,
     /// The peer's role, if connected.
@@ -572,5 +574,55 @@ impl Status {
             }),
             peer_outdated: self.peer_outdated,
         }
+    }
+}
+
+/// Upper bounds (milliseconds) of [`LatencyHistogram`]'s buckets. The core's clock
+/// counts milliseconds, so a write faster than that lands in the first bucket.
+pub const WRITE_LATENCY_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+
+/// A fixed-size latency histogram (bounded state, whatever the write count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Per bucket of [`WRITE_LATENCY_BUCKETS_MS`], the writes that took at most that
+    /// long and more than the bucket before (not cumulative); slower ones count only in
+    /// `count` and `sum_ms`.
+    pub buckets: [u64; WRITE_LATENCY_BUCKETS_MS.len()],
+    /// Sum of all latencies, ms.
+    pub sum_ms: u64,
+    /// Writes counted.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Counts one write that took `ms`.
+    pub fn record(&mut self, ms: u64) {
+        if let Some(i) = WRITE_LATENCY_BUCKETS_MS.iter().position(|le| ms <= *le) {
+            self.buckets[i] += 1;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+        self.count += 1;
+    }
+}
+
+/// As status shows it: `{"buckets": [[le_seconds, cumulative count]…], "sum": seconds,
+/// "count": n}` — the shape of a Prometheus histogram.
+impl serde::Serialize for LatencyHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = WRITE_LATENCY_BUCKETS_MS
+            .iter()
+            .zip(self.buckets)
+            .map(|(le, n)| {
+                cumulative += n;
+                (*le as f64 / 1000.0, cumulative)
+            })
+            .collect();
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("buckets", &buckets)?;
+        m.serialize_entry("sum", &(self.sum_ms as f64 / 1000.0))?;
+        m.serialize_entry("count", &self.count)?;
+        m.end()
     }
 }
