@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tandem_config::Config;
 use tandem_membership::driver::{Driver, LinkSpec, Options};
 use tandem_membership::{Event, NodeId};
 use tandem_witness::{Arbiter, ArbiterCommand, Grant, WitnessMessage};
 
 use crate::Global;
-use crate::agent::{hostname, links, load_key, membership_config};
+use crate::agent::{hostname, links, load_config, load_key, membership_config};
 use crate::state::StateDir;
 
 /// How long the loop sleeps at most between two looks at the arbiter's timers.
@@ -37,17 +36,8 @@ pub struct Args {
 
 /// Runs the witness in the foreground until it is killed.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let config = match Config::load_with_warnings(&global.config) {
-        Ok((config, warnings)) => {
-            for w in warnings {
-                tracing::warn!("{w}");
-            }
-            config
-        }
-        Err(diagnostics) => {
-            eprintln!("{diagnostics}");
-            return Ok(ExitCode::from(1));
-        }
+    let Some(config) = load_config(&global.config) else {
+        return Ok(ExitCode::from(1));
     };
     let Some(witness) = config.witness.clone() else {
         bail!(

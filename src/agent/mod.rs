@@ -94,17 +94,8 @@ pub struct EventRecord {
 /// Runs the agent in the foreground until it is killed.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let stop_signals = block_stop_signals();
-    let config = match Config::load_with_warnings(&global.config) {
-        Ok((config, warnings)) => {
-            for w in warnings {
-                tracing::warn!("{w}");
-            }
-            config
-        }
-        Err(diagnostics) => {
-            eprintln!("{diagnostics}");
-            return Ok(ExitCode::from(1));
-        }
+    let Some(config) = load_config(&global.config) else {
+        return Ok(ExitCode::from(1));
     };
     let oversized = crate::cmd::config::oversized_report_errors(&global.config, &config);
     if !oversized.is_empty() {
@@ -387,6 +378,23 @@ fn handle_signals(
 }
 
 /// The HMAC key for heartbeats, from the native key file or a Heartbeat authkeys file.
+/// Loads the configuration for a daemon: warnings logged, located errors printed (then
+/// `None`: the daemon exits 1 without starting anything).
+pub(crate) fn load_config(path: &std::path::Path) -> Option<Config> {
+    match Config::load_with_warnings(path) {
+        Ok((config, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Some(config)
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            None
+        }
+    }
+}
+
 pub(crate) fn load_key(config: &Config) -> anyhow::Result<PacketKey> {
     let path = &config.cluster.key_file;
     let (key, warnings) = tandem_config::key::check_file(path)
