@@ -179,7 +179,7 @@ fn serve_one(stream: UnixStream, handle: &dyn Fn(Request, Peer) -> Response) -> 
 
 use std::io::Read as _;
 
-fn peer_credentials(stream: &UnixStream) -> anyhow::Result<Peer> {
+pub(crate) fn peer_credentials(stream: &UnixStream) -> anyhow::Result<Peer> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,

@@ -56,6 +56,9 @@ enum Command {
     Lab(cmd::lab::Args),
     /// Run this node's daemon in the foreground.
     Agent(cmd::agent::Args),
+    /// The daemon's disk service (started by `tandem agent`, not by operators).
+    #[command(hide = true)]
+    DiskService(disks::process::Args),
     /// Run the witness of a two-node cluster in the foreground (on a third machine).
     Witness(witness::Args),
     /// Show nodes, links and events as the local agent sees them.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(&cli.global, c),
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
         Command::Agent(a) => cmd::agent::run(&cli.global, a),
+        Command::DiskService(a) => disks::process::run(&cli.global, a),
         Command::Witness(a) => witness::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -1,6 +1,6 @@
 //! The agent's state directory: what must survive a restart of `tandem agent`.
 //!
-//! Today that is the incarnation number. It is bumped and made durable *before* the
+//! That is the incarnation number and whether maintenance mode is on. It is bumped and made durable *before* the
 //! agent sends its first heartbeat, so that a peer can always tell a restarted agent
 //! (new incarnation) from one that returns after a partition (same incarnation).
 
@@ -9,6 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+/// The file that keeps maintenance mode across daemon restarts.
+const MAINTENANCE: &str = "maintenance";
 
 /// The state directory of one agent.
 #[derive(Debug, Clone)]
@@ -52,6 +55,39 @@ impl StateDir {
         };
         self.write_durably("incarnation", format!("{next}\n").as_bytes())?;
         Ok(next)
+    }
+
+    /// Maintenance mode as the last daemon left it, and when it was last switched
+    /// (wall clock, ms): `(false, 0)` when it never was.
+    pub fn maintenance(&self) -> anyhow::Result<(bool, u64)> {
+        let Some(bytes) = self.read(MAINTENANCE)? else {
+            return Ok((false, 0));
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut words = text.split_whitespace();
+        let on = match words.next() {
+            Some("on") => true,
+            Some("off") => false,
+            _ => bail!(
+                "{}: expected `on MS` or `off MS`, found {text:?}",
+                self.path.join(MAINTENANCE).display()
+            ),
+        };
+        let at_ms = words.next().and_then(|w| w.parse().ok()).with_context(|| {
+            format!(
+                "{}: expected `on MS` or `off MS`, found {text:?}",
+                self.path.join(MAINTENANCE).display()
+            )
+        })?;
+        Ok((on, at_ms))
+    }
+
+    /// Keeps maintenance mode and when it was switched for the next daemon (durably:
+    /// a crash right after `tandem maintenance on` must not bring the next daemon up
+    /// managing).
+    pub fn set_maintenance(&self, on: bool, at_ms: u64) -> anyhow::Result<()> {
+        let word = if on { "on" } else { "off" };
+        self.write_durably(MAINTENANCE, format!("{word} {at_ms}\n").as_bytes())
     }
 
     /// Replaces `name` in the state directory atomically and durably.
@@ -153,6 +189,24 @@ mod tests {
         for d in [a, b] {
             fs::remove_dir_all(d).unwrap();
         }
+    }
+
+    #[test]
+    fn maintenance_mode_survives_a_restart_and_a_corrupt_file_is_an_error() {
+        let dir = tempdir();
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.maintenance().unwrap(), (false, 0), "never switched");
+        state.set_maintenance(true, 1_234).unwrap();
+        assert_eq!(
+            StateDir::open(&dir).unwrap().maintenance().unwrap(),
+            (true, 1_234)
+        );
+        state.set_maintenance(false, 5_678).unwrap();
+        assert_eq!(state.maintenance().unwrap(), (false, 5_678));
+        fs::write(dir.join("maintenance"), "maybe").unwrap();
+        let err = state.maintenance().unwrap_err().to_string();
+        assert!(err.contains("expected `on MS` or `off MS`"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

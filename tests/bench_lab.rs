@@ -47,7 +47,7 @@ fn the_footprint_bench_measures_both_daemons() {
     let out = bench(&["footprint", "--seconds", "2"]);
     for row in [
         "| tandem agent, idle",
-        "| tandem agent, connected disk",
+        "| tandem agent + disk service, connected disk",
         "| keepalived",
     ] {
         assert!(out.contains(row), "no {row:?} row:\n{out}");

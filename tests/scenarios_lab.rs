@@ -46,6 +46,8 @@ fn the_quick_scenarios_pass_with_their_audits() {
     let table: Vec<&str> = out.lines().filter(|l| l.starts_with("| ")).collect();
     // The header and one row per quick scenario, each a pass with 0 lost.
     assert!(table.len() > 10, "{out}");
+    // The daemons restarted under running resources (maintenance mode) is among them.
+    assert!(table.iter().any(|r| r.starts_with("| Reattach |")), "{out}");
     for row in &table[1..] {
         assert!(row.contains("| pass |"), "{row}");
         assert!(row.contains(", 0 lost"), "{row}");

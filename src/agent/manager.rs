@@ -29,6 +29,8 @@ use tandem_membership::driver::Driver;
 pub use tandem_controller::Operator;
 
 use crate::clock;
+use crate::disks::remote as disks;
+use crate::state::StateDir;
 
 /// Inputs waiting for the controller at most (senders block beyond: a flood of events
 /// slows its source instead of growing memory).
@@ -62,6 +64,12 @@ pub struct Manager {
     agents: BTreeMap<(String, String), Result<Exec, String>>,
     fence_paths: ProgramPaths,
     notifier: Option<super::notify::Notifier>,
+    /// Where maintenance mode is kept for the next daemon.
+    state: StateDir,
+    /// Maintenance mode (and when it was switched) as last kept there.
+    kept_maintenance: (bool, u64),
+    /// The disks the groups manage (a clean stop demotes the others first).
+    managed_disks: Vec<String>,
 }
 
 impl Manager {
@@ -73,8 +81,9 @@ impl Manager {
         driver: Arc<Driver>,
         inputs: SyncSender<Input>,
         notifier: Option<super::notify::Notifier>,
+        state: StateDir,
     ) -> anyhow::Result<Self> {
-        let controller = Controller::new(
+        let mut controller = Controller::new(
             Arc::clone(&config),
             local,
             peer_id,
@@ -83,6 +92,9 @@ impl Manager {
             seed(),
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+        let kept_maintenance = state.maintenance()?;
+        controller.resume_maintenance(kept_maintenance.0, kept_maintenance.1);
+        let managed_disks = controller.managed_disks();
         let paths = Paths::default();
         let mut agents = BTreeMap::new();
         for group in &config.groups {
@@ -108,6 +120,9 @@ impl Manager {
                 tandem_fencing::device::EXTERNAL_PLUGIN_DIR.into(),
             ),
             notifier,
+            state,
+            kept_maintenance,
+            managed_disks,
         })
     }
 
@@ -135,8 +150,19 @@ impl Manager {
         }
     }
 
-    /// Carries out every command the controller has queued, in order.
+    /// Carries out every command the controller has queued, in order (maintenance mode
+    /// kept on disk first: an exit among them must not lose it).
     fn carry_out(&mut self) {
+        let maintenance = self.controller.maintenance();
+        if maintenance != self.kept_maintenance {
+            match self.state.set_maintenance(maintenance.0, maintenance.1) {
+                Ok(()) => self.kept_maintenance = maintenance,
+                Err(err) => tracing::error!(
+                    "maintenance mode {}: not kept for the next daemon: {err:#}",
+                    if maintenance.0 { "on" } else { "off" }
+                ),
+            }
+        }
         while let Some(command) = self.controller.poll_command() {
             match command {
                 Command::RunAction {
@@ -218,12 +244,14 @@ impl Manager {
                     });
                 }
                 Command::Disks(order) => match order {
-                    DiskOrder::PeerFenced => crate::disks::peer_fenced(),
-                    DiskOrder::PeerOutdated(disk) => crate::disks::peer_outdated(&disk),
-                    DiskOrder::PeerUnreachable(disk) => crate::disks::peer_unreachable(&disk),
-                    DiskOrder::Leave => crate::disks::leave(),
+                    DiskOrder::PeerFenced => disks::peer_fenced(),
+                    DiskOrder::PeerOutdated(disk) => disks::peer_outdated(&disk),
+                    DiskOrder::PeerUnreachable(disk) => disks::peer_unreachable(&disk),
+                    DiskOrder::Leave => disks::leave(),
+                    DiskOrder::StopUnmanaged => disks::stop(&self.managed_disks),
+                    DiskOrder::Detach => disks::detach(),
                     DiskOrder::Outdate { disk, request } => self.worker(move || {
-                        let result = crate::disks::outdate_local(&disk);
+                        let result = disks::outdate_local(&disk);
                         tandem_controller::Input::OutdateDone {
                             disk,
                             request,
@@ -320,8 +348,7 @@ impl Exec {
         let start = clock::now();
         let deadline = start + options.timeout;
         use crate::disks::{Caller, DiskCommand};
-        let is_up =
-            || crate::disks::request(disk, DiskCommand::Status, Caller::Group).body["up"] == true;
+        let is_up = || disks::request(disk, DiskCommand::Status, Caller::Group).body["up"] == true;
         match action {
             // A disk that is not up is certainly not primary here.
             Action::Monitor | Action::Stop if !is_up() => {
@@ -346,7 +373,7 @@ impl Exec {
             Action::Stop => DiskCommand::Secondary,
             _ => DiskCommand::Status,
         };
-        let response = crate::disks::request(disk, command, Caller::Group);
+        let response = disks::request(disk, command, Caller::Group);
         let duration = clock::now().saturating_duration_since(start);
         if let Some(error) = response.error {
             return ActionResult::done(tandem_agents::OcfExit::Generic, error, duration);

@@ -114,13 +114,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.cluster.state_dir.clone());
     let incarnation =
         StateDir::open(&state_dir)?.bump_incarnation(crate::state::incarnation_floor())?;
+    let state = StateDir::open(&state_dir)?;
     let socket_path = args
         .control_socket
         .unwrap_or_else(|| config.cluster.control_socket.clone());
     let listener = control::bind(&socket_path)?;
-    // Before anything else (and after the control socket proved no other agent runs
-    // here): what a killed agent left of its disks' local devices.
-    crate::disks::clean_stale(&config, &local);
 
     let own_addresses = links::local_addresses()?;
     let mut link_specs = Vec::new();
@@ -155,36 +153,49 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let config = Arc::new(config);
-    // Disks first: a group's `disk` resource acts on them from its first probe.
-    crate::disks::start(&config, &local)?;
     // The resource manager runs wherever there is a peer to deal with: groups to run,
     // or disks whose fencing needs the peer outdated or fenced through the cluster.
     let has_disks = config.disks.iter().any(|d| d.host(&local).is_some());
-    let manager = if config.groups.is_empty() && !has_disks {
-        None
-    } else {
-        let (tx, rx) = manager::channel();
-        let peer_id = peer_id(&config, &local)?;
-        let m = manager::Manager::new(
-            Arc::clone(&config),
-            &local,
-            peer_id,
-            Arc::clone(&driver),
-            tx.clone(),
-            notify::spawn(&config, &local)?,
-        )?;
-        manager::spawn(m, rx)?;
-        let fence_peer = tx.clone();
-        crate::disks::set_fence_peer_hook(Box::new(move |disk| {
-            let _ = fence_peer.send(
-                tandem_controller::Input::DiskFencePeer {
-                    disk: disk.to_string(),
-                }
-                .into(),
-            );
-        }));
-        ping::spawn(&config, tx.clone())?;
-        Some(tx)
+    let channel = (!config.groups.is_empty() || has_disks).then(manager::channel);
+    // Disks first (after the control socket proved no other daemon runs here): a
+    // group's `disk` resource acts on them from its first probe.
+    let fence_peer = channel.as_ref().map(|(tx, _)| tx.clone());
+    crate::disks::remote::attach(
+        &config,
+        &crate::disks::remote::Launch {
+            config_path: &global.config,
+            local: &local,
+            control_socket: &socket_path,
+            realtime: !args.no_realtime,
+        },
+        Box::new(move |disk| {
+            if let Some(tx) = &fence_peer {
+                let _ = tx.send(
+                    tandem_controller::Input::DiskFencePeer {
+                        disk: disk.to_string(),
+                    }
+                    .into(),
+                );
+            }
+        }),
+    )?;
+    let manager = match channel {
+        None => None,
+        Some((tx, rx)) => {
+            let peer_id = peer_id(&config, &local)?;
+            let m = manager::Manager::new(
+                Arc::clone(&config),
+                &local,
+                peer_id,
+                Arc::clone(&driver),
+                tx.clone(),
+                notify::spawn(&config, &local)?,
+                state,
+            )?;
+            manager::spawn(m, rx)?;
+            ping::spawn(&config, tx.clone())?;
+            Some(tx)
+        }
     };
     events::spawn(
         Arc::clone(&driver),
@@ -192,16 +203,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         Arc::clone(&shared),
         manager.clone(),
     )?;
-    let managed_disks: Vec<String> = config
-        .groups
-        .iter()
-        .flat_map(|g| &g.resources)
-        .filter_map(|r| match &r.kind {
-            tandem_config::ResourceKind::Disk { disk } => Some(disk.clone()),
-            _ => None,
-        })
-        .collect();
-    handle_signals(stop_signals, manager.clone(), managed_disks)?;
+    handle_signals(stop_signals, manager.clone())?;
     systemd::spawn_watchdog(Arc::clone(&driver))?;
 
     let status: http::StatusFn = {
@@ -229,7 +231,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         ),
         Request::Maintenance { on } => operator(manager.as_ref(), Operator::Maintenance(on)),
         Request::Disk { name, command } => {
-            crate::disks::request(&name, command, crate::disks::Caller::Operator)
+            crate::disks::remote::request(&name, command, crate::disks::Caller::Operator)
         }
         Request::Fence { node } => operator(manager.as_ref(), Operator::Fence(node)),
         Request::FenceConfirm { node } => operator(manager.as_ref(), Operator::FenceConfirm(node)),
@@ -257,7 +259,7 @@ fn status_json(
             "links": m.links,
             "events": shared.events,
             "groups": [],
-            "disks": crate::disks::status_json(),
+            "disks": crate::disks::remote::status_json(),
         })
     };
     if manager.is_some() {
@@ -351,15 +353,12 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-/// SIGTERM and SIGINT stop the node cleanly: primary disks outside every group are
-/// demoted (`managed_disks` are left to their group), then the manager stops every group
-/// and says goodbye, so the peer takes over without fencing. Signals are blocked in every
-/// thread (the mask is inherited) and taken by one thread with sigwait.
-fn handle_signals(
-    set: libc::sigset_t,
-    manager: Option<SyncSender<Input>>,
-    managed_disks: Vec<String>,
-) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT stop the node cleanly: the manager demotes the primary disks no
+/// group manages, stops every group and says goodbye, so the peer takes over without
+/// fencing — or, in maintenance mode, leaves every group and disk running for the next
+/// daemon. Signals are blocked in every thread (the mask is inherited) and taken by one
+/// thread with sigwait.
+fn handle_signals(set: libc::sigset_t, manager: Option<SyncSender<Input>>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -367,7 +366,6 @@ fn handle_signals(
             // SAFETY: waits for one of the blocked signals in `set`.
             unsafe { libc::sigwait(&set, &mut signal) };
             tracing::info!(signal, "stop requested");
-            crate::disks::stop(&managed_disks);
             match manager {
                 Some(m) if m.send(tandem_controller::Input::Shutdown.into()).is_ok() => {}
                 _ => std::process::exit(0),

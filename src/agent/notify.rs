@@ -283,7 +283,11 @@ pub fn disk_notices(
 fn watch_disks(to: &Notifier) {
     let mut seen = BTreeMap::new();
     loop {
-        for notice in disk_notices(&mut seen, &crate::disks::status_json(), clock::wall_ms()) {
+        for notice in disk_notices(
+            &mut seen,
+            &crate::disks::remote::status_json(),
+            clock::wall_ms(),
+        ) {
             to.send(notice);
         }
         std::thread::sleep(DISK_POLL);

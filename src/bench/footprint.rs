@@ -41,17 +41,34 @@ fn sample(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((rss, ticks))
 }
 
-/// (max RSS KiB, CPU % of one core) of `pid` over `window`.
-fn watch(pid: u32, window: Duration) -> anyhow::Result<(u64, f64)> {
+/// RSS now (KiB) and CPU time so far (clock ticks) of several processes together.
+fn sample_all(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
+    pids.iter().try_fold((0, 0), |(rss, ticks), pid| {
+        let (r, t) = sample(*pid)?;
+        Ok((rss + r, ticks + t))
+    })
+}
+
+/// A daemon and its children (its disk service, when it has disks).
+fn daemon_and_children(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
+/// (max RSS KiB, CPU % of one core) of `pids` together over `window`.
+fn watch(pids: &[u32], window: Duration) -> anyhow::Result<(u64, f64)> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let (mut rss, t0) = sample(pid)?;
+    let (mut rss, t0) = sample_all(pids)?;
     let start = crate::clock::now();
     while crate::clock::now() < start + window {
         std::thread::sleep(Duration::from_secs(1));
-        rss = rss.max(sample(pid)?.0);
+        rss = rss.max(sample_all(pids)?.0);
     }
-    let (_, t1) = sample(pid)?;
+    let (_, t1) = sample_all(pids)?;
     let secs = (crate::clock::now() - start).as_secs_f64();
     Ok((rss, (t1 - t0) as f64 / hz / secs * 100.0))
 }
@@ -74,21 +91,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "| daemon                                   | max RSS MiB | CPU % of a core | RSS ratio | CPU ratio |"
+        "| daemon                                                | max RSS MiB | CPU % of a core | RSS ratio | CPU ratio |"
     );
     println!(
-        "|------------------------------------------|-------------|-----------------|-----------|-----------|"
+        "|-------------------------------------------------------|-------------|-----------------|-----------|-----------|"
     );
     let row = |name: &str, (rss, cpu): (u64, f64)| {
         println!(
-            "| {name:<40} | {:>11.1} | {cpu:>15.2} | {:>9.2} | {:>9.2} |",
+            "| {name:<53} | {:>11.1} | {cpu:>15.2} | {:>9.2} | {:>9.2} |",
             rss as f64 / 1024.0,
             rss as f64 / baseline.0.max(1) as f64,
             cpu / baseline.1.max(0.01),
         );
     };
     row("tandem agent, idle, one group", idle);
-    row("tandem agent, connected disk (primary)", disk);
+    row(
+        "tandem agent + disk service, connected disk (primary)",
+        disk,
+    );
     row("keepalived (VRRP 0.1 s), baseline", baseline);
     println!(
         "targets for the idle agent: ≤ {} MiB RSS ({}), ≤ {CPU_TARGET_PERCENT} % CPU ({})",
@@ -125,7 +145,7 @@ monitor_interval = "10s"
     cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(3));
     let pid = cluster.agent_pid("ox1").context("ox1's agent")?;
-    let figures = watch(pid, window)?;
+    let figures = watch(&[pid], window)?;
     cluster.down()?;
     Ok(figures)
 }
@@ -153,7 +173,11 @@ fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f6
     setup::wait_in_sync(&cluster, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(2));
     let pid = cluster.agent_pid("ox1").context("ox1's agent")?;
-    let figures = watch(pid, window)?;
+    let pids = daemon_and_children(pid);
+    if pids.len() != 2 {
+        bail!("ox1's daemon should have one child, its disk service: {pids:?}");
+    }
+    let figures = watch(&pids, window)?;
     let _ = cluster.tandem("ox1", &["disk", "secondary", "r0"]);
     cluster.down()?;
     Ok(figures)
@@ -180,14 +204,11 @@ fn idle_keepalived(window: Duration) -> anyhow::Result<(u64, f64)> {
     std::thread::sleep(Duration::from_secs(3));
     // keepalived forks its VRRP child: the busy one is the child of the first.
     let parent = daemons[0].pid();
-    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        .unwrap_or_default();
-    let pid = children
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
+    let pid = daemon_and_children(parent)
+        .get(1)
+        .copied()
         .unwrap_or(parent);
-    let (rss_child, cpu_child) = watch(pid, window)?;
+    let (rss_child, cpu_child) = watch(&[pid], window)?;
     let (rss_parent, _) = sample(parent)?;
     drop(daemons);
     lab.down()?;

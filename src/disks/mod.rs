@@ -1,4 +1,5 @@
-//! The disk service of `tandem agent`: every configured `[[disk]]` with a host entry for
+//! The disk service (`tandem disk-service`, a process of the daemon's, process.rs; the
+//! daemon reaches it through remote.rs): every configured `[[disk]]` with a host entry for
 //! this node runs here — a replication driver (`tandem_disk::driver`) and an NBD export on a
 //! Unix socket (default `/run/tandem/disk/NAME.nbd`, export name `NAME`).
 //!
@@ -20,6 +21,8 @@
 //! itself never crosses the link.
 
 mod device;
+pub mod process;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,7 +191,8 @@ static FENCE_PEER: OnceLock<FencePeerHook> = OnceLock::new();
 
 /// Who asks the disk service for a change: an operator (`tandem disk …`) may not
 /// promote a disk that a group manages; the group itself may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Caller {
     /// `tandem disk …` over the control socket.
     Operator,

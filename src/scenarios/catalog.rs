@@ -184,6 +184,7 @@ pub const QUICK: &[&str] = &[
     "ReplicationLinkFail",
     "RestartQuickly",
     "PowerOffBoth",
+    "Reattach",
     // Last: its cluster (auto_failback on) is taken down after it, not rebuilt.
     "FailbackOn",
 ];

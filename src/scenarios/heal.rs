@@ -229,17 +229,22 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
         })
         .map(|(n, acts)| format!("{n}: {}", brief(acts)))
         .collect();
-    if owner != a || after != pids || !restarted.is_empty() {
-        // What tandem does today: a clean stop ends maintenance and stops every group
-        // (the group's disk runs inside the agent, so it cannot outlive it), and a new
-        // agent starts with maintenance off.
+    if owner != a
+        || after != pids
+        || pids.is_empty()
+        || !restarted.is_empty()
+        || kept != [true, true]
+    {
         bail!(
-            "resources restarted: owner {a} → {owner}; service pid {pids:?}, {during:?} while the agents were stopped, {after:?} after; maintenance as the new agents came up (ox1, ox2): {kept:?}; actions since the restart: {}",
+            "resources restarted or maintenance lost: owner {a} → {owner}; service pid {pids:?}, {during:?} while the agents were stopped, {after:?} after; maintenance as the new agents came up (ox1, ox2): {kept:?}; actions since the restart: {}",
             restarted.join("; ")
         );
     }
+    if during != pids {
+        bail!("the service did not run while both agents were stopped: {during:?}");
+    }
     Ok(format!(
-        "maintenance on, both agents restarted, maintenance off: group stayed on {owner}, service pid {after:?} unchanged, no start or stop"
+        "maintenance on, both agents restarted (came up in maintenance), maintenance off: group stayed on {owner}, service pid {after:?} unchanged and running while the agents were down, no start or stop"
     ))
 }
 

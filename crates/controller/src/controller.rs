@@ -106,6 +106,9 @@ pub struct Controller {
     /// order once they have exchanged it.
     pub(crate) requests: Vec<(u64, Request)>,
     pub(crate) maintenance: bool,
+    /// When maintenance mode was last switched, on either node (wall clock, ms; 0:
+    /// never): the newer switch wins when the nodes compare.
+    pub(crate) maintenance_at_ms: u64,
     pub(crate) ping: BTreeMap<String, bool>,
     pub(crate) coordinator: Coordinator,
     /// Claims of groups about to be started, both ways.
@@ -194,6 +197,7 @@ impl Controller {
             peer_groups: BTreeMap::new(),
             requests: Vec::new(),
             maintenance: false,
+            maintenance_at_ms: 0,
             ping: BTreeMap::new(),
             coordinator,
             claims: Claims::default(),
@@ -280,6 +284,27 @@ impl Controller {
         self.step();
     }
 
+    /// Maintenance mode and when it was last switched (wall clock, ms; 0: never). The
+    /// shell keeps both on disk, so that a daemon restarted in maintenance mode starts
+    /// in it and the nodes agree on which switch came last.
+    pub fn maintenance(&self) -> (bool, u64) {
+        (self.maintenance, self.maintenance_at_ms)
+    }
+
+    /// Starts with maintenance mode as the last daemon left it: on, a daemon that
+    /// stopped in it left every group and disk running, and this one probes them
+    /// without starting or stopping anything. Call before the first input.
+    pub fn resume_maintenance(&mut self, on: bool, at_ms: u64) {
+        if on {
+            tracing::info!(
+                "maintenance mode (kept from the last run): nothing starts or stops until `tandem maintenance off`"
+            );
+        }
+        self.maintenance = on;
+        self.maintenance_at_ms = at_ms;
+        self.replan = true;
+    }
+
     /// The next command for the shell.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
@@ -360,7 +385,11 @@ impl Controller {
             },
             Operator::Maintenance(on) => {
                 self.maintenance = on;
-                self.send(PeerMessage::Maintenance { on });
+                self.maintenance_at_ms = self.wall_ms().max(self.maintenance_at_ms + 1);
+                self.send(PeerMessage::Maintenance {
+                    on,
+                    at_ms: self.maintenance_at_ms,
+                });
                 self.replan = true;
                 Ok(serde_json::json!({"maintenance": on}))
             }
@@ -631,6 +660,14 @@ impl Controller {
         }
         if let Some(ok) = self.ping.get(&self.local).copied() {
             self.send(PeerMessage::Ping { ok });
+        }
+        // Before the report: a peer that was away when maintenance mode was last
+        // switched (or has a fresh state directory) learns it before it acts on it.
+        if self.maintenance_at_ms > 0 {
+            self.send(PeerMessage::Maintenance {
+                on: self.maintenance,
+                at_ms: self.maintenance_at_ms,
+            });
         }
         let mut groups: BTreeMap<String, BTreeMap<String, Reported>> = self
             .config

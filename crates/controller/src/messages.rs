@@ -68,10 +68,15 @@ pub enum PeerMessage {
         #[serde(default)]
         at_ms: u64,
     },
-    /// Maintenance mode switched on or off cluster-wide.
+    /// Maintenance mode switched on or off cluster-wide, or (before each report) this
+    /// node's setting: the one switched last wins on both nodes, so a node that was away
+    /// when an operator switched it learns it when they meet again.
     Maintenance {
         /// On or off.
         on: bool,
+        /// When it was switched (the switching node's wall clock, ms; 0: never).
+        #[serde(default)]
+        at_ms: u64,
     },
     /// A fencing attempt's record, so both nodes' histories show it and a node waiting
     /// for the same fence learns it is done.

@@ -183,9 +183,17 @@ impl Controller {
                 tracing::info!(%node, ?kind, ?scope, "operator request from the peer");
                 self.add_request(at_ms, Request { node, kind, scope });
             }
-            PeerMessage::Maintenance { on } => {
-                tracing::info!(on, "maintenance mode set by the peer");
-                self.maintenance = on;
+            PeerMessage::Maintenance { on, at_ms } => {
+                // The later switch wins (on, if both came at the same moment).
+                let newer = at_ms > self.maintenance_at_ms
+                    || (at_ms == self.maintenance_at_ms && on && !self.maintenance);
+                if newer && on != self.maintenance {
+                    tracing::info!(on, "maintenance mode set by the peer");
+                }
+                if newer {
+                    self.maintenance = on;
+                    self.maintenance_at_ms = at_ms;
+                }
             }
             PeerMessage::Fence { record } => match FenceRecord::from_json(record.as_bytes()) {
                 Ok(record) => {

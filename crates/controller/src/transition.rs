@@ -288,8 +288,22 @@ impl Controller {
         if self.shutdown.is_some() {
             return;
         }
+        if self.maintenance {
+            // Pacemaker's maintenance mode: the stack may restart under running
+            // resources. Nothing is stopped or demoted; the peer, in maintenance too,
+            // neither fences nor takes over while this node is away, and the next daemon
+            // probes what runs (and starts in maintenance: the flag is on disk).
+            tracing::info!(
+                "shutting down in maintenance mode: every group and disk is left as it is"
+            );
+            self.send_report();
+            self.commands.push_back(Command::Disks(DiskOrder::Detach));
+            self.finish_shutdown();
+            return;
+        }
         tracing::info!("shutting down: stopping every group on this node");
-        self.maintenance = false;
+        self.commands
+            .push_back(Command::Disks(DiskOrder::StopUnmanaged));
         if let Some(r) = &mut self.running {
             r.abandoned = true;
         }

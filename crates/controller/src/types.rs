@@ -153,6 +153,12 @@ pub enum DiskOrder {
     /// A clean shutdown: each secondary whose up-to-date peer goes on outdates itself.
     /// Carry out before the goodbye that follows.
     Leave,
+    /// A clean shutdown begins: demote every primary disk that no group manages (the
+    /// groups' own disks are demoted by their `disk` resources, in order).
+    StopUnmanaged,
+    /// A clean shutdown in maintenance mode: the disks stay as they are, serving what
+    /// runs on them, until the next daemon takes them over. Carry out before the exit.
+    Detach,
 }
 
 /// What the controller asks its shell to do, in order.

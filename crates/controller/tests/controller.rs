@@ -148,6 +148,10 @@ fn a_clean_shutdown_stops_right_to_left_releases_leaves_and_says_goodbye() {
     let mut s = Shell::new(CONFIG);
     s.started_here();
     let cmds = s.feed(Input::Shutdown);
+    assert!(
+        matches!(cmds.first(), Some(Command::Disks(DiskOrder::StopUnmanaged))),
+        "disks no group manages are demoted first: {cmds:?}"
+    );
     assert_eq!(runs(&cmds), [(Op::Stop, "svc".into())]);
     let cmds = s.done(Op::Stop, "svc", ok());
     assert_eq!(runs(&cmds), [(Op::Stop, "ip".into())]);
@@ -180,6 +184,174 @@ fn a_clean_shutdown_stops_right_to_left_releases_leaves_and_says_goodbye() {
     let cmds = s.feed(Input::Membership(Event::MessageAcked { to: PEER, id: 42 }));
     assert!(cmds.iter().any(|c| matches!(c, Command::Exit)), "{cmds:?}");
     assert!(s.c.finished());
+}
+
+#[test]
+fn a_clean_shutdown_in_maintenance_mode_leaves_every_group_running_and_detaches_the_disks() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    s.c.operator(s.now, Operator::Maintenance(true)).unwrap();
+    s.drain();
+    let cmds = s.feed(Input::Shutdown);
+    assert!(runs(&cmds).is_empty(), "nothing stops: {cmds:?}");
+    let detach = cmds
+        .iter()
+        .position(|c| matches!(c, Command::Disks(DiskOrder::Detach)));
+    let exit = cmds.iter().position(|c| matches!(c, Command::Exit));
+    assert!(
+        detach.is_some() && detach < exit,
+        "the disks are detached, then the daemon exits: {cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| matches!(
+            c,
+            Command::Disks(DiskOrder::Leave | DiskOrder::StopUnmanaged)
+                | Command::Send {
+                    message: PeerMessage::Goodbye | PeerMessage::Released { .. },
+                    ..
+                }
+        )),
+        "no demotion, no release, no goodbye: the group still runs here: {cmds:?}"
+    );
+    assert!(s.c.maintenance().0, "the flag outlives the daemon");
+    assert!(s.c.finished());
+}
+
+#[test]
+fn a_daemon_restarted_in_maintenance_mode_probes_and_neither_starts_nor_stops() {
+    let mut s = Shell::new(CONFIG);
+    s.c.resume_maintenance(true, 1_000);
+    s.peer_up();
+    // What the last daemon left running is found by the probes.
+    s.done(Op::Probe, "ip", ok());
+    let cmds = s.done(Op::Probe, "svc", ok());
+    let maintenance = cmds.iter().position(|c| {
+        matches!(
+            c,
+            Command::Send {
+                message: PeerMessage::Maintenance {
+                    on: true,
+                    at_ms: 1_000
+                },
+                ..
+            }
+        )
+    });
+    let report = cmds.iter().position(
+        |c| matches!(c, Command::Send { message: PeerMessage::Report { group, .. }, .. } if group == "g"),
+    );
+    assert!(
+        maintenance.is_some() && maintenance < report,
+        "a peer without the flag learns it before the report: {cmds:?}"
+    );
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: Default::default(),
+    });
+    let cmds = s.advance(Duration::from_secs(120));
+    assert!(runs(&cmds).is_empty(), "{cmds:?}");
+    // Maintenance off: the group already runs here, whole; nothing to do.
+    s.c.operator(s.now, Operator::Maintenance(false)).unwrap();
+    let mut cmds = s.drain();
+    cmds.extend(s.advance(Duration::from_secs(5)));
+    assert!(
+        runs(&cmds).iter().all(|(op, _)| *op == Op::Probe),
+        "nothing starts or stops: {cmds:?}"
+    );
+    assert!(!s.seen.iter().any(|c| matches!(
+        c,
+        Command::RunAction {
+            op: Op::Start | Op::Stop | Op::Restart,
+            ..
+        }
+    )));
+}
+
+/// A peer that stopped its daemon in maintenance mode left its group running (no
+/// goodbye): while maintenance lasts nothing happens; once it ends with the peer still
+/// away, the peer is fenced before the group starts here — never both running it.
+#[test]
+fn a_peer_gone_in_maintenance_mode_is_fenced_before_the_takeover_once_maintenance_ends() {
+    let mut s = Shell::on("b", &witness_config(false));
+    s.peer_up();
+    s.done(Op::Probe, "ip", not_running());
+    s.done(Op::Probe, "svc", not_running());
+    let started = |state: &str| tandem_controller::messages::Reported {
+        state: state.into(),
+        failures: String::new(),
+    };
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: [
+            ("ip".to_string(), started("started")),
+            ("svc".to_string(), started("started")),
+        ]
+        .into(),
+    });
+    s.peer_says(PeerMessage::Maintenance { on: true, at_ms: 5 });
+    assert!(s.c.maintenance().0, "set by the peer");
+    let mut cmds = s.peer_dead();
+    cmds.extend(s.advance(Duration::from_secs(60)));
+    assert_eq!(fences(&cmds), 0, "maintenance: nobody is fenced: {cmds:?}");
+    assert!(
+        runs(&cmds).is_empty(),
+        "maintenance: nothing starts: {cmds:?}"
+    );
+    s.c.operator(s.now, Operator::Maintenance(false)).unwrap();
+    let mut cmds = s.drain();
+    for _ in 0..10 {
+        cmds.extend(s.advance(Duration::from_secs(1)));
+    }
+    assert_eq!(fences(&cmds), 1, "{cmds:?}");
+    assert!(
+        !runs(&cmds).iter().any(|(op, _)| *op == Op::Start),
+        "nothing starts before the fence succeeded: {cmds:?}"
+    );
+}
+
+/// Maintenance mode switched while the peer's daemon was away reaches it when they meet
+/// again: the later switch wins on both nodes, whichever of them made it.
+#[test]
+fn the_later_maintenance_switch_wins_when_the_nodes_meet_again() {
+    let mut s = Shell::new(CONFIG);
+    // This node stopped in maintenance mode (switched on at 1000 ms)…
+    s.c.resume_maintenance(true, 1_000);
+    // …and an operator switched it off on the peer (at 2000 ms) meanwhile.
+    s.peer_says(PeerMessage::Maintenance {
+        on: false,
+        at_ms: 2_000,
+    });
+    assert_eq!(s.c.maintenance(), (false, 2_000));
+    // An older switch (a report the peer sent before) changes nothing.
+    s.peer_says(PeerMessage::Maintenance {
+        on: true,
+        at_ms: 1_500,
+    });
+    assert_eq!(s.c.maintenance(), (false, 2_000));
+    // The other way round: this node's newer switch goes out before its report.
+    let mut s = Shell::new(CONFIG);
+    s.c.resume_maintenance(false, 3_000);
+    s.peer_up();
+    s.done(Op::Probe, "ip", not_running());
+    let cmds = s.done(Op::Probe, "svc", not_running());
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Send {
+                message: PeerMessage::Maintenance {
+                    on: false,
+                    at_ms: 3_000
+                },
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+    s.peer_says(PeerMessage::Maintenance {
+        on: true,
+        at_ms: 1_000,
+    });
+    assert_eq!(s.c.maintenance(), (false, 3_000), "the peer's is older");
 }
 
 #[test]

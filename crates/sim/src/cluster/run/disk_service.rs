@@ -42,6 +42,9 @@ impl Cluster {
                     },
                 ),
             },
+            // The simulated disk is a group's, and the simulator never stops a node in
+            // maintenance mode.
+            DiskOrder::StopUnmanaged | DiskOrder::Detach => {}
             DiskOrder::Leave => {
                 let ticket = d.leave(ms);
                 // The shell waits until the mark is durable before the goodbye.
