@@ -2,8 +2,8 @@
 //! document `tandem status --json` prints), on one thread of its own.
 //!
 //! tiny_http rather than axum or hyper: the status document is built with blocking
-//! calls (the resource manager's channel, the disk service's `block_on`), which cannot
-//! run inside a tokio task; the agent is threads apart from the disk service; and a
+//! calls (the resource manager's channel, a call to the disk service), which cannot
+//! run inside a tokio task; the daemon is threads; and a
 //! scrape every few seconds needs no more than one thread. tiny_http is the server of
 //! the `prometheus_exporter` crate, adds four small crates and builds in seconds on a
 //! two-core machine, where axum's stack (hyper, tower, http-body …) takes minutes.

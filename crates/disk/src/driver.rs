@@ -428,10 +428,9 @@ pub async fn start(cfg: DriverConfig) -> Result<DriverHandle, DriverError> {
         .map_err(io_err(format!("listen on {}", cfg.listen)))?;
     let size_bytes = meta.size_bytes;
     let clock = clock_now();
-    let now_ms = || clock_now().duration_since(clock).as_millis() as u64;
     let seed = u64::from_le_bytes(random_bytes()?);
-    let mut core = Core::new(cfg.core.clone(), meta, seed, now_ms());
-    core.connect(now_ms(), false);
+    let mut core = Core::new(cfg.core.clone(), meta, seed, clock);
+    core.connect(clock_now(), false);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let dialer = cfg.listen.to_string() < cfg.peer.to_string();
@@ -800,10 +799,6 @@ struct Driver {
 }
 
 impl Driver {
-    fn now_ms(&self) -> u64 {
-        clock_now().duration_since(self.clock).as_millis() as u64
-    }
-
     async fn run(
         mut self,
         mut cmd_rx: mpsc::Receiver<Cmd>,
@@ -855,7 +850,7 @@ impl Driver {
                         None => std::future::pending().await,
                     }
                 } => {
-                    let now = self.now_ms();
+                    let now = clock_now();
                     self.core.handle(now, Input::Tick);
                     self.maybe_dial();
                 }
@@ -919,10 +914,7 @@ impl Driver {
 
     /// The earliest of the core's [`Core::poll_timeout`] and the next dial.
     fn next_wake(&self) -> Option<tokio::time::Instant> {
-        let core = self
-            .core
-            .poll_timeout()
-            .map(|ms| self.clock + Duration::from_millis(ms));
+        let core = self.core.poll_timeout();
         let dial =
             (self.dialer && !self.dialing && self.link.is_none() && self.core.wants_connection())
                 .then(|| self.last_dial.map_or(self.clock, |t| t + self.dial_wait));
@@ -961,7 +953,7 @@ impl Driver {
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
-        let now = self.now_ms();
+        let now = clock_now();
         match cmd {
             Cmd::Write(offset, data, fua, tx) => {
                 let req = self.req();
@@ -1051,7 +1043,7 @@ impl Driver {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let now = self.now_ms();
+        let now = clock_now();
         match ev {
             Event::IoDone(io, result) => self.core.handle(now, Input::IoDone { io, result }),
             Event::LinkUp(id, rd, wr, keys) => {
@@ -1087,7 +1079,7 @@ impl Driver {
 
     fn link_lost(&mut self) {
         self.link = None;
-        let now = self.now_ms();
+        let now = clock_now();
         self.core.handle(now, Input::Disconnected);
     }
 
@@ -1098,7 +1090,7 @@ impl Driver {
         };
         match io {
             LinkIo::Read(Ok(n)) if n > 0 => {
-                let now = self.now_ms();
+                let now = clock_now();
                 loop {
                     let Some(link) = self.link.as_mut() else {
                         return;
@@ -1163,7 +1155,7 @@ impl Driver {
                         .write(&data, offset_bytes)
                         .map(|()| None)
                         .map_err(|e| IoFailure(e.to_string()));
-                    let now = self.now_ms();
+                    let now = clock_now();
                     self.core.handle(now, Input::IoDone { io, result });
                     return;
                 }

@@ -2,7 +2,7 @@
 //! activity log), with a sans-IO core and the I/O around it.
 //!
 //! - [`core`] decides everything: it is given frontend requests, peer frames, I/O
-//!   completions, link events and `now_ms`, and hands back I/O to do, frames to send and
+//!   completions, link events and the time (`Instant`), and hands back I/O to do, frames to send and
 //!   answers for the frontend. No clock, no sockets, no files.
 //! - [`meta`] reads and writes the on-disk metadata (superblock, bitmap, activity log),
 //!   every block checksummed, and refuses corrupted or foreign metadata.

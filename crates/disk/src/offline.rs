@@ -55,7 +55,7 @@ mod tests {
         assert!(!outdate(&backing, &MetaLocation::Internal).unwrap());
         let (_, state) = MetaStore::open(&backing, &MetaLocation::Internal).unwrap();
         assert!(state.flags.outdated);
-        let core = crate::core::Core::new(Default::default(), state, 1, 0);
+        let core = crate::core::Core::new(Default::default(), state, 1, tandem_testkit::at(0));
         assert_eq!(core.disk_state(), DiskState::Outdated);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -12,6 +12,7 @@ use tandem_disk::core::{
     AdminError, Config, ConnState, Core, DiskFencing, DiskState, Input, MetaWrite, Output,
     Protocol, Role, SuperblockUpdate,
 };
+use tandem_testkit::at;
 
 fn policy(fencing: DiskFencing) -> Config {
     Config {
@@ -92,7 +93,7 @@ fn resource_and_stonith_holds_every_write_until_the_peer_is_outdated() {
     // Still suspended after 5 s: the request is repeated.
     assert_eq!(p.fence_peer_asked[0], 2);
     // The peer is outdated (over the cluster's other paths): durable first, then said.
-    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    let ticket = p.n[1].core.outdate(at(p.now)).unwrap();
     p.collect(1);
     assert!(!p.n[1].core.metadata_durable(ticket));
     let written = superblocks_until_durable(&mut p, 1, ticket);
@@ -101,7 +102,7 @@ fn resource_and_stonith_holds_every_write_until_the_peer_is_outdated() {
         "the outdated mark goes to the superblock: {written:?}"
     );
     assert_eq!(p.n[1].core.disk_state(), DiskState::Outdated);
-    p.n[0].core.peer_outdated(p.now);
+    p.n[0].core.peer_outdated(at(p.now));
     p.collect(0);
     p.settle();
     for r in [1, 2, 3] {
@@ -128,17 +129,17 @@ fn resource_and_stonith_resumes_when_the_peer_is_fenced_and_not_before() {
     write_unacked(&mut p, &[1]);
     cut(&mut p);
     // The peer cannot be reached: that is not enough under resource-and-stonith.
-    p.n[0].core.peer_unreachable(p.now);
+    p.n[0].core.peer_unreachable(at(p.now));
     p.collect(0);
     p.settle();
     assert!(!p.acked(0, 1));
     assert!(p.n[0].core.suspended());
     assert_eq!(
-        p.n[0].core.promote(p.now, false),
+        p.n[0].core.promote(at(p.now), false),
         Ok(()),
         "already primary: nothing to do"
     );
-    p.n[0].core.peer_fenced(p.now);
+    p.n[0].core.peer_fenced(at(p.now));
     p.collect(0);
     p.settle();
     assert!(p.acked(0, 1));
@@ -154,7 +155,7 @@ fn resource_only_goes_on_alone_when_the_peer_is_unreachable() {
         p.n[0].core.suspended(),
         "it still tries to outdate the peer first"
     );
-    p.n[0].core.peer_unreachable(p.now);
+    p.n[0].core.peer_unreachable(at(p.now));
     p.collect(0);
     p.settle();
     assert!(p.acked(0, 1));
@@ -211,27 +212,27 @@ fn a_link_that_returns_ends_the_suspension_only_once_the_peer_is_whole() {
 fn an_outdated_copy_is_promoted_only_with_force_and_the_mark_survives_a_restart() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
     cut(&mut p);
-    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    let ticket = p.n[1].core.outdate(at(p.now)).unwrap();
     p.collect(1);
     let flags = *superblocks_until_durable(&mut p, 1, ticket)
         .last()
         .expect("a superblock write");
     assert_eq!(
-        p.n[1].core.promote(p.now, false),
+        p.n[1].core.promote(at(p.now), false),
         Err(AdminError::NotUpToDate(DiskState::Outdated))
     );
     // The node restarts from what the superblock says: still outdated.
     let mut m = meta(2);
     m.generations = flags.generations;
     m.flags = flags.flags;
-    let mut again = Core::new(policy(DiskFencing::ResourceAndStonith), m, 2, p.now);
+    let mut again = Core::new(policy(DiskFencing::ResourceAndStonith), m, 2, at(p.now));
     assert_eq!(again.disk_state(), DiskState::Outdated);
     assert_eq!(
-        again.promote(p.now, false),
+        again.promote(at(p.now), false),
         Err(AdminError::NotUpToDate(DiskState::Outdated))
     );
     assert!(
-        again.promote(p.now, true).is_ok(),
+        again.promote(at(p.now), true).is_ok(),
         "--force is the way past"
     );
     assert_eq!(again.role(), Role::Primary);
@@ -240,42 +241,42 @@ fn an_outdated_copy_is_promoted_only_with_force_and_the_mark_survives_a_restart(
 #[test]
 fn a_primary_refuses_to_be_outdated() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
-    assert_eq!(p.n[0].core.outdate(p.now), Err(AdminError::IsPrimary));
+    assert_eq!(p.n[0].core.outdate(at(p.now)), Err(AdminError::IsPrimary));
 }
 
 #[test]
 fn promotion_alone_needs_the_peer_outdated_or_fenced() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
-    p.n[0].core.demote(p.now).unwrap();
+    p.n[0].core.demote(at(p.now)).unwrap();
     p.collect(0);
     p.settle();
     cut(&mut p);
     assert_eq!(
-        p.n[1].core.promote(p.now, false),
+        p.n[1].core.promote(at(p.now), false),
         Err(AdminError::PeerNotOutdated)
     );
     // resource-only: an unreachable peer is enough, knowingly.
-    p.n[1].core.peer_unreachable(p.now);
+    p.n[1].core.peer_unreachable(at(p.now));
     assert_eq!(
-        p.n[1].core.promote(p.now, false),
+        p.n[1].core.promote(at(p.now), false),
         Err(AdminError::PeerNotOutdated),
         "not under resource-and-stonith"
     );
-    p.n[1].core.peer_fenced(p.now);
+    p.n[1].core.peer_fenced(at(p.now));
     p.collect(1);
-    assert_eq!(p.n[1].core.promote(p.now, false), Ok(()));
+    assert_eq!(p.n[1].core.promote(at(p.now), false), Ok(()));
 
     let mut q = synced(DiskFencing::ResourceOnly);
-    q.n[0].core.demote(q.now).unwrap();
+    q.n[0].core.demote(at(q.now)).unwrap();
     q.collect(0);
     q.settle();
     cut(&mut q);
     assert_eq!(
-        q.n[1].core.promote(q.now, false),
+        q.n[1].core.promote(at(q.now), false),
         Err(AdminError::PeerNotOutdated)
     );
-    q.n[1].core.peer_unreachable(q.now);
-    assert_eq!(q.n[1].core.promote(q.now, false), Ok(()));
+    q.n[1].core.peer_unreachable(at(q.now));
+    assert_eq!(q.n[1].core.promote(at(q.now), false), Ok(()));
 }
 
 #[test]
@@ -288,8 +289,8 @@ fn the_outdated_mark_is_cleared_by_the_resync_that_makes_the_copy_whole() {
     p.write(1, 0, 4096, 7);
     p.settle();
     assert!(p.acked(0, 1));
-    p.n[0].core.connect(p.now, false);
-    p.n[1].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
+    p.n[1].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
@@ -304,7 +305,7 @@ fn the_outdated_mark_is_cleared_by_the_resync_that_makes_the_copy_whole() {
 #[test]
 fn a_secondary_that_leaves_outdates_itself_so_its_peer_need_not_fence_it() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
-    let ticket = p.n[1].core.leave(p.now);
+    let ticket = p.n[1].core.leave(at(p.now));
     p.collect(1);
     p.settle();
     assert!(p.n[1].core.metadata_durable(ticket));
@@ -320,7 +321,7 @@ fn a_secondary_that_leaves_outdates_itself_so_its_peer_need_not_fence_it() {
 #[test]
 fn an_admin_disconnect_of_a_secondary_outdates_it_before_the_link_goes() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
-    p.n[1].core.disconnect(p.now);
+    p.n[1].core.disconnect(at(p.now));
     p.collect(1);
     p.settle();
     assert_eq!(p.n[1].core.connection(), ConnState::StandAlone);
@@ -335,9 +336,9 @@ fn an_admin_disconnect_of_a_secondary_outdates_it_before_the_link_goes() {
 fn outdated_is_reported_to_the_peer_only_once_durable() {
     let mut p = synced(DiskFencing::ResourceAndStonith);
     cut(&mut p);
-    p.n[1].core.outdate(p.now).unwrap();
+    p.n[1].core.outdate(at(p.now)).unwrap();
     p.collect(1);
-    p.n[1].core.connect(p.now, false);
+    p.n[1].core.connect(at(p.now), false);
     p.link = true;
     p.input(1, Input::Connected);
     let state = p.wire[0].iter().find_map(|f| match f {
@@ -371,11 +372,11 @@ fn a_crashed_primary_may_be_promoted_only_if_its_peer_was_outdated_before_the_cr
             protocol: Protocol::C,
             ..policy(DiskFencing::ResourceAndStonith)
         };
-        let mut core = Core::new(cfg, m, 1, 0);
+        let mut core = Core::new(cfg, m, 1, at(0));
         if outdated_after {
-            core.peer_outdated(0);
+            core.peer_outdated(at(0));
         }
-        let r = core.promote(0, false);
+        let r = core.promote(at(0), false);
         if outdated_before {
             assert_eq!(r, Ok(()));
         } else {
@@ -419,14 +420,14 @@ fn a_copy_alone_since_its_start_is_not_promoted_by_fencing_its_peer() {
         history: [0, 0],
     };
     m.flags.consistent = true;
-    let mut core = Core::new(policy(DiskFencing::ResourceAndStonith), m, 1, 0);
-    core.connect(0, false);
+    let mut core = Core::new(policy(DiskFencing::ResourceAndStonith), m, 1, at(0));
+    core.connect(at(0), false);
     assert_eq!(core.disk_state(), DiskState::Consistent);
-    assert_eq!(core.promote(0, false), Err(AdminError::PeerNotOutdated));
-    core.peer_fenced(0);
-    assert_eq!(core.promote(0, false), Err(AdminError::MayBeStale));
+    assert_eq!(core.promote(at(0), false), Err(AdminError::PeerNotOutdated));
+    core.peer_fenced(at(0));
+    assert_eq!(core.promote(at(0), false), Err(AdminError::MayBeStale));
     assert!(!core.status().peer_outdated, "not recorded as outdated");
-    assert_eq!(core.promote(0, true), Ok(()), "--force goes on");
+    assert_eq!(core.promote(at(0), true), Ok(()), "--force goes on");
 }
 
 /// Node 0's write `req` to 4 KiB block `block`, acknowledged under protocol C: the peer
@@ -458,7 +459,7 @@ fn a_flush_the_peer_never_confirmed_waits_for_the_new_generation() {
     // The peer loses power (its cache never wrote block 0) and is fenced.
     p.n[1].disk[..4096].fill(0);
     p.power_cut(1);
-    p.n[0].core.peer_fenced(p.now);
+    p.n[0].core.peer_fenced(at(p.now));
     p.collect(0);
     // Node 0 loses power the moment the flush is acknowledged.
     while !p.acked(0, 2) {
@@ -530,7 +531,7 @@ fn an_outdate_answer_from_before_a_new_link_is_ignored() {
     // link is back and the handshake finds nothing to sync: the peer's mark is gone.
     cut(&mut p);
     assert!(p.n[0].core.suspended());
-    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    let ticket = p.n[1].core.outdate(at(p.now)).unwrap();
     p.collect(1);
     superblocks_until_durable(&mut p, 1, ticket);
     p.connect();
@@ -538,7 +539,7 @@ fn an_outdate_answer_from_before_a_new_link_is_ignored() {
     assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
     assert!(!p.n[0].core.suspended());
     // The answer arrives now: stale.
-    p.n[0].core.peer_outdated(p.now);
+    p.n[0].core.peer_outdated(at(p.now));
     p.collect(0);
     assert!(
         !p.n[0].core.status().peer_outdated,
@@ -560,7 +561,7 @@ fn an_outdate_answer_from_before_a_new_link_is_ignored() {
     // a link comes (its handshake clears the mark) and breaks again, node 0 asks again
     // (the same open question, for the cluster); the answer is stale, and the next
     // question's answer counts.
-    let ticket = p.n[1].core.outdate(p.now).unwrap();
+    let ticket = p.n[1].core.outdate(at(p.now)).unwrap();
     p.collect(1);
     superblocks_until_durable(&mut p, 1, ticket);
     p.connect();
@@ -571,7 +572,7 @@ fn an_outdate_answer_from_before_a_new_link_is_ignored() {
     cut(&mut p);
     assert!(p.n[0].core.suspended());
     assert_eq!(p.fence_peer_asked[0], asked + 1);
-    p.n[0].core.peer_outdated(p.now);
+    p.n[0].core.peer_outdated(at(p.now));
     p.collect(0);
     assert!(
         !p.n[0].core.status().peer_outdated,

@@ -10,6 +10,7 @@ use tandem_disk::core::generation::{Generations, SyncDecision};
 use tandem_disk::core::{
     AdminError, Config, ConnState, Core, DiskFencing, DiskState, Input, Output, Protocol, Role,
 };
+use tandem_testkit::at;
 use tandem_wire::frame::{Frame, StateReport};
 
 #[test]
@@ -85,7 +86,7 @@ fn reconnect_resyncs_only_the_dirty_blocks() {
     let mut p = Pair::synced(Config::default());
     let gen_before = p.n[0].core.generations();
     // Disconnect, write 3 blocks on the primary.
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.settle();
     p.write(1, 8192, 3 * 4096, 9);
@@ -99,7 +100,7 @@ fn reconnect_resyncs_only_the_dirty_blocks() {
     );
     assert_ne!(g.current, gen_before.current);
     let moved_before = p.n[1].core.status().resync_moved_bytes;
-    p.n[0].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
     p.collect(0);
     p.connect();
     p.settle();
@@ -130,12 +131,12 @@ fn split_brain_is_detected_and_nothing_is_overwritten() {
         fencing: DiskFencing::DontCare,
         ..Config::default()
     });
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.settle();
     p.write(1, 0, 4096, 1);
     p.settle();
-    p.n[1].core.promote(p.now, false).unwrap();
+    p.n[1].core.promote(at(p.now), false).unwrap();
     p.collect(1);
     p.input(
         1,
@@ -147,8 +148,8 @@ fn split_brain_is_detected_and_nothing_is_overwritten() {
         },
     );
     p.settle();
-    p.n[1].core.demote(p.now).unwrap();
-    p.n[0].core.connect(p.now, false);
+    p.n[1].core.demote(at(p.now)).unwrap();
+    p.n[0].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     // The side that decided first stands alone; the other lost the link.
@@ -162,8 +163,8 @@ fn split_brain_is_detected_and_nothing_is_overwritten() {
     assert_eq!(p.n[0].disk[0], 1);
     assert_eq!(p.n[1].disk[4096], 2, "the peer's change is still there");
     // The operator discards node 1's changes.
-    p.n[1].core.connect(p.now, true);
-    p.n[0].core.connect(p.now, false);
+    p.n[1].core.connect(at(p.now), true);
+    p.n[0].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     assert_eq!(p.n[0].disk, p.n[1].disk);
@@ -174,10 +175,10 @@ fn split_brain_is_detected_and_nothing_is_overwritten() {
 fn promotion_refuses_inconsistent_data_unless_forced() {
     let mut p = Pair::new(Config::default());
     assert_eq!(
-        p.n[0].core.promote(0, false),
+        p.n[0].core.promote(at(0), false),
         Err(AdminError::NotUpToDate(DiskState::Inconsistent))
     );
-    assert!(p.n[0].core.promote(0, true).is_ok());
+    assert!(p.n[0].core.promote(at(0), true).is_ok());
     assert_eq!(p.n[0].core.role(), Role::Primary);
     assert_eq!(p.n[0].core.disk_state(), DiskState::UpToDate);
 }
@@ -200,10 +201,10 @@ fn unrelated_disks_never_sync() {
     };
     b.flags.consistent = true;
     let mut p = Pair::new(cfg.clone());
-    p.n[0].core = Core::new(cfg.clone(), a, 1, 0);
-    p.n[1].core = Core::new(cfg, b, 2, 0);
-    p.n[0].core.connect(0, false);
-    p.n[1].core.connect(0, true);
+    p.n[0].core = Core::new(cfg.clone(), a, 1, at(0));
+    p.n[1].core = Core::new(cfg, b, 2, at(0));
+    p.n[0].core.connect(at(0), false);
+    p.n[1].core.connect(at(0), true);
     p.connect();
     p.settle();
     assert!(
@@ -225,10 +226,10 @@ fn a_primary_never_becomes_sync_target() {
         ..Config::default()
     });
     // Node 0 (primary) loses the link without writing; node 1 is promoted and writes.
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.settle();
-    p.n[1].core.promote(p.now, false).unwrap();
+    p.n[1].core.promote(at(p.now), false).unwrap();
     p.collect(1);
     p.input(
         1,
@@ -240,8 +241,8 @@ fn a_primary_never_becomes_sync_target() {
         },
     );
     p.settle();
-    p.n[1].core.demote(p.now).unwrap();
-    p.n[0].core.connect(p.now, false);
+    p.n[1].core.demote(at(p.now)).unwrap();
+    p.n[0].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     assert_eq!(p.n[0].core.connection(), ConnState::StandAlone);
@@ -260,7 +261,7 @@ fn a_primary_never_becomes_sync_target() {
 fn online_verify_finds_a_differing_block() {
     let mut p = Pair::synced(Config::default());
     p.n[1].disk[5 * 4096 + 17] ^= 0xff; // silent corruption on the secondary
-    p.n[0].core.verify(p.now).unwrap();
+    p.n[0].core.verify(at(p.now)).unwrap();
     p.collect(0);
     p.settle();
     let st = p.n[0].core.status();
@@ -268,9 +269,9 @@ fn online_verify_finds_a_differing_block() {
     assert!(st.verify_out_of_sync_blocks >= 1);
     assert!(p.n[0].core.bitmap().get(5));
     // A reconnect resyncs it from the primary.
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
-    p.n[0].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     assert_eq!(p.n[0].disk, p.n[1].disk);
@@ -379,16 +380,16 @@ fn status_json_has_the_documented_fields() {
 #[test]
 fn after_a_resync_both_sides_see_each_other_up_to_date() {
     let mut p = Pair::synced(Config::default());
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.settle();
     p.write(1, 8192, 3 * 4096, 9);
     p.settle();
     // Both secondary before they meet again, as after a clean restart of both.
-    p.n[0].core.demote(p.now).unwrap();
+    p.n[0].core.demote(at(p.now)).unwrap();
     p.collect(0);
     p.settle();
-    p.n[0].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
     p.collect(0);
     p.connect();
     p.settle();
@@ -417,7 +418,7 @@ fn a_demote_is_durable_only_after_its_metadata_write() {
     p.input(0, Input::Flush { req: 2 });
     p.settle();
     assert!(p.acked(0, 1) && p.acked(0, 2));
-    p.n[0].core.demote(p.now).unwrap();
+    p.n[0].core.demote(at(p.now)).unwrap();
     let ticket = p.n[0].core.metadata_ticket();
     p.collect(0);
     assert!(
@@ -439,7 +440,7 @@ fn a_demote_is_durable_only_after_its_metadata_write() {
 }
 
 fn dirty_and_reconnect(p: &mut Pair, n: u64) -> u64 {
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.settle();
     for k in 0..n {
@@ -447,7 +448,7 @@ fn dirty_and_reconnect(p: &mut Pair, n: u64) -> u64 {
     }
     p.settle();
     assert_eq!(p.n[0].core.bitmap().count(), n);
-    p.n[0].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
     p.collect(0);
     p.connect();
     n * 4096
@@ -494,12 +495,12 @@ fn an_interrupted_resync_resumes_where_it_stopped() {
         p.input(0, Input::Tick);
         p.input(1, Input::Tick);
     }
-    p.n[1].core.disconnect(p.now);
+    p.n[1].core.disconnect(at(p.now));
     p.collect(1);
     p.settle();
     let left = p.n[0].core.bitmap().count() * 4096;
     assert!(left > 0 && left < bytes, "{left} of {bytes} left");
-    p.n[1].core.connect(p.now, false);
+    p.n[1].core.connect(at(p.now), false);
     p.connect();
     p.settle();
     let moved = p.n[1].core.status().resync_moved_bytes - moved_before;
@@ -516,10 +517,10 @@ fn checksum_based_resync_moves_only_differing_ranges() {
     p.n[1].disk[3 * 4096 + 100] ^= 0x55; // one silently different block
     let moved_before = p.n[1].core.status().resync_moved_bytes;
     // The secondary declares its data bad: every block is dirty.
-    p.n[1].core.invalidate(p.now).unwrap();
+    p.n[1].core.invalidate(at(p.now)).unwrap();
     p.collect(1);
-    p.n[1].core.connect(p.now, false);
-    p.n[0].core.connect(p.now, false);
+    p.n[1].core.connect(at(p.now), false);
+    p.n[0].core.connect(at(p.now), false);
     p.settle();
     if !p.link {
         p.connect();
@@ -536,7 +537,7 @@ fn a_disk_that_ran_alone_uses_the_degraded_startup_wait() {
     let mut p = Pair::synced(Config::default());
     assert!(!p.n[0].core.was_degraded());
     assert_eq!(p.n[0].core.startup_wait_ms(0, 60_000), 0);
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     p.write(1, 0, 4096, 1);
     p.settle();
@@ -552,17 +553,17 @@ fn a_disk_that_ran_alone_uses_the_degraded_startup_wait() {
 fn a_handshake_without_the_peers_state_times_out_despite_pings() {
     let cfg = Config::default();
     let timeout_ms = cfg.ping_timeout_ms;
-    let mut core = Core::new(cfg, meta(1), 1, 0);
-    core.connect(0, false);
-    core.handle(0, Input::Connected);
+    let mut core = Core::new(cfg, meta(1), 1, at(0));
+    core.connect(at(0), false);
+    core.handle(at(0), Input::Connected);
     assert_eq!(core.connection(), ConnState::Handshaking);
     let mut sent_state = false;
     let mut disconnected = None;
     let mut now = 0;
     while now <= timeout_ms + 1000 {
         // The peer answers and pings (last_rx stays fresh) but its State is gone.
-        core.handle(now, Input::Frame(Frame::Ping));
-        core.handle(now, Input::Tick);
+        core.handle(at(now), Input::Frame(Frame::Ping));
+        core.handle(at(now), Input::Tick);
         while let Some(o) = core.poll_output() {
             match o {
                 Output::Send(Frame::State(_)) => sent_state = true,
@@ -584,7 +585,7 @@ fn a_handshake_without_the_peers_state_times_out_despite_pings() {
     assert_eq!(core.connection(), ConnState::Connecting);
     assert!(core.wants_connection(), "the driver dials again");
     // The next link handshakes normally.
-    core.handle(now, Input::Connected);
+    core.handle(at(now), Input::Connected);
     assert_eq!(core.connection(), ConnState::Handshaking);
 }
 
@@ -605,7 +606,7 @@ fn random_frames_from_the_peer_never_panic() {
             ..Config::default()
         });
         if round % 3 == 0 {
-            p.n[0].core.demote(p.now).unwrap();
+            p.n[0].core.demote(at(p.now)).unwrap();
             p.collect(0);
         }
         let victim = (round % 2) as usize;
@@ -705,7 +706,7 @@ fn random_frames_from_the_peer_never_panic() {
 #[test]
 fn a_paused_resync_waits_for_its_group() {
     let mut p = Pair::synced(Config::default());
-    p.n[1].core.set_resync_paused(p.now, true);
+    p.n[1].core.set_resync_paused(at(p.now), true);
     let bytes = dirty_and_reconnect(&mut p, 16);
     for _ in 0..50 {
         for i in 0..2 {
@@ -722,7 +723,7 @@ fn a_paused_resync_waits_for_its_group() {
         bytes,
         "nothing moved while paused"
     );
-    p.n[1].core.set_resync_paused(p.now, false);
+    p.n[1].core.set_resync_paused(at(p.now), false);
     p.collect(1);
     p.settle();
     assert!(!p.n[1].core.needs_resync());
@@ -737,12 +738,12 @@ fn a_paused_resync_waits_for_its_group() {
 fn two_nodes_with_the_same_seed_draw_different_generations() {
     let mut gens = [Vec::new(), Vec::new()];
     for (i, node_id) in [1u64, 2].into_iter().enumerate() {
-        let mut core = Core::new(Config::default(), meta(node_id), 42, 0);
+        let mut core = Core::new(Config::default(), meta(node_id), 42, at(0));
         for _ in 0..3 {
             // A forced promotion on inconsistent data starts a new lineage each time.
-            core.demote(0).unwrap();
-            core.invalidate(0).unwrap();
-            core.promote(0, true).unwrap();
+            core.demote(at(0)).unwrap();
+            core.invalidate(at(0)).unwrap();
+            core.promote(at(0), true).unwrap();
             gens[i].push(core.generations().current);
         }
     }
@@ -811,7 +812,7 @@ fn a_demotion_waits_until_the_peer_flushed_what_it_acknowledged() {
     p.complete_ios(1);
     p.deliver(0);
     assert!(p.acked(0, 1), "in the peer's cache, acknowledged under C");
-    let first = p.n[0].core.demote(p.now);
+    let first = p.n[0].core.demote(at(p.now));
     p.collect(0);
     assert_eq!(
         first,
@@ -828,7 +829,7 @@ fn a_demotion_waits_until_the_peer_flushed_what_it_acknowledged() {
     p.power_cut_unseen(1);
     // The disk service retries until the demotion goes through.
     let mut tries = 0;
-    while p.n[0].core.demote(p.now).is_err() {
+    while p.n[0].core.demote(at(p.now)).is_err() {
         tries += 1;
         assert!(tries < 1000, "never demoted");
         p.now += 100;
@@ -847,7 +848,7 @@ fn a_demotion_waits_until_the_peer_flushed_what_it_acknowledged() {
         "{:?}",
         p.n[1].core.status().last_decision
     );
-    assert_eq!(p.n[1].core.promote(p.now, false), Ok(()));
+    assert_eq!(p.n[1].core.promote(at(p.now), false), Ok(()));
 }
 
 /// With the peer alive the wait is one barrier round trip.
@@ -857,10 +858,10 @@ fn a_demotion_after_the_peers_flush_goes_through() {
     p.write(1, 0, 4096, 0x41);
     p.settle();
     assert!(p.acked(0, 1));
-    assert_eq!(p.n[0].core.demote(p.now), Err(AdminError::Busy));
+    assert_eq!(p.n[0].core.demote(at(p.now)), Err(AdminError::Busy));
     p.collect(0);
     p.settle();
-    assert_eq!(p.n[0].core.demote(p.now), Ok(()));
+    assert_eq!(p.n[0].core.demote(at(p.now)), Ok(()));
     assert_eq!(p.n[0].core.role(), Role::Secondary);
 }
 

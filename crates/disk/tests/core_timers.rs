@@ -6,16 +6,17 @@ mod pair;
 
 use pair::Pair;
 use tandem_disk::core::{Config, ConnState, DiskFencing, Input};
+use tandem_testkit::{at, ms};
 
 /// Runs the pair for `ms` as an event-driven driver would: everything that can move
 /// moves, then time jumps to the earliest `poll_timeout` and only the cores due then are
 /// ticked. Returns the ticks each node got.
-fn run_for(p: &mut Pair, ms: u64) -> [u64; 2] {
-    let until_ms = p.now + ms;
+fn run_for(p: &mut Pair, for_ms: u64) -> [u64; 2] {
+    let until_ms = p.now + for_ms;
     let mut ticks = [0; 2];
     loop {
         while (0..2).any(|i| p.complete_ios(i) | p.deliver(i)) {}
-        let due: Vec<Option<u64>> = p.n.iter().map(|n| n.core.poll_timeout()).collect();
+        let due: Vec<Option<u64>> = p.n.iter().map(|n| n.core.poll_timeout().map(ms)).collect();
         let Some(next) = due.iter().flatten().copied().min() else {
             return ticks;
         };
@@ -42,15 +43,19 @@ fn an_idle_connected_core_sleeps_a_ping_interval() {
     run_for(&mut p, 2 * cfg.ping_interval_ms);
     let ticks = run_for(&mut p, 60 * cfg.ping_interval_ms);
     for (i, n) in p.n.iter().enumerate() {
-        let due = n.core.poll_timeout().expect("a connected core pings");
+        let due = n
+            .core
+            .poll_timeout()
+            .map(ms)
+            .expect("a connected core pings");
         assert!(due > p.now, "node {i}: due {due} at {}", p.now);
         assert_eq!(n.core.connection(), ConnState::Connected, "node {i}");
     }
     // Right after a tick that pinged, the next one is exactly a ping interval later.
-    let due = p.n[0].core.poll_timeout().unwrap();
+    let due = p.n[0].core.poll_timeout().map(ms).unwrap();
     p.now = due;
     p.input(0, Input::Tick);
-    assert!(p.n[0].core.poll_timeout().unwrap() >= p.now + cfg.ping_interval_ms);
+    assert!(p.n[0].core.poll_timeout().map(ms).unwrap() >= p.now + cfg.ping_interval_ms);
     // 60 s idle: one wake per ping interval and node (3000 at a 20 ms tick).
     for (i, t) in ticks.iter().enumerate() {
         assert!((59..=61).contains(t), "node {i}: {t} ticks in 60 s");
@@ -61,13 +66,13 @@ fn an_idle_connected_core_sleeps_a_ping_interval() {
 fn a_disconnected_idle_core_has_nothing_due() {
     let mut p = Pair::synced(Config::default());
     for i in 0..2 {
-        p.n[i].core.disconnect(p.now);
+        p.n[i].core.disconnect(at(p.now));
         p.collect(i);
     }
     run_for(&mut p, 10_000);
     for (i, n) in p.n.iter().enumerate() {
         assert_eq!(n.core.connection(), ConnState::StandAlone, "node {i}");
-        assert_eq!(n.core.poll_timeout(), None, "node {i}");
+        assert_eq!(n.core.poll_timeout().map(ms), None, "node {i}");
     }
 }
 
@@ -78,7 +83,7 @@ fn dirty_bitmap_blocks_are_persisted_when_due() {
         ..Config::default()
     };
     let mut p = Pair::synced(cfg.clone());
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     run_for(&mut p, 100);
     let t0 = p.now;
@@ -90,12 +95,12 @@ fn dirty_bitmap_blocks_are_persisted_when_due() {
         .poll_timeout()
         .expect("a dirty bitmap block waits");
     assert!(
-        due > t0 && due <= t0 + cfg.bitmap_persist_interval_ms,
-        "{due}"
+        due > at(t0) && due <= at(t0 + cfg.bitmap_persist_interval_ms),
+        "{due:?}"
     );
     run_for(&mut p, 10 * cfg.bitmap_persist_interval_ms);
     assert_eq!(
-        p.n[0].core.poll_timeout(),
+        p.n[0].core.poll_timeout().map(ms),
         None,
         "persisted, nothing left due"
     );
@@ -110,7 +115,7 @@ fn a_rate_limited_resync_completes_ticked_only_when_due() {
         resync_request_bytes: 64 << 10,
         ..Config::default()
     });
-    p.n[0].core.disconnect(p.now);
+    p.n[0].core.disconnect(at(p.now));
     p.collect(0);
     run_for(&mut p, 100);
     let blocks = 512u64; // 2 MiB
@@ -118,7 +123,7 @@ fn a_rate_limited_resync_completes_ticked_only_when_due() {
         p.write(1000 + k, k * 4096, 4096, 3);
     }
     run_for(&mut p, 2_000);
-    p.n[0].core.connect(p.now, false);
+    p.n[0].core.connect(at(p.now), false);
     p.collect(0);
     p.connect();
     // 2 MiB at 1 MiB/s: half a second in, the rate still holds it back.
@@ -149,8 +154,8 @@ fn a_suspended_primary_repeats_its_fence_request_when_due() {
     assert!(p.n[0].core.suspended());
     let asked = p.fence_peer_asked[0];
     let t0 = p.now;
-    assert_eq!(p.n[0].core.poll_timeout(), Some(t0 + 5_000));
+    assert_eq!(p.n[0].core.poll_timeout().map(ms), Some(t0 + 5_000));
     run_for(&mut p, 5_000);
     assert_eq!(p.fence_peer_asked[0], asked + 1);
-    assert_eq!(p.n[0].core.poll_timeout(), Some(t0 + 10_000));
+    assert_eq!(p.n[0].core.poll_timeout().map(ms), Some(t0 + 10_000));
 }

@@ -922,7 +922,16 @@ impl Lab {
         if sys::cg_event(&cg, "frozen")? {
             return Err(LabError::Frozen(host.to_string()));
         }
-        sys::Entry::open(&cg, &netns_path(&host_netns(&self.name, host)), init)
+        // The init may die between the look above and the open (a fence through the
+        // switch powering the host off right now): the same error, not an I/O one.
+        sys::Entry::open(&cg, &netns_path(&host_netns(&self.name, host)), init).map_err(|err| {
+            match sys::proc_stat(init) {
+                Some((_, start)) if start == hs.init_start => err,
+                _ => LabError::Boot(format!(
+                    "host {host:?}: its init (pid {init}) went away; power-cycle it"
+                )),
+            }
+        })
     }
 
     // ---------------------------------------------------------------- processes

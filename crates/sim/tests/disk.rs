@@ -27,6 +27,7 @@
 //! when the core asks for it.
 
 use std::collections::{HashMap, VecDeque};
+use tandem_testkit::at;
 
 use bytes::Bytes;
 use tandem_disk::core::generation::SyncDecision;
@@ -198,7 +199,9 @@ impl Sim {
         }
         // Initial full sync: node 0 declares its (empty) data the truth.
         let now = sim.now_ms;
-        sim.core(0).promote(now, true).expect("forced promotion");
+        sim.core(0)
+            .promote(at(now), true)
+            .expect("forced promotion");
         sim.drain(0);
         sim
     }
@@ -213,9 +216,9 @@ impl Sim {
             self.cfg.clone(),
             meta,
             self.seed ^ ((i as u64 + 1) * 7919) ^ self.step,
-            self.now_ms,
+            at(self.now_ms),
         );
-        core.connect(self.now_ms, false);
+        core.connect(at(self.now_ms), false);
         self.nodes[i].core = Some(core);
         self.nodes[i].crashed_at_step = None;
         self.nodes[i].handshaked = false;
@@ -227,7 +230,7 @@ impl Sim {
         let was_connected = matches!(input, Input::Frame(Frame::State(_)));
         if let Some(c) = self.nodes[i].core.as_mut() {
             let before = (c.connection(), c.disk_state(), c.role());
-            c.handle(now, input);
+            c.handle(at(now), input);
             c.validate();
             let after = (c.connection(), c.disk_state(), c.role());
             if before.0 == ConnState::Handshaking && after.0 != ConnState::Handshaking {
@@ -658,7 +661,7 @@ impl Sim {
                         .as_ref()
                         .is_some_and(|c| c.disk_state() != DiskState::Inconsistent);
                 if let Some(c) = self.nodes[s].core.as_mut()
-                    && c.promote(now, force).is_ok()
+                    && c.promote(at(now), force).is_ok()
                 {
                     self.forced |= force;
                     self.log.push(format!(
@@ -689,7 +692,7 @@ impl Sim {
                 continue;
             }
             let now = self.now_ms;
-            let result = self.core(i).promote(now, false);
+            let result = self.core(i).promote(at(now), false);
             match result {
                 Ok(()) => {
                     self.log
@@ -748,7 +751,7 @@ impl Sim {
                 ));
                 let now = self.now_ms;
                 if let Some(c) = self.nodes[asker].core.as_mut() {
-                    c.peer_outdated(now);
+                    c.peer_outdated(at(now));
                     self.drain(asker);
                 }
             } else {
@@ -770,7 +773,7 @@ impl Sim {
             // Down already: the fence finds it off.
             self.log
                 .push(format!("step {} node {j} is down: fenced", self.step));
-            self.core(i).peer_fenced(now);
+            self.core(i).peer_fenced(at(now));
             self.drain(i);
             return;
         }
@@ -778,7 +781,7 @@ impl Sim {
         if self.membership_cut && !stonith {
             self.log
                 .push(format!("step {} node {j} unreachable", self.step));
-            self.core(i).peer_unreachable(now);
+            self.core(i).peer_unreachable(at(now));
             self.drain(i);
             return;
         }
@@ -787,11 +790,11 @@ impl Sim {
                 .push(format!("step {} FENCE node {j} (power off)", self.step));
             self.fences += 1;
             self.crash(j);
-            self.core(i).peer_fenced(now);
+            self.core(i).peer_fenced(at(now));
             self.drain(i);
             return;
         }
-        match self.core(j).outdate(now) {
+        match self.core(j).outdate(at(now)) {
             Ok(ticket) => {
                 self.drain(j);
                 self.outdates.push((j, ticket, i));
@@ -805,14 +808,14 @@ impl Sim {
                     self.step
                 ));
                 if self.calming {
-                    let _ = self.core(j).demote(now);
+                    let _ = self.core(j).demote(at(now));
                     self.drain(j);
                 } else if self.crashes == 0 && self.crash_allowed {
                     self.log
                         .push(format!("step {} FENCE node {j} (power off)", self.step));
                     self.fences += 1;
                     self.crash(j);
-                    self.core(i).peer_fenced(now);
+                    self.core(i).peer_fenced(at(now));
                     self.drain(i);
                 }
             }
@@ -859,9 +862,9 @@ impl Sim {
                 for i in 0..2 {
                     let now = self.now_ms;
                     let c = self.core(i);
-                    let _ = c.demote(now);
-                    c.disconnect(now);
-                    c.connect(now, split && i == 1);
+                    let _ = c.demote(at(now));
+                    c.disconnect(at(now));
+                    c.connect(at(now), split && i == 1);
                     self.drain(i);
                 }
                 self.log.push(format!(
@@ -879,7 +882,7 @@ impl Sim {
             });
             if fresh {
                 let now = self.now_ms;
-                let _ = self.core(0).promote(now, true);
+                let _ = self.core(0).promote(at(now), true);
                 self.drain(0);
             }
             self.step_once(false, steps < workload_steps);

@@ -45,6 +45,22 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The tests' clock for the sans-IO cores, which all take a monotonic [`Instant`]:
+/// `ms` milliseconds after one fixed instant of the test process, so a test writes its
+/// times as plain numbers (`core.handle(at(1_500), …)`).
+///
+/// [`Instant`]: std::time::Instant
+#[allow(clippy::disallowed_methods)] // the origin of the tests' time; only offsets matter
+pub fn at(ms: u64) -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now) + std::time::Duration::from_millis(ms)
+}
+
+/// The inverse of [`at`]: the milliseconds after the tests' fixed instant (0 before it).
+pub fn ms(t: std::time::Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(at(0)).as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,8 +43,8 @@ impl Core {
     /// ran. Believed, it would let this side promote itself or write alone later
     /// against a peer that is not outdated (cluster-sim seed 4681). An answer to no
     /// question is ignored too.
-    pub fn peer_outdated(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn peer_outdated(&mut self, now: Instant) {
+        self.advance(now);
         if self.fence_answer_is_current() {
             self.set_peer_outdated();
         }
@@ -57,8 +57,8 @@ impl Core {
     /// changes (only an outdate or a fence ends the suspension, and the cluster goes on
     /// to fence). Stale (a link came up since the question), it is ignored, as
     /// [`Core::peer_outdated`].
-    pub fn peer_unreachable(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn peer_unreachable(&mut self, now: Instant) {
+        self.advance(now);
         if self.cfg.fencing == DiskFencing::ResourceOnly && self.fence_answer_is_current() {
             self.peer_unreachable = true;
             self.resume();
@@ -70,8 +70,8 @@ impl Core {
     /// outdate-peer): the link, if it still looks up here, is dropped, and the copy is
     /// marked outdated. Returns the metadata ticket to wait for
     /// ([`Core::metadata_durable`]) before answering. A primary refuses.
-    pub fn outdate(&mut self, now_ms: u64) -> Result<u64, AdminError> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn outdate(&mut self, now: Instant) -> Result<u64, AdminError> {
+        self.advance(now);
         if self.role == Role::Primary {
             return Err(AdminError::IsPrimary);
         }
@@ -87,8 +87,8 @@ impl Core {
     /// itself and tells the peer on the link once that is durable (so the peer can take
     /// over and write without fencing this node). Returns the ticket to wait for
     /// before the link is closed.
-    pub fn leave(&mut self, now_ms: u64) -> u64 {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn leave(&mut self, now: Instant) -> u64 {
+        self.advance(now);
         self.leave_outdated();
         self.pump();
         self.announce.map_or(self.meta_enqueued, |a| a.ticket)

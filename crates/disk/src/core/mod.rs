@@ -5,7 +5,7 @@
 //!   Write/Read/Flush ──┐    Frame / Connected ──┐    IoDone ──┐
 //!                      ▼                        ▼             ▼
 //!                 ┌────────────────────────────────────────────────┐
-//!   now_ms ──────▶│ Core::handle(now_ms, Input)   + admin methods   │
+//!   now ─────────▶│ Core::handle(now, Input)      + admin methods   │
 //!                 └────────────────────────────────────────────────┘
 //!                      │ poll_output() → Output
 //!                      ▼
@@ -43,6 +43,7 @@ pub use types::*;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -270,6 +271,9 @@ pub struct Core {
     /// When the current link came up (the handshake's deadline counts from here).
     link_up_ms: u64,
     last_ping_ms: u64,
+    /// The clock's reading when the core was made: inside, time is milliseconds since.
+    origin: Instant,
+    /// Milliseconds since `origin` at the latest input (never goes back).
     now_ms: u64,
     sent_bytes: u64,
     received_bytes: u64,
@@ -330,7 +334,8 @@ impl Core {
     /// Attaches to loaded metadata. A node that was primary when it stopped is a
     /// *crashed primary*: its activity-log extents join the bitmap (they may differ from
     /// the peer), and this is persisted before anything else happens.
-    pub fn new(cfg: Config, meta: MetaState, rng_seed: u64, now_ms: u64) -> Self {
+    pub fn new(cfg: Config, meta: MetaState, rng_seed: u64, now: Instant) -> Self {
+        let now_ms = 0;
         assert!(
             meta.size_bytes % BLOCK_BYTES == 0,
             "size must be a multiple of 4 KiB"
@@ -414,6 +419,7 @@ impl Core {
             last_rx_ms: now_ms,
             link_up_ms: now_ms,
             last_ping_ms: now_ms,
+            origin: now,
             now_ms,
             sent_bytes: 0,
             received_bytes: 0,
@@ -445,9 +451,9 @@ impl Core {
 
     // ------------------------------------------------------------------ public API
 
-    /// Feeds one input at time `now_ms` (monotonic milliseconds, any origin).
-    pub fn handle(&mut self, now_ms: u64, input: Input) {
-        self.now_ms = self.now_ms.max(now_ms);
+    /// Feeds one input at time `now` (the same monotonic clock as every core's).
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.advance(now);
         match input {
             Input::Write {
                 req,
@@ -475,14 +481,25 @@ impl Core {
         self.outputs.pop_front()
     }
 
-    /// When `handle(now_ms, Input::Tick)` is next due (same clock as `now_ms`), or None
+    /// When `handle(now, Input::Tick)` is next due, or None
     /// if nothing waits on time: the earliest of the link's ping, ping timeout and
     /// handshake timeout, the repeated fence-peer request of a suspended disk, the
     /// persisting of dirty bitmap blocks, and the resync request the rate held back.
     /// Between inputs the driver may sleep until then: an idle connected disk wakes once
     /// per ping interval, an idle disconnected one not at all. (Connection retries are
     /// the driver's: it dials.)
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.poll_timeout_ms()
+            .map(|ms| self.origin + Duration::from_millis(ms))
+    }
+
+    /// Takes the time of an input: milliseconds since `origin`, never going back.
+    fn advance(&mut self, now: Instant) {
+        let ms = now.saturating_duration_since(self.origin).as_millis();
+        self.now_ms = self.now_ms.max(u64::try_from(ms).unwrap_or(u64::MAX));
+    }
+
+    fn poll_timeout_ms(&self) -> Option<u64> {
         let resync = self
             .planner
             .as_ref()
@@ -529,8 +546,8 @@ impl Core {
 
     /// Holds back (or releases) this disk's resync requests; the agent does this to run
     /// resync groups in order (the whitepaper's `syncer { group N; }`).
-    pub fn set_resync_paused(&mut self, now_ms: u64, paused: bool) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn set_resync_paused(&mut self, now: Instant, paused: bool) {
+        self.advance(now);
         self.resync_paused = paused;
         self.pump();
     }
@@ -614,8 +631,8 @@ impl Core {
     }
 
     /// `tandem disk primary [--force]`.
-    pub fn promote(&mut self, now_ms: u64, force: bool) -> Result<(), AdminError> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn promote(&mut self, now: Instant, force: bool) -> Result<(), AdminError> {
+        self.advance(now);
         if self.role == Role::Primary {
             return Ok(());
         }
@@ -709,8 +726,8 @@ impl Core {
     }
 
     /// `tandem disk secondary`.
-    pub fn demote(&mut self, now_ms: u64) -> Result<(), AdminError> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn demote(&mut self, now: Instant) -> Result<(), AdminError> {
+        self.advance(now);
         if self.role == Role::Secondary {
             return Ok(());
         }
@@ -762,8 +779,8 @@ impl Core {
     /// link looks like, nobody is at the other end. It is dropped now rather than after
     /// the ping timeout — a powered-off machine sends no FIN — and the core goes on
     /// connecting, for the peer's return.
-    pub fn peer_fenced(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn peer_fenced(&mut self, now: Instant) {
+        self.advance(now);
         // A fence answers any open question about the peer's fate (and is a fact,
         // whatever the link did meanwhile).
         self.fence_question_link = None;
@@ -782,8 +799,8 @@ impl Core {
     }
 
     /// `tandem disk connect [--discard-my-data]`.
-    pub fn connect(&mut self, now_ms: u64, discard_my_data: bool) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn connect(&mut self, now: Instant, discard_my_data: bool) {
+        self.advance(now);
         self.discard_my_data = discard_my_data;
         if self.conn == ConnState::StandAlone {
             self.conn = ConnState::Connecting;
@@ -792,8 +809,8 @@ impl Core {
     }
 
     /// `tandem disk disconnect`.
-    pub fn disconnect(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn disconnect(&mut self, now: Instant) {
+        self.advance(now);
         if self.leave_outdated() {
             // The link goes once the peer has heard, durably, that this copy is stale.
             if let Some(a) = &mut self.announce {
@@ -811,8 +828,8 @@ impl Core {
 
     /// `tandem disk invalidate`: our data is declared bad; everything will be fetched
     /// from the peer (now if connected, else at the next connect).
-    pub fn invalidate(&mut self, now_ms: u64) -> Result<(), AdminError> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn invalidate(&mut self, now: Instant) -> Result<(), AdminError> {
+        self.advance(now);
         if self.role == Role::Primary {
             return Err(AdminError::IsPrimary);
         }
@@ -831,8 +848,8 @@ impl Core {
 
     /// `tandem disk verify`: compare every block with the peer by checksum; differing
     /// blocks are marked out of sync (resynced at the next connect).
-    pub fn verify(&mut self, now_ms: u64) -> Result<(), AdminError> {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn verify(&mut self, now: Instant) -> Result<(), AdminError> {
+        self.advance(now);
         if self.conn != ConnState::Connected || self.disk == DiskState::Diskless {
             return Err(AdminError::NotConnected);
         }

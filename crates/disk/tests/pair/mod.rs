@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use tandem_testkit::at;
 
 use bytes::Bytes;
 use tandem_disk::core::bitmap::Bitmap;
@@ -60,7 +61,7 @@ pub fn meta(node_id: u64) -> MetaState {
 impl Pair {
     pub fn new(cfg: Config) -> Pair {
         let mk = |id: u64| Node {
-            core: Core::new(cfg.clone(), meta(id), id, 0),
+            core: Core::new(cfg.clone(), meta(id), id, at(0)),
             disk: vec![0; SIZE as usize],
             ios: VecDeque::new(),
             done: Vec::new(),
@@ -77,8 +78,8 @@ impl Pair {
             fence_peer_asked: [0, 0],
             cfg,
         };
-        p.n[0].core.connect(0, false);
-        p.n[1].core.connect(0, false);
+        p.n[0].core.connect(at(0), false);
+        p.n[1].core.connect(at(0), false);
         p
     }
 
@@ -100,9 +101,9 @@ impl Pair {
                     for f in sent {
                         let key = FrameKey::preauth();
                         let (f, _) = Frame::decode(&f.to_bytes(&key, 0), &key, 0).unwrap();
-                        self.n[1 - i].core.handle(self.now, Input::Frame(f));
+                        self.n[1 - i].core.handle(at(self.now), Input::Frame(f));
                     }
-                    self.n[1 - i].core.handle(self.now, Input::Disconnected);
+                    self.n[1 - i].core.handle(at(self.now), Input::Disconnected);
                     self.collect(1 - i);
                 }
                 Output::FencePeer => {
@@ -128,7 +129,7 @@ impl Pair {
     /// peer outdates itself, durably, then `i` hears of it.
     pub fn outdate_peer_of(&mut self, i: usize) {
         let now = self.now;
-        let Ok(ticket) = self.n[1 - i].core.outdate(now) else {
+        let Ok(ticket) = self.n[1 - i].core.outdate(at(now)) else {
             return;
         };
         self.collect(1 - i);
@@ -138,12 +139,12 @@ impl Pair {
                 "the outdate's metadata write never came"
             );
         }
-        self.n[i].core.peer_outdated(now);
+        self.n[i].core.peer_outdated(at(now));
         self.collect(i);
     }
 
     pub fn input(&mut self, i: usize, input: Input) {
-        self.n[i].core.handle(self.now, input);
+        self.n[i].core.handle(at(self.now), input);
         self.n[i].core.validate();
         self.collect(i);
     }
@@ -227,10 +228,15 @@ impl Pair {
         self.link = false;
         self.wire = [VecDeque::new(), VecDeque::new()];
         let seed = 0x5eed ^ self.now ^ i as u64;
-        self.n[i].core = Core::new(self.cfg.clone(), self.n[i].stored.clone(), seed, self.now);
+        self.n[i].core = Core::new(
+            self.cfg.clone(),
+            self.n[i].stored.clone(),
+            seed,
+            at(self.now),
+        );
         self.n[i].ios.clear();
         self.collect(i);
-        self.n[i].core.connect(self.now, false);
+        self.n[i].core.connect(at(self.now), false);
         self.collect(i);
         // The peer notices after the restart: whatever the cluster then asks of node
         // `i` (an outdate) reaches the new core.
@@ -290,12 +296,12 @@ impl Pair {
         let mut p = Pair::new(cfg);
         p.connect();
         p.settle();
-        p.n[0].core.promote(p.now, true).unwrap();
+        p.n[0].core.promote(at(p.now), true).unwrap();
         p.collect(0);
         p.settle();
         if !p.link {
-            p.n[0].core.connect(p.now, false);
-            p.n[1].core.connect(p.now, false);
+            p.n[0].core.connect(at(p.now), false);
+            p.n[1].core.connect(at(p.now), false);
             p.connect();
         }
         p.settle();

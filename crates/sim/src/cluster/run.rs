@@ -469,10 +469,6 @@ impl Cluster {
         self.nodes[i].local(self.base, self.now)
     }
 
-    fn local_ms(&self, i: usize) -> u64 {
-        self.local(i).duration_since(self.base).as_millis() as u64
-    }
-
     // ------------------------------------------------------------------ the run
 
     fn run(&mut self) -> Result<(), String> {
@@ -541,7 +537,7 @@ impl Cluster {
                 if self.nodes[to].conn != Some(conn) || !self.nodes[to].powered {
                     return;
                 }
-                let ms = self.local_ms(to);
+                let ms = self.local(to);
                 match item {
                     Some(bytes) => {
                         let Ok((frame, _)) = Frame::decode(&bytes, &FrameKey::preauth(), 0) else {
@@ -613,7 +609,7 @@ impl Cluster {
             }
             if self.now >= self.nodes[i].last_disk_tick + DISK_TICK {
                 self.nodes[i].last_disk_tick = self.now;
-                let ms = self.local_ms(i);
+                let ms = self.local(i);
                 if let Some(d) = self.nodes[i].disk.as_mut() {
                     d.handle(ms, tandem_disk::core::Input::Tick);
                 }
@@ -651,7 +647,7 @@ impl Cluster {
             .storage
             .meta
             .state(DISK_BYTES, disk_cfg.al_extents);
-        let ms = self.local_ms(i);
+        let ms = self.local(i);
         // Each boot of each node draws its own generations (as getrandom does for the
         // agent): a seed derived by XOR could repeat across nodes and boots.
         let disk_seed = self.rng.next_u64();

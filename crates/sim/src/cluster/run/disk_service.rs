@@ -11,7 +11,7 @@ impl Cluster {
     }
 
     pub(super) fn disk_order(&mut self, i: usize, order: DiskOrder) {
-        let ms = self.local_ms(i);
+        let ms = self.local(i);
         let Some(d) = self.nodes[i].disk.as_mut() else {
             if let DiskOrder::Outdate { disk, request } = order {
                 self.later(
@@ -98,7 +98,7 @@ impl Cluster {
         let Some(mut a) = self.nodes[i].disk_action.clone() else {
             return;
         };
-        let ms = self.local_ms(i);
+        let ms = self.local(i);
         let wait_over = self.nodes[i].handshaked || self.nodes[i].degraded_at_boot;
         let Some(d) = self.nodes[i].disk.as_mut() else {
             return;
@@ -277,7 +277,7 @@ impl Cluster {
         // Metadata writes are issued one at a time by the core; others in any order.
         let (io, op) = self.nodes[i].ios.swap_remove(k);
         let result = self.nodes[i].storage.complete(op);
-        let ms = self.local_ms(i);
+        let ms = self.local(i);
         if let Some(d) = self.nodes[i].disk.as_mut() {
             d.handle(ms, tandem_disk::core::Input::IoDone { io, result });
         }
@@ -300,7 +300,7 @@ impl Cluster {
         self.next_conn += 1;
         for i in 0..2 {
             self.nodes[i].conn = Some(conn);
-            let ms = self.local_ms(i);
+            let ms = self.local(i);
             if let Some(d) = self.nodes[i].disk.as_mut() {
                 d.handle(ms, tandem_disk::core::Input::Connected);
             }
@@ -325,7 +325,7 @@ impl Cluster {
             let req = self.next_req;
             self.next_req += 1;
             self.flushes.insert(req, (p, self.acked.clone()));
-            let ms = self.local_ms(p);
+            let ms = self.local(p);
             if let Some(d) = self.nodes[p].disk.as_mut() {
                 d.handle(ms, tandem_disk::core::Input::Flush { req });
             }
@@ -338,7 +338,7 @@ impl Cluster {
         let req = self.next_req;
         self.next_req += 1;
         self.writes.insert(req, (p, block, id));
-        let ms = self.local_ms(p);
+        let ms = self.local(p);
         let fua = self.rng.below(10) == 0;
         if let Some(d) = self.nodes[p].disk.as_mut() {
             d.handle(
