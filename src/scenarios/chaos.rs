@@ -24,6 +24,10 @@ pub struct ChaosArgs {
     /// Seed of the fault generator (default: from the clock; printed either way).
     #[arg(long)]
     seed: Option<u64>,
+    /// Keep the agents' logs even when every round passes (they are always kept when
+    /// one fails).
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 /// The faults a round draws from.
@@ -75,7 +79,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let result = rounds(&mut dc, seed, args.rounds, &mut totals);
     let counts = dc.sampler.counts();
     let acked = dc.client.acked_count();
-    if result.is_err() {
+    if result.is_err() || args.keep_logs {
         super::keep_logs(&dc, "chaos");
     }
     let down = super::teardown(dc);
