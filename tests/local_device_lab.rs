@@ -171,7 +171,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     c.lab
         .run(
             "ox1",
-            &["sh", "-c", &format!("echo kept > {mnt_s}/note; sync")],
+            &["sh", "-c", &format!("echo kept > {mnt_s}/note; sync -f {mnt_s}/note")],
         )
         .unwrap();
     kill_agent(&mut c, "ox1");
