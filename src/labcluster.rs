@@ -1,7 +1,8 @@
 //! A tandem cluster inside a lab: the whitepaper's hosts, a configuration written into
-//! the lab's data directory, agents started in their hosts, and status read back. Used
-//! by `tandem bench` and the demo; the integration tests build the same thing in
-//! their own words so that they check the product rather than share its helpers.
+//! the lab's data directory (built by [`crate::labconfig`] and rendered by the config
+//! crate's emitter), agents started in their hosts, and status read back. Used by
+//! `tandem bench`, the scenarios and the demo; the integration tests build their
+//! configurations with the same [`LabConfig`].
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tandem_config::FencingPolicy;
 use tandem_lab::{HostProcess, Lab, Topology};
+
+use crate::labconfig::LabConfig;
 
 /// Membership timing of a lab cluster.
 #[derive(Debug, Clone, Copy)]
@@ -20,16 +24,19 @@ pub struct Timing {
     pub deadtime: Duration,
 }
 
-/// The witness host of a lab cluster built with one (lan .30, hb .30).
-pub const WITNESS: &str = "quorum";
+pub use crate::labconfig::WITNESS;
 
 /// A lab with a tandem configuration for ox1 and ox2 (links `hb` ucast on eth1 and
-/// `lan` bcast on eth0), and optionally a witness host running `tandem witness`.
+/// `lan` bcast on eth0), and optionally a witness host running `tandem witness`. The
+/// configuration is a [`LabConfig`], rendered by the config crate's emitter each time
+/// it changes.
 pub struct LabCluster {
     /// The lab.
     pub lab: Lab,
     /// The configuration file, inside the lab's data directory.
     pub config: PathBuf,
+    /// What the configuration file holds.
+    settings: LabConfig,
     tandem: PathBuf,
     /// The agents (and the witness) started and not stopped since, by host.
     agents: Vec<(String, HostProcess)>,
@@ -40,24 +47,30 @@ pub struct LabCluster {
 impl LabCluster {
     /// Builds the whitepaper's lab and writes the configuration (membership only).
     pub fn up(timing: Timing) -> anyhow::Result<Self> {
-        Self::up_with(timing, "none", "")
+        Self::up_with(timing, "none", |_| {})
     }
 
-    /// As [`LabCluster::up`], with `fencing` (`none` or `required`) and more tables
-    /// appended to the configuration; `{dir}` in them is the lab's data directory and
-    /// `{lab}` the lab's name.
-    pub fn up_with(timing: Timing, fencing: &str, tables: &str) -> anyhow::Result<Self> {
-        Self::up_with_lab(timing, fencing, |_| Ok(tables.to_string()))
+    /// As [`LabCluster::up`], with `fencing` (`none` or `required`) and `edit` applied
+    /// to the configuration.
+    pub fn up_with(
+        timing: Timing,
+        fencing: &str,
+        edit: impl FnOnce(&mut LabConfig),
+    ) -> anyhow::Result<Self> {
+        Self::up_with_lab(timing, fencing, |_, c| {
+            edit(c);
+            Ok(())
+        })
     }
 
-    /// As [`LabCluster::up_with`], with the tables made from the lab once it is up
-    /// (paths that only exist then, such as a host's lossy disk).
+    /// As [`LabCluster::up_with`], with the lab at hand once it is up (paths that only
+    /// exist then, such as a host's lossy disk).
     pub fn up_with_lab(
         timing: Timing,
         fencing: &str,
-        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+        edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        Self::build(timing, fencing, false, tables)
+        Self::build(timing, fencing, false, edit)
     }
 
     /// As [`LabCluster::up_with_lab`], with a third host [`WITNESS`] on both networks
@@ -65,96 +78,58 @@ impl LabCluster {
     pub fn up_with_witness(
         timing: Timing,
         fencing: &str,
-        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+        edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        Self::build(timing, fencing, true, tables)
+        Self::build(timing, fencing, true, edit)
     }
 
     fn build(
         timing: Timing,
         fencing: &str,
         witness: bool,
-        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+        edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        let mut topology = Topology::whitepaper();
-        let (witness_peer, witness_table) = if witness {
-            topology.hosts.push(tandem_lab::HostSpec::new(WITNESS));
-            for net in &mut topology.nets {
-                let [a, b, c] = if net.name == "lan" {
-                    [192, 168, 1]
-                } else {
-                    [192, 168, 180]
-                };
-                net.hosts
-                    .insert(WITNESS.to_string(), std::net::Ipv4Addr::new(a, b, c, 30));
-            }
-            (
-                r#", "192.168.180.30""#.to_string(),
-                format!("[witness]\nname = \"{WITNESS}\"\n"),
-            )
-        } else {
-            (String::new(), String::new())
+        let fencing = match fencing {
+            "none" => FencingPolicy::None,
+            "required" => FencingPolicy::Required,
+            other => bail!("fencing {other:?}: a lab cluster takes none or required"),
         };
+        let mut topology = Topology::whitepaper();
+        if witness {
+            crate::labconfig::add_witness_host(&mut topology);
+        }
         let lab = Lab::up_auto(topology).context("build the lab")?;
-        let tables = tables(&lab)?;
         let dir = lab.data_dir();
-        let config = dir.join("cluster.toml");
-        let ms = |d: Duration| d.as_millis();
-        std::fs::write(
-            &config,
-            format!(
-                r#"[cluster]
-name = "lab"
-keepalive = "{keepalive}ms"
-deadtime = "{deadtime}ms"
-warntime = "{warntime}ms"
-initdead = "{initdead}ms"
-key_file = "{dir}/authkey"
-fencing = "{fencing}"
-
-[[node]]
-name = "ox1"
-address = "192.168.180.20"
-
-[[node]]
-name = "ox2"
-address = "192.168.180.10"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"{witness_peer}]
-
-[[link]]
-name = "lan"
-type = "bcast"
-interface = "eth0"
-
-{witness_table}
-{tables}
-"#,
-                keepalive = ms(timing.keepalive),
-                deadtime = ms(timing.deadtime),
-                warntime = ms(timing.deadtime / 2).max(ms(timing.keepalive)),
-                initdead = ms(timing.deadtime * 2),
-                dir = dir.display(),
-                tables = tables
-                    .replace("{dir}", &dir.display().to_string())
-                    .replace("{lab}", lab.name()),
-            ),
-        )?;
+        let mut settings = LabConfig::new("lab", lab.name(), &dir, "authkey");
+        settings
+            .timing(
+                timing.keepalive,
+                timing.deadtime,
+                (timing.deadtime / 2).max(timing.keepalive),
+                timing.deadtime * 2,
+            )
+            .fencing(fencing)
+            .node_addresses()
+            .hb_link()
+            .lan_bcast();
+        if witness {
+            settings.witness();
+        }
+        edit(&lab, &mut settings)?;
         write_private(
             &dir.join("authkey"),
             "lab cluster key, not for production\n",
         )?;
-        Ok(Self {
+        let cluster = Self {
+            config: dir.join("cluster.toml"),
             lab,
-            config,
+            settings,
             tandem: std::env::current_exe().context("find the tandem binary")?,
             agents: Vec::new(),
             witness,
-        })
+        };
+        cluster.write_config()?;
+        Ok(cluster)
     }
 
     /// The tandem binary the lab's hosts run.
@@ -162,29 +137,15 @@ interface = "eth0"
         &self.tandem
     }
 
-    /// Appends `text` to the configuration (agents read it when they start).
-    pub fn append_config(&self, text: &str) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.config)
-            .with_context(|| format!("open {}", self.config.display()))?;
-        f.write_all(text.as_bytes())?;
-        Ok(())
+    /// Changes the configuration with `edit` and writes it again (agents read it when
+    /// they start).
+    pub fn configure(&mut self, edit: impl FnOnce(&mut LabConfig)) -> anyhow::Result<()> {
+        edit(&mut self.settings);
+        self.write_config()
     }
 
-    /// Sets `key = value` (`value` already in TOML syntax) in the configuration's
-    /// `[cluster]` table, replacing an earlier setting of the key; agents read it when
-    /// they start.
-    pub fn set_cluster_key(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(&self.config)
-            .with_context(|| format!("read {}", self.config.display()))?;
-        let prefix = format!("{key} = ");
-        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with(&prefix)).collect();
-        let text = kept
-            .join("\n")
-            .replacen("[cluster]", &format!("[cluster]\n{key} = {value}"), 1);
-        std::fs::write(&self.config, text + "\n")
+    fn write_config(&self) -> anyhow::Result<()> {
+        std::fs::write(&self.config, self.settings.render())
             .with_context(|| format!("write {}", self.config.display()))
     }
 

@@ -9,6 +9,11 @@ mod control;
 mod demo;
 mod disks;
 mod labcluster;
+// Shared with the integration tests (tests/common), which use parts the binary does not.
+#[allow(dead_code)]
+mod labconfig;
+#[cfg(test)]
+mod labconfig_tests;
 mod scenarios;
 mod state;
 mod witness;

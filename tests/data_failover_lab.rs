@@ -11,25 +11,23 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::disks::{Cluster, DISK_GROUP, Heartbeats};
+use common::disks::{Cluster, Heartbeats, as_is, disk_group};
+use common::labconfig::{self, LabConfig};
 use serde_json::Value;
 use tandem_testkit::root_or_skip;
 
 const DEV: &str = "/dev/tandem/r0";
 
-/// The group: the disk, then ext4 on its local device at `mnt`.
-fn fs_group(mnt: &str) -> String {
-    format!(
-        r#"{DISK_GROUP}
-[[group.resource]]
-name = "fs"
-type = "filesystem"
-device = "{DEV}"
-directory = "{mnt}"
-fstype = "ext4"
-monitor_interval = "1s"
-"#
-    )
+/// The group: the disk, then ext4 on its local device at `DIR/mnt`.
+fn fs_group(c: &mut LabConfig) {
+    let mnt = c.dir().join("mnt");
+    disk_group(c);
+    c.group_mut("data").resources.push(labconfig::filesystem(
+        "fs",
+        DEV,
+        mnt.to_str().unwrap(),
+        "ext4",
+    ));
 }
 
 /// The cluster with the group running on ox1 and ext4 mounted there, and the mount
@@ -43,11 +41,11 @@ fn cluster_with_fs() -> (Cluster, tandem_lab::PowerSwitch, String) {
     };
     let (c, switch) = Cluster::fenced_with_group(
         32,
-        "",
+        as_is,
         Heartbeats::HbAndLan,
-        "1s",
+        Duration::from_secs(1),
         mkfs,
-        &fs_group("{dir}/mnt"),
+        fs_group,
     );
     let mnt = c.lab.data_dir().join("mnt").display().to_string();
     (c, switch, mnt)

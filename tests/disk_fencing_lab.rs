@@ -16,11 +16,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::disks::{Cluster, Heartbeats, URI};
+use common::disks::{Cluster, Heartbeats, URI, as_is};
 use common::{wait_for, wall_ms};
 use serde_json::Value;
+use tandem_config::DiskFencing;
 use tandem_disk::meta::{MetaLocation, MetaStore};
 use tandem_testkit::root_or_skip;
+
+const SECOND: Duration = Duration::from_secs(1);
 
 /// The write the sequence acknowledges while the replication network is cut.
 const WRITE: &str = "write -P 0x5a 4M 4M";
@@ -121,7 +124,7 @@ fn resource_and_stonith_outdates_the_peer_before_acknowledging_and_it_is_never_p
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let (mut c, _switch) = Cluster::fenced_with_disk_group_on("", Heartbeats::HbAndLan, "1s");
+    let (mut c, _switch) = Cluster::fenced_with_disk_group_on(as_is, Heartbeats::HbAndLan, SECOND);
     assert!(
         write_with_the_replication_network_cut(&mut c),
         "acknowledged before ox2's copy was outdated"
@@ -138,9 +141,11 @@ fn resource_only_outdates_a_reachable_peer_and_it_is_never_promoted() {
         return;
     }
     let (mut c, _switch) = Cluster::fenced_with_disk_group_on(
-        "fencing = \"resource-only\"",
+        |c| {
+            c.disk_fencing("r0", DiskFencing::ResourceOnly);
+        },
         Heartbeats::HbAndLan,
-        "1s",
+        SECOND,
     );
     assert!(
         write_with_the_replication_network_cut(&mut c),
@@ -157,8 +162,13 @@ fn dont_care_loses_the_acknowledged_write() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let (mut c, _switch) =
-        Cluster::fenced_with_disk_group_on("fencing = \"dont-care\"", Heartbeats::HbAndLan, "1s");
+    let (mut c, _switch) = Cluster::fenced_with_disk_group_on(
+        |c| {
+            c.disk_fencing("r0", DiskFencing::DontCare);
+        },
+        Heartbeats::HbAndLan,
+        SECOND,
+    );
     assert!(!write_with_the_replication_network_cut(&mut c));
     c.lab.power_off("ox1").expect("power off ox1");
     c.wait_state("ox2", "primary through the group", 60, |s| {
@@ -183,8 +193,11 @@ fn a_primary_cut_off_on_every_path_suspends_io_until_the_peer_is_fenced() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let (mut c, _switch) =
-        Cluster::fenced_with_disk_group_on("net_timeout = \"1s\"", Heartbeats::HbAndLan, "3s");
+    let (mut c, _switch) = Cluster::fenced_with_disk_group_on(
+        |c| c.disk_mut("r0").net_timeout = SECOND,
+        Heartbeats::HbAndLan,
+        Duration::from_secs(3),
+    );
     c.qemu_io("ox1", "write -P 0x11 0 1M");
     c.wait_in_sync(30);
     c.lab.partition("hb", &[]).expect("cut hb");

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::disks::{Cluster, DISK_GROUP, MIB, SOCK, URI, idx, num};
+use common::disks::{Cluster, MIB, SOCK, URI, as_is, disk_group, num};
 use common::wait_for;
 use serde_json::Value;
 use tandem_testkit::root_or_skip;
@@ -20,7 +20,7 @@ fn resync_after_disconnect_moves_only_what_changed() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(160, "", true);
+    let mut c = Cluster::new(160, as_is, true);
     c.start_primary_ox1();
     // The secondary refuses writes (read-only export, EPERM).
     let refused = c.qemu_io_result("ox2", "write -P 0x11 0 4k");
@@ -129,7 +129,7 @@ fn split_brain_is_detected_and_resolved_only_by_the_operator() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(48, "", true);
+    let mut c = Cluster::new(48, as_is, true);
     c.start_primary_ox1();
     c.qemu_io("ox1", "write -P 0x01 0 8M");
     c.wait_in_sync(30);
@@ -205,7 +205,11 @@ fn rate_limited_resync_holds_the_rate() {
         return;
     }
     // 40 MiB of backing: the initial full sync is the measured resync (~10 s at 4 MiB/s).
-    let mut c = Cluster::new(40, "rate = \"4M\"", true);
+    let mut c = Cluster::new(
+        40,
+        |c| c.disk_mut("r0").rate_bytes_per_s = Some(4 * MIB),
+        true,
+    );
     c.start_agent("ox1");
     c.start_agent("ox2");
     for node in ["ox1", "ox2"] {
@@ -263,7 +267,7 @@ fn a_killed_primary_resyncs_its_activity_log() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(96, "al_extents = 7", true);
+    let mut c = Cluster::new(96, |c| c.disk_mut("r0").al_extents = 7, true);
     c.start_primary_ox1();
     // A writer that keeps writing until the host dies.
     let mut w = Command::new("fio");
@@ -313,7 +317,7 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(24, "", false);
+    let mut c = Cluster::new(24, as_is, false);
     c.start_agent("ox1");
     c.start_agent("ox2");
     for _ in 0..30 {
@@ -416,9 +420,13 @@ fn resync_groups_run_in_order() {
     // r0 in group 0 (rate-limited, ~4 s of full sync), r1 in group 1: r1's resync waits.
     let mut c = Cluster::with_r1(
         24,
-        "rate = \"4M\"\nresync_group = 0",
+        |c| {
+            let r0 = c.disk_mut("r0");
+            r0.rate_bytes_per_s = Some(4 * MIB);
+            r0.resync_group = 0;
+        },
         true,
-        Some("resync_group = 1"),
+        Some(|c| c.disk_mut("r1").resync_group = 1),
     );
     c.start_agent("ox1");
     c.start_agent("ox2");
@@ -483,7 +491,11 @@ fn startup_waits_for_the_peer_before_promotion() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(24, "wfc_timeout = \"4s\"", true);
+    let mut c = Cluster::new(
+        24,
+        |c| c.disk_mut("r0").wfc_timeout = Some(Duration::from_secs(4)),
+        true,
+    );
     c.start_primary_ox1();
     // Both nodes go away; ox2 (consistent, not degraded: it never ran alone) restarts
     // alone and waits `wfc_timeout` for its peer before it may be promoted.
@@ -513,7 +525,7 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(24, "", true);
+    let mut c = Cluster::new(24, as_is, true);
     c.start_primary_ox1();
     c.qemu_io("ox1", "write -P 0x11 0 1M");
 
@@ -524,13 +536,7 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
     assert!(c.log("ox1").contains("stopping: demoted to secondary"));
 
     // Both nodes get the group (home ox1) and restart: each disk runs its startup wait.
-    for node in ["ox1", "ox2"] {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&c.configs[idx(node)])
-            .unwrap();
-        f.write_all(DISK_GROUP.as_bytes()).unwrap();
-    }
+    c.configure(disk_group);
     c.start_agent("ox1");
     c.start_agent("ox2");
     // Nobody runs `tandem disk primary` from here on: the group promotes.
@@ -585,7 +591,7 @@ fn a_group_with_a_disk_fails_over_when_its_node_loses_power() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let (mut c, _switch) = Cluster::fenced_with_disk_group("");
+    let (mut c, _switch) = Cluster::fenced_with_disk_group(as_is);
 
     // Acknowledged writes: one flushed, one not (protocol C acknowledges a write once
     // both disks have it, flush or no flush).
@@ -621,7 +627,8 @@ fn a_fenced_peer_does_not_hold_the_promotion_until_the_link_times_out() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let (mut c, _switch) = Cluster::fenced_with_disk_group("net_timeout = \"20s\"");
+    let (mut c, _switch) =
+        Cluster::fenced_with_disk_group(|c| c.disk_mut("r0").net_timeout = Duration::from_secs(20));
     c.qemu_io("ox1", "write -P 0x6b 0 2M");
     // ox1 hangs, and the heartbeat network (which carries the link) drops everything:
     // when the fence powers it off, nothing of its sockets' end reaches ox2.

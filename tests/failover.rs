@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster, Opts, VIP};
+use common::cluster::{Cluster, Opts, VIP, middle};
+use common::labconfig;
 use common::wait_for;
+use tandem_config::AutoFailback;
 use tandem_testkit::root_or_skip;
 
 #[test]
@@ -52,7 +55,7 @@ fn standby_takeover_and_auto_failback() {
         return;
     }
     let mut c = Cluster::start(Opts {
-        auto_failback: "on",
+        auto_failback: AutoFailback::On,
         ..Opts::default()
     });
     c.wait_owner("ox2", "ox1");
@@ -89,12 +92,13 @@ fn a_failing_middle_resource_leaves_nothing_of_the_group_on_that_node() {
         return;
     }
     // The middle resource is an OCF agent that does not exist on this machine.
-    let broken = r#"[[group.resource]]
-name = "broken"
-type = "lsb"
-script = "/nonexistent/tandem-test-missing-script""#;
     let c = Cluster::start(Opts {
-        middle: broken,
+        edit: Arc::new(|c| {
+            middle(
+                c,
+                labconfig::lsb("broken", "/nonexistent/tandem-test-missing-script"),
+            )
+        }),
         ..Opts::default()
     });
     wait_for(
@@ -170,7 +174,11 @@ fn the_node_that_loses_outside_connectivity_hands_its_group_over() {
     }
     // The client is the outside world both nodes must reach (Heartbeat's ipfail).
     let mut c = Cluster::start(Opts {
-        cluster_extra: "ping = [\"192.168.1.50\"]\ndeadping = \"2s\"".into(),
+        edit: Arc::new(|c| {
+            let cluster = c.cluster_mut();
+            cluster.ping = vec!["192.168.1.50".parse().unwrap()];
+            cluster.deadping = Duration::from_secs(2);
+        }),
         ..Opts::default()
     });
     c.wait_owner("ox2", "ox1");
@@ -232,8 +240,12 @@ fn failures_expire_and_the_group_fails_back_to_its_home() {
         return;
     }
     let c = Cluster::start(Opts {
-        auto_failback: "on",
-        group_extra: "migration_threshold = 1\nfailure_timeout = \"4s\"".into(),
+        auto_failback: AutoFailback::On,
+        edit: Arc::new(|c| {
+            let web = c.group_mut("web");
+            web.migration_threshold = 1;
+            web.failure_timeout = Duration::from_secs(4);
+        }),
         ..Opts::default()
     });
     c.wait_owner("ox2", "ox1");

@@ -5,16 +5,21 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, Sampler};
+use common::cluster::{Cluster, Opts, Sampler, middle};
+use common::labconfig;
 use common::wait_for;
+use tandem_config::{FenceAgent, FencingPolicy};
 use tandem_testkit::root_or_skip;
 
 fn fenced_opts() -> Opts {
     Opts {
-        fencing: "required",
-        tail: LAB_FENCE_DEVICE.into(),
+        fencing: FencingPolicy::Required,
+        edit: Arc::new(|c| {
+            c.lab_switch();
+        }),
         ..Opts::default()
     }
 }
@@ -119,13 +124,16 @@ fn no_takeover_while_the_device_fails_and_takeover_once_it_works() {
     }
     // A fence-agents program that fails until a file appears, then hands over to the
     // lab's switch: a broken power switch that gets repaired.
-    let device = r#"[[fence_device]]
-name = "flaky"
-agent = "{dir}/fence_flaky"
-params = { ipaddr = "{lab}" }
-timeout = "5s""#;
     let opts = Opts {
-        tail: device.to_string(),
+        edit: Arc::new(|c| {
+            let (agent, lab) = (c.dir().join("fence_flaky"), c.lab().to_string());
+            let device = c.fence_device(
+                "flaky",
+                FenceAgent::FenceAgents(agent.display().to_string()),
+            );
+            device.params.insert("ipaddr".into(), lab);
+            device.timeout = Duration::from_secs(5);
+        }),
         ..fenced_opts()
     };
     let mut c = Cluster::start_with_files(
@@ -169,13 +177,13 @@ fn a_resource_whose_stop_fails_gets_its_node_fenced_and_the_group_moves() {
         return;
     }
     // The middle resource cannot be stopped.
-    let stuck = r#"[[group.resource]]
-name = "stuck"
-type = "lsb"
-script = "{dir}/stuck""#;
     let c = Cluster::start_with_files(
         Opts {
-            middle: stuck,
+            edit: Arc::new(|c| {
+                c.lab_switch();
+                let stuck = c.dir().join("stuck");
+                middle(c, labconfig::lsb("stuck", stuck.to_str().unwrap()));
+            }),
             ..fenced_opts()
         },
         &[(

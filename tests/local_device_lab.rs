@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::disks::Cluster;
+use common::disks::{Cluster, as_is};
 use common::wait_for;
 use serde_json::Value;
 use tandem_testkit::root_or_skip;
@@ -73,7 +73,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::new(64, "", true);
+    let mut c = Cluster::new(64, as_is, true);
     let data_dir = c.lab.data_dir();
     c.start_agent("ox1");
     c.start_agent("ox2");

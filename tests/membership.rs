@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::labconfig::LabConfig;
 use common::{TANDEM, wait_for, wall_ms, write_private};
 use serde_json::Value;
 use tandem_lab::{Lab, Topology};
@@ -18,38 +19,18 @@ const SECRET: &str = "lab-secret-0123456789abcdef";
 
 /// The agents' configuration: node order gives ids (ox1 = 1, ox2 = 2), link order gives
 /// link ids (hb = 0, lan = 1).
-fn cluster_toml(dir: &Path) -> String {
-    format!(
-        r#"[cluster]
-name = "labcluster"
-keepalive = "{KEEPALIVE_MS}ms"
-deadtime = "{DEADTIME_MS}ms"
-warntime = "500ms"
-initdead = "3s"
-key_file = "{dir}/authkeys"
-fencing = "none"
-
-[[node]]
-name = "ox1"
-address = "192.168.180.20"
-
-[[node]]
-name = "ox2"
-address = "192.168.180.10"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
-
-[[link]]
-name = "lan"
-type = "bcast"
-interface = "eth0"
-"#,
-        dir = dir.display()
+fn cluster_toml(lab: &Lab) -> String {
+    let mut c = LabConfig::new("labcluster", lab.name(), &lab.data_dir(), "authkeys");
+    c.timing(
+        Duration::from_millis(KEEPALIVE_MS),
+        Duration::from_millis(DEADTIME_MS),
+        Duration::from_millis(500),
+        Duration::from_secs(3),
     )
+    .node_addresses()
+    .hb_link()
+    .lan_bcast();
+    c.render()
 }
 
 struct Cluster {
@@ -70,7 +51,7 @@ impl Cluster {
         let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
         let dir = lab.data_dir();
         let config = dir.join("cluster.toml");
-        std::fs::write(&config, cluster_toml(&dir)).unwrap();
+        std::fs::write(&config, cluster_toml(&lab)).unwrap();
         write_private(&dir.join("authkeys"), &format!("auth 1\n1 sha1 {SECRET}\n"));
         let cluster = Cluster { lab, config };
         for node in ["ox1", "ox2"] {

@@ -6,18 +6,25 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts};
+use common::cluster::{Cluster, Opts};
+use common::labconfig::LabConfig;
 use common::{TANDEM, wait_for};
+use tandem_config::FencingPolicy;
 use tandem_testkit::{root_or_skip, skip_unless};
 
 const METRICS: &str = "127.0.0.1:9465";
 
-fn opts(extra: &str) -> Opts {
+/// Fenced by the lab's switch, `[metrics]` on [`METRICS`], and `notify` (or nothing).
+fn opts(notify: fn(&mut LabConfig)) -> Opts {
     Opts {
-        fencing: "required",
-        tail: format!("{LAB_FENCE_DEVICE}\n\n[metrics]\nlisten = \"{METRICS}\"\n{extra}"),
+        fencing: FencingPolicy::Required,
+        edit: Arc::new(move |c| {
+            c.lab_switch().metrics(METRICS.parse().unwrap());
+            notify(c);
+        }),
         ..Opts::default()
     }
 }
@@ -67,7 +74,7 @@ fn metrics_after_a_fenced_failover_show_the_dead_node_the_fence_and_the_new_loca
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::start(opts(""));
+    let mut c = Cluster::start(opts(|_| {}));
     c.wait_owner("ox2", "ox1");
     let before = wait_for(Duration::from_secs(10), "ox2's /metrics", || {
         get(&c, "ox2", "/metrics")
@@ -152,14 +159,16 @@ env | grep -E '^(TANDEM|DRBD)_' | sort > "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.tm
 mv "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.tmp" "$1/$TANDEM_LOCAL_NODE-$TANDEM_EVENT.env"
 "#;
 
-const NOTIFY: &str = r#"
-[[notify]]
-name = "record"
-command = "{dir}/record-env"
-args = ["{dir}/events"]
-events = ["node_dead", "fenced", "group_started", "group_moved"]
-timeout = "5s"
-"#;
+/// `[[notify]]`: [`RECORD_ENV`] records four kinds of events in `DIR/events`.
+fn notify(c: &mut LabConfig) {
+    let dir = c.dir().to_path_buf();
+    c.notify(
+        "record",
+        dir.join("record-env"),
+        &[dir.join("events").display().to_string()],
+        &["node_dead", "fenced", "group_started", "group_moved"],
+    );
+}
 
 /// The variables a notify command saw for `event` on `node`, once it has run.
 fn recorded(c: &Cluster, node: &str, event: &str) -> std::collections::BTreeMap<String, String> {
@@ -180,7 +189,7 @@ fn a_failover_runs_the_notify_command_with_the_event_in_its_environment() {
     if !root_or_skip("network namespaces, cgroups, mounts") {
         return;
     }
-    let mut c = Cluster::start_with_files(opts(NOTIFY), &[("record-env", RECORD_ENV)]);
+    let mut c = Cluster::start_with_files(opts(notify), &[("record-env", RECORD_ENV)]);
     c.wait_owner("ox2", "ox1");
     let started = recorded(&c, "ox1", "group_started");
     assert_eq!(started["TANDEM_GROUP"], "web");

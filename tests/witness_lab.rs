@@ -6,20 +6,23 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster, LAB_FENCE_DEVICE, Opts, Sampler};
+use common::cluster::{Cluster, Opts, Sampler};
 use common::wait_for;
 use serde_json::Value;
+use tandem_config::FencingPolicy;
 use tandem_testkit::root_or_skip;
 
 const FENCING_DELAY_MS: u64 = 8_000;
 
 fn opts() -> Opts {
     Opts {
-        fencing: "required",
-        tail: LAB_FENCE_DEVICE.into(),
-        cluster_extra: format!("fencing_delay = \"{FENCING_DELAY_MS}ms\""),
+        fencing: FencingPolicy::Required,
+        edit: Arc::new(|c| {
+            c.lab_switch().cluster_mut().fencing_delay = Duration::from_millis(FENCING_DELAY_MS);
+        }),
         witness: true,
         ..Opts::default()
     }

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use tandem_lab::{Lab, Topology};
 
 use crate::labcluster::{LabCluster, Timing};
+use crate::labconfig;
 
 /// `tandem bench failover` arguments.
 #[derive(Debug, clap::Args)]
@@ -227,26 +228,15 @@ fn wait_serving(prober: &Prober) -> anyhow::Result<()> {
 }
 
 fn tandem_trial(timing: Timing) -> anyhow::Result<Trial> {
-    let tables = format!(
-        r#"[[fence_device]]
-name = "lab-switch"
-agent = "fence_tandem_lab"
-params = {{ ipaddr = "{{lab}}" }}
-timeout = "20s"
-
-[[group]]
-name = "vip"
-home = "ox1"
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "{VIP}/24"
-interface = "eth0"
-monitor_interval = "1s"
-"#
-    );
-    let mut cluster = LabCluster::up_with_witness(timing, "required", |_| Ok(tables))?;
+    let vip = VIP.parse().context("the VIP")?;
+    let mut cluster = LabCluster::up_with_witness(timing, "required", |_, c| {
+        c.lab_switch().group(
+            "vip",
+            "ox1",
+            vec![labconfig::ipaddr("vip", vip, 24, "eth0")],
+        );
+        Ok(())
+    })?;
     let _switch = cluster.lab.power_switch()?;
     let _responders = start_responders(&cluster.lab)?;
     cluster.start_witness()?;

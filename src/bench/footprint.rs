@@ -3,6 +3,7 @@
 //! (primary on ox1, in sync, no I/O). keepalived idling in the same lab (VRRP at 0.1 s
 //! over the same network) is the baseline measured in the same run.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,6 +11,7 @@ use tandem_lab::{Lab, Topology};
 
 use crate::demo::setup;
 use crate::labcluster::{LabCluster, Timing};
+use crate::labconfig;
 
 /// `tandem bench footprint` arguments.
 #[derive(Debug, clap::Args)]
@@ -128,18 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn idle_daemon(timing: Timing, window: Duration) -> anyhow::Result<(u64, f64)> {
-    let tables = r#"[[group]]
-name = "g"
-home = "ox1"
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "192.168.1.160/24"
-interface = "eth0"
-monitor_interval = "10s"
-"#;
-    let mut cluster = LabCluster::up_with(timing, "none", tables)?;
+    let mut cluster = LabCluster::up_with(timing, "none", |c| {
+        let mut vip = labconfig::ipaddr("vip", Ipv4Addr::new(192, 168, 1, 160), 24, "eth0");
+        vip.monitor_interval = Some(Duration::from_secs(10));
+        c.group("g", "ox1", vec![vip]);
+    })?;
     cluster.start_agent("ox1", &[])?;
     cluster.start_agent("ox2", &[])?;
     cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(20))?;

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tandem_config::Protocol;
 use tandem_lab::{HostProcess, Lab, Topology};
+
+use crate::labconfig::LabConfig;
 
 use super::fio::{
     BenchRow, ChildGuard, RunArgs, format_table, interleave, nbdkit_args, preallocate,
@@ -50,58 +53,23 @@ const TARGETS: [&str; 7] = [
 ];
 
 /// The tandem targets: (target, disk, protocol, replication port).
-const DISKS: [(&str, &str, &str, u16); 3] = [
-    ("tandem-C", "r0", "C", 7788),
-    ("tandem-A", "r1", "A", 7789),
-    ("tandem-local", "r2", "C", 7790),
+const DISKS: [(&str, &str, Protocol, u16); 3] = [
+    ("tandem-C", "r0", Protocol::C, 7788),
+    ("tandem-A", "r1", Protocol::A, 7789),
+    ("tandem-local", "r2", Protocol::C, 7790),
 ];
 
-fn config(dir: &Path) -> String {
-    let mut s = format!(
-        r#"[cluster]
-name = "benchrepl"
-keepalive = "200ms"
-deadtime = "2s"
-warntime = "1s"
-initdead = "4s"
-key_file = "{dir}/authkey"
-fencing = "none"
-
-[[node]]
-name = "ox1"
-[[node]]
-name = "ox2"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
-"#,
-        dir = dir.display()
-    );
+/// Three disks (one per tandem target) over `hb`, no group, no fencing.
+fn config(lab: &Lab) -> String {
+    let dir = lab.data_dir();
+    let mut c = LabConfig::disks_only("benchrepl", lab.name(), &dir, "authkey");
     for (_, disk, protocol, port) in DISKS {
-        s.push_str(&format!(
-            r#"
-[[disk]]
-name = "{disk}"
-protocol = "{protocol}"
-al_extents = 1000
-
-[disk.on.ox1]
-device = "/dev/tandem/{disk}"
-backing = "{dir}/ox1-{disk}.img"
-address = "192.168.180.20:{port}"
-
-[disk.on.ox2]
-device = "/dev/tandem/{disk}"
-backing = "{dir}/ox2-{disk}.img"
-address = "192.168.180.10:{port}"
-"#,
-            dir = dir.display()
-        ));
+        let backing = ["ox1", "ox2"].map(|node| dir.join(format!("{node}-{disk}.img")));
+        let d = c.disk(disk, port, backing);
+        d.protocol = protocol;
+        d.al_extents = 1000;
     }
-    s
+    c.render()
 }
 
 /// A loop device over a plain file (the local device's baseline), detached when
@@ -181,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     }
     let config_path = dir.join("cluster.toml");
-    std::fs::write(&config_path, config(&dir))?;
+    std::fs::write(&config_path, config(&lab))?;
     let mut bench = Bench {
         lab,
         tandem: std::env::current_exe()?.to_string_lossy().into_owned(),

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::demo::setup::{self, DEVICE};
 use crate::labcluster::{LabCluster, Timing};
+use tandem_config::DiskFencing;
 
 /// `tandem bench resync` arguments.
 #[derive(Debug, clap::Args)]
@@ -120,12 +121,12 @@ impl DiskLab {
             keepalive: Duration::from_millis(200),
             deadtime: Duration::from_millis(1000),
         };
-        let rate = rate_mib.map_or(String::new(), |r| format!("rate = \"{r}M\"\n"));
-        let mut cluster = LabCluster::up_with_lab(timing, "none", |lab| {
-            Ok(setup::disk_tables(lab)?.replace(
-                "fencing = \"resource-and-stonith\"\n",
-                &format!("fencing = \"resource-only\"\n{rate}"),
-            ))
+        let mut cluster = LabCluster::up_with_lab(timing, "none", |lab, c| {
+            setup::disk_tables(lab, c)?;
+            c.disk_fencing("r0", DiskFencing::ResourceOnly)
+                .disk_mut("r0")
+                .rate_bytes_per_s = rate_mib.map(|r| r << 20);
+            Ok(())
         })?;
         setup::create_backing(&cluster, size_mib)?;
         for node in ["ox1", "ox2"] {

@@ -12,9 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use tandem_config::DiskFencing;
+
 use super::interrupt;
 use super::service::Service;
 use crate::labcluster::LabCluster;
+use crate::labconfig::{self, LabConfig};
 
 /// The virtual IP the client writes through.
 pub const VIP: &str = "192.168.1.160";
@@ -29,78 +32,39 @@ pub fn mount_point(cluster: &LabCluster) -> String {
     cluster.lab.data_dir().join("data").display().to_string()
 }
 
-/// The fence device and the disk, appended to the lab cluster's configuration.
-pub fn disk_tables(lab: &tandem_lab::Lab) -> anyhow::Result<String> {
-    let backing = |node: &str| -> anyhow::Result<String> {
+/// The fence device (the lab's power switch) and the disk r0, protocol C,
+/// `resource-and-stonith`, backing on each node's lossy disk.
+pub fn disk_tables(lab: &tandem_lab::Lab, config: &mut LabConfig) -> anyhow::Result<()> {
+    let backing = |node: &str| -> anyhow::Result<std::path::PathBuf> {
         Ok(lab
             .host_disk_dir(node)
             .with_context(|| format!("{node}'s lossy disk"))?
-            .join("r0.img")
-            .display()
-            .to_string())
+            .join("r0.img"))
     };
-    Ok(format!(
-        r#"[[fence_device]]
-name = "lab-switch"
-agent = "fence_tandem_lab"
-params = {{ ipaddr = "{lab}" }}
-timeout = "20s"
-
-[[disk]]
-name = "r0"
-protocol = "C"
-fencing = "resource-and-stonith"
-
-[disk.on.ox1]
-device = "{DEVICE}"
-backing = "{ox1}"
-address = "192.168.180.20:7788"
-
-[disk.on.ox2]
-device = "{DEVICE}"
-backing = "{ox2}"
-address = "192.168.180.10:7788"
-"#,
-        lab = lab.name(),
-        ox1 = backing("ox1")?,
-        ox2 = backing("ox2")?,
-    ))
+    config.lab_switch();
+    config.disk("r0", 7788, [backing("ox1")?, backing("ox2")?]);
+    config.disk_fencing("r0", DiskFencing::ResourceAndStonith);
+    Ok(())
 }
 
 /// The group: disk → file system → the service → the address, started in that order
 /// and stopped in reverse (the address goes first, the disk demotes last, after the
-/// unmount).
-fn group_tables(mount: &str, service_resource: &str) -> String {
-    format!(
-        r#"
-[[group]]
-name = "{GROUP}"
-home = "ox1"
-
-[[group.resource]]
-name = "r0"
-type = "disk"
-disk = "r0"
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "fs"
-type = "filesystem"
-device = "{DEVICE}"
-directory = "{mount}"
-fstype = "ext4"
-monitor_interval = "1s"
-
-{service_resource}
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "{VIP}/24"
-interface = "eth0"
-monitor_interval = "1s"
-"#
-    )
+/// unmount). The service describes itself as a `[[group.resource]]` table.
+fn group_tables(config: &mut LabConfig, mount: &str, service_resource: &str) -> anyhow::Result<()> {
+    let service = labconfig::resource_from_toml(service_resource)
+        .map_err(|e| anyhow::anyhow!("the service's resource: {e}"))?;
+    let vip = VIP.parse().context("the VIP")?;
+    config.group(
+        GROUP,
+        "ox1",
+        vec![
+            labconfig::disk_resource("r0", "r0"),
+            labconfig::filesystem("fs", DEVICE, mount, "ext4"),
+            service,
+            labconfig::ipaddr("vip", vip, 24, "eth0"),
+        ],
+    );
+    Ok(())
 }
 
 /// Creates the backing files (flushed, so a power cut keeps them) on both nodes'
@@ -173,10 +137,10 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
         "the cluster with group {GROUP}: r0 → ext4 on {DEVICE} at {mount} → {} → {VIP}",
         service.label()
     ));
-    cluster.append_config(&group_tables(
-        &mount,
-        &service.resource(cluster.tandem_binary(), &mount)?,
-    ))?;
+    let service_resource = service.resource(cluster.tandem_binary(), &mount)?;
+    let mut grouped = Ok(());
+    cluster.configure(|c| grouped = group_tables(c, &mount, &service_resource))?;
+    grouped?;
     if cluster.has_witness() {
         say("the witness: tandem witness on quorum, a third machine on both networks");
         cluster.start_witness()?;

@@ -25,6 +25,7 @@ use crate::demo::interrupt;
 use crate::demo::service::{Kind, Service};
 use crate::demo::setup::{self, GROUP};
 use crate::labcluster::{LabCluster, Timing};
+use crate::labconfig::LabConfig;
 
 /// The two cluster nodes.
 pub const NODES: [&str; 2] = ["ox1", "ox2"];
@@ -42,7 +43,7 @@ pub const TIMING: Timing = Timing {
 
 /// How long the node without groups waits before fencing in a partition: long enough
 /// for the holder's fence (the lab switch answers in milliseconds) to win the race.
-const FENCING_DELAY: &str = "\"1s\"";
+const FENCING_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a recovery may take before the cluster counts as broken: detection,
 /// fencing, a promotion, a journal replay, a resync of the changes, on a busy machine.
@@ -81,7 +82,7 @@ impl DataCluster {
     }
 
     fn bootstrap(mut cluster: LabCluster) -> anyhow::Result<Self> {
-        cluster.set_cluster_key("fencing_delay", FENCING_DELAY)?;
+        cluster.configure(|c| c.cluster_mut().fencing_delay = FENCING_DELAY)?;
         let switch = cluster
             .lab
             .power_switch()
@@ -242,14 +243,13 @@ impl DataCluster {
     /// Stops both agents cleanly (the group stops, nobody is fenced), changes the
     /// configuration with `edit`, starts both agents at once and waits for the cluster
     /// to be whole. The owner. Operator requests end with the restarts.
-    pub fn reconfigure(
-        &mut self,
-        edit: impl FnOnce(&LabCluster) -> anyhow::Result<()>,
-    ) -> anyhow::Result<String> {
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&mut LabConfig)) -> anyhow::Result<String> {
         let a = self.active(RECOVERY_TIMEOUT)?;
         self.cluster.stop_agent(peer(&a))?;
         self.cluster.stop_agent(&a)?;
-        edit(&self.cluster).context("change the configuration")?;
+        self.cluster
+            .configure(edit)
+            .context("change the configuration")?;
         for n in NODES {
             self.cluster.start_agent(n, &[])?;
         }

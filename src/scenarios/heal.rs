@@ -19,7 +19,8 @@ use super::catalog::{fence_outcomes, fences, first_ack_after, operator_move, sec
 use super::cluster::{DataCluster, NODES, RECOVERY_TIMEOUT, TIMING, peer};
 use crate::clock::wall_ms;
 use crate::demo::interrupt;
-use crate::labcluster::LabCluster;
+use crate::labconfig::{LAB_SWITCH, LabConfig};
+use tandem_config::{AutoFailback, FenceAgent};
 
 /// How the fence of a partition is kept from completing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,27 +48,10 @@ fn failed_fences(dc: &DataCluster, by: &str, target: &str, since_ms: u64) -> usi
 
 /// Replaces the lab switch with a manual fence device (nothing runs; a fence waits
 /// for `tandem fence confirm NODE` up to the device's timeout).
-fn manual_fencing(cluster: &LabCluster) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&cluster.config)?;
-    let mut out = Vec::new();
-    let mut replaced = false;
-    let mut lines = text.lines().peekable();
-    while let Some(l) = lines.next() {
-        if l.trim() == "agent = \"fence_tandem_lab\"" {
-            out.push("agent = \"manual\"");
-            replaced = true;
-            if lines.peek().is_some_and(|n| n.starts_with("params = ")) {
-                lines.next();
-            }
-            continue;
-        }
-        out.push(l);
-    }
-    if !replaced {
-        bail!("no fence_tandem_lab device in {}", cluster.config.display());
-    }
-    std::fs::write(&cluster.config, out.join("\n") + "\n")?;
-    Ok(())
+fn manual_fencing(config: &mut LabConfig) {
+    let device = config.fence_device_mut(LAB_SWITCH);
+    device.agent = FenceAgent::Manual;
+    device.params.clear();
 }
 
 /// Cuts every cluster path between the owner and its peer, waits until both have
@@ -254,7 +238,7 @@ pub fn failback_on(dc: &mut DataCluster) -> anyhow::Result<String> {
     let home = "ox1";
     let other = peer(home);
     let owner = dc
-        .reconfigure(|c| c.set_cluster_key("auto_failback", "\"on\""))
+        .reconfigure(|c| c.cluster_mut().auto_failback = AutoFailback::On)
         .context("restart with auto_failback on")?;
     if owner != home {
         bail!("with auto_failback on the group runs on {owner}, not on its home {home}");

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use tandem_config::{AutoFailback, FencingPolicy, Resource};
 use tandem_lab::{HostProcess, Lab, PowerSwitch, Topology};
 
+use super::labconfig::{self, LabConfig};
 use super::{TANDEM, wait_for, write_private};
 
 pub const VIP: &str = "192.168.1.100";
@@ -41,124 +43,77 @@ esac
 "#;
 
 /// What differs between the clusters the tests build.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Opts {
     /// `auto_failback`.
-    pub auto_failback: &'static str,
-    /// The middle resource of the group (TOML), e.g. [`DUMMY`].
-    pub middle: &'static str,
-    /// Extra `[cluster]` keys.
-    pub cluster_extra: String,
-    /// `fencing`: `none` or `required`.
-    pub fencing: &'static str,
-    /// Tables appended to the file (fence devices); `{lab}` becomes the lab's name.
-    pub tail: String,
-    /// Extra `[[group]]` keys.
-    pub group_extra: String,
+    pub auto_failback: AutoFailback,
+    /// `fencing`: `none` or `required` (then `edit` adds a device, e.g.
+    /// [`LabConfig::lab_switch`]).
+    pub fencing: FencingPolicy,
     /// A witness host `quorum` (lan 192.168.1.30, hb 192.168.180.30) running
     /// `tandem witness`, and `[witness]` in the configuration.
     pub witness: bool,
+    /// Changes to the configuration after the rest: fence devices, `[metrics]`,
+    /// `[[notify]]`, more `[cluster]` or `[[group]]` keys, another middle resource
+    /// ([`middle`]).
+    pub edit: Arc<dyn Fn(&mut LabConfig) + Send + Sync>,
 }
 
-/// The witness host's name in the lab and the configuration.
-pub const WITNESS: &str = "quorum";
+pub use super::labconfig::WITNESS;
 
 impl Default for Opts {
     fn default() -> Self {
         Opts {
-            auto_failback: "off",
-            middle: DUMMY,
-            cluster_extra: String::new(),
-            fencing: "none",
-            tail: String::new(),
-            group_extra: String::new(),
+            auto_failback: AutoFailback::Off,
+            fencing: FencingPolicy::None,
             witness: false,
+            edit: Arc::new(|_| {}),
         }
     }
 }
 
-/// The lab's power switch as the cluster's fence device (plugs are the host names).
-pub const LAB_FENCE_DEVICE: &str = r#"[[fence_device]]
-name = "lab-switch"
-agent = "fence_tandem_lab"
-params = { ipaddr = "{lab}" }
-timeout = "20s""#;
-
-fn cluster_toml(dir: &std::path::Path, lab: &str, o: &Opts) -> String {
-    let (auto_failback, middle, extra, fencing) =
-        (o.auto_failback, o.middle, &o.cluster_extra, o.fencing);
-    let tail = o.tail.replace("{lab}", lab);
-    let group_extra = &o.group_extra;
-    let (witness_peer, witness) = if o.witness {
-        (
-            r#", "192.168.180.30""#,
-            format!("[witness]\nname = \"{WITNESS}\"\n"),
-        )
-    } else {
-        ("", String::new())
-    };
-    format!(
-        r#"[cluster]
-name = "failover"
-{extra}
-keepalive = "200ms"
-deadtime = "1s"
-warntime = "500ms"
-initdead = "3s"
-auto_failback = "{auto_failback}"
-key_file = "{dir}/authkey"
-fencing = "{fencing}"
-
-[[node]]
-name = "ox1"
-[[node]]
-name = "ox2"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"{witness_peer}]
-
-[[link]]
-name = "lan"
-type = "bcast"
-interface = "eth0"
-
-{witness}
-[[group]]
-name = "web"
-home = "ox1"
-{group_extra}
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "{VIP}/24"
-interface = "eth0"
-monitor_interval = "1s"
-
-{middle}
-
-[[group.resource]]
-name = "httpd"
-type = "lsb"
-script = "{dir}/web"
-monitor_interval = "1s"
-
-{tail}
-"#,
-        dir = dir.display()
+/// The group `web` (home ox1): the service address, a middle resource (Debian's
+/// `ocf:heartbeat:Dummy`), and the LSB script [`WEB_SCRIPT`] at `DIR/web`.
+fn lab_config(lab: &Lab, o: &Opts) -> LabConfig {
+    let dir = lab.data_dir();
+    let mut c = LabConfig::new("failover", lab.name(), &dir, "authkey");
+    c.timing(
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+        Duration::from_secs(3),
     )
+    .fencing(o.fencing)
+    .hb_link()
+    .lan_bcast()
+    .cluster_mut()
+    .auto_failback = o.auto_failback;
+    if o.witness {
+        c.witness();
+    }
+    let web = dir.join("web");
+    c.group(
+        "web",
+        "ox1",
+        vec![
+            labconfig::ipaddr("vip", VIP.parse().unwrap(), 24, "eth0"),
+            labconfig::ocf(
+                "dummy",
+                "heartbeat",
+                "Dummy",
+                &[("state", "/run/tandem/dummy.state")],
+            ),
+            labconfig::lsb("httpd", web.to_str().unwrap()),
+        ],
+    );
+    (o.edit)(&mut c);
+    c
 }
 
-pub const DUMMY: &str = r#"[[group.resource]]
-name = "dummy"
-type = "ocf"
-provider = "heartbeat"
-agent = "Dummy"
-params = { state = "/run/tandem/dummy.state" }
-monitor_interval = "1s""#;
+/// Puts `resource` in the middle of the group `web`, in place of the Dummy.
+pub fn middle(c: &mut LabConfig, resource: Resource) {
+    c.group_mut("web").resources[1] = resource;
+}
 
 /// Two agents in the whitepaper's lab, with the lab's power switch running in this
 /// process (so that fencing from inside a host works, and reaps what it kills).
@@ -186,20 +141,13 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], with extra executable files in the lab's data directory
-    /// (`{dir}` in the configuration; `{tandem}` in a file is the tandem binary).
+    /// ([`LabConfig::dir`] in the configuration; `{tandem}` in a file is the tandem
+    /// binary).
     pub fn start_with_files(opts: Opts, files: &[(&str, &str)]) -> Cluster {
         use std::os::unix::fs::PermissionsExt;
         let mut topology = Topology::whitepaper();
         if opts.witness {
-            topology.hosts.push(tandem_lab::HostSpec::new(WITNESS));
-            for net in &mut topology.nets {
-                let third = if net.name == "lan" {
-                    [192, 168, 1, 30]
-                } else {
-                    [192, 168, 180, 30]
-                };
-                net.hosts.insert(WITNESS.to_string(), third.into());
-            }
+            labconfig::add_witness_host(&mut topology);
         }
         let lab = Lab::up_auto(topology).expect("lab up");
         let switch = lab.power_switch().expect("lab power switch");
@@ -210,9 +158,7 @@ impl Cluster {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let config = dir.join("cluster.toml");
-        let text =
-            cluster_toml(&dir, lab.name(), &opts).replace("{dir}", &dir.display().to_string());
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, lab_config(&lab, &opts).render()).unwrap();
         write_private(&dir.join("authkey"), "failover test key 0123456789\n");
         std::fs::write(dir.join("web"), WEB_SCRIPT).unwrap();
         {

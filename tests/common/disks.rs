@@ -3,91 +3,47 @@
 //! agent serves (`/run/tandem/disk/r0.nbd` inside the host), with qemu-io and nbdcopy.
 //! Backing files live in the lab's data directory, one per host.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+use tandem_config::FencingPolicy;
 use tandem_lab::{HostProcess, Lab, Topology};
 
+use super::labconfig::{self, LabConfig};
 use super::{TANDEM, wait_for, write_private};
 
 pub const SOCK: &str = "/run/tandem/disk/r0.nbd";
 pub const URI: &str = "nbd+unix:///r0?socket=/run/tandem/disk/r0.nbd";
 pub const MIB: u64 = 1 << 20;
 
-pub fn config_toml(
-    dir: &std::path::Path,
-    key: &str,
-    disk_extra: &str,
-    size_note: &str,
-    r1: Option<&str>,
-) -> String {
-    let r1 = r1.map_or(String::new(), |extra| {
-        format!(
-            r#"
-[[disk]]
-name = "r1"
-{extra}
+/// A change to a disk lab's configuration (a disk's keys, a group).
+pub type Edit = fn(&mut LabConfig);
 
-[disk.on.ox1]
-device = "/dev/tandem/r1"
-backing = "{dir}/ox1-r1.img"
-address = "192.168.180.20:7789"
+/// No change.
+pub fn as_is(_: &mut LabConfig) {}
 
-[disk.on.ox2]
-device = "/dev/tandem/r1"
-backing = "{dir}/ox2-r1.img"
-address = "192.168.180.10:7789"
-"#,
-            dir = dir.display()
-        )
-    });
-    let mut s = format!(
-        r#"# {size_note}
-[cluster]
-name = "disklab"
-keepalive = "200ms"
-deadtime = "2s"
-warntime = "1s"
-initdead = "4s"
-key_file = "{dir}/{key}"
-fencing = "none"
-
-[[node]]
-name = "ox1"
-[[node]]
-name = "ox2"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["192.168.180.20", "192.168.180.10"]
-
-[[disk]]
-name = "r0"
-protocol = "C"
-{disk_extra}
-
-[disk.on.ox1]
-device = "/dev/tandem/r0"
-backing = "{dir}/ox1-r0.img"
-address = "192.168.180.20:7788"
-
-[disk.on.ox2]
-device = "/dev/tandem/r0"
-backing = "{dir}/ox2-r0.img"
-address = "192.168.180.10:7788"
-"#,
-        dir = dir.display()
-    );
-    s.push_str(&r1);
-    s
+/// A node's configuration: membership over `hb`, no fencing, the disk `r0` (protocol C;
+/// `disk_extra` applied after it) and, with `r1`, a second disk `r1` (`r1` applied after
+/// it); the key file is `DIR/key`.
+pub fn lab_config(lab: &Lab, key: &str, disk_extra: Edit, r1: Option<Edit>) -> LabConfig {
+    let dir = lab.data_dir();
+    let mut c = LabConfig::disks_only("disklab", lab.name(), &dir, key);
+    for (disk, port, edit) in [("r0", 7788, Some(disk_extra)), ("r1", 7789, r1)] {
+        let Some(edit) = edit else { continue };
+        let backing = ["ox1", "ox2"].map(|node| dir.join(format!("{node}-{disk}.img")));
+        c.disk(disk, port, backing);
+        edit(&mut c);
+    }
+    c
 }
 
 pub struct Cluster {
     pub lab: Lab,
     pub configs: [PathBuf; 2],
+    /// What the configuration files hold, by node.
+    settings: [LabConfig; 2],
     pub agents: Vec<(String, HostProcess)>,
     pub size_bytes: u64,
 }
@@ -105,26 +61,26 @@ pub fn idx(node: &str) -> usize {
 impl Cluster {
     /// A lab with backing files of `backing_mib` MiB and metadata created on both nodes;
     /// `same_key = false` gives the nodes different key files.
-    pub fn new(backing_mib: u64, disk_extra: &str, same_key: bool) -> Cluster {
+    pub fn new(backing_mib: u64, disk_extra: Edit, same_key: bool) -> Cluster {
         Self::with_r1(backing_mib, disk_extra, same_key, None)
     }
 
-    /// As `new`, with a second disk `r1` (its `[[disk]]` extra keys) when given.
+    /// As `new`, with a second disk `r1` (`r1` applied after it) when given.
     pub fn with_r1(
         backing_mib: u64,
-        disk_extra: &str,
+        disk_extra: Edit,
         same_key: bool,
-        r1: Option<&str>,
+        r1: Option<Edit>,
     ) -> Cluster {
         let lab = Lab::up_auto(Topology::whitepaper()).expect("lab up");
         let dir = lab.data_dir();
         write_private(&dir.join("authkey"), "disk lab key 0123456789abcdef\n");
         write_private(&dir.join("otherkey"), "another key entirely 987654321\n");
-        let c1 = dir.join("ox1.toml");
-        let c2 = dir.join("ox2.toml");
-        std::fs::write(&c1, config_toml(&dir, "authkey", disk_extra, "ox1", r1)).unwrap();
         let key2 = if same_key { "authkey" } else { "otherkey" };
-        std::fs::write(&c2, config_toml(&dir, key2, disk_extra, "ox2", r1)).unwrap();
+        let settings = [
+            lab_config(&lab, "authkey", disk_extra, r1),
+            lab_config(&lab, key2, disk_extra, r1),
+        ];
         for node in ["ox1", "ox2"] {
             for disk in ["r0", "r1"] {
                 let f = std::fs::File::create(dir.join(format!("{node}-{disk}.img"))).unwrap();
@@ -136,10 +92,12 @@ impl Cluster {
             .size_bytes;
         let c = Cluster {
             lab,
-            configs: [c1, c2],
+            configs: [dir.join("ox1.toml"), dir.join("ox2.toml")],
+            settings,
             agents: Vec::new(),
             size_bytes,
         };
+        c.write_configs();
         for node in ["ox1", "ox2"] {
             let out = c.tandem(node, &["disk", "create-md", "r0", "--node", node]);
             assert!(out.contains("metadata written"), "{out}");
@@ -280,32 +238,24 @@ pub fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// The group that holds the disk, appended to both nodes' configurations.
-pub const DISK_GROUP: &str = r#"
-[[group]]
-name = "data"
-home = "ox1"
-
-[[group.resource]]
-name = "r0"
-type = "disk"
-disk = "r0"
-monitor_interval = "1s"
-"#;
+/// The group `data` (home ox1) that holds the disk r0.
+pub fn disk_group(c: &mut LabConfig) {
+    c.group("data", "ox1", vec![labconfig::disk_resource("r0", "r0")]);
+}
 
 impl Cluster {
     /// Two agents with the lab's power switch as fence device (`fencing_delay` 1 s) and
     /// the group `data` (home ox1) holding r0, forced primary and in sync on ox1.
-    pub fn fenced_with_disk_group(disk_extra: &str) -> (Cluster, tandem_lab::PowerSwitch) {
-        Self::fenced_with_disk_group_on(disk_extra, Heartbeats::Hb, "1s")
+    pub fn fenced_with_disk_group(disk_extra: Edit) -> (Cluster, tandem_lab::PowerSwitch) {
+        Self::fenced_with_disk_group_on(disk_extra, Heartbeats::Hb, Duration::from_secs(1))
     }
 
     /// As [`Cluster::fenced_with_disk_group`], with heartbeats on `heartbeats` and the
     /// given `fencing_delay`.
     pub fn fenced_with_disk_group_on(
-        disk_extra: &str,
+        disk_extra: Edit,
         heartbeats: Heartbeats,
-        fencing_delay: &str,
+        fencing_delay: Duration,
     ) -> (Cluster, tandem_lab::PowerSwitch) {
         Self::fenced_with_group(
             24,
@@ -313,43 +263,41 @@ impl Cluster {
             heartbeats,
             fencing_delay,
             |_| {},
-            DISK_GROUP,
+            disk_group,
         )
     }
 
-    /// Two agents with the lab's power switch as fence device and `group` (TOML: the
-    /// group `data`, home ox1; `{dir}` in it is the lab's data directory) appended to
-    /// both configurations. Before that, the disk
+    /// Two agents with the lab's power switch as fence device and `group` (the group
+    /// `data`, home ox1) added to both configurations. Before that, the disk
     /// (`backing_mib`) is bootstrapped outside any group: forced primary on ox1, in
     /// sync, and `bootstrap` run while it is (e.g. `mkfs` on its local device); then
     /// demoted and the cluster restarted with the group, which ox1 starts.
     pub fn fenced_with_group(
         backing_mib: u64,
-        disk_extra: &str,
+        disk_extra: Edit,
         heartbeats: Heartbeats,
-        fencing_delay: &str,
+        fencing_delay: Duration,
         bootstrap: impl FnOnce(&Cluster),
-        group: &str,
+        group: impl Fn(&mut LabConfig),
     ) -> (Cluster, tandem_lab::PowerSwitch) {
         let mut c = Cluster::new(backing_mib, disk_extra, true);
         let switch = c.lab.power_switch().expect("lab power switch");
-        let fence = super::cluster::LAB_FENCE_DEVICE.replace("{lab}", c.lab.name());
-        let lan_link = match heartbeats {
-            Heartbeats::Hb => String::new(),
-            Heartbeats::HbAndLan => format!(
-                "\n[[link]]\nname = \"lan\"\ntype = \"ucast\"\ninterface = \"eth0\"\npeers = [\"{}\", \"{}\"]\n",
-                c.lab.address("ox1", "lan").unwrap(),
-                c.lab.address("ox2", "lan").unwrap()
-            ),
+        let lan = match heartbeats {
+            Heartbeats::Hb => None,
+            Heartbeats::HbAndLan => {
+                Some(["ox1", "ox2"].map(|node| IpAddr::V4(c.lab.address(node, "lan").unwrap())))
+            }
         };
-        for node in ["ox1", "ox2"] {
-            let path = &c.configs[idx(node)];
-            let text = std::fs::read_to_string(path).unwrap().replace(
-                "fencing = \"none\"",
-                &format!("fencing = \"required\"\nfencing_delay = \"{fencing_delay}\""),
-            );
-            std::fs::write(path, format!("{text}\n{fence}\n{lan_link}")).unwrap();
-        }
+        c.configure(|config| {
+            config
+                .fencing(FencingPolicy::Required)
+                .cluster_mut()
+                .fencing_delay = fencing_delay;
+            config.lab_switch();
+            if let Some(peers) = lan {
+                config.ucast_link("lan", "eth0", peers);
+            }
+        });
         // Fresh disks: bootstrapped outside any group as the whitepaper's §4.3 does it (the
         // operator forces one side, once, and waits for the full sync); then the
         // cluster restarts with the group, which promotes the disk by itself.
@@ -362,14 +310,7 @@ impl Cluster {
         c.tandem("ox1", &["disk", "secondary", "r0"]);
         c.stop_agent("ox2");
         c.stop_agent("ox1");
-        for node in ["ox1", "ox2"] {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&c.configs[idx(node)])
-                .unwrap();
-            let group = group.replace("{dir}", c.lab.data_dir().to_str().unwrap());
-            std::io::Write::write_all(&mut f, group.as_bytes()).unwrap();
-        }
+        c.configure(group);
         c.start_agent("ox1");
         c.start_agent("ox2");
         c.wait_state("ox1", "the group running", 60, |s| s["role"] == "primary");
@@ -400,6 +341,21 @@ impl Cluster {
         assert!(p.signal(libc::SIGTERM));
         let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
         assert!(status.is_some(), "{node}'s agent did not stop within 30 s");
+    }
+
+    /// Changes both nodes' configurations with `edit` and writes them again (agents
+    /// read them when they start).
+    pub fn configure(&mut self, edit: impl Fn(&mut LabConfig)) {
+        for settings in &mut self.settings {
+            edit(settings);
+        }
+        self.write_configs();
+    }
+
+    fn write_configs(&self) {
+        for (path, settings) in self.configs.iter().zip(&self.settings) {
+            std::fs::write(path, settings.render()).unwrap();
+        }
     }
 
     pub fn log(&self, node: &str) -> String {

@@ -3,6 +3,9 @@
 
 pub mod cluster;
 pub mod disks;
+/// The lab clusters' configuration builder, the binary's own (`src/labconfig.rs`).
+#[path = "../../src/labconfig.rs"]
+pub mod labconfig;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

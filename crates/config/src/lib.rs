@@ -58,5 +58,5 @@ impl Config {
 }
 pub mod emit;
 
-pub use emit::to_toml;
+pub use emit::{to_toml, to_toml_with_header};
 pub mod import;

@@ -71,6 +71,27 @@ impl Controller {
             .any(|r| r.state.holds() && r.state != tandem_policy::ResourceState::Unknown)
     }
 
+    /// This node's vote, as the planner sees it (for a simulator's checks; status shows
+    /// the same in `witness.vote`).
+    pub fn witness_vote(&self) -> tandem_policy::WitnessVote {
+        self.witness.vote()
+    }
+
+    /// Whether this node has lost contact with its peer (dead, or never heard), the case
+    /// in which a takeover needs the witness's vote or a confirmed fence.
+    pub fn peer_lost(&self) -> bool {
+        matches!(
+            self.peer_state,
+            tandem_policy::PeerState::Dead | tandem_policy::PeerState::Unknown
+        )
+    }
+
+    /// Whether the fencing coordinator knows the peer down (fenced, or confirmed by an
+    /// operator).
+    pub fn peer_known_down(&self) -> bool {
+        self.coordinator.state(&self.peer).is_down()
+    }
+
     /// The witness part of `tandem status --json`.
     pub(crate) fn witness_status(&self) -> serde_json::Value {
         match &self.config.witness {

@@ -19,12 +19,16 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
     let n = seeds(60);
     let opts = Options::default();
     let (mut fences, mut promotions, mut writes) = (0, 0, 0);
+    let (mut with_witness, mut grants, mut takeovers) = (0, 0, 0);
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..n {
         let s = run_seed(seed, &opts).unwrap_or_else(|e| panic!("{e}"));
         fences += s.fences;
         promotions += s.promotions;
         writes += s.writes_acked;
+        with_witness += u64::from(s.witness);
+        grants += s.grants;
+        takeovers += s.witness_takeovers;
         kinds.extend(s.faults.keys().copied());
     }
     eprintln!(
@@ -33,6 +37,10 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
     assert!(fences > n, "fences: {fences}");
     assert!(promotions > n * 2, "promotions: {promotions}");
     assert!(writes > n * 500, "writes: {writes}");
+    // Odd seeds run with a witness: it is asked, it grants, and nodes take over with it.
+    assert_eq!(with_witness, n / 2);
+    assert!(grants > n / 2, "grants: {grants}");
+    assert!(takeovers > n / 4, "takeovers with a witness: {takeovers}");
     for kind in [
         "power-off",
         "freeze",
@@ -43,6 +51,10 @@ fn no_seed_breaks_an_invariant_and_every_run_converges() {
         "switch-broken",
         "operator-request",
         "clean-stop",
+        "witness-power-off",
+        "cut-witness",
+        "isolate-node",
+        "partition-witness-one-side",
     ] {
         assert!(kinds.contains(kind), "no {kind} fault in {n} seeds");
     }
@@ -86,8 +98,26 @@ fn seeds_that_once_failed_hold() {
         88, 122, 161, 186, 240, 344, 379, 393, 1904, 1987, 2874, 3646, 4136, 4810, 1249, 4401,
         4681, 4855, 4913, 869, 1004, 2274,
     ] {
-        run_seed(seed, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+        // Found before the witness joined the simulator: each plays as it did then.
+        let opts = Options {
+            witness: Some(false),
+            ..Options::default()
+        };
+        run_seed(seed, &opts).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// With a witness whose shell turns refusals into grants, both nodes of a partition
+/// hold the vote: caught at once.
+#[test]
+fn a_witness_granting_both_askers_is_caught() {
+    let (seed, why) =
+        first_violation(Unsafe::WitnessGrantsBoth, 10).expect("caught within 10 seeds");
+    eprintln!("a witness granting both caught at seed {seed}");
+    assert!(
+        why.contains("granted the vote to") || why.contains("both nodes hold"),
+        "{why}"
+    );
 }
 
 /// The first seed (from 0) at which `variant` breaks an invariant, within `max` seeds.

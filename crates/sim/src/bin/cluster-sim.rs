@@ -2,9 +2,11 @@
 //! run, the faults injected by kind and the violations (tandem_sim::cluster).
 //!
 //! ```text
-//! cluster-sim [--seeds N] [--from S] [--seed S] [--unsafe dont-care|no-fencing]
+//! cluster-sim [--seeds N] [--from S] [--seed S] [--witness on|off]
+//!             [--unsafe dont-care|no-fencing|witness-grants-both]
 //!             [--fault-secs T] [--calm-secs T] [--json]
 //! ```
+//! Odd seeds run with a witness, even seeds without, unless `--witness` says.
 //! Exits 1 if any seed broke an invariant (each failure prints its seed and last
 //! steps; `--seed S` replays one exactly).
 
@@ -38,7 +40,15 @@ fn main() -> ExitCode {
                 opts.unsafe_variant = match args.next().as_deref() {
                     Some("dont-care") => Unsafe::DiskDontCare,
                     Some("no-fencing") => Unsafe::NoFencing,
-                    _ => usage("--unsafe takes dont-care or no-fencing"),
+                    Some("witness-grants-both") => Unsafe::WitnessGrantsBoth,
+                    _ => usage("--unsafe takes dont-care, no-fencing or witness-grants-both"),
+                }
+            }
+            "--witness" => {
+                opts.witness = match args.next().as_deref() {
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    _ => usage("--witness takes on or off"),
                 }
             }
             _ => usage(&format!("unknown argument {a}")),
@@ -50,6 +60,7 @@ fn main() -> ExitCode {
     };
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut steps, mut fences, mut promotions, mut writes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut with_witness, mut grants, mut takeovers) = (0u64, 0u64, 0u64);
     let mut violations = Vec::new();
     for &seed in &range {
         match run_seed(seed, &opts) {
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
                 fences += s.fences;
                 promotions += s.promotions;
                 writes += s.writes_acked;
+                with_witness += u64::from(s.witness);
+                grants += s.grants;
+                takeovers += s.witness_takeovers;
                 for (k, v) in s.faults {
                     *faults.entry(k).or_default() += v;
                 }
@@ -74,6 +88,8 @@ fn main() -> ExitCode {
             serde_json::json!({
                 "seeds": range.len(), "steps": steps, "faults": faults, "fences": fences,
                 "promotions": promotions, "writes_acked": writes, "violations": violations,
+                "seeds_with_witness": with_witness, "witness_grants": grants,
+                "witness_takeovers": takeovers,
             })
         );
     } else {
@@ -81,6 +97,9 @@ fn main() -> ExitCode {
             "seeds {} ({}..), steps {steps}, fences {fences}, promotions {promotions}, acknowledged writes {writes}",
             range.len(),
             range.first().copied().unwrap_or(0)
+        );
+        println!(
+            "with a witness: {with_witness} seeds, {grants} votes granted, {takeovers} takeovers (each after a vote or a confirmed fence)"
         );
         let f: Vec<String> = faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("faults: {}", f.join(", "));
@@ -95,7 +114,7 @@ fn main() -> ExitCode {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "cluster-sim: {why}\nusage: cluster-sim [--seeds N] [--from S] [--seed S] [--unsafe dont-care|no-fencing] [--fault-secs T] [--calm-secs T] [--json]"
+        "cluster-sim: {why}\nusage: cluster-sim [--seeds N] [--from S] [--seed S] [--witness on|off] [--unsafe dont-care|no-fencing|witness-grants-both] [--fault-secs T] [--calm-secs T] [--json]"
     );
     std::process::exit(2)
 }

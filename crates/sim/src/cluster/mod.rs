@@ -4,20 +4,26 @@
 //! replication core of disk `r0`, over simulated heartbeat networks, a simulated
 //! replication link, simulated storage that forgets unflushed writes at a power loss,
 //! simulated resource agents that can fail or hang, a simulated power switch, clocks
-//! that jump, and a client writing to whichever node is primary.
+//! that jump, and a client writing to whichever node is primary. Odd seeds add a
+//! witness: the real membership core and the real `Arbiter` on a third host, its grant
+//! file durable across its power losses.
 //!
 //! ```text
 //!  seed ─► Rng ─► faults: power off/on, freeze/thaw, cut hb / lan, link loss, clock
 //!                 jumps, agent failures and hangs, a broken power switch, operator
-//!                 standby/takeover, clean stops
+//!                 standby/takeover, clean stops; with a witness: its power losses,
+//!                 node↔witness cuts, a node isolated from both, a partition in which
+//!                 the witness hears one side only (cuts are per pair of hosts)
 //!   ┌───────────────── node n1 ─────────────────┐   ┌──────── node n2 ────────┐
 //!   │ Membership ◄─► Controller ◄─► disk Core   │   │  (the same)             │
 //!   │      ▲ packets      │ RunAction …  ▲ frames│   │                         │
 //!   └──────┼──────────────┼──────────────┼──────┘   └─────────────────────────┘
-//!          └ hb, lan ─────┼─ agents ─────┴ replication link (over hb) ─┘
+//!          ├ hb, lan ─────┼─ agents ─────┴ replication link (over hb) ─┘
+//!          └─ hb, lan ─► witness w: Membership ◄─► Arbiter ─► grant file
 //!  checked after every step: one node runs a group's resources; one primary of r0; a
-//!  promotion without --force serves every acknowledged write; cores validate;
-//!  after the faults stop: the cluster converges within a bound
+//!  promotion without --force serves every acknowledged write; cores validate; with a
+//!  witness, a takeover follows a granted vote or a confirmed fence, and no two nodes
+//!  hold a vote; after the faults stop: the cluster converges within a bound
 //! ```
 //!
 //! Run it: `cargo run --release -p tandem-sim --bin cluster-sim -- --seeds 200`.

@@ -14,7 +14,7 @@ use tandem_disk::core::{AdminError, ConnState, Core, Output, Role};
 use tandem_fencing::{FenceAction, FenceResult};
 use tandem_membership::{
     Event as MembershipEvent, LinkConfig, Membership, MembershipConfig, NodeConfig, PacketKey,
-    RetransmitConfig,
+    RetransmitConfig, Transmit,
 };
 use tandem_policy::{RequestKind, Scope};
 use tandem_wire::frame::{Frame, FrameKey};
@@ -24,7 +24,14 @@ use crate::storage::{DiskModel, PendingIo, Storage, StoredMeta};
 use tandem_rng::Rng;
 
 mod checks;
+mod commands;
+mod config;
 mod disk_service;
+mod faults;
+mod witness;
+
+use config::{config_text, disk_config, membership_config};
+use witness::{SimWitness, WITNESS_HOST};
 
 /// The replicated disk's size.
 const DISK_BYTES: u64 = 4 << 20;
@@ -36,6 +43,11 @@ const TICK: Duration = Duration::from_millis(10);
 const DISK_TICK: Duration = Duration::from_millis(20);
 /// The two heartbeat networks: link 0 `hb` (also carries replication), link 1 `lan`.
 const NETS: usize = 2;
+/// The pairs' names, for the trace.
+const PAIR_NAMES: [&str; PAIRS] = ["n1 and n2", "n1 and the witness", "n2 and the witness"];
+/// The pairs of hosts a network can be cut between, numbered by [`pair`]: n1–n2, n1–the
+/// witness, n2–the witness.
+const PAIRS: usize = 3;
 /// The group's resources that an agent runs (the disk is the disk core's business).
 const AGENT_RESOURCES: [&str; 2] = ["svc", "vip"];
 
@@ -48,6 +60,9 @@ pub enum Unsafe {
     DiskDontCare,
     /// Cluster fencing `none`: a silent peer is taken over without being fenced.
     NoFencing,
+    /// A witness whose shell turns every refusal into a grant: both nodes that lost
+    /// each other get the vote (the run has a witness whatever the seed).
+    WitnessGrantsBoth,
 }
 
 /// How a run goes.
@@ -59,6 +74,8 @@ pub struct Options {
     pub calm_time: Duration,
     /// An unsafe variant, or none.
     pub unsafe_variant: Unsafe,
+    /// Whether the cluster has a witness; `None`: odd seeds have one, even seeds not.
+    pub witness: Option<bool>,
 }
 
 impl Default for Options {
@@ -67,6 +84,7 @@ impl Default for Options {
             fault_time: Duration::from_secs(60),
             calm_time: Duration::from_secs(60),
             unsafe_variant: Unsafe::None,
+            witness: None,
         }
     }
 }
@@ -88,11 +106,19 @@ pub struct Summary {
     pub writes_acked: u64,
     /// Resource actions run.
     pub actions: u64,
+    /// Whether the cluster had a witness.
+    pub witness: bool,
+    /// Votes the witness granted (answers that carried a grant).
+    pub grants: u64,
+    /// Takeovers with a witness (a start while the peer was lost), each checked to follow
+    /// a granted vote or a confirmed fence.
+    pub witness_takeovers: u64,
 }
 
 #[derive(Debug)]
 enum Ev {
     Packet {
+        from: usize,
         to: usize,
         link: u16,
         bytes: Vec<u8>,
@@ -113,7 +139,14 @@ enum Ev {
         node: usize,
     },
     Heal {
+        pair: usize,
         net: usize,
+    },
+    WitnessPowerOn,
+    /// Every network between a pair of hosts is cut (a fault's second half).
+    Cut {
+        pair: usize,
+        lasting_ms: u64,
     },
     SwitchFixed,
 }
@@ -163,7 +196,12 @@ struct Cluster {
     nodes: Vec<SimNode>,
     queue: BinaryHeap<Queued>,
     seq: u64,
-    cut: [bool; NETS],
+    /// Per pair of hosts ([`pair`]) and network: cut.
+    cut: [[bool; NETS]; PAIRS],
+    /// The witness host, in a run with a witness.
+    witness: Option<SimWitness>,
+    /// A broken invariant found while a command ran, reported by the next check.
+    violation: Option<String>,
     switch_broken: bool,
     next_conn: u64,
     /// The replication link's byte stream towards each node, as TCP delivers it: in
@@ -198,138 +236,12 @@ pub fn run_seed(seed: u64, opts: &Options) -> Result<Summary, String> {
     Ok(c.summary.clone())
 }
 
-fn config_text(variant: Unsafe) -> String {
-    let fencing = if variant == Unsafe::NoFencing {
-        "none"
-    } else {
-        "required"
-    };
-    let disk_fencing = if variant == Unsafe::DiskDontCare {
-        "fencing = \"dont-care\""
-    } else {
-        ""
-    };
-    let device = if variant == Unsafe::NoFencing {
-        ""
-    } else {
-        "[[fence_device]]\nname = \"switch\"\nagent = \"fence_sim\"\nplugs = { n1 = \"1\", n2 = \"2\" }\ntimeout = \"10s\"\n"
-    };
-    format!(
-        r#"[cluster]
-name = "sim"
-key_file = "/etc/tandem/authkey"
-keepalive = "100ms"
-deadtime = "1s"
-warntime = "500ms"
-initdead = "2s"
-fencing = "{fencing}"
-fencing_delay = "1s"
-auto_failback = "off"
-
-[[node]]
-name = "n1"
-[[node]]
-name = "n2"
-
-[[link]]
-name = "hb"
-type = "ucast"
-interface = "eth1"
-peers = ["10.0.1.1", "10.0.1.2"]
-
-[[link]]
-name = "lan"
-type = "ucast"
-interface = "eth0"
-peers = ["10.0.0.1", "10.0.0.2"]
-
-{device}
-[[disk]]
-name = "r0"
-protocol = "C"
-net_timeout = "2s"
-ping_interval = "500ms"
-{disk_fencing}
-
-[disk.on.n1]
-device = "/dev/tandem/r0"
-backing = "/sim/n1-r0"
-address = "10.0.1.1:7788"
-
-[disk.on.n2]
-device = "/dev/tandem/r0"
-backing = "/sim/n2-r0"
-address = "10.0.1.2:7788"
-
-[[group]]
-name = "g"
-home = "n1"
-failure_timeout = "20s"
-
-[[group.resource]]
-name = "r0"
-type = "disk"
-disk = "r0"
-monitor_interval = "1s"
-timeout = "20s"
-
-[[group.resource]]
-name = "svc"
-type = "lsb"
-script = "svc"
-monitor_interval = "1s"
-timeout = "5s"
-
-[[group.resource]]
-name = "vip"
-type = "ipaddr"
-address = "10.0.0.100/24"
-monitor_interval = "1s"
-timeout = "5s"
-"#
-    )
-}
-
-fn membership_config(config: &tandem_config::Config, local: usize) -> MembershipConfig {
-    MembershipConfig {
-        cluster_id: 0x0051_57c1_u64,
-        local_node: local as u32 + 1,
-        nodes: config
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeConfig {
-                id: i as u32 + 1,
-                name: n.name.clone(),
-            })
-            .collect(),
-        links: config
-            .links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| LinkConfig {
-                id: i as u16,
-                name: l.name.clone(),
-            })
-            .collect(),
-        keepalive: config.cluster.keepalive,
-        deadtime: config.cluster.deadtime,
-        warntime: config.cluster.warntime,
-        initdead: config.cluster.initdead,
-        key: PacketKey::from_bytes([0x42; 32]),
-        config_digest: [0x11; 32],
-        retransmit: RetransmitConfig::for_keepalive(config.cluster.keepalive),
-    }
-}
-
-fn disk_config(disk: &tandem_config::Disk) -> tandem_disk::core::Config {
-    tandem_disk::core::Config {
-        protocol: tandem_disk::core::Protocol::C,
-        al_extents: 7,
-        ping_interval_ms: disk.ping_interval.as_millis() as u64,
-        ping_timeout_ms: disk.net_timeout.as_millis() as u64,
-        fencing: disk.fencing,
-        ..tandem_disk::core::Config::default()
+/// The number of the pair of hosts `a` and `b` (in either order) in [`Cluster::cut`].
+fn pair(a: usize, b: usize) -> usize {
+    match (a.min(b), a.max(b)) {
+        (0, 1) => 0,
+        (0, _) => 1,
+        _ => 2,
     }
 }
 
@@ -370,9 +282,13 @@ fn timed_out(timeout: Duration) -> ActionResult {
 impl Cluster {
     fn new(seed: u64, opts: Options) -> Cluster {
         let mut rng = Rng::new(seed);
-        let (config, _) =
-            tandem_config::Config::parse_str("sim.toml", &config_text(opts.unsafe_variant))
-                .unwrap_or_else(|e| panic!("the simulator's configuration: {e}"));
+        let with_witness = opts.unsafe_variant == Unsafe::WitnessGrantsBoth
+            || opts.witness.unwrap_or(seed % 2 == 1);
+        let (config, _) = tandem_config::Config::parse_str(
+            "sim.toml",
+            &config_text(opts.unsafe_variant, with_witness),
+        )
+        .unwrap_or_else(|e| panic!("the simulator's configuration: {e}"));
         // Both copies start synced and at rest: the same generation, no dirty bits.
         let storage = |id: u64| {
             let mut meta = StoredMeta::fresh(id, DISK_BYTES);
@@ -411,7 +327,9 @@ impl Cluster {
             ],
             queue: BinaryHeap::new(),
             seq: 0,
-            cut: [false; NETS],
+            cut: [[false; NETS]; PAIRS],
+            witness: with_witness.then(SimWitness::default),
+            violation: None,
             switch_broken: false,
             next_conn: 1,
             streams: [VecDeque::new(), VecDeque::new()],
@@ -426,12 +344,16 @@ impl Cluster {
             flushes: BTreeMap::new(),
             summary: Summary {
                 seed,
+                witness: with_witness,
                 ..Summary::default()
             },
             trace: VecDeque::new(),
         };
         c.power_on(0);
         c.power_on(1);
+        if with_witness {
+            c.witness_power_on();
+        }
         c
     }
 
@@ -498,7 +420,7 @@ impl Cluster {
     fn begin_calm(&mut self) {
         self.calm = true;
         self.note("CALM: faults stop; networks heal, nodes thaw and power on".into());
-        self.cut = [false; NETS];
+        self.cut = [[false; NETS]; PAIRS];
         self.switch_broken = false;
         for i in 0..2 {
             self.nodes[i].frozen = false;
@@ -506,12 +428,25 @@ impl Cluster {
                 self.power_on(i);
             }
         }
+        if self.witness.as_ref().is_some_and(|w| !w.powered) {
+            self.witness_power_on();
+        }
     }
 
     fn event(&mut self, ev: Ev) {
         match ev {
-            Ev::Packet { to, link, bytes } => {
-                if self.nodes[to].alive() && !self.cut[link as usize] {
+            Ev::Packet {
+                from,
+                to,
+                link,
+                bytes,
+            } => {
+                if self.is_cut(from, to, link as usize) {
+                    return;
+                }
+                if to == WITNESS_HOST {
+                    self.witness_packet(link, &bytes);
+                } else if self.nodes[to].alive() {
                     let now = self.local(to);
                     if let Some(m) = self.nodes[to].membership.as_mut() {
                         m.handle_packet(link, &bytes, now);
@@ -523,7 +458,7 @@ impl Cluster {
                 if self.streams[to].is_empty() {
                     return;
                 }
-                if self.cut[0] || self.nodes[to].frozen {
+                if self.is_cut(0, 1, 0) || self.nodes[to].frozen {
                     // TCP keeps trying; the cores' ping timeouts decide when to give up.
                     self.schedule(TICK, Ev::Stream { to });
                     return;
@@ -581,10 +516,21 @@ impl Cluster {
                     self.nodes[node].frozen = false;
                 }
             }
-            Ev::Heal { net } => {
-                if self.cut[net] {
-                    self.note(format!("net {net} heals"));
-                    self.cut[net] = false;
+            Ev::Heal { pair, net } => {
+                if self.cut[pair][net] {
+                    self.note(format!("net {net} heals between {}", PAIR_NAMES[pair]));
+                    self.cut[pair][net] = false;
+                }
+            }
+            Ev::Cut { pair, lasting_ms } => {
+                if !self.calm {
+                    self.note(format!("every network cut between {}", PAIR_NAMES[pair]));
+                    self.cut_pair_for(pair, lasting_ms);
+                }
+            }
+            Ev::WitnessPowerOn => {
+                if self.witness.as_ref().is_some_and(|w| !w.powered) {
+                    self.witness_power_on();
                 }
             }
             Ev::SwitchFixed => self.switch_broken = false,
@@ -619,6 +565,7 @@ impl Cluster {
             self.outdates_step(i);
             self.drain(i);
         }
+        self.witness_tick();
         self.connect_replication();
         self.client();
         if !self.calm {
@@ -712,19 +659,7 @@ impl Cluster {
                 .and_then(|m| m.poll_transmit())
             {
                 moved = true;
-                let link = t.link as usize;
-                if self.cut[link] || self.rng.chance_ppm(self.rates.packet_loss_ppm) {
-                    continue;
-                }
-                let delay = Duration::from_micros(self.rng.range(300, 3000));
-                self.schedule(
-                    delay,
-                    Ev::Packet {
-                        to: 1 - i,
-                        link: t.link,
-                        bytes: t.bytes,
-                    },
-                );
+                self.transmit(i, t);
             }
             while let Some(e) = self.nodes[i]
                 .membership
@@ -768,6 +703,38 @@ impl Cluster {
         panic!("seed {}: node {i} never settled", self.seed);
     }
 
+    /// Host `from`'s packet onto the networks: to the member it names, or to every other
+    /// host (a heartbeat), each copy lost, cut off or delayed on its own.
+    fn transmit(&mut self, from: usize, t: Transmit) {
+        let hosts = if self.witness.is_some() { 3 } else { 2 };
+        let to: Vec<usize> = match t.to {
+            Some(member) => vec![member as usize - 1],
+            None => (0..hosts).filter(|&h| h != from).collect(),
+        };
+        for to in to {
+            if self.is_cut(from, to, t.link as usize)
+                || self.rng.chance_ppm(self.rates.packet_loss_ppm)
+            {
+                continue;
+            }
+            let delay = Duration::from_micros(self.rng.range(300, 3000));
+            self.schedule(
+                delay,
+                Ev::Packet {
+                    from,
+                    to,
+                    link: t.link,
+                    bytes: t.bytes.clone(),
+                },
+            );
+        }
+    }
+
+    /// Whether network `net` is cut between hosts `a` and `b`.
+    fn is_cut(&self, a: usize, b: usize, net: usize) -> bool {
+        self.cut[pair(a, b)][net]
+    }
+
     fn tell_controller(&mut self, i: usize, input: Input) {
         let now = self.local(i);
         if let Some(c) = self.nodes[i].controller.as_mut() {
@@ -778,322 +745,5 @@ impl Cluster {
     fn later(&mut self, i: usize, after: Duration, input: Input) {
         let boot = self.nodes[i].boot;
         self.schedule(after, Ev::Input { to: i, boot, input });
-    }
-
-    fn command(&mut self, i: usize, cmd: Command) {
-        match cmd {
-            // The simulated cluster is configured without a witness; the witness's
-            // rules are proven by its own tests and the lab's.
-            Command::SendToWitness(_) => {}
-            Command::RunAction {
-                action,
-                group,
-                resource,
-                op,
-                timeout,
-            } => {
-                self.summary.actions += 1;
-                if op != Op::Probe {
-                    self.note(format!(
-                        "{} runs {op:?} {group}/{resource}",
-                        self.nodes[i].name
-                    ));
-                }
-                if resource == "r0" {
-                    if op == Op::Probe {
-                        let primary = self.disk_role(i) == Some(Role::Primary);
-                        let r = if primary {
-                            result(OcfExit::Success, "primary")
-                        } else {
-                            result(OcfExit::NotRunning, "secondary")
-                        };
-                        self.later(
-                            i,
-                            Duration::from_millis(1),
-                            Input::ActionDone {
-                                action,
-                                group,
-                                resource,
-                                op,
-                                result: r,
-                            },
-                        );
-                        return;
-                    }
-                    self.nodes[i].disk_action = Some(DiskAction {
-                        action,
-                        group,
-                        resource,
-                        op,
-                        demoted: false,
-                        deadline: self.now
-                            + if op == Op::Stop {
-                                Duration::from_secs(5)
-                            } else {
-                                timeout
-                            },
-                        asked_fence_peer: false,
-                    });
-                    self.disk_action_step(i);
-                    return;
-                }
-                let (r, after) = self.agent(i, &resource, op, timeout);
-                self.later(
-                    i,
-                    after,
-                    Input::ActionDone {
-                        action,
-                        group,
-                        resource,
-                        op,
-                        result: r,
-                    },
-                );
-            }
-            Command::RunMonitor {
-                group, resource, ..
-            } => {
-                let running = if resource == "r0" {
-                    self.disk_role(i) == Some(Role::Primary)
-                } else {
-                    self.nodes[i].running.contains(&resource)
-                };
-                let lie = !self.calm && self.rng.chance_ppm(self.rates.monitor_false_fail_ppm);
-                let r = if lie {
-                    self.fault("monitor-false-failure");
-                    result(OcfExit::Generic, "simulated monitor failure")
-                } else if running {
-                    result(OcfExit::Success, "running")
-                } else {
-                    result(OcfExit::NotRunning, "not running")
-                };
-                let after = Duration::from_millis(self.rng.range(1, 30));
-                self.later(
-                    i,
-                    after,
-                    Input::MonitorDone {
-                        group,
-                        resource,
-                        result: r,
-                    },
-                );
-            }
-            Command::Send { message, tag } => {
-                let now = self.local(i);
-                let sent = self.nodes[i]
-                    .membership
-                    .as_mut()
-                    .map(|m| m.send_message((1 - i) as u32 + 1, message.encode(), now));
-                match sent {
-                    Some(Ok(id)) if tag != SendTag::Plain => {
-                        self.tell_controller(i, Input::Sent { tag, id })
-                    }
-                    Some(Ok(_)) => {}
-                    _ if tag != SendTag::Plain => {
-                        self.tell_controller(i, Input::SendFailed { tag })
-                    }
-                    _ => {}
-                }
-            }
-            Command::RunFenceDevice(tandem_fencing::Command::RunDevice {
-                id,
-                device,
-                action,
-                target,
-                ..
-            }) => {
-                let t = self.nodes.iter().position(|n| n.name == target);
-                let outcome = if self.switch_broken || t.is_none() {
-                    self.note(format!(
-                        "{} fences {target}: the switch fails",
-                        self.nodes[i].name
-                    ));
-                    tandem_fencing::Outcome::Failed {
-                        exit: Some(1),
-                        output: "simulated switch failure".into(),
-                    }
-                } else {
-                    if let Some(t) = t {
-                        self.summary.fences += 1;
-                        self.note(format!("{} FENCES {target}", self.nodes[i].name));
-                        self.power_off(t, "fenced");
-                        let back = if self.calm {
-                            Duration::from_secs(2)
-                        } else {
-                            Duration::from_millis(self.rng.range(3_000, 15_000))
-                        };
-                        self.schedule(back, Ev::PowerOn { node: t });
-                    }
-                    tandem_fencing::Outcome::Success
-                };
-                let _ = action;
-                self.later(
-                    i,
-                    Duration::from_millis(50),
-                    Input::FenceDone {
-                        id,
-                        result: FenceResult {
-                            device,
-                            action: FenceAction::Off,
-                            target: Some(target),
-                            outcome,
-                            stdout: String::new(),
-                            duration_ms: 50,
-                        },
-                    },
-                );
-            }
-            Command::RunFenceDevice(tandem_fencing::Command::SendToPeer(_)) => {}
-            Command::Disks(order) => self.disk_order(i, order),
-            // Notifications change nothing in the cluster.
-            Command::Notify(_) => {}
-            Command::Exit => {
-                self.note(format!("{} stopped cleanly", self.nodes[i].name));
-                // The agent exits once its disks' metadata is durable (a demote answers
-                // only then): let the core finish its queued metadata writes.
-                for _ in 0..1000 {
-                    if self.nodes[i].ios.is_empty() {
-                        break;
-                    }
-                    self.complete_ios_all(i);
-                    self.drain_disk(i);
-                }
-                let mut rng = self.rng.clone();
-                self.nodes[i].stop_cleanly(&mut rng);
-                self.rng = rng;
-                self.writes.retain(|_, (n, _, _)| *n != i);
-                self.flushes.retain(|_, (n, _)| *n != i);
-                let back = Duration::from_millis(self.rng.range(500, 5_000));
-                self.schedule(back, Ev::PowerOn { node: i });
-            }
-        }
-    }
-
-    /// A simulated resource agent: the world changes, and the result comes later.
-    fn agent(
-        &mut self,
-        i: usize,
-        resource: &str,
-        op: Op,
-        timeout: Duration,
-    ) -> (ActionResult, Duration) {
-        let quick = Duration::from_millis(self.rng.range(1, 40));
-        let faults = !self.calm;
-        if faults && self.rng.chance_ppm(self.rates.agent_hang_ppm) && op != Op::Probe {
-            self.fault("agent-hang");
-            return (timed_out(timeout), timeout);
-        }
-        let running = self.nodes[i].running.contains(resource);
-        match op {
-            Op::Probe => {
-                let exit = if running {
-                    OcfExit::Success
-                } else {
-                    OcfExit::NotRunning
-                };
-                (result(exit, "probe"), quick)
-            }
-            Op::Start | Op::Restart => {
-                if faults && self.rng.chance_ppm(self.rates.agent_start_fail_ppm) {
-                    self.fault("agent-start-failure");
-                    if op == Op::Restart {
-                        self.nodes[i].running.remove(resource);
-                    }
-                    return (result(OcfExit::Generic, "simulated start failure"), quick);
-                }
-                self.nodes[i].running.insert(resource.to_string());
-                (result(OcfExit::Success, "started"), quick)
-            }
-            Op::Stop => {
-                if faults && self.rng.chance_ppm(self.rates.agent_stop_fail_ppm) {
-                    self.fault("agent-stop-failure");
-                    return (result(OcfExit::Generic, "simulated stop failure"), quick);
-                }
-                self.nodes[i].running.remove(resource);
-                (result(OcfExit::Success, "stopped"), quick)
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------ faults
-
-    fn maybe_fault(&mut self) {
-        if !self.rng.chance_ppm(self.rates.fault_ppm) {
-            return;
-        }
-        let i = self.rng.below(2) as usize;
-        let name = self.nodes[i].name.clone();
-        match self.rng.below(100) {
-            0..=17 => {
-                self.fault("power-off");
-                self.power_off(i, "power cut");
-                let back = Duration::from_millis(self.rng.range(2_000, 12_000));
-                self.schedule(back, Ev::PowerOn { node: i });
-            }
-            18..=29 => {
-                if self.nodes[i].alive() {
-                    self.fault("freeze");
-                    self.note(format!("{name} freezes"));
-                    self.nodes[i].frozen = true;
-                    let back = Duration::from_millis(self.rng.range(300, 4_000));
-                    self.schedule(back, Ev::Thaw { node: i });
-                }
-            }
-            30..=49 => {
-                let net = self.rng.below(NETS as u64) as usize;
-                self.fault(if net == 0 { "cut-hb" } else { "cut-lan" });
-                self.note(format!("net {net} cut"));
-                self.cut[net] = true;
-                let back = Duration::from_millis(self.rng.range(500, 8_000));
-                self.schedule(back, Ev::Heal { net });
-            }
-            50..=57 => {
-                self.fault("cut-all");
-                self.note("every network cut".into());
-                self.cut = [true; NETS];
-                for net in 0..NETS {
-                    let back = Duration::from_millis(self.rng.range(500, 6_000));
-                    self.schedule(back, Ev::Heal { net });
-                }
-            }
-            58..=64 => {
-                self.fault("clock-jump");
-                let jump = Duration::from_millis(self.rng.range(100, 3_000));
-                self.note(format!("{name}'s clock jumps {jump:?}"));
-                self.nodes[i].skew += jump;
-            }
-            65..=71 => {
-                self.fault("switch-broken");
-                self.note("the power switch breaks".into());
-                self.switch_broken = true;
-                let back = Duration::from_millis(self.rng.range(1_000, 10_000));
-                self.schedule(back, Ev::SwitchFixed);
-            }
-            72..=81 => {
-                if self.nodes[i].alive() {
-                    let kind = if self.rng.below(2) == 0 {
-                        RequestKind::Standby
-                    } else {
-                        RequestKind::Takeover
-                    };
-                    self.fault("operator-request");
-                    self.note(format!("operator on {name}: {kind:?} all"));
-                    let now = self.local(i);
-                    if let Some(c) = self.nodes[i].controller.as_mut() {
-                        let _ = c.operator(now, Operator::Request(kind, Scope::All));
-                    }
-                    self.drain(i);
-                }
-            }
-            _ => {
-                if self.nodes[i].alive() && !self.nodes[i].stopping {
-                    self.fault("clean-stop");
-                    self.note(format!("{name} stops cleanly"));
-                    self.nodes[i].stopping = true;
-                    self.tell_controller(i, Input::Shutdown);
-                    self.drain(i);
-                }
-            }
-        }
     }
 }

@@ -6,6 +6,10 @@ impl Cluster {
     // ------------------------------------------------------------------ checks
 
     pub(super) fn check(&mut self) -> Result<(), String> {
+        if let Some(v) = self.violation.take() {
+            return Err(self.fail(&v));
+        }
+        self.check_witness()?;
         for i in 0..2 {
             if let Some(d) = self.nodes[i].disk.as_ref() {
                 d.validate();
@@ -96,6 +100,7 @@ impl Cluster {
     }
 
     pub(super) fn check_converged(&self) -> Result<(), String> {
+        self.check_witness_converged()?;
         let mut holders = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.alive() {

@@ -292,7 +292,10 @@ impl Cluster {
                     d.wants_connection() && d.connection() == ConnState::Connecting
                 })
         };
-        if self.cut[0] || !ready(&self.nodes[0]) || !ready(&self.nodes[1]) || self.rng.below(5) != 0
+        if self.is_cut(0, 1, 0)
+            || !ready(&self.nodes[0])
+            || !ready(&self.nodes[1])
+            || self.rng.below(5) != 0
         {
             return;
         }
