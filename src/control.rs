@@ -1,4 +1,4 @@
-//! The control socket: how the CLI talks to the local `tandem agent`.
+//! The control socket: how the CLI talks to the local `tandem daemon`.
 //!
 //! A Unix stream socket, mode 0600 and owned by root, carrying one JSON request line and
 //! one JSON response line per connection. The peer's credentials (SO_PEERCRED) are
@@ -16,10 +16,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// The largest request line the agent reads; anything longer is refused.
+/// The largest request line the daemon reads; anything longer is refused.
 const REQUEST_BYTES_MAX: u64 = 64 * 1024;
 
-/// How long the CLI waits for the agent's answer.
+/// How long the CLI waits for the daemon's answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request from the CLI.
@@ -75,7 +75,7 @@ impl Request {
     }
 }
 
-/// The agent's answer.
+/// The daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     /// `None` on success.
@@ -159,7 +159,7 @@ fn serve_one(stream: UnixStream, handle: &dyn Fn(Request, Peer) -> Response) -> 
             pid = peer.pid,
             "control request refused: not root"
         );
-        Response::error("only root may talk to the tandem agent")
+        Response::error("only root may talk to the tandem daemon")
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
@@ -206,11 +206,11 @@ pub(crate) fn peer_credentials(stream: &UnixStream) -> anyhow::Result<Peer> {
     })
 }
 
-/// Sends one request to the agent at `path` and waits for its answer.
+/// Sends one request to the daemon at `path` and waits for its answer.
 pub fn request(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
     let stream = UnixStream::connect(path).with_context(|| {
         format!(
-            "connect to the tandem agent at {} (is `tandem agent` running?)",
+            "connect to the tandem daemon at {} (is `tandem daemon` running?)",
             path.display()
         )
     })?;
@@ -220,7 +220,7 @@ pub fn request(path: &Path, request: &Request) -> anyhow::Result<serde_json::Val
     (&stream).write_all(&out)?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let response: Response = serde_json::from_str(&line).context("read the agent's answer")?;
+    let response: Response = serde_json::from_str(&line).context("read the daemon's answer")?;
     match response.error {
         Some(error) => bail!("{error}"),
         None => Ok(response.body),

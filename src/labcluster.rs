@@ -1,6 +1,6 @@
 //! A tandem cluster inside a lab: the whitepaper's hosts, a configuration written into
 //! the lab's data directory (built by [`crate::labconfig`] and rendered by the config
-//! crate's emitter), agents started in their hosts, and status read back. Used by
+//! crate's emitter), daemons started in their hosts, and status read back. Used by
 //! `tandem bench`, the scenarios and the demo; the integration tests build their
 //! configurations with the same [`LabConfig`].
 
@@ -38,8 +38,8 @@ pub struct LabCluster {
     /// What the configuration file holds.
     settings: LabConfig,
     tandem: PathBuf,
-    /// The agents (and the witness) started and not stopped since, by host.
-    agents: Vec<(String, HostProcess)>,
+    /// The daemons (and the witness) started and not stopped since, by host.
+    daemons: Vec<(String, HostProcess)>,
     /// Whether the lab has the [`WITNESS`] host and the configuration a `[witness]`.
     witness: bool,
 }
@@ -125,7 +125,7 @@ impl LabCluster {
             lab,
             settings,
             tandem: std::env::current_exe().context("find the tandem binary")?,
-            agents: Vec::new(),
+            daemons: Vec::new(),
             witness,
         };
         cluster.write_config()?;
@@ -137,7 +137,7 @@ impl LabCluster {
         &self.tandem
     }
 
-    /// Changes the configuration with `edit` and writes it again (agents read it when
+    /// Changes the configuration with `edit` and writes it again (daemons read it when
     /// they start).
     pub fn configure(&mut self, edit: impl FnOnce(&mut LabConfig)) -> anyhow::Result<()> {
         edit(&mut self.settings);
@@ -160,11 +160,11 @@ impl LabCluster {
             .with_context(|| format!("tandem {} on {node}", args.join(" ")))
     }
 
-    /// Starts `tandem agent` in `node`, logging to `NODE.log` in the data directory.
+    /// Starts `tandem daemon` in `node`, logging to `NODE.log` in the data directory.
     /// The agent gets a process group of its own: a Ctrl-C at the terminal reaches
-    /// the command that built the lab (which tears it down), not the agents.
-    pub fn start_agent(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
-        self.start_daemon(node, "agent", extra)
+    /// the command that built the lab (which tears it down), not the daemons.
+    pub fn start_daemon(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.spawn_daemon(node, "daemon", extra)
     }
 
     /// Whether this cluster has a witness.
@@ -174,10 +174,10 @@ impl LabCluster {
 
     /// Starts `tandem witness` in the [`WITNESS`] host (logging to `quorum.log`).
     pub fn start_witness(&mut self) -> anyhow::Result<()> {
-        self.start_daemon(WITNESS, "witness", &[])
+        self.spawn_daemon(WITNESS, "witness", &[])
     }
 
-    fn start_daemon(&mut self, node: &str, daemon: &str, extra: &[&str]) -> anyhow::Result<()> {
+    fn spawn_daemon(&mut self, node: &str, daemon: &str, extra: &[&str]) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt as _;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -192,19 +192,19 @@ impl LabCluster {
             .stderr(log)
             .process_group(0);
         let agent = self.lab.spawn(node, cmd)?;
-        self.agents.push((node.to_string(), agent));
+        self.daemons.push((node.to_string(), agent));
         Ok(())
     }
 
     /// Stops `node`'s agent cleanly (SIGTERM: groups stopped, disks demoted, goodbye)
     /// and waits for it to exit.
-    pub fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
+    pub fn stop_daemon(&mut self, node: &str) -> anyhow::Result<()> {
         let i = self
-            .agents
+            .daemons
             .iter()
             .position(|(n, _)| n == node)
             .with_context(|| format!("no agent of {node} to stop"))?;
-        let (_, agent) = self.agents.remove(i);
+        let (_, agent) = self.daemons.remove(i);
         agent.signal(libc::SIGTERM);
         match agent.wait_timeout(Duration::from_secs(60))? {
             Some(status) if status.success() => Ok(()),
@@ -221,10 +221,10 @@ impl LabCluster {
     }
 
     /// Sends `signal` to `node`'s agent (SIGKILL: the daemon dies at once, holding
-    /// its resources); the agent stays listed until [`LabCluster::forget_agent`].
-    pub fn signal_agent(&self, node: &str, signal: i32) -> anyhow::Result<()> {
+    /// its resources); the daemon stays listed until [`LabCluster::forget_daemon`].
+    pub fn signal_daemon(&self, node: &str, signal: i32) -> anyhow::Result<()> {
         let (_, agent) = self
-            .agents
+            .daemons
             .iter()
             .find(|(n, _)| n == node)
             .with_context(|| format!("no agent of {node} is running"))?;
@@ -235,24 +235,24 @@ impl LabCluster {
     }
 
     /// Whether `node`'s agent was started and has not exited (a fence's power-off or a
-    /// kill ends it; [`LabCluster::start_agent`] starts a new one).
-    pub fn agent_running(&self, node: &str) -> bool {
-        self.agents
+    /// kill ends it; [`LabCluster::start_daemon`] starts a new one).
+    pub fn daemon_running(&self, node: &str) -> bool {
+        self.daemons
             .iter()
             .any(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
     }
 
     /// The PID (in the machine's namespace) of `node`'s running agent.
-    pub fn agent_pid(&self, node: &str) -> Option<u32> {
-        self.agents
+    pub fn daemon_pid(&self, node: &str) -> Option<u32> {
+        self.daemons
             .iter()
             .find(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
             .map(|(_, a)| a.pid())
     }
 
     /// Forgets `node`'s agent (its host lost power: the process is gone).
-    pub fn forget_agent(&mut self, node: &str) {
-        self.agents.retain(|(n, _)| n != node);
+    pub fn forget_daemon(&mut self, node: &str) {
+        self.daemons.retain(|(n, _)| n != node);
     }
 
     /// `tandem status --json` as seen in `node`, if its agent answers.

@@ -1,11 +1,11 @@
 //! `tandem`: the one binary. Every subcommand lives in its own module under `cmd/`; this
 //! file only parses the command line, sets up logging and dispatches.
 
-mod agent;
 mod bench;
 mod clock;
 mod cmd;
 mod control;
+mod daemon;
 mod demo;
 mod disks;
 mod labcluster;
@@ -60,8 +60,8 @@ enum Command {
     /// Build and drive lab clusters in network namespaces (root).
     Lab(cmd::lab::Args),
     /// Run this node's daemon in the foreground.
-    Agent(cmd::agent::Args),
-    /// The daemon's disk service (started by `tandem agent`, not by operators).
+    Daemon(cmd::daemon::Args),
+    /// The daemon's disk service (started by `tandem daemon`, not by operators).
     #[command(hide = true)]
     DiskService(disks::process::Args),
     /// Run the witness of a two-node cluster in the foreground (on a third machine).
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a).map(|()| ExitCode::SUCCESS),
         Command::Config(c) => cmd::config::run(&cli.global, c),
         Command::Lab(a) => cmd::lab::run(&cli.global, a),
-        Command::Agent(a) => cmd::agent::run(&cli.global, a),
+        Command::Daemon(a) => cmd::daemon::run(&cli.global, a),
         Command::DiskService(a) => disks::process::run(&cli.global, a),
         Command::Witness(a) => witness::run(&cli.global, a),
         Command::Status(a) => cmd::status::run(&cli.global, a),

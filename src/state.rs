@@ -1,4 +1,4 @@
-//! The agent's state directory: what must survive a restart of `tandem agent`.
+//! The daemon's state directory: what must survive a restart of `tandem daemon`.
 //!
 //! That is the incarnation number and whether maintenance mode is on. It is bumped and made durable *before* the
 //! agent sends its first heartbeat, so that a peer can always tell a restarted agent
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_node_restarted_within_a_second_on_a_fresh_state_directory_gets_a_new_incarnation() {
-        // The daemon's floor, as `tandem agent` passes it: a lost state directory and a
+        // The daemon's floor, as `tandem daemon` passes it: a lost state directory and a
         // restart within the same second must still give a newer incarnation.
         let (a, b) = (tempdir(), tempdir());
         let first = StateDir::open(&a)

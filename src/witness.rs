@@ -15,7 +15,7 @@ use tandem_membership::{Event, NodeId};
 use tandem_witness::{Arbiter, ArbiterCommand, Grant, WitnessMessage};
 
 use crate::Global;
-use crate::agent::{hostname, links, load_config, load_key, membership_config};
+use crate::daemon::{hostname, links, load_config, load_key, membership_config};
 use crate::state::StateDir;
 
 /// How long the loop sleeps at most between two looks at the arbiter's timers.
@@ -90,8 +90,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let driver = std::sync::Arc::new(
         Driver::start_with(core, specs, Options::default()).context("open the heartbeat links")?,
     );
-    crate::agent::systemd::spawn_watchdog(std::sync::Arc::clone(&driver))?;
-    crate::agent::systemd::notify("READY=1");
+    crate::daemon::systemd::spawn_watchdog(std::sync::Arc::clone(&driver))?;
+    crate::daemon::systemd::notify("READY=1");
     tracing::info!(witness = %local, incarnation, nodes = %format!("{first}, {second}"), "tandem witness starting");
 
     let mut arbiter = Arbiter::new([first, second], witness.tie_wait, stored);

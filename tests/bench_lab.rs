@@ -46,8 +46,8 @@ fn the_footprint_bench_measures_both_daemons() {
     }
     let out = bench(&["footprint", "--seconds", "2"]);
     for row in [
-        "| tandem agent, idle",
-        "| tandem agent + disk service, connected disk",
+        "| tandem daemon, idle",
+        "| tandem daemon + disk service, connected disk",
         "| keepalived",
     ] {
         assert!(out.contains(row), "no {row:?} row:\n{out}");

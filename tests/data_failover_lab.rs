@@ -1,6 +1,6 @@
 //! Groups with data, for real: r0 (protocol C) bootstrapped outside any group with ext4
 //! made on ox1's `/dev/tandem/r0`, then the group `data` — the disk, then the file
-//! system on its local device — run by two `tandem agent`s fenced through the lab's
+//! system on its local device — run by two `tandem daemon`s fenced through the lab's
 //! power switch. What a file system on a replicated disk must keep across a failover:
 //! an fsync'ed write across a power-off of the primary, and buffered writes across a
 //! clean move or stop, whose unmount (killing what holds the mount) comes before the
@@ -116,7 +116,7 @@ fn an_fsynced_write_on_ext4_survives_a_power_off_of_the_primary() {
     let data = pattern(1 << 20, 7);
     write_in(&c, "ox1", &format!("{mnt}/fsynced"), &data, true);
     c.lab.power_off("ox1").unwrap();
-    c.agents.retain(|(n, _)| n != "ox1");
+    c.daemons.retain(|(n, _)| n != "ox1");
 
     // ox2 fences ox1, promotes r0, mounts the file system (replaying its journal): the
     // file is there, whole.
@@ -195,7 +195,7 @@ fn a_clean_move_and_a_clean_stop_unmount_before_the_disk_demotes() {
         ox2_holder.try_wait().unwrap().is_none(),
         "the holder did not start"
     );
-    c.stop_agent("ox2");
+    c.stop_daemon("ox2");
     assert!(
         ox2_holder
             .wait_timeout(Duration::from_secs(10))

@@ -1,4 +1,4 @@
-//! Replicated disks for real: two `tandem agent`s in lab hosts ox1 and ox2 replicate a
+//! Replicated disks for real: two `tandem daemon`s in lab hosts ox1 and ox2 replicate a
 //! disk over the `hb` network (192.168.180.20 ↔ .10); clients write through the NBD
 //! socket each agent serves (`/run/tandem/disk/r0.nbd` inside the host), with qemu-io and
 //! nbdcopy. Backing files live in the lab's data directory, one per host.
@@ -210,8 +210,8 @@ fn rate_limited_resync_holds_the_rate() {
         |c| c.disk_mut("r0").rate_bytes_per_s = Some(4 * MIB),
         true,
     );
-    c.start_agent("ox1");
-    c.start_agent("ox2");
+    c.start_daemon("ox1");
+    c.start_daemon("ox2");
     for node in ["ox1", "ox2"] {
         c.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
     }
@@ -291,10 +291,10 @@ fn a_killed_primary_resyncs_its_activity_log() {
     });
     let moved_before = num(&c.status("ox2").unwrap()["resync_moved_bytes"]);
     c.lab.power_off("ox1").expect("power off ox1");
-    c.agents.retain(|(n, _)| n != "ox1");
+    c.daemons.retain(|(n, _)| n != "ox1");
     c.wait_state("ox2", "peer lost", 30, |s| s["connection"] != "connected");
     c.lab.power_on("ox1").expect("power on ox1");
-    c.start_agent("ox1");
+    c.start_daemon("ox1");
     let s = c.wait_state("ox1", "crashed primary resynced", 60, |s| {
         s["connection"] == "connected"
             && s["out_of_sync_bytes"] == 0
@@ -318,8 +318,8 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
         return;
     }
     let mut c = Cluster::new(24, as_is, false);
-    c.start_agent("ox1");
-    c.start_agent("ox2");
+    c.start_daemon("ox1");
+    c.start_daemon("ox2");
     for _ in 0..30 {
         for node in ["ox1", "ox2"] {
             let s = c.status(node).unwrap();
@@ -428,8 +428,8 @@ fn resync_groups_run_in_order() {
         true,
         Some(|c| c.disk_mut("r1").resync_group = 1),
     );
-    c.start_agent("ox1");
-    c.start_agent("ox2");
+    c.start_daemon("ox1");
+    c.start_daemon("ox2");
     for disk in ["r0", "r1"] {
         wait_for(
             Duration::from_secs(30),
@@ -500,12 +500,12 @@ fn startup_waits_for_the_peer_before_promotion() {
     // Both nodes go away; ox2 (consistent, not degraded: it never ran alone) restarts
     // alone and waits `wfc_timeout` for its peer before it may be promoted.
     c.lab.power_off("ox1").expect("power off ox1");
-    let i = c.agents.iter().position(|(n, _)| n == "ox2").unwrap();
-    let (_, p) = c.agents.remove(i);
+    let i = c.daemons.iter().position(|(n, _)| n == "ox2").unwrap();
+    let (_, p) = c.daemons.remove(i);
     assert!(p.signal(libc::SIGTERM));
     p.wait_timeout(Duration::from_secs(20)).unwrap();
-    c.agents.retain(|(n, _)| n != "ox1");
-    c.start_agent("ox2");
+    c.daemons.retain(|(n, _)| n != "ox1");
+    c.start_daemon("ox2");
     let s = c.status("ox2").unwrap();
     assert_eq!(s["waiting_for_peer"], true, "{s}");
     let refused = c.tandem_result("ox2", &["disk", "status", "r0"]).unwrap();
@@ -531,14 +531,14 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
 
     // A clean stop of agents without groups: the primary demotes itself, so the restart
     // below is no crashed primary and nothing is resynced (the `Limits` of docs/disk.md).
-    c.stop_agent("ox1");
-    c.stop_agent("ox2");
+    c.stop_daemon("ox1");
+    c.stop_daemon("ox2");
     assert!(c.log("ox1").contains("stopping: demoted to secondary"));
 
     // Both nodes get the group (home ox1) and restart: each disk runs its startup wait.
     c.configure(disk_group);
-    c.start_agent("ox1");
-    c.start_agent("ox2");
+    c.start_daemon("ox1");
+    c.start_daemon("ox2");
     // Nobody runs `tandem disk primary` from here on: the group promotes.
     c.wait_state("ox1", "primary through the group", 60, |s| {
         s["role"] == "primary"
@@ -559,7 +559,7 @@ fn a_group_with_a_disk_fails_over_on_a_clean_stop() {
     // ox1 stops cleanly: its group stops (disk demoted), ox2 takes the group over.
     #[allow(clippy::disallowed_methods)]
     let stopped_at = std::time::Instant::now();
-    c.stop_agent("ox1");
+    c.stop_daemon("ox1");
     let s = c.wait_state("ox2", "primary through the group", 60, |s| {
         s["role"] == "primary"
     });

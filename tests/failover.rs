@@ -27,7 +27,7 @@ fn group_moves_in_order_to_the_peer_when_its_home_stops_cleanly() {
     let ox2_mac = c.lab.mac("ox2", "lan").unwrap();
     assert_eq!(c.client_neighbour_mac().as_deref(), Some(ox1_mac.as_str()));
 
-    c.stop_agent("ox1");
+    c.stop_daemon("ox1");
     c.wait_owner("ox2", "ox2");
     assert_eq!(
         c.starts("ox2"),
@@ -72,7 +72,7 @@ fn standby_takeover_and_auto_failback() {
 
     // auto_failback on: when ox1 leaves, ox2 runs the group; when ox1 returns, the
     // group goes back to its home.
-    c.stop_agent("ox1");
+    c.stop_daemon("ox1");
     c.wait_owner("ox2", "ox2");
     // A standby with nobody to take the group is refused, with the reason and a
     // non-zero exit — not "requested" and then nothing.
@@ -81,7 +81,7 @@ fn standby_takeover_and_auto_failback() {
         refused.contains("exit status: 1") && refused.contains("no node would take over"),
         "{refused}"
     );
-    c.start_agent("ox1");
+    c.start_daemon("ox1");
     c.wait_owner("ox2", "ox1");
     assert!(c.client_connects());
 }

@@ -210,7 +210,7 @@ fn a_node_that_leaves_cleanly_is_not_fenced() {
     let mut c = Cluster::start(fenced_opts());
     c.wait_owner("ox2", "ox1");
     let sampler = Sampler::start(c.lab.name());
-    c.stop_agent("ox1");
+    c.stop_daemon("ox1");
     c.wait_owner("ox2", "ox2");
     assert!(
         c.lab.is_powered("ox1").unwrap(),

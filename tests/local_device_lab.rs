@@ -1,4 +1,4 @@
-//! The local block device of a primary (`/dev/tandem/r0`) for real: two `tandem agent`s
+//! The local block device of a primary (`/dev/tandem/r0`) for real: two `tandem daemon`s
 //! in lab hosts ox1 and ox2 replicate r0 (protocol C); ext4 is made, mounted and written
 //! inside ox1 on the device the agent publishes there.
 
@@ -43,8 +43,8 @@ fn exists_in(c: &Cluster, node: &str, path: &str) -> bool {
 }
 
 fn kill_agent(c: &mut Cluster, node: &str) {
-    let i = c.agents.iter().position(|(n, _)| n == node).unwrap();
-    let (_, p) = c.agents.remove(i);
+    let i = c.daemons.iter().position(|(n, _)| n == node).unwrap();
+    let (_, p) = c.daemons.remove(i);
     assert!(p.signal(libc::SIGKILL));
     assert!(p.wait_timeout(Duration::from_secs(10)).unwrap().is_some());
 }
@@ -75,8 +75,8 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     }
     let mut c = Cluster::new(64, as_is, true);
     let data_dir = c.lab.data_dir();
-    c.start_agent("ox1");
-    c.start_agent("ox2");
+    c.start_daemon("ox1");
+    c.start_daemon("ox2");
     for node in ["ox1", "ox2"] {
         c.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
         assert!(!exists_in(&c, node, DEV), "{node} has {DEV} as secondary");
@@ -171,18 +171,22 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     c.lab
         .run(
             "ox1",
-            &["sh", "-c", &format!("echo kept > {mnt_s}/note; sync -f {mnt_s}/note")],
+            &[
+                "sh",
+                "-c",
+                &format!("echo kept > {mnt_s}/note; sync -f {mnt_s}/note"),
+            ],
         )
         .unwrap();
     kill_agent(&mut c, "ox1");
     assert_eq!(lab_loops(&data_dir).len(), 1, "{:?}", lab_loops(&data_dir));
     let mi = mountinfo(&c, "ox1");
     assert!(mi.contains(LOCAL_FUSE) && mi.contains(mnt_s), "{mi}");
-    c.start_agent("ox1");
+    c.start_daemon("ox1");
     assert_clean_after_restart(&c, &mnt);
     assert!(
         c.log("ox1")
-            .contains("removed the local device a previous agent left")
+            .contains("removed the local device a previous disk service left")
     );
 
     // Back in sync (the crashed primary's activity log comes from ox2), primary again:
@@ -204,7 +208,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     // the loop device, bound to a file of a FUSE mount that no namespace shows any more;
     // the next agent finds it by its name.
     c.lab.power_off("ox1").unwrap();
-    c.agents.retain(|(n, _)| n != "ox1");
+    c.daemons.retain(|(n, _)| n != "ox1");
     wait_for(
         Duration::from_secs(10),
         "the dead namespace to let go",
@@ -214,7 +218,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
         },
     );
     c.lab.power_on("ox1").unwrap();
-    c.start_agent("ox1");
+    c.start_daemon("ox1");
     assert_clean_after_restart(&c, &mnt);
 
     // Primary and mounted when the lab goes: its teardown leaves no loop device.

@@ -1,4 +1,4 @@
-//! Membership for real: two `tandem agent`s in lab hosts, heartbeats over a unicast link
+//! Membership for real: two `tandem daemon`s in lab hosts, heartbeats over a unicast link
 //! on the dedicated `hb` network and a broadcast link on `lan`, and a serial link over a
 //! pty pair. Each test names the behaviour it proves.
 
@@ -55,12 +55,12 @@ impl Cluster {
         write_private(&dir.join("authkeys"), &format!("auth 1\n1 sha1 {SECRET}\n"));
         let cluster = Cluster { lab, config };
         for node in ["ox1", "ox2"] {
-            cluster.start_agent(node);
+            cluster.start_daemon(node);
         }
         cluster
     }
 
-    fn start_agent(&self, node: &str) {
+    fn start_daemon(&self, node: &str) {
         common::spawn_agent(&self.lab, &self.config, node);
     }
 

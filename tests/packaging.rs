@@ -44,7 +44,7 @@ fn the_units_pass_systemd_analyze_verify() {
 #[test]
 fn the_units_start_commands_that_exist_and_notify_systemd() {
     for (unit, command) in [
-        ("tandem.service", "agent"),
+        ("tandem.service", "daemon"),
         ("tandem-witness.service", "witness"),
     ] {
         let text = unit_text(unit);
@@ -83,7 +83,7 @@ fn man_pages_and_completions_cover_every_subcommand() {
     assert!(bash.status.success());
     let bash = String::from_utf8_lossy(&bash.stdout);
     for sub in [
-        "agent",
+        "daemon",
         "witness",
         "status",
         "standby",

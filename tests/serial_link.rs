@@ -168,7 +168,7 @@ baud = 115200
         let child = Command::new(TANDEM)
             .arg("-c")
             .arg(&config)
-            .args(["agent", "--node", node, "--state-dir"])
+            .args(["daemon", "--node", node, "--state-dir"])
             .arg(dir.join(format!("{node}.state")))
             .arg("--control-socket")
             .arg(&socket)

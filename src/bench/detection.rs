@@ -71,8 +71,8 @@ fn power_offs(timing: Timing, count: u32) -> anyhow::Result<Vec<i64>> {
     let mut cluster = LabCluster::up(timing)?;
     let mut detections = Vec::new();
     for round in 0..count {
-        cluster.start_agent("ox1", &[])?;
-        cluster.start_agent("ox2", &[])?;
+        cluster.start_daemon("ox1", &[])?;
+        cluster.start_daemon("ox2", &[])?;
         cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(10))?;
         cluster.wait_peer_state("ox2", "ox1", "up", Duration::from_secs(10))?;
         // Let a few heartbeats flow so the cut lands at a random phase of the keepalive.
@@ -141,8 +141,8 @@ fn false_deads_under_hog(
 ) -> anyhow::Result<(usize, usize)> {
     let mut cluster = LabCluster::up(timing)?;
     let extra: &[&str] = if realtime { &[] } else { &["--no-realtime"] };
-    cluster.start_agent("ox1", extra)?;
-    cluster.start_agent("ox2", extra)?;
+    cluster.start_daemon("ox1", extra)?;
+    cluster.start_daemon("ox2", extra)?;
     cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(10))?;
     cluster.wait_peer_state("ox2", "ox1", "up", Duration::from_secs(10))?;
     let workers = (2 * cores()).to_string();

@@ -240,8 +240,8 @@ fn tandem_trial(timing: Timing) -> anyhow::Result<Trial> {
     let _switch = cluster.lab.power_switch()?;
     let _responders = start_responders(&cluster.lab)?;
     cluster.start_witness()?;
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
+    cluster.start_daemon("ox1", &[])?;
+    cluster.start_daemon("ox2", &[])?;
     let prober = Prober::start(&cluster.lab)?;
     wait_serving(&prober)?;
     // The vote needs ox2 to hear the witness.
@@ -259,7 +259,7 @@ fn tandem_trial(timing: Timing) -> anyhow::Result<Trial> {
     cluster.lab.power_off("ox1")?;
     // An answer read before every process of ox1 was reaped may still be ox1's.
     let killed = crate::clock::wall_ms();
-    cluster.forget_agent("ox1");
+    cluster.forget_daemon("ox1");
     let first = match prober.wait_first_after(killed, Duration::from_secs(60)) {
         Ok(t) => t,
         Err(e) => {

@@ -51,15 +51,6 @@ fn sample_all(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
     })
 }
 
-/// A daemon and its children (its disk service, when it has disks).
-fn daemon_and_children(pid: u32) -> Vec<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
-        .collect()
-}
-
 /// (max RSS KiB, CPU % of one core) of `pids` together over `window`.
 fn watch(pids: &[u32], window: Duration) -> anyhow::Result<(u64, f64)> {
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -106,9 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cpu / baseline.1.max(0.01),
         );
     };
-    row("tandem agent, idle, one group", idle);
+    row("tandem daemon, idle, one group", idle);
     row(
-        "tandem agent + disk service, connected disk (primary)",
+        "tandem daemon + disk service, connected disk (primary)",
         disk,
     );
     row("keepalived (VRRP 0.1 s), baseline", baseline);
@@ -135,11 +126,11 @@ fn idle_daemon(timing: Timing, window: Duration) -> anyhow::Result<(u64, f64)> {
         vip.monitor_interval = Some(Duration::from_secs(10));
         c.group("g", "ox1", vec![vip]);
     })?;
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
+    cluster.start_daemon("ox1", &[])?;
+    cluster.start_daemon("ox2", &[])?;
     cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(3));
-    let pid = cluster.agent_pid("ox1").context("ox1's agent")?;
+    let pid = cluster.daemon_pid("ox1").context("ox1's agent")?;
     let figures = watch(&[pid], window)?;
     cluster.down()?;
     Ok(figures)
@@ -151,8 +142,8 @@ fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f6
     for node in ["ox1", "ox2"] {
         cluster.tandem(node, &["disk", "create-md", "r0", "--node", node])?;
     }
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
+    cluster.start_daemon("ox1", &[])?;
+    cluster.start_daemon("ox2", &[])?;
     for node in ["ox1", "ox2"] {
         let deadline = crate::clock::now() + Duration::from_secs(30);
         while setup::disk_status(&cluster, node).is_none() {
@@ -167,8 +158,8 @@ fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f6
     cluster.tandem("ox1", &["disk", "primary", "--force", "r0"])?;
     setup::wait_in_sync(&cluster, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(2));
-    let pid = cluster.agent_pid("ox1").context("ox1's agent")?;
-    let pids = daemon_and_children(pid);
+    let pid = cluster.daemon_pid("ox1").context("ox1's agent")?;
+    let pids = super::daemon_and_children(pid);
     if pids.len() != 2 {
         bail!("ox1's daemon should have one child, its disk service: {pids:?}");
     }
@@ -199,7 +190,7 @@ fn idle_keepalived(window: Duration) -> anyhow::Result<(u64, f64)> {
     std::thread::sleep(Duration::from_secs(3));
     // keepalived forks its VRRP child: the busy one is the child of the first.
     let parent = daemons[0].pid();
-    let pid = daemon_and_children(parent)
+    let pid = super::daemon_and_children(parent)
         .get(1)
         .copied()
         .unwrap_or(parent);

@@ -1,6 +1,6 @@
 //! `tandem bench replication`: what replication costs, through the product's own path.
 //!
-//! Two `tandem agent`s run in lab hosts ox1 and ox2 (whitepaper topology) with three
+//! Two `tandem daemon`s run in lab hosts ox1 and ox2 (whitepaper topology) with three
 //! disks on preallocated files of the same size: `r0` protocol C and `r1` protocol A,
 //! replicated over the `hb` network, and `r2` (protocol C) disconnected after its initial
 //! sync, so it writes locally only. ox1 is primary for all three; fio's `nbd` engine
@@ -106,7 +106,7 @@ struct Bench {
     lab: Lab,
     tandem: String,
     config: PathBuf,
-    agents: Vec<HostProcess>,
+    daemons: Vec<HostProcess>,
 }
 
 impl Bench {
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lab,
         tandem: std::env::current_exe()?.to_string_lossy().into_owned(),
         config: config_path,
-        agents: Vec::new(),
+        daemons: Vec::new(),
     };
     eprintln!("preallocating {} files of {} MiB", 8, args.run.size_mib);
     for node in ["ox1", "ox2"] {
@@ -171,10 +171,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut cmd = Command::new(&bench.tandem);
         cmd.arg("-c")
             .arg(&bench.config)
-            .args(["agent", "--node", node])
+            .args(["daemon", "--node", node])
             .stdout(log.try_clone()?)
             .stderr(log);
-        bench.agents.push(bench.lab.spawn(node, cmd)?);
+        bench.daemons.push(bench.lab.spawn(node, cmd)?);
     }
     for (_, disk, _, _) in DISKS {
         for node in ["ox1", "ox2"] {
@@ -219,15 +219,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     // CPU is counted on both nodes for replicated disks (the secondary's work is part of
     // every write), on ox1 alone for the local-only one.
-    let agent_pids: Vec<u32> = bench.agents.iter().map(|a| a.pid()).collect();
-    let primary_pid: Vec<u32> = agent_pids.first().copied().into_iter().collect();
+    // Each daemon with its disk service (a child process), where the disks run.
+    let daemon_pids: Vec<u32> = bench
+        .daemons
+        .iter()
+        .flat_map(|a| super::daemon_and_children(a.pid()))
+        .collect();
+    let primary_pid: Vec<u32> = bench
+        .daemons
+        .first()
+        .map(|a| super::daemon_and_children(a.pid()))
+        .unwrap_or_default();
     // The published device of r0 on ox1, as the machine reaches it.
     let tandem_dev = bench.lab.host_path("ox1", "/dev/tandem/r0")?;
     let target_uri = |t: &str| -> anyhow::Result<(String, Vec<u32>)> {
         Ok(match t {
             // Block devices: the "URI" is the device path.
             "loop-file" => (loop_file.0.clone(), Vec::new()),
-            "tandem-dev" => (tandem_dev.display().to_string(), agent_pids.clone()),
+            "tandem-dev" => (tandem_dev.display().to_string(), daemon_pids.clone()),
             "qemu-nbd" => (format!("nbd+unix:///bench?socket={qs}"), vec![qemu.pid()]),
             "nbdkit" => (format!("nbd+unix:///?socket={ks}"), vec![nbdkit.pid()]),
             _ => {
@@ -242,7 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let pids = if t == "tandem-local" {
                     primary_pid.clone()
                 } else {
-                    agent_pids.clone()
+                    daemon_pids.clone()
                 };
                 (
                     format!("nbd+unix:///{disk}?socket={}", sock.display()),
@@ -306,9 +315,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     print!("{link}");
     println!(
-        "server CPU/op: for tandem-C, tandem-A and tandem-dev both nodes' agents (primary and replica; FUSE included), for tandem-local ox1's agent; none for loop-file (kernel threads)"
+        "server CPU/op: for tandem-C, tandem-A and tandem-dev both nodes' daemons and disk services (primary and replica; FUSE included), for tandem-local ox1's; none for loop-file (kernel threads)"
     );
-    for a in &bench.agents {
+    for a in &bench.daemons {
         let _ = a.kill();
     }
     Ok(())

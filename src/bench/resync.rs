@@ -132,8 +132,8 @@ impl DiskLab {
         for node in ["ox1", "ox2"] {
             cluster.tandem(node, &["disk", "create-md", "r0", "--node", node])?;
         }
-        cluster.start_agent("ox1", &[])?;
-        cluster.start_agent("ox2", &[])?;
+        cluster.start_daemon("ox1", &[])?;
+        cluster.start_daemon("ox2", &[])?;
         for node in ["ox1", "ox2"] {
             wait(Duration::from_secs(30), &format!("{node}'s agent"), || {
                 Ok(setup::disk_status(&cluster, node).is_some())

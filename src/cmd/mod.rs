@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
-pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod disk;
 pub mod fence;
 pub mod generate;

@@ -129,7 +129,7 @@ fn failover(mut cluster: LabCluster, service: &Service) -> anyhow::Result<()> {
     // Every process of ox1 is dead and reaped from here on: an answer the client reads
     // later is the survivor's (one read before may still be ox1's, in flight).
     let dead_ms = crate::clock::wall_ms();
-    cluster.forget_agent("ox1");
+    cluster.forget_daemon("ox1");
     let service_resource = match service {
         Service::Records => "records",
         Service::Postgres(_) => "postgresql",

@@ -91,10 +91,10 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
         step(&format!("{node}: tandem disk create-md r0"));
         cluster.tandem(node, &["disk", "create-md", "r0", "--node", node])?;
     }
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
+    cluster.start_daemon("ox1", &[])?;
+    cluster.start_daemon("ox2", &[])?;
     for node in ["ox1", "ox2"] {
-        step(&format!("{node}: tandem agent; tandem disk up r0"));
+        step(&format!("{node}: tandem daemon; tandem disk up r0"));
         interrupt::wait(Duration::from_secs(30), "the agent to answer", || {
             Ok(disk_status(cluster, node).is_some())
         })?;
@@ -130,8 +130,8 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
     step("ox1: umount; tandem disk secondary r0");
     cluster.tandem("ox1", &["disk", "secondary", "r0"])?;
     wait_in_sync(cluster, Duration::from_secs(60))?;
-    cluster.stop_agent("ox2")?;
-    cluster.stop_agent("ox1")?;
+    cluster.stop_daemon("ox2")?;
+    cluster.stop_daemon("ox1")?;
 
     say(&format!(
         "the cluster with group {GROUP}: r0 → ext4 on {DEVICE} at {mount} → {} → {VIP}",
@@ -145,8 +145,8 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
         say("the witness: tandem witness on quorum, a third machine on both networks");
         cluster.start_witness()?;
     }
-    cluster.start_agent("ox1", &[])?;
-    cluster.start_agent("ox2", &[])?;
+    cluster.start_daemon("ox1", &[])?;
+    cluster.start_daemon("ox2", &[])?;
     interrupt::wait(Duration::from_secs(60), "the group on ox1", || {
         Ok(owner(cluster, "ox1")?.as_deref() == Some("ox1"))
     })?;

@@ -14,7 +14,7 @@
 //! replication path like any write: whole sectors from a static zero buffer in 1 MiB
 //! pieces, and a partial sector at either edge by read-modify-write of that one sector
 //! ([`zero_plan`]) — never a buffer as long as the request (up to 4 GiB), which could
-//! take down the agent and the heartbeat thread with it.
+//! take down the disk service and the heartbeat thread with it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

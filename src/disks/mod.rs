@@ -4,15 +4,15 @@
 //! Unix socket (default `/run/tandem/disk/NAME.nbd`, export name `NAME`).
 //!
 //! ```text
-//!   control socket thread ──block_on──▶ ┌─────────── tokio runtime "disk-*" ───────────┐
-//!   (tandem disk …, tandem status)      │ per disk: node (core + link) ◀── NBD server  │
+//!   daemon call thread ─────block_on──▶ ┌─────────── tokio runtime "disk-*" ───────────┐
+//!   (process.rs, one per call)          │ per disk: node (core + link) ◀── NBD server  │
 //!                                       │ monitor task: roles, resync groups, startup  │
 //!                                       └──────────────────────────────────────────────┘
 //! ```
 //!
-//! The rest of the agent is threads; this module owns the only tokio runtime (two worker
-//! threads by default, `TANDEM_DISK_WORKERS=N` to change) and never blocks the heartbeat or resource threads: control requests are
-//! answered by `block_on` from the control socket's own connection thread.
+//! This process owns one tokio runtime (one worker thread by default,
+//! `TANDEM_DISK_WORKERS=N` to change); the daemon's calls are answered by `block_on` from
+//! each call's own connection thread (process.rs).
 //!
 //! The replication link's secret is derived from the cluster key file, per disk:
 //! `HMAC-SHA256(key = the key file's secret, message = "tandem disk link v1: " ‖ NAME)`.
@@ -47,7 +47,7 @@ pub use device::ReplicatedDevice;
 /// Worker threads of the disk runtime (`TANDEM_DISK_WORKERS` overrides). One: a disk's
 /// event loop, its NBD connections and its link then hand work to each other without
 /// waking another thread — paired runs of 4 KiB QD16 protocol C writes used 18 instead
-/// of 21–25 µs of agent CPU per write (docs/benchmarks.md). Each disk's loop is one task
+/// of 21–25 µs of daemon CPU per write (docs/benchmarks.md). Each disk's loop is one task
 /// either way; fsyncs and large writes run on tokio's blocking pool. Hosts with several
 /// busy disks and cores to spare may want more.
 const DEFAULT_WORKERS: usize = 1;
@@ -169,7 +169,7 @@ fn startup_over(link: &LinkState) -> bool {
     link.handshakes > 0 || link.connection == ConnState::StandAlone
 }
 
-/// The service: one per agent.
+/// The service: one per disk-service process.
 struct Service {
     runtime: tokio::runtime::Runtime,
     local: String,
@@ -213,7 +213,7 @@ fn ask_fence_peer(name: &str) {
     match FENCE_PEER.get() {
         Some(hook) => hook(name),
         None => {
-            tracing::warn!(disk = %name, "the peer must be outdated or fenced, but nothing in this agent can do it yet")
+            tracing::warn!(disk = %name, "the peer must be outdated or fenced, but no daemon is attached to ask the cluster yet")
         }
     }
 }
@@ -246,7 +246,7 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
 }
 
 /// Starts the disk service: brings up every configured disk that has a host entry for
-/// `local` (errors are logged and shown in status; they never stop the agent), and the
+/// `local` (errors are logged and shown in status; they never stop the disk service), and the
 /// monitor that keeps roles and resync groups current. Call once.
 pub fn start(config: &Config, local: &str) -> anyhow::Result<()> {
     let mine: Vec<Disk> = config
@@ -383,10 +383,10 @@ pub fn request(name: &str, command: DiskCommand, caller: Caller) -> Response {
     }
 }
 
-/// A clean stop of the agent (SIGTERM, SIGINT): demotes every primary disk of this node
+/// A clean stop of the disk service (SIGTERM, SIGINT): demotes every primary disk of this node
 /// except those in `managed` (a resource group's disks: the resource manager demotes
 /// them in order, after whatever sits on top of them has stopped), so that the next
-/// start is not taken for a crashed primary. Errors are logged; the agent exits anyway.
+/// start is not taken for a crashed primary. Errors are logged; the disk service exits anyway.
 pub fn stop(managed: &[String]) {
     let Some(service) = SERVICE.get() else {
         return;
@@ -408,7 +408,7 @@ pub fn stop(managed: &[String]) {
             // Demoting would not save it either: the exit takes the FUSE daemon, and
             // with it the device, away. Left primary, the next start resyncs the
             // activity log as after a crash.
-            tracing::error!(disk = %name, "stopping: {err:#}; left primary, and whatever uses the device loses it when the agent exits");
+            tracing::error!(disk = %name, "stopping: {err:#}; left primary, and whatever uses the device loses it when the disk service exits");
             continue;
         }
         match service.demote_durably(&r, r.demote_patience) {
@@ -506,7 +506,7 @@ pub fn outdate_local(name: &str) -> Result<(), String> {
 
 /// Before a clean stop, after every demote: each secondary disk whose up-to-date peer
 /// goes on outdates itself and says so on the link (so the peer takes over without
-/// fencing this node). Errors are logged; the agent stops anyway.
+/// fencing this node). Errors are logged; the disk service stops anyway.
 pub fn leave() {
     let Some(service) = SERVICE.get() else {
         return;
@@ -869,7 +869,7 @@ impl Service {
             });
             let listener = match async {
                 server.add_export(&name, &format!("tandem disk {name}"), device.clone())?;
-                // Also tightens a directory an older agent left more open.
+                // Also tightens a directory an older daemon left more open.
                 tandem_nbd::secure_socket_dir(Path::new(tandem_nbd::DEFAULT_SOCKET_DIR), &access)?;
                 tandem_nbd::bind_unix(&socket, &access).await
             }
@@ -954,7 +954,7 @@ impl Service {
     }
 
     /// Demotes, retrying 100 ms apart for `patience` while the core is busy. The node
-    /// answers once the superblock on disk says "not primary": an agent that exits
+    /// answers once the superblock on disk says "not primary": a disk service that exits
     /// right after (a clean stop) must not leave a superblock that reads as a crashed
     /// primary at the next start, or its activity log would be resynced.
     fn demote_durably(&self, r: &Running, patience: Duration) -> anyhow::Result<()> {
@@ -1141,9 +1141,9 @@ fn unix_ms_json(stamp: &AtomicU64) -> Value {
     }
 }
 
-/// Before anything else at agent start: removes what a previous agent of this node
+/// Before anything else at the start of a disk service: removes what a previous one of this node
 /// left of its disks' local devices — stale FUSE mounts, file systems mounted on its
-/// loop devices, the loop devices themselves, the links (an agent killed while primary
+/// loop devices, the loop devices themselves, the links (a disk service killed while primary
 /// leaves them all; its FUSE daemon died with it). Errors are logged.
 pub fn clean_stale(config: &Config, local: &str) {
     for disk in &config.disks {
@@ -1160,10 +1160,10 @@ pub fn clean_stale(config: &Config, local: &str) {
                 detached = ?report.detached,
                 deferred = ?report.deferred,
                 link_removed = ?report.link_removed,
-                "removed the local device a previous agent left"
+                "removed the local device a previous disk service left"
             ),
             Err(err) => {
-                tracing::error!(disk = %disk.name, "cleaning up the local device a previous agent left: {err}")
+                tracing::error!(disk = %disk.name, "cleaning up the local device a previous disk service left: {err}")
             }
         }
     }

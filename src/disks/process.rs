@@ -1,9 +1,9 @@
 //! `tandem disk-service`: the disk service in a process of its own, started by the
-//! daemon (`tandem agent`) and talking to it over a Unix socket beside the control
+//! daemon (`tandem daemon`) and talking to it over a Unix socket beside the control
 //! socket (`CONTROL_SOCKET.disks`, root only).
 //!
 //! ```text
-//!   tandem agent ──attach (held open)──▶ ┌──── tandem disk-service ────┐
+//!  tandem daemon ──attach (held open)──▶ ┌──── tandem disk-service ────┐
 //!        ▲      ◀── fence_peer events ── │ disks (cores, links, NBD,   │
 //!        └──── one call per connection ─▶│ /dev/tandem) — see mod.rs   │
 //!                                        └─────────────────────────────┘
@@ -50,11 +50,11 @@ static ATTACHED: Mutex<Option<UnixStream>> = Mutex::new(None);
 /// Runs the disk service until its daemon goes away without detaching.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     ignore_stop_signals();
-    let Some(config) = crate::agent::load_config(&global.config) else {
+    let Some(config) = crate::daemon::load_config(&global.config) else {
         return Ok(ExitCode::from(1));
     };
     if !args.no_realtime {
-        crate::agent::lock_memory();
+        crate::daemon::lock_memory();
     }
     let listener = crate::control::bind(&args.socket)?;
     super::start(&config, &args.node)?;

@@ -552,9 +552,9 @@ fn failback_off(dc: &mut DataCluster) -> anyhow::Result<String> {
 
 fn restart_quickly(dc: &mut DataCluster) -> anyhow::Result<String> {
     let a = dc.active(RECOVERY_TIMEOUT)?;
-    dc.cluster.stop_agent(&a)?;
+    dc.cluster.stop_daemon(&a)?;
     let stopped = crate::clock::now();
-    dc.cluster.start_agent(&a, &[])?;
+    dc.cluster.start_daemon(&a, &[])?;
     let gap = stopped.elapsed();
     if gap > Duration::from_secs(1) {
         bail!("the restart took {gap:?}, more than 1 s");
@@ -600,11 +600,11 @@ fn stop_start(
     let a = dc.active(RECOVERY_TIMEOUT)?;
     let p = peer(&a);
     if stop_at_once {
-        dc.cluster.signal_agent(p, libc::SIGTERM)?;
-        dc.cluster.signal_agent(&a, libc::SIGTERM)?;
+        dc.cluster.signal_daemon(p, libc::SIGTERM)?;
+        dc.cluster.signal_daemon(&a, libc::SIGTERM)?;
     }
-    dc.cluster.stop_agent(p)?;
-    dc.cluster.stop_agent(&a)?;
+    dc.cluster.stop_daemon(p)?;
+    dc.cluster.stop_daemon(&a)?;
     for (n, h) in NODES.iter().zip(dc.sampler.now()) {
         if h.any() {
             bail!("{n} still serves with its agent stopped: {h:?}");
@@ -612,14 +612,14 @@ fn stop_start(
     }
     let t0 = wall_ms();
     let home = "ox1";
-    dc.cluster.start_agent(home, &[])?;
+    dc.cluster.start_daemon(home, &[])?;
     if !start_at_once {
         interrupt::wait(Duration::from_secs(10), "the home node's agent", || {
             Ok(dc.cluster.status(home).is_some())
         })?;
         interrupt::sleep(TIMING.deadtime / 2)?;
     }
-    dc.cluster.start_agent(peer(home), &[])?;
+    dc.cluster.start_daemon(peer(home), &[])?;
     let owner = dc.wait_healthy(RECOVERY_TIMEOUT)?;
     for n in NODES {
         if fences(dc, n, peer(n), t0) > 0 {
@@ -661,8 +661,8 @@ fn simul_start(dc: &mut DataCluster) -> anyhow::Result<String> {
 fn restart_one_by_one(dc: &mut DataCluster) -> anyhow::Result<String> {
     let mut seen = Vec::new();
     for n in NODES {
-        dc.cluster.stop_agent(n)?;
-        dc.cluster.start_agent(n, &[])?;
+        dc.cluster.stop_daemon(n)?;
+        dc.cluster.start_daemon(n, &[])?;
         let owner = dc.wait_healthy(RECOVERY_TIMEOUT)?;
         seen.push(format!("{n} restarted: group on {owner}"));
     }

@@ -129,7 +129,7 @@ impl DataCluster {
         interrupt::wait(timeout, &format!("group {GROUP} started"), || {
             let seen: Vec<Option<String>> = NODES
                 .iter()
-                .filter(|n| self.cluster.agent_running(n))
+                .filter(|n| self.cluster.daemon_running(n))
                 .map(|n| self.owner_seen_by(n))
                 .collect::<anyhow::Result<_>>()?;
             found = match seen.as_slice() {
@@ -151,7 +151,7 @@ impl DataCluster {
             || {
                 last = NODES
                     .iter()
-                    .filter(|n| self.cluster.agent_running(n))
+                    .filter(|n| self.cluster.daemon_running(n))
                     .map(|n| self.owner_seen_by(n))
                     .collect::<anyhow::Result<_>>()?;
                 Ok(!last.is_empty() && last.iter().all(|o| o.as_deref() == Some(owner)))
@@ -184,7 +184,7 @@ impl DataCluster {
             .lab
             .power_off(node)
             .with_context(|| format!("power off {node}"))?;
-        self.cluster.forget_agent(node);
+        self.cluster.forget_daemon(node);
         Ok(())
     }
 
@@ -194,13 +194,13 @@ impl DataCluster {
             .lab
             .power_on(node)
             .with_context(|| format!("power on {node}"))?;
-        self.cluster.forget_agent(node);
-        self.cluster.start_agent(node, &[])
+        self.cluster.forget_daemon(node);
+        self.cluster.start_daemon(node, &[])
     }
 
     /// SIGKILLs `node`'s agent (its resources keep running, unmanaged).
     pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
-        self.cluster.signal_agent(node, libc::SIGKILL)
+        self.cluster.signal_daemon(node, libc::SIGKILL)
     }
 
     /// Freezes every process of `node`.
@@ -245,13 +245,13 @@ impl DataCluster {
     /// to be whole. The owner. Operator requests end with the restarts.
     pub fn reconfigure(&mut self, edit: impl FnOnce(&mut LabConfig)) -> anyhow::Result<String> {
         let a = self.active(RECOVERY_TIMEOUT)?;
-        self.cluster.stop_agent(peer(&a))?;
-        self.cluster.stop_agent(&a)?;
+        self.cluster.stop_daemon(peer(&a))?;
+        self.cluster.stop_daemon(&a)?;
         self.cluster
             .configure(edit)
             .context("change the configuration")?;
         for n in NODES {
-            self.cluster.start_agent(n, &[])?;
+            self.cluster.start_daemon(n, &[])?;
         }
         self.wait_healthy(RECOVERY_TIMEOUT)
             .context("the cluster whole with the new configuration")
@@ -268,9 +268,9 @@ impl DataCluster {
             self.thaw(node)?;
             if !self.cluster.lab.is_powered(node)? {
                 self.boot(node)?;
-            } else if !self.cluster.agent_running(node) {
-                self.cluster.forget_agent(node);
-                self.cluster.start_agent(node, &[])?;
+            } else if !self.cluster.daemon_running(node) {
+                self.cluster.forget_daemon(node);
+                self.cluster.start_daemon(node, &[])?;
             }
         }
         Ok(())
@@ -290,7 +290,7 @@ impl DataCluster {
                 // powered it on or started its agent (chaos seed 2026, round 25: "its
                 // init is gone; power-cycle it"): power-cycle it, as the error says.
                 for node in NODES {
-                    if self.cluster.lab.is_powered(node)? && !self.cluster.agent_running(node) {
+                    if self.cluster.lab.is_powered(node)? && !self.cluster.daemon_running(node) {
                         let _ = self.power_off(node);
                     }
                 }

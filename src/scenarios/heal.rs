@@ -183,11 +183,11 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
         }))
     })?;
     let t0 = wall_ms();
-    dc.cluster.stop_agent(peer(&a))?;
-    dc.cluster.stop_agent(&a)?;
+    dc.cluster.stop_daemon(peer(&a))?;
+    dc.cluster.stop_daemon(&a)?;
     let during = dc.service_pids(&a);
     for n in NODES {
-        dc.cluster.start_agent(n, &[])?;
+        dc.cluster.start_daemon(n, &[])?;
     }
     let mut kept = Vec::new();
     interrupt::wait(Duration::from_secs(30), "both agents to answer", || {

@@ -124,7 +124,7 @@ pub struct Cluster {
     pub lab: Lab,
     /// The configuration file.
     pub config: PathBuf,
-    agents: Vec<(String, HostProcess)>,
+    daemons: Vec<(String, HostProcess)>,
     witness: Option<HostProcess>,
 }
 
@@ -169,15 +169,15 @@ impl Cluster {
         let mut c = Cluster {
             lab,
             config,
-            agents: Vec::new(),
+            daemons: Vec::new(),
             witness: None,
             _switch: switch,
         };
         if opts.witness {
             c.start_witness();
         }
-        c.start_agent("ox1");
-        c.start_agent("ox2");
+        c.start_daemon("ox1");
+        c.start_daemon("ox2");
         c
     }
 
@@ -198,21 +198,21 @@ impl Cluster {
         let _ = p.wait_timeout(Duration::from_secs(10));
     }
 
-    pub fn start_agent(&mut self, node: &str) {
+    pub fn start_daemon(&mut self, node: &str) {
         let p = super::spawn_agent(&self.lab, &self.config, node);
-        self.agents.push((node.to_string(), p));
+        self.daemons.push((node.to_string(), p));
     }
 
     /// Starts a node's agent again after its host was powered off and on.
     pub fn restart_agent(&mut self, node: &str) {
-        self.agents.retain(|(n, _)| n != node);
-        self.start_agent(node);
+        self.daemons.retain(|(n, _)| n != node);
+        self.start_daemon(node);
     }
 
     /// Stops a node's agent cleanly (SIGTERM) and waits for it to exit.
-    pub fn stop_agent(&mut self, node: &str) {
-        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
-        let (_, p) = self.agents.remove(i);
+    pub fn stop_daemon(&mut self, node: &str) {
+        let i = self.daemons.iter().position(|(n, _)| n == node).unwrap();
+        let (_, p) = self.daemons.remove(i);
         assert!(p.signal(libc::SIGTERM), "{node}'s agent was not running");
         let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
         assert!(

@@ -1,4 +1,4 @@
-//! The replicated-disk lab: two `tandem agent`s in lab hosts ox1 and ox2 replicate disks
+//! The replicated-disk lab: two `tandem daemon`s in lab hosts ox1 and ox2 replicate disks
 //! over the `hb` network (192.168.180.20 ↔ .10); clients write through the NBD socket each
 //! agent serves (`/run/tandem/disk/r0.nbd` inside the host), with qemu-io and nbdcopy.
 //! Backing files live in the lab's data directory, one per host.
@@ -44,7 +44,7 @@ pub struct Cluster {
     pub configs: [PathBuf; 2],
     /// What the configuration files hold, by node.
     settings: [LabConfig; 2],
-    pub agents: Vec<(String, HostProcess)>,
+    pub daemons: Vec<(String, HostProcess)>,
     pub size_bytes: u64,
 }
 
@@ -94,7 +94,7 @@ impl Cluster {
             lab,
             configs: [dir.join("ox1.toml"), dir.join("ox2.toml")],
             settings,
-            agents: Vec::new(),
+            daemons: Vec::new(),
             size_bytes,
         };
         c.write_configs();
@@ -108,9 +108,9 @@ impl Cluster {
         c
     }
 
-    pub fn start_agent(&mut self, node: &str) {
+    pub fn start_daemon(&mut self, node: &str) {
         let p = super::spawn_agent(&self.lab, &self.configs[idx(node)], node);
-        self.agents.push((node.to_string(), p));
+        self.daemons.push((node.to_string(), p));
         wait_for(Duration::from_secs(20), "the disk to come up", || {
             self.status(node).filter(|s| s["up"] == true)
         });
@@ -174,8 +174,8 @@ impl Cluster {
 
     /// Both agents up and connected, ox1 primary after the initial full sync.
     pub fn start_primary_ox1(&mut self) {
-        self.start_agent("ox1");
-        self.start_agent("ox2");
+        self.start_daemon("ox1");
+        self.start_daemon("ox2");
         for node in ["ox1", "ox2"] {
             self.wait_state(node, "connected", 30, |s| s["connection"] == "connected");
         }
@@ -301,18 +301,18 @@ impl Cluster {
         // Fresh disks: bootstrapped outside any group as the whitepaper's §4.3 does it (the
         // operator forces one side, once, and waits for the full sync); then the
         // cluster restarts with the group, which promotes the disk by itself.
-        c.start_agent("ox1");
-        c.start_agent("ox2");
+        c.start_daemon("ox1");
+        c.start_daemon("ox2");
         c.wait_state("ox1", "connected", 30, |s| s["connection"] == "connected");
         c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
         c.wait_in_sync(60);
         bootstrap(&c);
         c.tandem("ox1", &["disk", "secondary", "r0"]);
-        c.stop_agent("ox2");
-        c.stop_agent("ox1");
+        c.stop_daemon("ox2");
+        c.stop_daemon("ox1");
         c.configure(group);
-        c.start_agent("ox1");
-        c.start_agent("ox2");
+        c.start_daemon("ox1");
+        c.start_daemon("ox2");
         c.wait_state("ox1", "the group running", 60, |s| s["role"] == "primary");
         c.wait_in_sync(60);
         c.wait_group_on("ox1", "ox1", 30);
@@ -335,9 +335,9 @@ impl Cluster {
     }
 
     /// SIGTERM to `node`'s agent; waits for it to exit.
-    pub fn stop_agent(&mut self, node: &str) {
-        let i = self.agents.iter().position(|(n, _)| n == node).unwrap();
-        let (_, p) = self.agents.remove(i);
+    pub fn stop_daemon(&mut self, node: &str) {
+        let i = self.daemons.iter().position(|(n, _)| n == node).unwrap();
+        let (_, p) = self.daemons.remove(i);
         assert!(p.signal(libc::SIGTERM));
         let status = p.wait_timeout(Duration::from_secs(30)).unwrap();
         assert!(status.is_some(), "{node}'s agent did not stop within 30 s");

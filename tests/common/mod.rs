@@ -47,7 +47,7 @@ pub fn write_private(path: &Path, text: &str) {
 /// Starts `tandem -c CONFIG agent --node NODE` in lab host `node`, its output appended
 /// to `NODE.log` in the lab's data directory.
 pub fn spawn_agent(lab: &tandem_lab::Lab, config: &Path, node: &str) -> tandem_lab::HostProcess {
-    spawn_tandem(lab, config, node, "agent")
+    spawn_tandem(lab, config, node, "daemon")
 }
 
 /// Starts `tandem -c CONFIG DAEMON --node NODE` (`agent` or `witness`) in lab host

@@ -2,7 +2,7 @@
 //! sans-IO core (events and `now` in; transmissions, timeouts and events out).
 //!
 //! ```text
-//!              driver (tandem agent, or tandem-sim)
+//!              driver (tandem daemon, or tandem-sim)
 //!   datagrams ──handle_packet(link, bytes, now)──┐      ┌── poll_transmit() → Transmit{link, to, bytes}
 //!   timer     ──handle_timeout(now)──────────────┤      ├── poll_timeout()  → next deadline
 //!   app       ──send_message(to, payload, now)───┼─► Membership ─┼── poll_event()    → Event

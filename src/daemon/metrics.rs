@@ -6,7 +6,7 @@
 //! ```
 //!
 //! A pure function of the same document `/status` serves, so the two never disagree and
-//! the renderer is tested without an agent. Disk metrics keep the names and labels of
+//! the renderer is tested without a daemon. Disk metrics keep the names and labels of
 //! drbd-reactor's Prometheus plugin where the meaning is the same (`drbd_resource_role`,
 //! `drbd_connection_state`, `drbd_device_state`, `drbd_peerdevice_outofsync_bytes` …,
 //! states as a label set to 1 on the current one), so its dashboards work; everything
@@ -236,7 +236,7 @@ pub fn render(status: &Value, peer: Option<&Peer>) -> String {
     let node = text(&status["node"]);
     e.gauge(
         "tandem_agent_incarnation",
-        "This agent's incarnation (bumped at every start)",
+        "This daemon's incarnation (bumped at every start)",
         &[("node", node)],
         num(&status["incarnation"]).unwrap_or(0.0),
     );

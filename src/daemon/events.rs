@@ -88,7 +88,7 @@ pub fn spawn(
             tracing::error!(
                 "the heartbeat thread stopped ({why}): exiting with status {EXIT_HEARTBEAT_THREAD_ENDED} rather than running on unheard"
             );
-            eprintln!("tandem agent: the heartbeat thread stopped ({why}); exiting");
+            eprintln!("tandem daemon: the heartbeat thread stopped ({why}); exiting");
             std::process::exit(EXIT_HEARTBEAT_THREAD_ENDED);
         })
         .context("start the event thread")?;

@@ -1,4 +1,4 @@
-//! `tandem agent`: the daemon of one node.
+//! `tandem daemon`: the daemon of one node.
 //!
 //! ```text
 //!   config ──► membership driver thread (poll: link sockets, timers; SCHED_RR)
@@ -49,7 +49,7 @@ const EVENT_HISTORY_LEN: usize = 256;
 /// below the kernel's watchdogs (99).
 const REALTIME_PRIORITY: i32 = 50;
 
-/// `tandem agent` arguments.
+/// `tandem daemon` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// This node's name in the configuration (default: the host name).
@@ -91,7 +91,7 @@ pub struct EventRecord {
     pub detail: String,
 }
 
-/// Runs the agent in the foreground until it is killed.
+/// Runs the daemon in the foreground until it is killed.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let stop_signals = block_stop_signals();
     let Some(config) = load_config(&global.config) else {
@@ -137,7 +137,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         incarnation,
         links = config.links.len(),
         control_socket = %socket_path.display(),
-        "tandem agent starting"
+        "tandem daemon starting"
     );
     let names = events::Names::new(&membership);
     let core = tandem_membership::Membership::new(membership, incarnation, crate::clock::now())

@@ -1,0 +1,3 @@
+//! `tandem daemon`: runs this node's daemon in the foreground.
+
+pub use crate::daemon::{Args, run};
