@@ -44,7 +44,7 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// Starts `tandem -c CONFIG agent --node NODE` in lab host `node`, its output appended
+/// Starts `tandem -c CONFIG daemon --node NODE` in lab host `node`, its output appended
 /// to `NODE.log` in the lab's data directory.
 pub fn spawn_agent(lab: &tandem_lab::Lab, config: &Path, node: &str) -> tandem_lab::HostProcess {
     spawn_tandem(lab, config, node, "daemon")
