@@ -70,13 +70,47 @@ impl LabCluster {
         Self::build(timing, fencing, true, tables)
     }
 
+    /// As [`LabCluster::up_with_lab`], ox1 and ox2 each with `private_dirs` of their
+    /// own besides tandem's (`/run` first: a fresh tmpfs at every power-on).
+    pub fn up_with_private_dirs(
+        timing: Timing,
+        fencing: &str,
+        private_dirs: &[&str],
+        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
+        let mut topology = Topology::whitepaper();
+        for h in topology
+            .hosts
+            .iter_mut()
+            .filter(|h| h.name.starts_with("ox"))
+        {
+            let mut dirs: Vec<String> = private_dirs.iter().map(|d| d.to_string()).collect();
+            dirs.sort_by_key(|d| d != "/run");
+            dirs.splice(
+                1.min(dirs.len())..1.min(dirs.len()),
+                h.private_dirs.drain(..),
+            );
+            h.private_dirs = dirs;
+        }
+        Self::build_from(topology, timing, fencing, false, tables)
+    }
+
     fn build(
         timing: Timing,
         fencing: &str,
         witness: bool,
         tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
     ) -> anyhow::Result<Self> {
-        let mut topology = Topology::whitepaper();
+        Self::build_from(Topology::whitepaper(), timing, fencing, witness, tables)
+    }
+
+    fn build_from(
+        mut topology: Topology,
+        timing: Timing,
+        fencing: &str,
+        witness: bool,
+        tables: impl FnOnce(&Lab) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Self> {
         let (witness_peer, witness_table) = if witness {
             topology.hosts.push(tandem_lab::HostSpec::new(WITNESS));
             for net in &mut topology.nets {

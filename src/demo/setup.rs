@@ -258,6 +258,6 @@ pub fn say(what: &str) {
 }
 
 /// A bootstrap step, as an operator would type it.
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("        {what}");
 }
