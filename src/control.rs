@@ -118,7 +118,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             bail!(
-                "{}: another agent is already listening on this control socket",
+                "{}: another daemon is already listening on this control socket",
                 path.display()
             );
         }

@@ -83,7 +83,42 @@ impl LabCluster {
         Self::build(timing, fencing, true, edit)
     }
 
+    /// As [`LabCluster::up_with_lab`], ox1 and ox2 each with `private_dirs` of their
+    /// own besides tandem's (`/run` first: a fresh tmpfs at every power-on).
+    pub fn up_with_private_dirs(
+        timing: Timing,
+        fencing: &str,
+        private_dirs: &[&str],
+        edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let mut topology = Topology::whitepaper();
+        for h in topology
+            .hosts
+            .iter_mut()
+            .filter(|h| h.name.starts_with("ox"))
+        {
+            let mut dirs: Vec<String> = private_dirs.iter().map(|d| d.to_string()).collect();
+            dirs.sort_by_key(|d| d != "/run");
+            dirs.splice(
+                1.min(dirs.len())..1.min(dirs.len()),
+                h.private_dirs.drain(..),
+            );
+            h.private_dirs = dirs;
+        }
+        Self::build_from(topology, timing, fencing, false, edit)
+    }
+
     fn build(
+        timing: Timing,
+        fencing: &str,
+        witness: bool,
+        edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        Self::build_from(Topology::whitepaper(), timing, fencing, witness, edit)
+    }
+
+    fn build_from(
+        mut topology: Topology,
         timing: Timing,
         fencing: &str,
         witness: bool,
@@ -94,7 +129,6 @@ impl LabCluster {
             "required" => FencingPolicy::Required,
             other => bail!("fencing {other:?}: a lab cluster takes none or required"),
         };
-        let mut topology = Topology::whitepaper();
         if witness {
             crate::labconfig::add_witness_host(&mut topology);
         }
@@ -161,7 +195,7 @@ impl LabCluster {
     }
 
     /// Starts `tandem daemon` in `node`, logging to `NODE.log` in the data directory.
-    /// The agent gets a process group of its own: a Ctrl-C at the terminal reaches
+    /// The daemon gets a process group of its own: a Ctrl-C at the terminal reaches
     /// the command that built the lab (which tears it down), not the daemons.
     pub fn start_daemon(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
         self.spawn_daemon(node, "daemon", extra)
@@ -191,25 +225,25 @@ impl LabCluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        let agent = self.lab.spawn(node, cmd)?;
-        self.daemons.push((node.to_string(), agent));
+        let daemon = self.lab.spawn(node, cmd)?;
+        self.daemons.push((node.to_string(), daemon));
         Ok(())
     }
 
-    /// Stops `node`'s agent cleanly (SIGTERM: groups stopped, disks demoted, goodbye)
+    /// Stops `node`'s daemon cleanly (SIGTERM: groups stopped, disks demoted, goodbye)
     /// and waits for it to exit.
     pub fn stop_daemon(&mut self, node: &str) -> anyhow::Result<()> {
         let i = self
             .daemons
             .iter()
             .position(|(n, _)| n == node)
-            .with_context(|| format!("no agent of {node} to stop"))?;
-        let (_, agent) = self.daemons.remove(i);
-        agent.signal(libc::SIGTERM);
-        match agent.wait_timeout(Duration::from_secs(60))? {
+            .with_context(|| format!("no daemon of {node} to stop"))?;
+        let (_, daemon) = self.daemons.remove(i);
+        daemon.signal(libc::SIGTERM);
+        match daemon.wait_timeout(Duration::from_secs(60))? {
             Some(status) if status.success() => Ok(()),
-            Some(status) => bail!("{node}'s agent exited with {status} when stopped"),
-            None => bail!("{node}'s agent did not stop within 60 s"),
+            Some(status) => bail!("{node}'s daemon exited with {status} when stopped"),
+            None => bail!("{node}'s daemon did not stop within 60 s"),
         }
     }
 
@@ -220,21 +254,21 @@ impl LabCluster {
         Ok(report.problems)
     }
 
-    /// Sends `signal` to `node`'s agent (SIGKILL: the daemon dies at once, holding
+    /// Sends `signal` to `node`'s daemon (SIGKILL: the daemon dies at once, holding
     /// its resources); the daemon stays listed until [`LabCluster::forget_daemon`].
     pub fn signal_daemon(&self, node: &str, signal: i32) -> anyhow::Result<()> {
-        let (_, agent) = self
+        let (_, daemon) = self
             .daemons
             .iter()
             .find(|(n, _)| n == node)
-            .with_context(|| format!("no agent of {node} is running"))?;
-        if !agent.signal(signal) {
-            bail!("{node}'s agent had already exited");
+            .with_context(|| format!("no daemon of {node} is running"))?;
+        if !daemon.signal(signal) {
+            bail!("{node}'s daemon had already exited");
         }
         Ok(())
     }
 
-    /// Whether `node`'s agent was started and has not exited (a fence's power-off or a
+    /// Whether `node`'s daemon was started and has not exited (a fence's power-off or a
     /// kill ends it; [`LabCluster::start_daemon`] starts a new one).
     pub fn daemon_running(&self, node: &str) -> bool {
         self.daemons
@@ -242,7 +276,7 @@ impl LabCluster {
             .any(|(n, a)| n == node && matches!(a.try_wait(), Ok(None)))
     }
 
-    /// The PID (in the machine's namespace) of `node`'s running agent.
+    /// The PID (in the machine's namespace) of `node`'s running daemon.
     pub fn daemon_pid(&self, node: &str) -> Option<u32> {
         self.daemons
             .iter()
@@ -250,12 +284,12 @@ impl LabCluster {
             .map(|(_, a)| a.pid())
     }
 
-    /// Forgets `node`'s agent (its host lost power: the process is gone).
+    /// Forgets `node`'s daemon (its host lost power: the process is gone).
     pub fn forget_daemon(&mut self, node: &str) {
         self.daemons.retain(|(n, _)| n != node);
     }
 
-    /// `tandem status --json` as seen in `node`, if its agent answers.
+    /// `tandem status --json` as seen in `node`, if its daemon answers.
     pub fn status(&self, node: &str) -> Option<Value> {
         let tandem = self.tandem.to_str()?;
         let config = self.config.to_str()?;

@@ -66,7 +66,7 @@ enum Command {
     DiskService(disks::process::Args),
     /// Run the witness of a two-node cluster in the foreground (on a third machine).
     Witness(witness::Args),
-    /// Show nodes, links and events as the local agent sees them.
+    /// Show nodes, links and events as the local daemon sees them.
     Status(cmd::status::Args),
     /// Hand this node's groups to the peer (Heartbeat's hb_standby).
     Standby(cmd::operator::ScopeArgs),

@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     row("keepalived (VRRP 0.1 s), baseline", baseline);
     println!(
-        "targets for the idle agent: ≤ {} MiB RSS ({}), ≤ {CPU_TARGET_PERCENT} % CPU ({})",
+        "targets for the idle daemon: ≤ {} MiB RSS ({}), ≤ {CPU_TARGET_PERCENT} % CPU ({})",
         RSS_TARGET_KIB / 1024,
         if idle.0 <= RSS_TARGET_KIB {
             "met"
@@ -130,7 +130,7 @@ fn idle_daemon(timing: Timing, window: Duration) -> anyhow::Result<(u64, f64)> {
     cluster.start_daemon("ox2", &[])?;
     cluster.wait_peer_state("ox1", "ox2", "up", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(3));
-    let pid = cluster.daemon_pid("ox1").context("ox1's agent")?;
+    let pid = cluster.daemon_pid("ox1").context("ox1's daemon")?;
     let figures = watch(&[pid], window)?;
     cluster.down()?;
     Ok(figures)
@@ -148,7 +148,7 @@ fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f6
         let deadline = crate::clock::now() + Duration::from_secs(30);
         while setup::disk_status(&cluster, node).is_none() {
             if crate::clock::now() > deadline {
-                bail!("{node}'s agent does not answer");
+                bail!("{node}'s daemon does not answer");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -158,7 +158,7 @@ fn daemon_with_disk(timing: Timing, window: Duration) -> anyhow::Result<(u64, f6
     cluster.tandem("ox1", &["disk", "primary", "--force", "r0"])?;
     setup::wait_in_sync(&cluster, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(2));
-    let pid = cluster.daemon_pid("ox1").context("ox1's agent")?;
+    let pid = cluster.daemon_pid("ox1").context("ox1's daemon")?;
     let pids = super::daemon_and_children(pid);
     if pids.len() != 2 {
         bail!("ox1's daemon should have one child, its disk service: {pids:?}");

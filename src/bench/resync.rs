@@ -135,7 +135,7 @@ impl DiskLab {
         cluster.start_daemon("ox1", &[])?;
         cluster.start_daemon("ox2", &[])?;
         for node in ["ox1", "ox2"] {
-            wait(Duration::from_secs(30), &format!("{node}'s agent"), || {
+            wait(Duration::from_secs(30), &format!("{node}'s daemon"), || {
                 Ok(setup::disk_status(&cluster, node).is_some())
             })?;
             cluster.tandem(node, &["disk", "up", "r0"])?;

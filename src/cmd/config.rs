@@ -157,7 +157,7 @@ fn import_cmd(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
 /// `FILE:LINE:COL: error: …` for each group whose largest report to the peer cannot fit
 /// one cluster message (the peer would never see that group's whole state), located at
-/// the group's name. `config check` and the agent at start refuse such a file.
+/// the group's name. `config check` and the daemon at start refuse such a file.
 pub fn oversized_report_errors(path: &std::path::Path, config: &Config) -> Vec<String> {
     use tandem_controller::messages::{MAX_PAYLOAD_BYTES, oversized_reports};
     let groups = oversized_reports(config);

@@ -1,7 +1,7 @@
 //! `tandem disk …`: replicated disks, in the manner of drbdadm.
 //!
 //! `create-md` works offline on this node's backing store (as drbdmeta does); every other
-//! command goes to the local agent's disk service over the control socket.
+//! command goes to the local daemon's disk service over the control socket.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use crate::disks::DiskCommand;
 pub struct Args {
     #[command(subcommand)]
     command: Sub,
-    /// The agent's control socket (default: the configuration's).
+    /// The daemon's control socket (default: the configuration's).
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
 }
@@ -178,7 +178,7 @@ fn create_md(
         },
     ) && v["up"] == Value::Bool(true)
     {
-        bail!("disk {name} is up in the running agent: `tandem disk down {name}` first");
+        bail!("disk {name} is up in the running daemon: `tandem disk down {name}` first");
     }
     let loc = crate::disks::meta_location(&host.meta)?;
     let node_id = random_u64()?;

@@ -6,7 +6,7 @@
 //!   tested a device setup).
 //! - `tandem fence check` asks every device `monitor`, and each node's plug `status`.
 //!
-//! - Through the local agent: `tandem fence NODE` (the agent's coordinator fences it and
+//! - Through the local daemon: `tandem fence NODE` (the daemon's coordinator fences it and
 //!   tells the peer), `tandem fence confirm NODE`, `tandem fence history`.
 
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub struct Args {
     /// What to do to it.
     #[arg(long, default_value = "off", value_parser = ["off", "reboot"])]
     pub action: String,
-    /// Run the devices from this process instead of asking the local agent.
+    /// Run the devices from this process instead of asking the local daemon.
     #[arg(long)]
     pub direct: bool,
     /// Print the attempts as JSON records.
@@ -58,21 +58,21 @@ pub struct PathArgs {
 /// `tandem fence` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
-    /// Tell the agent that NODE is down (Heartbeat's meatware): its groups may start
+    /// Tell the daemon that NODE is down (Heartbeat's meatware): its groups may start
     /// elsewhere. Only after making sure, e.g. by pulling its power cord.
     Confirm {
         /// The node that is down.
         node: String,
-        /// The agent's control socket (default: the configuration's).
+        /// The daemon's control socket (default: the configuration's).
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// Every fencing attempt the agent knows of: time, target, device, action, result.
+    /// Every fencing attempt the daemon knows of: time, target, device, action, result.
     History {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// The agent's control socket (default: the configuration's).
+        /// The daemon's control socket (default: the configuration's).
         #[arg(long)]
         socket: Option<PathBuf>,
     },
@@ -138,7 +138,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             if !args.direct {
                 if args.action != "off" {
                     anyhow::bail!(
-                        "the agent fences with the configured action; use --direct for --action {}",
+                        "the daemon fences with the configured action; use --direct for --action {}",
                         args.action
                     );
                 }
@@ -155,7 +155,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints the agent's fencing states and history as a table.
+/// Prints the daemon's fencing states and history as a table.
 fn print_history(body: &serde_json::Value) {
     for (node, state) in body["states"].as_object().into_iter().flatten() {
         println!("{node}: {}", state.as_str().unwrap_or("?"));

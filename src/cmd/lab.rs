@@ -154,7 +154,7 @@ enum LabCommand {
     /// Run named failure scenarios (after Pacemaker's CTS) on the data demo's cluster,
     /// each followed by an audit; a report table, exit 1 if any failed (docs/scenarios.md).
     Scenarios(crate::scenarios::ScenarioArgs),
-    /// Random power-offs, freezes, agent kills and partitions under the data demo's
+    /// Random power-offs, freezes, daemon kills and partitions under the data demo's
     /// write load, reproducible from --seed; every acknowledged write checked each round.
     Chaos(crate::scenarios::ChaosArgs),
     /// Serve a lab's lossy disks (started by `up`; internal).

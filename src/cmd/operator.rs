@@ -1,4 +1,4 @@
-//! Operator commands carried to the local agent (and from it to the peer):
+//! Operator commands carried to the local daemon (and from it to the peer):
 //! `tandem standby`, `tandem takeover` (as Heartbeat's hb_standby / hb_takeover) and
 //! `tandem maintenance`.
 
@@ -36,7 +36,7 @@ pub struct ScopeArgs {
     /// all | local | foreign.
     #[arg(value_enum, default_value_t = ScopeArg::All)]
     pub scope: ScopeArg,
-    /// The agent's control socket (default: the configuration's).
+    /// The daemon's control socket (default: the configuration's).
     #[arg(long)]
     pub socket: Option<PathBuf>,
 }
@@ -47,7 +47,7 @@ pub struct MaintenanceArgs {
     /// on: stop managing (nothing is started, stopped or monitored); off: resume.
     #[arg(value_parser = ["on", "off"])]
     pub mode: String,
-    /// The agent's control socket (default: the configuration's).
+    /// The daemon's control socket (default: the configuration's).
     #[arg(long)]
     pub socket: Option<PathBuf>,
 }

@@ -1,5 +1,5 @@
 //! `tandem simulate FILE`: plans a case file (configuration + `[view]`) with the same
-//! planner the agent runs, and prints the one-screen summary (or the transition as
+//! planner the daemon runs, and prints the one-screen summary (or the transition as
 //! JSON). The golden files under `testdata/policy/` are exactly this output.
 
 use std::path::PathBuf;

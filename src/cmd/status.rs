@@ -1,4 +1,4 @@
-//! `tandem status [--json]`: what the local agent knows, from its control socket.
+//! `tandem status [--json]`: what the local daemon knows, from its control socket.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ pub struct Args {
     /// Print the stable JSON document (see docs/status.md) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The agent's control socket (default: `cluster.control_socket` of the configuration).
+    /// The daemon's control socket (default: `cluster.control_socket` of the configuration).
     #[arg(long)]
     pub socket: Option<PathBuf>,
     /// A live view, redrawn until interrupted (as crm_mon does): on a terminal the
@@ -21,7 +21,7 @@ pub struct Args {
     /// view is printed after a line with the time.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
-    /// How often `--watch` asks the agent, in milliseconds.
+    /// How often `--watch` asks the daemon, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
     pub interval_ms: u64,
 }
@@ -41,8 +41,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--watch`: asks the agent every `interval` and redraws when the view changed; an
-/// agent that does not answer is shown as such, and asked again.
+/// `--watch`: asks the daemon every `interval` and redraws when the view changed; an
+/// daemon that does not answer is shown as such, and asked again.
 fn watch(socket: &std::path::Path, interval: std::time::Duration) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stdout().is_terminal();
@@ -52,7 +52,7 @@ fn watch(socket: &std::path::Path, interval: std::time::Duration) -> anyhow::Res
         let view = match control::request(socket, &Request::Status) {
             Ok(status) => render(&status, now),
             Err(err) => format!(
-                "the agent does not answer on {}: {err:#}\n",
+                "the daemon does not answer on {}: {err:#}\n",
                 socket.display()
             ),
         };

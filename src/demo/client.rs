@@ -33,8 +33,13 @@ pub struct Client {
 impl Client {
     /// Starts the service's client in the client host, in a process group of its own.
     pub fn start(cluster: &LabCluster, service: &Service) -> anyhow::Result<Self> {
+        Self::spawn(cluster, service.client(cluster.tandem_binary(), 20))
+    }
+
+    /// Starts `cmd`, a client that prints the records client's lines, in the client
+    /// host, in a process group of its own.
+    pub fn spawn(cluster: &LabCluster, mut cmd: std::process::Command) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt as _;
-        let mut cmd = service.client(cluster.tandem_binary(), 20);
         cmd.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .process_group(0);

@@ -21,6 +21,7 @@ pub mod records;
 pub(crate) mod service;
 pub(crate) mod setup;
 mod timeline;
+pub mod whitepaper;
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,6 +49,22 @@ pub struct Args {
     /// Pacemaker's two-node clusters do.
     #[arg(long)]
     pub no_witness: bool,
+    /// Run a whole stack instead of one service: `whitepaper` is the Open-Xchange
+    /// whitepaper's cluster (OpenLDAP, saslauthd, PostgreSQL, Cyrus, Postfix and an
+    /// Open-Xchange stand-in on four replicated disks; docs/whitepaper-stack.md).
+    #[arg(long, value_enum)]
+    pub stack: Option<Stack>,
+    /// With --stack: once ox1 is back and in sync, move the group back to it and check
+    /// the data again.
+    #[arg(long, requires = "stack")]
+    pub failback: bool,
+}
+
+/// The stacks `tandem demo --stack` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stack {
+    /// The whitepaper's §4.3 cluster.
+    Whitepaper,
 }
 
 /// How long the failover may take before the demo calls it failed: deadtime, the
@@ -58,6 +75,9 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs the demo; an error if any step failed or any acknowledged record is missing.
 pub fn run(args: Args) -> anyhow::Result<()> {
     interrupt::install()?;
+    if let Some(Stack::Whitepaper) = args.stack {
+        return whitepaper::run(args.failback);
+    }
     if args.deadtime_ms <= 2 * args.keepalive_ms {
         bail!(
             "--deadtime-ms ({}) must be more than twice --keepalive-ms ({})",
@@ -219,7 +239,7 @@ fn preview(numbers: &[u64]) -> String {
 /// state and data directories, mounts below them, loop devices backed by its files
 /// (tandem local devices name their FUSE file after a backing path: `!` for `/`), and
 /// its cgroup.
-fn leftovers(name: &str) -> Vec<String> {
+pub(crate) fn leftovers(name: &str) -> Vec<String> {
     let mut left = Vec::new();
     let prefix = format!("tl-{name}-");
     for e in std::fs::read_dir("/run/netns")

@@ -66,6 +66,30 @@ enum Sub {
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
     },
+    /// One of the whitepaper stack's clients (tandem demo --stack whitepaper).
+    StackClient {
+        /// Which client.
+        #[arg(long, value_enum)]
+        kind: super::whitepaper::clients::Kind,
+        /// The group's virtual IP.
+        #[arg(long)]
+        vip: std::net::Ipv4Addr,
+        /// Pause between two acknowledged items.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
+    /// The Open-Xchange stand-in: an HTTP service using LDAP, PostgreSQL and IMAP.
+    Openexchange {
+        /// TCP port.
+        #[arg(long, default_value_t = super::whitepaper::hosts::OX_PORT)]
+        port: u16,
+    },
+    /// Print the Subject of every message in the demo user's INBOX at ADDR.
+    ImapSubjects {
+        /// The IMAP server's address.
+        #[arg(long)]
+        addr: SocketAddr,
+    },
 }
 
 /// The service's port.
@@ -85,6 +109,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             psql,
             interval_ms,
         } => super::postgres::client(&host, &psql, Duration::from_millis(interval_ms)),
+        Sub::StackClient {
+            kind,
+            vip,
+            interval_ms,
+        } => super::whitepaper::clients::run(kind, vip, Duration::from_millis(interval_ms)),
+        Sub::Openexchange { port } => super::whitepaper::standin::serve(port),
+        Sub::ImapSubjects { addr } => super::whitepaper::checks::print_subjects(addr),
     }
 }
 

@@ -95,7 +95,7 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
     cluster.start_daemon("ox2", &[])?;
     for node in ["ox1", "ox2"] {
         step(&format!("{node}: tandem daemon; tandem disk up r0"));
-        interrupt::wait(Duration::from_secs(30), "the agent to answer", || {
+        interrupt::wait(Duration::from_secs(30), "the daemon to answer", || {
             Ok(disk_status(cluster, node).is_some())
         })?;
         cluster.tandem(node, &["disk", "up", "r0"])?;
@@ -222,6 +222,6 @@ pub fn say(what: &str) {
 }
 
 /// A bootstrap step, as an operator would type it.
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("        {what}");
 }

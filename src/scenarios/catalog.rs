@@ -83,7 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
     s(
         "AgentKill",
         Some(agent_kill),
-        "SIGKILL of the owner's agent: the peer fences the owner and takes over",
+        "SIGKILL of the owner's daemon: the peer fences the owner and takes over",
     ),
     s(
         "ResourceRecover",
@@ -123,7 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
     s(
         "RestartQuickly",
         Some(restart_quickly),
-        "the owner's agent stopped and started within 1 s",
+        "the owner's daemon stopped and started within 1 s",
     ),
     s(
         "PowerOffBoth",
@@ -153,7 +153,7 @@ pub const SCENARIOS: &[Scenario] = &[
     s(
         "RestartOneByOne",
         Some(restart_one_by_one),
-        "each agent stopped and started in turn",
+        "each daemon stopped and started in turn",
     ),
     own(
         "FailbackOn",
@@ -333,7 +333,7 @@ fn agent_kill(dc: &mut DataCluster) -> anyhow::Result<String> {
         bail!("{a} is still powered after {} fenced it", peer(&a));
     }
     dc.restore()?;
-    Ok(format!("{a}'s agent SIGKILLed: {seen}"))
+    Ok(format!("{a}'s daemon SIGKILLed: {seen}"))
 }
 
 fn resource_recover(dc: &mut DataCluster) -> anyhow::Result<String> {
@@ -561,7 +561,7 @@ fn restart_quickly(dc: &mut DataCluster) -> anyhow::Result<String> {
     }
     let owner = dc.wait_healthy(RECOVERY_TIMEOUT)?;
     Ok(format!(
-        "{a}'s agent stopped and started again {} ms later; group on {owner}",
+        "{a}'s daemon stopped and started again {} ms later; group on {owner}",
         gap.as_millis()
     ))
 }
@@ -607,14 +607,14 @@ fn stop_start(
     dc.cluster.stop_daemon(&a)?;
     for (n, h) in NODES.iter().zip(dc.sampler.now()) {
         if h.any() {
-            bail!("{n} still serves with its agent stopped: {h:?}");
+            bail!("{n} still serves with its daemon stopped: {h:?}");
         }
     }
     let t0 = wall_ms();
     let home = "ox1";
     dc.cluster.start_daemon(home, &[])?;
     if !start_at_once {
-        interrupt::wait(Duration::from_secs(10), "the home node's agent", || {
+        interrupt::wait(Duration::from_secs(10), "the home node's daemon", || {
             Ok(dc.cluster.status(home).is_some())
         })?;
         interrupt::sleep(TIMING.deadtime / 2)?;

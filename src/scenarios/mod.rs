@@ -226,7 +226,7 @@ fn keep_logs(dc: &DataCluster, name: &str) {
         let from = dc.cluster.lab.data_dir().join(format!("{node}.log"));
         let _ = std::fs::copy(&from, dir.join(format!("{node}.log")));
     }
-    say(&format!("agent logs kept in {}", dir.display()));
+    say(&format!("daemon logs kept in {}", dir.display()));
 }
 
 fn teardown(dc: DataCluster) -> anyhow::Result<()> {

@@ -855,7 +855,7 @@ impl<'s> Walker<'s> {
             Err(crate::key::KeyFileError::Missing) => self.warn(
                 span,
                 format!(
-                    "key file {} does not exist yet: the agent will not start without it (create it with mode 0600)",
+                    "key file {} does not exist yet: the daemon will not start without it (create it with mode 0600)",
                     path.display()
                 ),
             ),

@@ -853,6 +853,30 @@ impl Lab {
             sys::BootMount::fresh("sysfs", "/sys", None)?,
         ];
         let root = data_dir(&self.name).join("hosts").join(host).join("root");
+        // A private /run (a fresh tmpfs) would hide the lab's own state directory, where
+        // the power switch and the lossy disks listen: it is held by a bind mount made
+        // before the tmpfs and bound back over /run/tandem-lab/NAME right after it.
+        let lab_run = Path::new(STATE_ROOT).join(&self.name);
+        let held = data_dir(&self.name)
+            .join("hosts")
+            .join(host)
+            .join("lab-run");
+        let run_private = spec.private_dirs.iter().any(|d| d == "/run");
+        // Mount points below a fresh /run do not exist yet: each is created first.
+        let mkdirs = |mounts: &mut Vec<sys::BootMount>, target: &Path| -> Result<(), LabError> {
+            if run_private && target.starts_with("/run") && target != Path::new("/run") {
+                let mut path = PathBuf::from("/");
+                for part in target.iter().skip(1) {
+                    path.push(part);
+                    mounts.push(sys::BootMount::fresh_dir(&path.to_string_lossy())?);
+                }
+            }
+            Ok(())
+        };
+        if run_private {
+            fs::create_dir_all(&held).map_err(io_err(format!("create {}", held.display())))?;
+            mounts.push(sys::BootMount::bind(&lab_run, &held.to_string_lossy())?);
+        }
         for d in &spec.private_dirs {
             // The mount point must exist in the machine's tree (the host's mount
             // namespace starts as a copy of it); an empty directory is all we add.
@@ -862,7 +886,12 @@ impl Lab {
                 || d.starts_with("/tmp")
                 || d.starts_with("/dev/")
             {
+                mkdirs(&mut mounts, Path::new(d))?;
                 mounts.push(sys::BootMount::fresh("tmpfs", d, Some("mode=0755"))?);
+                if d == "/run" {
+                    mkdirs(&mut mounts, &lab_run)?;
+                    mounts.push(sys::BootMount::bind(&held, &lab_run.to_string_lossy())?);
+                }
             } else {
                 let src = root.join(d.trim_start_matches('/'));
                 fs::create_dir_all(&src).map_err(io_err(format!("create {}", src.display())))?;

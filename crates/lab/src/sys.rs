@@ -238,6 +238,9 @@ pub struct BootMount {
     fstype: CString,
     flags: libc::c_ulong,
     data: Option<CString>,
+    /// Not a mount: the target directory is created (mode 0755; an existing one is
+    /// fine), for a mount point on a file system mounted earlier in the boot.
+    mkdir: bool,
 }
 
 impl BootMount {
@@ -249,6 +252,19 @@ impl BootMount {
             fstype: cstr(fstype)?,
             flags: libc::MS_NOSUID | libc::MS_NODEV,
             data: data.map(cstr).transpose()?,
+            mkdir: false,
+        })
+    }
+
+    /// The directory `target` created (a mount point on a fresh tmpfs).
+    pub fn fresh_dir(target: &str) -> Result<Self, LabError> {
+        Ok(BootMount {
+            source: cstr("none")?,
+            target: cstr(target)?,
+            fstype: cstr("none")?,
+            flags: 0,
+            data: None,
+            mkdir: true,
         })
     }
     /// A bind mount of `source` (a per-host directory) over `target`.
@@ -259,6 +275,7 @@ impl BootMount {
             fstype: cstr("none")?,
             flags: libc::MS_BIND,
             data: None,
+            mkdir: false,
         })
     }
 }
@@ -489,6 +506,14 @@ unsafe fn init_main(
             report(pipe, 5);
         }
         for (i, m) in plan.mounts.iter().enumerate() {
+            if m.mkdir {
+                if libc::mkdir(m.target.as_ptr(), 0o755) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    report(pipe, 10 + i as u8);
+                }
+                continue;
+            }
             let data = m
                 .data
                 .as_ref()
