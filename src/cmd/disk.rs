@@ -353,6 +353,9 @@ pub fn render(d: &Value) -> String {
     {
         let _ = writeln!(s, "    standalone: {why}");
     }
+    if let Some(why) = d["detach_reason"].as_str() {
+        let _ = writeln!(s, "    detached: {why}");
+    }
     if let Some(e) = d["error"].as_str() {
         let _ = writeln!(s, "    error: {e}");
     }

@@ -28,6 +28,8 @@ pub struct Outcome {
 pub struct Client {
     process: Option<HostProcess>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
+    /// The reason the client gave with its last failure, if any.
+    last_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Client {
@@ -49,13 +51,17 @@ impl Client {
             .context("start the client")?;
         let stdout = process.stdout.take().context("the client's output")?;
         let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let collected = Arc::clone(&outcomes);
+        let last_failure = Arc::new(Mutex::new(None));
+        let (collected, reason) = (Arc::clone(&outcomes), Arc::clone(&last_failure));
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
                 if let Some(o) = parse(&line) {
+                    if !o.ack {
+                        *lock(&reason) = failure_reason(&line);
+                    }
                     lock(&collected).push(o);
                 }
             }
@@ -63,12 +69,18 @@ impl Client {
         Ok(Client {
             process: Some(process),
             outcomes,
+            last_failure,
         })
     }
 
     /// Every outcome so far, in order.
     pub fn outcomes(&self) -> Vec<Outcome> {
         lock(&self.outcomes).clone()
+    }
+
+    /// The reason the client printed with its last failed attempt.
+    pub fn last_failure(&self) -> Option<String> {
+        lock(&self.last_failure).clone()
     }
 
     /// The acknowledged outcomes so far, in order.
@@ -172,6 +184,12 @@ fn parse(line: &str) -> Option<Outcome> {
     Some(Outcome { at_ms, ack, record })
 }
 
+/// What follows `WALL fail N` on a failure line, if anything.
+fn failure_reason(line: &str) -> Option<String> {
+    let why = line.splitn(4, ' ').nth(3)?.trim();
+    (!why.is_empty()).then(|| why.to_string())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -187,7 +205,7 @@ mod tests {
             "130 ack 2",
             "garbage",
             "160 fail 3",
-            "2160 fail 3",
+            "2160 fail 3 connection refused (os error 111)",
             "2500 ack 3",
             "2520 ack 4",
         ];
@@ -198,5 +216,10 @@ mod tests {
         assert_eq!(s.first_after, Some(2500));
         assert_eq!(s.failed, 2);
         assert_eq!(s.acked, BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(failure_reason(lines[3]), None);
+        assert_eq!(
+            failure_reason(lines[4]).as_deref(),
+            Some("connection refused (os error 111)")
+        );
     }
 }

@@ -119,6 +119,8 @@ struct Running {
     primary: Arc<AtomicBool>,
     /// What the monitor last told the core about resync groups.
     resync_paused: AtomicBool,
+    /// Whether the monitor has logged the backing disk's detach (once per detach).
+    detach_logged: AtomicBool,
     /// The link as the node's event loop publishes it: the startup wait is over once a
     /// handshake has completed (see [`Running::waiting`]).
     link: watch::Receiver<LinkState>,
@@ -897,6 +899,7 @@ impl Service {
             primary,
             resync_paused: AtomicBool::new(several_groups),
             wait_gave_up: Arc::new(AtomicBool::new(false)),
+            detach_logged: AtomicBool::new(false),
             wait_ms,
             started: crate::clock::now(),
             device,
@@ -1070,6 +1073,7 @@ impl Service {
                 v["barrier_acks_sent"] = json!(s.barrier_acks_sent);
                 v["generations"] = json!(s.generations);
                 v["last_disconnect_reason"] = json!(s.last_disconnect_reason);
+                v["detach_reason"] = json!(s.detach_reason);
                 v["verify_out_of_sync_blocks"] = json!(s.verify_out_of_sync_blocks);
                 v["last_decision"] = json!(s.last_decision);
             }
@@ -1246,16 +1250,25 @@ async fn forward_fence_peer_requests(name: String, mut link: watch::Receiver<Lin
 async fn monitor(service: &'static Service) {
     loop {
         tokio::time::sleep(MONITOR_INTERVAL).await;
-        let disks: Vec<(u32, Arc<Running>)> = service
+        let disks: Vec<(u32, Arc<Running>, String)> = service
             .lock()
             .values()
-            .filter_map(|s| s.running.clone().map(|r| (s.disk.resync_group, r)))
+            .filter_map(|s| {
+                s.running
+                    .clone()
+                    .map(|r| (s.disk.resync_group, r, s.disk.name.clone()))
+            })
             .collect();
         let mut pending = Vec::with_capacity(disks.len());
-        for (group, r) in &disks {
+        for (group, r, name) in &disks {
             let needs = match r.driver.status().await {
                 Ok(s) => {
                     r.primary.store(s.role == Role::Primary, Ordering::Relaxed);
+                    if let Some(why) = &s.detach_reason
+                        && !r.detach_logged.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::error!(disk = %name, reason = %why, "backing disk detached (on-io-error detach): this node's copy is no longer used; I/O goes to the peer");
+                    }
                     matches!(
                         s.connection,
                         ConnState::SyncTarget | ConnState::WaitBitmapTarget
@@ -1270,7 +1283,7 @@ async fn monitor(service: &'static Service) {
         // allowed stays paused — also one with nothing to resync yet, so that a resync
         // starting between two looks cannot run ahead of a lower group.
         let several_groups = pending.windows(2).any(|w| w[0].0 != w[1].0);
-        for ((_, r), ok) in disks.iter().zip(&allowed) {
+        for ((_, r, _), ok) in disks.iter().zip(&allowed) {
             let pause = several_groups && !ok;
             if r.resync_paused.swap(pause, Ordering::Relaxed) != pause {
                 let _ = r.driver.set_resync_paused(pause).await;

@@ -329,6 +329,11 @@ fn on_io_error_the_primary_detaches_and_serves_through_the_peer() {
     assert!(p.acked(0, 2), "the peer's copy carries the write");
     assert_eq!(p.n[0].core.disk_state(), DiskState::Diskless);
     assert_eq!(
+        p.n[0].core.detach_reason(),
+        Some("write failed: EIO"),
+        "the detach says which I/O failed and how"
+    );
+    assert_eq!(
         p.n[1].core.status().peer_disk_state,
         Some(DiskState::Diskless)
     );

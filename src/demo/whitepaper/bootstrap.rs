@@ -322,10 +322,11 @@ fn initial_data(cluster: &LabCluster) -> anyhow::Result<()> {
         &format!("{conf_dir}/postgresql.conf"),
         "\n# tandem demo --stack whitepaper\nlisten_addresses = '*'\nmax_wal_size = 64MB\nmin_wal_size = 32MB\n",
     )?;
-    append(
+    // pg_hba.conf is first match: these lines go before Debian's.
+    prepend(
         cluster,
         &format!("{conf_dir}/pg_hba.conf"),
-        "\n# tandem demo --stack whitepaper: the stand-in on the node, the clients on the lab's public network (a demo's trust, not production's)\nhost all postgres 127.0.0.1/32 trust\nhost all postgres 192.168.1.0/24 trust\n",
+        "# tandem demo --stack whitepaper: the stand-in on the node, the clients on the lab's public network (a demo's trust, not production's)\nhost all postgres 127.0.0.1/32 trust\nhost all postgres 192.168.1.0/24 trust\n",
     )?;
     run(&["pg_ctlcluster", &version, PG_CLUSTER, "start"])?;
     let made = run(&[
@@ -381,6 +382,12 @@ pub fn pg_version() -> anyhow::Result<String> {
         .pop()
         .map(|v| v.to_string())
         .context("no PostgreSQL under /usr/lib/postgresql")
+}
+
+fn prepend(cluster: &LabCluster, path: &str, text: &str) -> anyhow::Result<()> {
+    let host = cluster.lab.host_path("ox1", path)?;
+    let was = std::fs::read_to_string(&host).with_context(|| format!("read {path} on ox1"))?;
+    std::fs::write(&host, format!("{text}{was}")).with_context(|| format!("write {path} on ox1"))
 }
 
 fn append(cluster: &LabCluster, path: &str, text: &str) -> anyhow::Result<()> {

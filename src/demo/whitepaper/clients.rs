@@ -106,7 +106,7 @@ fn ldap_add(vip: Ipv4Addr, n: u64) -> std::io::Result<()> {
             "-w",
             ADMIN_PW,
         ])
-        .args(["-o", "nettimeout=2", "-l", "3"])
+        .args(["-o", "nettimeout=2"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

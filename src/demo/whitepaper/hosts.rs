@@ -18,7 +18,9 @@ use crate::labcluster::LabCluster;
 
 /// The directories each node has to itself, besides tandem's own: a fresh `/run` at
 /// every power-on (pid files, sockets: `/run/cyrus-master.pid` is fixed in Debian's
-/// init script), the services' configuration, Postfix's queue and the logs. The data
+/// init script), the services' configuration, Postfix's queue, the logs, and Debian's
+/// default Cyrus directories (empty: whatever a Cyrus tool run without `-C` writes
+/// stays in the node, never in the machine's /var/lib/cyrus). The data
 /// directories are not among them: they are the replicated disks' mount points, plain
 /// directories as on the whitepaper's machines (the file-system resource refuses a
 /// directory that has something else mounted on it), and each node mounts its disks
@@ -33,6 +35,8 @@ pub const PRIVATE_DIRS: &[&str] = &[
     "/var/spool/postfix",
     "/var/lib/postfix",
     "/var/lib/postgresql",
+    "/var/lib/cyrus",
+    "/var/spool/cyrus",
     "/var/log",
 ];
 
@@ -259,15 +263,17 @@ hashimapspool: true
 syslog_prefix: cyrus
 "#;
 
+/// Every program named with `-C`: cyrmaster's own `-C` does not reach the services it
+/// starts, which would otherwise read the machine's /etc/imapd.conf (and its spool).
 const CYRUS_CONF: &str = r#"START {
-  recover cmd="ctl_cyrusdb -r"
+  recover cmd="ctl_cyrusdb -C /etc/cyrus/imapd.conf -r"
 }
 SERVICES {
-  imap cmd="imapd -U 30" listen="imap" prefork=0 maxchild=50
-  lmtpunix cmd="lmtpd" listen="/run/cyrus-lmtp/lmtp" prefork=0 maxchild=20
+  imap cmd="imapd -C /etc/cyrus/imapd.conf -U 30" listen="imap" prefork=0 maxchild=50
+  lmtpunix cmd="lmtpd -C /etc/cyrus/imapd.conf" listen="/run/cyrus-lmtp/lmtp" prefork=0 maxchild=20
 }
 EVENTS {
-  checkpoint cmd="ctl_cyrusdb -c" period=30
+  checkpoint cmd="ctl_cyrusdb -C /etc/cyrus/imapd.conf -c" period=30
 }
 DAEMON {
 }

@@ -123,12 +123,19 @@ fn stack(mut cluster: LabCluster, failback: bool) -> anyhow::Result<()> {
             }
         }
     }
-    if result.is_err() && std::env::var_os("TANDEM_DEMO_KEEP_LAB").is_some() {
-        // For debugging the stack: the lab stays up (`tandem lab down NAME` removes it).
-        cluster.lab.keep();
-        std::mem::forget(switch);
-        std::mem::forget(cluster);
-        return result;
+    if let Err(e) = &result
+        && std::env::var_os("TANDEM_DEMO_KEEP_LAB").is_some()
+    {
+        // For debugging the stack: the lab stays up while this process lives (its
+        // hosts' disks and power switch are served from here), until Ctrl-C.
+        eprintln!(
+            "demo failed: {e:#}\nTANDEM_DEMO_KEEP_LAB: lab {} stays up for inspection (TANDEM_LAB={} tandem lab exec HOST -- …); Ctrl-C takes it down",
+            cluster.lab.name(),
+            cluster.lab.name()
+        );
+        while !interrupt::interrupted() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     result?;
     drop(switch);
@@ -171,12 +178,34 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
         Duration::from_secs(90),
         "every client's first items",
         || Ok(clients.values().all(|c| c.acked_count() >= 5)),
-    )?;
+    )
+    .map_err(|e| {
+        let reasons: Vec<String> = clients
+            .iter()
+            .filter(|(_, c)| c.acked_count() < 5)
+            .map(|(n, c)| {
+                let why = c.last_failure().unwrap_or_else(|| "no answer yet".into());
+                format!("{n}: {} acknowledged, last failure: {why}", c.acked_count())
+            })
+            .collect();
+        e.context(reasons.join("; "))
+    })?;
     interrupt::sleep(Duration::from_secs(2))?;
     say(&format!(
         "clients through {VIP}: {}; now ox1 loses power",
         counts(&clients)
     ));
+    // Each disk's generations on both nodes before the power-off: what a resync
+    // decision is explained from, should one surprise.
+    let mut gens_before = Vec::new();
+    for node in ["ox1", "ox2"] {
+        for (disk, _, _) in bootstrap::DISKS {
+            let g = bootstrap::disk_status(cluster, node, disk)
+                .map(|s| s["generations"].to_string())
+                .unwrap_or_default();
+            gens_before.push(format!("{node} {disk} {g}"));
+        }
+    }
     let off_ms = crate::clock::wall_ms();
     cluster.lab.power_off("ox1").context("power off ox1")?;
     cluster.forget_daemon("ox1");
@@ -201,15 +230,21 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
     for (disk, mib, _) in bootstrap::DISKS {
         let s = bootstrap::disk_status(cluster, "ox1", disk).unwrap_or_default();
         let moved = s["resync_moved_bytes"].as_u64().unwrap_or(0);
+        let decision = decision_name(&s["last_decision"]);
         step(&format!(
-            "{disk}: {} KiB of {} KiB resynced to ox1 ({}), ox1 {}",
+            "{disk}: {} KiB of {} KiB resynced to ox1 ({decision}), ox1 {}",
             moved >> 10,
             mib << 10,
-            s["last_decision"].as_str().unwrap_or("?"),
             s["role"].as_str().unwrap_or("?")
         ));
-        if moved >= mib << 20 {
-            bail!("{disk}: the whole disk was resynced, not only what changed");
+        if !decision.starts_with("bitmap_sync") {
+            let now = bootstrap::disk_status(cluster, "ox2", disk).unwrap_or_default();
+            bail!(
+                "{disk}: {decision} when ox1 returned, not a resync of only what changed (generations now: ox1 {}, ox2 {}; before the power-off: {})",
+                s["generations"],
+                now["generations"],
+                gens_before.join("; ")
+            );
         }
         if s["role"] != "secondary" {
             bail!(
@@ -238,6 +273,22 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
         c.stop()?;
     }
     Ok(())
+}
+
+/// A resync decision as `tandem disk status --json` reports it, in one word:
+/// `no_sync`, `bitmap_sync(target)`, `full_sync(source)`, ….
+fn decision_name(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(d) => format!("{k}({d})"),
+                other => format!("{k}({other})"),
+            })
+            .collect(),
+        _ => "none".into(),
+    }
 }
 
 /// The group's resources in order, from the configuration.

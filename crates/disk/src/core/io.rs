@@ -45,11 +45,13 @@ impl Core {
         // Completions that belong to an earlier link must not talk to the new one.
         let same_link = link_gen == self.link_gen;
         let failed = result.is_err();
+        // Cloned only when the I/O failed: the reason a detach reports.
+        let error = result.as_ref().err().cloned();
         match kind {
             Io::Meta => {
                 self.meta_inflight = false;
                 if failed {
-                    self.detach("metadata write failed");
+                    self.detach("metadata write failed", error.as_ref());
                 }
                 self.meta_done += 1;
                 if self.meta_done == self.alone_acks_wait_meta {
@@ -67,7 +69,7 @@ impl Core {
             }
             Io::AppWrite(req) => {
                 if failed {
-                    self.detach("write failed");
+                    self.detach("write failed", error.as_ref());
                 }
                 if let Some(w) = self.writes.get_mut(&req) {
                     w.local_done = Some(result.map(|_| ()));
@@ -83,7 +85,7 @@ impl Core {
                     });
                 }
                 _ => {
-                    self.detach("read failed");
+                    self.detach("read failed", error.as_ref());
                     if let Some((o, l)) = self.reads.get(&req).copied() {
                         self.start_read(req, o, l);
                     }
@@ -91,7 +93,7 @@ impl Core {
             },
             Io::LostFlush(req) => {
                 if failed {
-                    self.detach("flush failed");
+                    self.detach("flush failed", error.as_ref());
                 }
                 if let Some(w) = self.writes.get_mut(&req) {
                     w.lost_flush = Some(true);
@@ -103,7 +105,7 @@ impl Core {
             }
             Io::AppFlush(req) => {
                 if failed {
-                    self.detach("flush failed");
+                    self.detach("flush failed", error.as_ref());
                 }
                 if let Some(f) = self.flushes.get_mut(&req) {
                     f.local_done = true;
@@ -119,7 +121,7 @@ impl Core {
                     self.peer_writes_inflight.swap_remove(i);
                 }
                 if failed {
-                    self.detach("replicated write failed");
+                    self.detach("replicated write failed", error.as_ref());
                 } else if !same_link {
                 } else if self.cfg.protocol == Protocol::C
                     || self.peer.is_some_and(|p| p.disk == DiskState::Diskless)
@@ -130,7 +132,7 @@ impl Core {
             Io::PeerFlush { epoch } => {
                 self.peer_flush_inflight = false;
                 if failed {
-                    self.detach("flush failed");
+                    self.detach("flush failed", error.as_ref());
                 }
                 if same_link {
                     self.barrier_acks_sent += 1;
@@ -152,7 +154,7 @@ impl Core {
                     p.complete(first, n, !failed);
                 }
                 if failed {
-                    self.detach("resync write failed");
+                    self.detach("resync write failed", error.as_ref());
                 } else if same_link && self.conn == ConnState::SyncTarget {
                     // Written with FUA: durable, so the bits may go on both sides.
                     self.clear_bits(first, n);
@@ -173,7 +175,7 @@ impl Core {
                     });
                 }
                 Ok(_) => {}
-                Err(_) => self.detach("checksum read failed"),
+                Err(_) => self.detach("checksum read failed", error.as_ref()),
             },
             Io::ResyncRead { id, offset, digest } => {
                 if let Some(i) = self
@@ -207,7 +209,7 @@ impl Core {
                     }
                     Ok(_) => {}
                     Err(_) => {
-                        self.detach("resync read failed");
+                        self.detach("resync read failed", error.as_ref());
                     }
                 }
             }
@@ -220,7 +222,7 @@ impl Core {
                     self.send(Frame::ReadReply { id, data });
                 }
                 _ => {
-                    self.detach("read for peer failed");
+                    self.detach("read for peer failed", error.as_ref());
                     self.send(Frame::ReadError { id });
                 }
             },
@@ -235,7 +237,7 @@ impl Core {
                     });
                 } else {
                     self.verify_inflight = self.verify_inflight.saturating_sub(1);
-                    self.detach("verify read failed");
+                    self.detach("verify read failed", error.as_ref());
                 }
             }
             Io::ChecksumRead { id, offset, digest } => {
@@ -254,7 +256,7 @@ impl Core {
                         in_sync,
                     });
                 } else {
-                    self.detach("checksum read failed");
+                    self.detach("checksum read failed", error.as_ref());
                 }
             }
         }
@@ -262,11 +264,15 @@ impl Core {
 
     /// `on-io-error detach`: drop the backing disk; a primary keeps serving through the
     /// peer.
-    pub(super) fn detach(&mut self, _why: &str) {
+    pub(super) fn detach(&mut self, why: &str, error: Option<&IoFailure>) {
         if self.disk == DiskState::Diskless {
             return;
         }
         self.disk = DiskState::Diskless;
+        self.detach_reason = Some(match error {
+            Some(IoFailure(e)) => format!("{why}: {e}"),
+            None => why.to_string(),
+        });
         if self.conn.link_up() {
             self.send_state();
             if matches!(

@@ -285,6 +285,8 @@ pub struct Core {
     /// Barriers this node flushed and confirmed for its peer, on a secondary.
     barrier_acks_sent: u64,
     last_disconnect_reason: Option<String>,
+    /// Why the backing disk was dropped (`on-io-error detach`), with the I/O error.
+    detach_reason: Option<String>,
     last_decision: Option<SyncDecision>,
     /// I/O is suspended since then: the link broke while the peer could still be
     /// promoted (see `fencing.rs`).
@@ -428,6 +430,7 @@ impl Core {
             barrier_acks_received: 0,
             barrier_acks_sent: 0,
             last_disconnect_reason: None,
+            detach_reason: None,
             last_decision: None,
             suspended_since_ms: None,
             fence_peer_asked_ms: 0,
@@ -572,6 +575,11 @@ impl Core {
         self.disk
     }
 
+    /// Why the backing disk was dropped, if it was (the failed I/O and its error).
+    pub fn detach_reason(&self) -> Option<&str> {
+        self.detach_reason.as_deref()
+    }
+
     /// Generations.
     pub fn generations(&self) -> Generations {
         self.gens
@@ -620,6 +628,7 @@ impl Core {
             barrier_acks_sent: self.barrier_acks_sent,
             generations: self.gens,
             last_disconnect_reason: self.last_disconnect_reason.clone(),
+            detach_reason: self.detach_reason.clone(),
             verify_out_of_sync_blocks: self.verify_oos_blocks,
             last_decision: self.last_decision,
             suspended_ms: self

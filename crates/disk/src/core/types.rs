@@ -489,6 +489,9 @@ pub struct Status {
     pub generations: Generations,
     /// Why the link was last dropped, if it was.
     pub last_disconnect_reason: Option<String>,
+    /// Why the backing disk was dropped (`on-io-error detach`): the failed I/O and its
+    /// error. Cleared only by taking the disk down and up again.
+    pub detach_reason: Option<String>,
     /// Blocks found different by the last online verify.
     pub verify_out_of_sync_blocks: u64,
     /// The last handshake's decision.
