@@ -104,7 +104,6 @@ fn the_seeds_files_import_as_four_disks_four_file_systems_and_six_services_in_or
 /// about those three (and only those: saslauthd, postgresql and postfix are Debian's
 /// own); with the wrappers in /etc/ha.d/resource.d every name resolves.
 #[test]
-#[ignore = "not yet run to completion: see docs/status of issue 15 (the stack's clients do not get through the VIP yet)"]
 fn in_a_lab_node_the_seeds_service_names_resolve_once_the_wrappers_exist() {
     if !root_or_skip("builds a lab") {
         return;
@@ -170,7 +169,6 @@ fn in_a_lab_node_the_seeds_service_names_resolve_once_the_wrappers_exist() {
 
 /// The whole demo: exit 0 only if every step happened and every check passed.
 #[test]
-#[ignore = "work in progress (issue 15): the group starts on ox1 with every service, the clients do not get acknowledgements yet"]
 fn the_whitepaper_stack_fails_over_and_back_and_loses_nothing_acknowledged() {
     if !root_or_skip("builds a lab") {
         return;

@@ -236,7 +236,11 @@ pub fn write_numbered(
             Err(e) => {
                 // The reason on the same line, one line of it: the demo shows a
                 // client's last reason when it gets nothing acknowledged.
-                let why: String = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                let why: String = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let why: String = why.chars().take(200).collect();
                 writeln!(out, "{} fail {next} {why}", crate::clock::wall_ms())?;
                 drop(out);

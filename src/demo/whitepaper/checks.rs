@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::hosts::{RECORDS_OU, USER, USER_PW};
+use super::hosts::{ADMIN_DN, ADMIN_PW, RECORDS_OU, USER, USER_PW};
 use super::mail::Imap;
 use crate::demo::client::Outcome;
 use crate::demo::setup::VIP;
@@ -112,8 +112,19 @@ impl Timeline {
                 }
             }
         }
+        // A client's first success on the survivor: its first acknowledgement after the
+        // address came up there (before that, an acknowledgement of a move's source).
+        let address_up = self
+            .seen
+            .iter()
+            .map(|(k, (t, _))| (k, *t))
+            .chain(found.iter().map(|(k, t, _)| (k, *t)))
+            .filter(|(k, _)| k.starts_with("start ip-"))
+            .map(|(_, t)| t)
+            .min();
         for (name, outcomes) in clients {
-            if let Some(o) = outcomes.iter().find(|o| o.ack && o.at_ms > self.off_ms) {
+            let Some(up) = address_up else { break };
+            if let Some(o) = outcomes.iter().find(|o| o.ack && o.at_ms > up) {
                 found.push((
                     format!("client {name}"),
                     o.at_ms,
@@ -188,6 +199,14 @@ pub fn stored(cluster: &LabCluster) -> anyhow::Result<Stored> {
                 &format!("ldap://{VIP}"),
                 "-b",
                 RECORDS_OU,
+                // As the directory's administrator: no size limit (slapd's default
+                // is 500 entries for everyone else).
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PW,
+                "-z",
+                "max",
                 "-s",
                 "one",
                 "cn",

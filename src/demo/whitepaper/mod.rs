@@ -232,7 +232,7 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
         let moved = s["resync_moved_bytes"].as_u64().unwrap_or(0);
         let decision = decision_name(&s["last_decision"]);
         step(&format!(
-            "{disk}: {} KiB of {} KiB resynced to ox1 ({decision}), ox1 {}",
+            "{disk}: {} KiB of {} KiB resynced to ox1 ({decision}: what ox2 changed alone and ox1's activity-log extents), ox1 {}",
             moved >> 10,
             mib << 10,
             s["role"].as_str().unwrap_or("?")

@@ -14,11 +14,15 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 
 use super::hosts::{USER, USER_DN, USER_PW};
 use super::mail::Imap;
+
+/// Requests served at once.
+const MAX_REQUESTS: usize = 32;
 
 /// Serves on `port` until killed.
 pub fn serve(port: u16) -> anyhow::Result<()> {
@@ -28,11 +32,19 @@ pub fn serve(port: u16) -> anyhow::Result<()> {
     );
     let listener =
         TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("listen on port {port}"))?;
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let psql = psql.clone();
+        let Ok(mut conn) = conn else { continue };
+        // One thread per request, at most MAX_REQUESTS at once: beyond, 503 at once.
+        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            let _ = conn.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\nbusy\n");
+            continue;
+        }
+        let (psql, busy) = (psql.clone(), busy.clone());
         std::thread::spawn(move || {
             let _ = handle(conn, &psql);
+            busy.fetch_sub(1, Ordering::AcqRel);
         });
     }
     Ok(())
