@@ -176,11 +176,47 @@ impl ActivityLog {
     pub fn users(&self) -> u32 {
         self.hot.values().map(|s| s.users).sum()
     }
+
+    /// Empties the log when no write is in flight (a clean demotion: every write is
+    /// done, flushed and on the peer): the transaction to persist, after the bitmap
+    /// bits of the extents leaving. None when it is empty already or still in use.
+    /// Without it the set only ever grows until LRU eviction — with `al_extents`
+    /// 257 (1 GiB) every extent a small disk ever wrote — and a later crash as
+    /// primary would resync all of them.
+    pub fn cool(&mut self) -> Option<AlTransaction> {
+        if self.hot.is_empty() || self.users() > 0 {
+            return None;
+        }
+        self.hot.clear();
+        self.transaction += 1;
+        Some(AlTransaction {
+            number: self.transaction,
+            extents: Vec::new(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cooling_empties_an_idle_log_only() {
+        let mut al = ActivityLog::new(4);
+        assert_eq!(al.cool(), None, "empty already");
+        assert!(matches!(al.begin(0..=1), Begin::Transaction { .. }));
+        assert_eq!(al.cool(), None, "a write is in flight");
+        al.end(0..=1);
+        let t = al.cool().expect("idle: it empties");
+        assert!(t.extents.is_empty());
+        assert_eq!(
+            t.number, 2,
+            "a transaction after the one that made 0 and 1 hot"
+        );
+        assert!(al.hot_extents().is_empty());
+        // Restored from that transaction, nothing is hot.
+        assert!(ActivityLog::restore(4, Some(&t)).hot_extents().is_empty());
+    }
 
     #[test]
     fn lru_eviction_and_busy() {

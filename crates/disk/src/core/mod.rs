@@ -764,6 +764,12 @@ impl Core {
         // Nothing is in flight (checked above), so nothing waits for the peer's fate.
         self.suspended_since_ms = None;
         self.persist_all_dirty_bitmap();
+        // Nothing in flight: the activity log empties (after the bits above, and after
+        // the data device's flush that every metadata write starts with), so a later
+        // crash as primary resyncs only what that later primacy wrote.
+        if let Some(t) = self.al.cool() {
+            self.enqueue_meta(MetaWrite::ActivityLog(t));
+        }
         self.persist_superblock();
         if self.conn.link_up() {
             self.send_state();
