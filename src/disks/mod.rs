@@ -1046,6 +1046,7 @@ impl Service {
             return v;
         };
         v["nbd_socket"] = json!(r.socket);
+        v["size_bytes"] = json!(r.driver.size_bytes());
         v["local_device"] = local_device_json(&r);
         v["promoted_unix_ms"] = unix_ms_json(&r.promoted_unix_ms);
         v["waiting_for_peer"] = json!(r.waiting());

@@ -237,6 +237,10 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
             mib << 10,
             s["role"].as_str().unwrap_or("?")
         ));
+        let size = s["size_bytes"].as_u64().unwrap_or(mib << 20);
+        if moved >= size {
+            bail!("{disk}: all {size} bytes were resynced, not only what changed");
+        }
         if !decision.starts_with("bitmap_sync") {
             let now = bootstrap::disk_status(cluster, "ox2", disk).unwrap_or_default();
             bail!(
@@ -364,7 +368,17 @@ fn follow(
         owner(cluster, node)?;
         Ok(timeline.complete())
     });
-    waited.map_err(|e| e.context(format!("steps not seen: {}", timeline.missing().join(", "))))
+    waited.map_err(|e| {
+        let reasons: Vec<String> = clients
+            .iter()
+            .filter_map(|(n, c)| Some(format!("{n}: {}", c.last_failure()?)))
+            .collect();
+        e.context(format!(
+            "steps not seen: {}; the clients' last failures: {}",
+            timeline.missing().join(", "),
+            reasons.join("; ")
+        ))
+    })
 }
 
 /// Per-service recovery: ms from the power-off to each resource's start, and to each
