@@ -47,6 +47,9 @@ pub struct Args {
 /// The attached daemon's connection (events are written to it), if one is attached.
 static ATTACHED: Mutex<Option<UnixStream>> = Mutex::new(None);
 
+/// [`super::remote::disks_fingerprint`] of the configuration this process loaded.
+static DISKS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Runs the disk service until its daemon goes away without detaching.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     ignore_stop_signals();
@@ -56,6 +59,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if !args.no_realtime {
         crate::daemon::lock_memory();
     }
+    let _ = DISKS.set(super::remote::disks_fingerprint(&config));
     let listener = crate::control::bind(&args.socket)?;
     super::start(&config, &args.node)?;
     super::set_fence_peer_hook(Box::new(|disk| {
@@ -180,7 +184,11 @@ fn attached(
             );
         }
         *slot = Some(stream.try_clone()?);
-        reply(&stream, &Response::ok(json!({"pid": std::process::id()})))?;
+        let disks = DISKS.get().cloned().unwrap_or_default();
+        reply(
+            &stream,
+            &Response::ok(json!({"pid": std::process::id(), "disks": disks})),
+        )?;
     }
     tracing::info!(daemon = pid, "daemon attached");
     let mut detached = false;

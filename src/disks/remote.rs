@@ -133,9 +133,12 @@ pub fn attach(
     }
     let socket = socket_path(launch.control_socket);
     let stream = match find_running(&socket)? {
-        Some(stream) => {
+        Some(attached) => {
             tracing::info!(socket = %socket.display(), "attached to the running disk service (left by a daemon stopped in maintenance mode)");
-            stream
+            if attached.disks != disks_fingerprint(config) {
+                tracing::warn!(socket = %socket.display(), "the running disk service serves the [[disk]] configuration it was started with, which differs from this daemon's: the changes take effect once the daemon stops outside maintenance mode (`tandem maintenance off`, then a restart)");
+            }
+            attached.stream
         }
         None => {
             super::clean_stale(config, launch.local);
@@ -203,7 +206,7 @@ fn start(launch: &Launch, socket: &Path) -> anyhow::Result<UnixStream> {
 /// none listens. One that is still ending (its daemon crashed a moment ago) is waited
 /// for; one that keeps refusing (another protocol) is an error, never replaced: its
 /// disks may be serving a mounted file system.
-fn find_running(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
+fn find_running(socket: &Path) -> anyhow::Result<Option<Attached>> {
     let mut refused = String::from("no answer");
     for _ in 0..40 {
         let stream = match UnixStream::connect(socket) {
@@ -221,7 +224,7 @@ fn find_running(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
             }
         };
         match attach_on(stream) {
-            Ok(Ok(stream)) => return Ok(Some(stream)),
+            Ok(Ok(attached)) => return Ok(Some(attached)),
             // Still attached to a daemon that is dying, or another protocol.
             Ok(Err(why)) => refused = why,
             Err(err) => refused = format!("{err:#}"),
@@ -238,13 +241,13 @@ fn connect_attach(socket: &Path) -> anyhow::Result<UnixStream> {
     let stream = UnixStream::connect(socket)
         .with_context(|| format!("connect to the disk service at {}", socket.display()))?;
     match attach_on(stream)? {
-        Ok(stream) => Ok(stream),
+        Ok(attached) => Ok(attached.stream),
         Err(why) => bail!("the disk service at {} refused: {why}", socket.display()),
     }
 }
 
 /// Attaches on a fresh connection: the stream, or the disk service's refusal.
-fn attach_on(stream: UnixStream) -> anyhow::Result<Result<UnixStream, String>> {
+fn attach_on(stream: UnixStream) -> anyhow::Result<Result<Attached, String>> {
     let reply = exchange(
         &stream,
         &Call::Attach {
@@ -256,7 +259,25 @@ fn attach_on(stream: UnixStream) -> anyhow::Result<Result<UnixStream, String>> {
         return Ok(Err(why));
     }
     stream.set_read_timeout(None)?;
-    Ok(Ok(stream))
+    Ok(Ok(Attached {
+        stream,
+        disks: reply.body["disks"].as_str().unwrap_or_default().to_string(),
+    }))
+}
+
+/// An attach connection, with the [`disks_fingerprint`] the disk service runs.
+struct Attached {
+    stream: UnixStream,
+    disks: String,
+}
+
+/// A fingerprint of the `[[disk]]` tables a process loaded: a disk service left
+/// running keeps those it started with, and a daemon attaching with other ones says so.
+pub fn disks_fingerprint(config: &Config) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    format!("{:?}", config.disks).hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 fn exchange(mut stream: &UnixStream, call: &Call) -> anyhow::Result<Response> {
@@ -405,5 +426,28 @@ pub fn detach() {
     match (&*stream).write_all(&line) {
         Ok(()) => tracing::info!("disks detached: they keep serving until the next daemon"),
         Err(err) => tracing::error!("could not detach the disk service: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disks_fingerprint_changes_with_a_disk_setting_only() {
+        let text = include_str!("../../testdata/config/example.toml");
+        let parse = |t: &str| Config::parse_str("example.toml", t).unwrap().0;
+        let base = disks_fingerprint(&parse(text));
+        assert_eq!(base, disks_fingerprint(&parse(text)), "stable");
+        assert_ne!(
+            base,
+            disks_fingerprint(&parse(&text.replace("rate = \"5M\"", "rate = \"10M\""))),
+            "a disk's rate changed"
+        );
+        assert_eq!(
+            base,
+            disks_fingerprint(&parse(&text.replace("deadtime = ", "# deadtime = "))),
+            "membership settings are not the disks'"
+        );
     }
 }

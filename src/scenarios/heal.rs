@@ -227,6 +227,16 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
     if during != pids {
         bail!("the service did not run while both agents were stopped: {during:?}");
     }
+    for n in NODES {
+        let log = std::fs::read_to_string(dc.cluster.lab.data_dir().join(format!("{n}.log")))
+            .unwrap_or_default();
+        if !log.contains("attached to the running disk service") {
+            bail!("{n}'s new daemon did not attach to the disk service left running");
+        }
+        if log.contains("differs from this daemon's") {
+            bail!("{n}: the attach warned of a changed [[disk]] configuration that did not change");
+        }
+    }
     Ok(format!(
         "maintenance on, both agents restarted (came up in maintenance), maintenance off: group stayed on {owner}, service pid {after:?} unchanged and running while the agents were down, no start or stop"
     ))
