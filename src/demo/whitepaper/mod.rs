@@ -373,12 +373,54 @@ fn follow(
             .iter()
             .filter_map(|(n, c)| Some(format!("{n}: {}", c.last_failure()?)))
             .collect();
+        diagnose(cluster, node);
         e.context(format!(
             "steps not seen: {}; the clients' last failures: {}",
             timeline.missing().join(", "),
             reasons.join("; ")
         ))
     })
+}
+
+/// When a step is missing: what the back-ends answer on `node` itself and through the
+/// address, and what their processes and logs say, on stderr.
+fn diagnose(cluster: &LabCluster, node: &str) {
+    let probes: [(&str, &str); 6] = [
+        (
+            node,
+            "testsaslauthd -u demo -p demo-secret -f /run/saslauthd/mux",
+        ),
+        (node, "ldapwhoami -x -H ldap://127.0.0.1 -o nettimeout=2"),
+        (
+            node,
+            "ps -eo pid,stat,etime,args | grep -E 'cyr|imapd|lmtpd|sasl|slapd|master' | grep -v grep",
+        ),
+        (
+            node,
+            "ss -ltnp; ls -la /run/cyrus /run/cyrus-lmtp /run/saslauthd /var/lib/imap",
+        ),
+        (node, "tail -n 20 /var/log/postfix.log"),
+        ("client", "ip neigh; ip addr"),
+    ];
+    eprintln!("--- diagnosis on {node}:");
+    for (host, cmd) in probes {
+        let out = cluster.lab.run(host, &["sh", "-c", cmd]);
+        eprintln!(
+            "[{host}] $ {cmd}\n{}",
+            out.unwrap_or_else(|e| format!("{e:#}"))
+        );
+    }
+    let tandem = cluster.tandem_binary().display().to_string();
+    for kind in ["imap", "ox"] {
+        let cmd = format!(
+            "timeout 5 {tandem} demo-records stack-client --kind {kind} --vip {VIP} --interval-ms 1000 | tail -n 3; true"
+        );
+        let out = cluster.lab.run("client", &["sh", "-c", &cmd]);
+        eprintln!(
+            "[client] the {kind} client for 5 s:\n{}",
+            out.unwrap_or_else(|e| format!("{e:#}"))
+        );
+    }
 }
 
 /// Per-service recovery: ms from the power-off to each resource's start, and to each
