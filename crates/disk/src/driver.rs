@@ -119,7 +119,12 @@ enum Event {
     LinkUp(u64, OwnedReadHalf, OwnedWriteHalf, LinkKeys),
     /// Authentication failed.
     LinkDown(u64),
-    DialFailed,
+    /// A dial failed; `refused` when the peer's machine answered that nothing listens
+    /// (its disk service is not up yet: it will be soon, and a refused dial costs
+    /// nothing), rather than a timeout or an unreachable network.
+    DialFailed {
+        refused: bool,
+    },
 }
 
 /// A running node: the frontend and admin interface.
@@ -945,8 +950,12 @@ impl Driver {
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(peer)).await {
                 Ok(Ok(sock)) => establish(sock, true, secret, id, ev).await,
-                _ => {
-                    let _ = ev.send(Event::DialFailed).await;
+                Ok(Err(e)) => {
+                    let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+                    let _ = ev.send(Event::DialFailed { refused }).await;
+                }
+                Err(_) => {
+                    let _ = ev.send(Event::DialFailed { refused: false }).await;
                 }
             }
         });
@@ -1062,19 +1071,26 @@ impl Driver {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
                     self.link_lost();
                 } else if self.link.is_none() {
-                    // Authentication failed: retry no faster than a refused dial.
-                    self.dial_failed();
+                    // Authentication failed: back off as after an unanswered dial.
+                    self.dial_failed(false);
                 }
             }
-            Event::DialFailed => self.dial_failed(),
+            Event::DialFailed { refused } => self.dial_failed(refused),
         }
     }
 
     /// A dial or its handshake failed: the next waits twice as long, up to
-    /// `connect_interval`.
-    fn dial_failed(&mut self) {
+    /// `connect_interval` — except after a refusal, retried after [`FIRST_DIAL_WAIT`]:
+    /// the peer's machine is up and its disk service about to listen (a restarted
+    /// daemon, a node back from a power cut), and doubling waits there held the
+    /// reconnection back by seconds.
+    fn dial_failed(&mut self, refused: bool) {
         self.dialing = false;
-        self.dial_wait = (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT));
+        self.dial_wait = if refused {
+            FIRST_DIAL_WAIT
+        } else {
+            (self.dial_wait * 2).min(self.cfg.connect_interval.max(FIRST_DIAL_WAIT))
+        };
     }
 
     fn link_lost(&mut self) {

@@ -609,3 +609,35 @@ async fn a_failing_peer_is_redialled_with_growing_waits_up_to_connect_interval()
     node.shutdown().await.unwrap();
     acceptor.abort();
 }
+
+/// A refused dial (the peer's machine is up, its disk service not listening yet: a
+/// daemon restarting, a node back from a power cut) is retried after 0.5 s, not after
+/// doubling waits: the link is up within a dial wait of the peer listening again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_peer_is_redialled_at_the_first_wait() {
+    let dir = TempDir::new("refused");
+    let (mut a, mut b) = (free_port(), free_port());
+    if a.to_string() > b.to_string() {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let node = start(DriverConfig {
+        backing: backing(&dir.0, "a.img", 1),
+        meta: MetaLocation::Internal,
+        listen: a,
+        peer: b,
+        secret: b"k".to_vec(),
+        connect_interval: Duration::from_secs(10),
+        core: Config::default(),
+    })
+    .await
+    .unwrap();
+    // 4 s of refusals: doubling waits would dial next at 7.5 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let listening = tokio::net::TcpListener::bind(b).await.unwrap();
+    let dialled = tokio::time::timeout(Duration::from_secs(2), listening.accept()).await;
+    assert!(
+        dialled.is_ok(),
+        "not dialled within 2 s of the peer listening again"
+    );
+    node.shutdown().await.unwrap();
+}
