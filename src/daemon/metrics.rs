@@ -380,6 +380,18 @@ fn groups(e: &mut Exposition, status: &Value) {
             h,
         );
     }
+    for (from, n) in counters["dropped_messages"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        e.counter(
+            "tandem_cluster_messages_dropped_total",
+            "Cluster messages dropped as malformed, by sender (peer or witness)",
+            &[("from", from.as_str())],
+            num(n).unwrap_or(0.0),
+        );
+    }
     for f in items(&counters["fence"]) {
         let (target, device) = (text(&f["target"]), text(&f["device"]));
         e.counter(

@@ -23,7 +23,8 @@ fn after_failover() -> serde_json::Value {
         "counters": {"transitions": 3, "fence": [
             {"target": "ox1", "device": "lab-switch", "attempts": 1, "results": {"success": 1}}
         ], "transition_seconds": {"buckets": [[0.5, 1], [1.0, 2], [2.5, 3]], "sum": 2.75,
-                                  "count": 3}},
+                                  "count": 3},
+                     "dropped_messages": {"peer": 2, "witness": 0}},
         "disks": [{"name": "r0", "up": true, "role": "primary", "connection": "stand_alone",
                    "disk_state": "up_to_date", "out_of_sync_bytes": 1048576,
                    "resync": {"done_bytes": 0, "total_bytes": 0, "rate_bytes_per_s": 0},
@@ -55,6 +56,8 @@ fn a_failover_reads_as_prometheus_text_with_drbd_reactor_names() {
         r#"tandem_group_location{group="web",node="ox1"} 0"#,
         r#"tandem_group_location{group="web",node="ox2"} 1"#,
         "tandem_transitions_total 3",
+        r#"tandem_cluster_messages_dropped_total{from="peer"} 2"#,
+        r#"tandem_cluster_messages_dropped_total{from="witness"} 0"#,
         r#"tandem_fence_attempts_total{target="ox1",device="lab-switch"} 1"#,
         r#"tandem_fence_results_total{target="ox1",device="lab-switch",result="success"} 1"#,
         "drbd_resource_resources 1",

@@ -94,7 +94,10 @@ impl Controller {
             Event::Message { from, payload } if from == self.peer_id => {
                 match PeerMessage::decode(&payload) {
                     Some(m) => self.peer_message(m),
-                    None => tracing::warn!("malformed cluster message from {} dropped", self.peer),
+                    None => {
+                        self.counters.message_dropped("peer");
+                        tracing::warn!("malformed cluster message from {} dropped", self.peer)
+                    }
                 }
             }
             _ => {}
@@ -200,7 +203,10 @@ impl Controller {
                     tracing::info!(target = %record.target, "fencing record from the peer: {}", record.outcome.summary());
                     self.coordinator.peer_reported(record, self.now);
                 }
-                Err(err) => tracing::warn!("malformed fencing record from the peer: {err}"),
+                Err(err) => {
+                    self.counters.message_dropped("peer");
+                    tracing::warn!("malformed fencing record from the peer dropped: {err}")
+                }
             },
             PeerMessage::Ping { ok } => {
                 self.ping.insert(self.peer.clone(), ok);

@@ -228,6 +228,9 @@ pub(crate) struct Counters {
     transition_count: u64,
     /// Per (target, device): device runs asked for, and their results by outcome.
     fence: BTreeMap<(String, String), FenceCount>,
+    /// Messages dropped as malformed, by sender: `peer` (a cluster message, or a fence
+    /// record inside one, that does not decode) and `witness`.
+    dropped: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -245,6 +248,11 @@ impl Counters {
         }
         self.transition_sum += took;
         self.transition_count += 1;
+    }
+
+    /// A malformed message from `from` (`peer` or `witness`) was dropped.
+    pub(crate) fn message_dropped(&mut self, from: &'static str) {
+        *self.dropped.entry(from).or_default() += 1;
     }
 
     pub(crate) fn fence_attempt(&mut self, target: &str, device: &str) {
@@ -267,7 +275,8 @@ impl Counters {
     }
 
     /// `{"transitions": N, "fence": [{"target", "device", "attempts", "results": {kind: N}}],
-    /// "transition_seconds": {"buckets": [[le, cumulative count]…], "sum", "count"}}`.
+    /// "transition_seconds": {"buckets": [[le, cumulative count]…], "sum", "count"},
+    /// "dropped_messages": {"peer": N, "witness": N}}`.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let fence: Vec<serde_json::Value> = self
             .fence
@@ -295,6 +304,10 @@ impl Counters {
                 "buckets": buckets,
                 "sum": self.transition_sum.as_secs_f64(),
                 "count": self.transition_count,
+            },
+            "dropped_messages": {
+                "peer": self.dropped.get("peer").copied().unwrap_or(0),
+                "witness": self.dropped.get("witness").copied().unwrap_or(0),
             },
         })
     }

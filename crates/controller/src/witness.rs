@@ -44,7 +44,10 @@ impl Controller {
             Event::NodeDead { .. } => self.witness.witness_dead(now),
             Event::Message { payload, .. } => match WitnessMessage::decode(&payload) {
                 Some(m) => self.witness.message(m),
-                None => tracing::warn!("malformed message from the witness dropped"),
+                None => {
+                    self.counters.message_dropped("witness");
+                    tracing::warn!("malformed message from the witness dropped")
+                }
             },
             _ => {}
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::WitnessMessage;
+use crate::message::{MAX_NAME_BYTES, WitnessMessage};
 
 /// The vote of one loss of contact, as stored on the witness's disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,12 +48,21 @@ impl Grant {
     }
 
     /// Reads the stored form; an error names what is wrong (the witness then refuses
-    /// to start rather than risk a second grant).
+    /// to start rather than risk a second grant). Node names are what a message may
+    /// carry: not empty, at most [`MAX_NAME_BYTES`].
     pub fn decode(bytes: &[u8]) -> Result<Grant, String> {
         if bytes.len() > 4096 {
             return Err("longer than any grant".into());
         }
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        let grant: Grant = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        for (what, name) in [("winner", &grant.winner), ("loser", &grant.loser)] {
+            if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                return Err(format!(
+                    "the {what}'s name is empty or longer than {MAX_NAME_BYTES} bytes"
+                ));
+            }
+        }
+        Ok(grant)
     }
 }
 

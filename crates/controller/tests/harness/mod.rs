@@ -9,43 +9,9 @@ use tandem_controller::{Command, Controller, Input, Op, PeerMessage};
 use tandem_membership::Event;
 use tandem_witness::WitnessMessage;
 
-pub const CONFIG: &str = r#"
-[cluster]
-name = "t"
-key_file = "/etc/tandem/authkey"
-keepalive = "100ms"
-deadtime = "1s"
-initdead = "2s"
-fencing = "none"
-auto_failback = "off"
-
-[[node]]
-name = "a"
-[[node]]
-name = "b"
-
-[[link]]
-type = "ucast"
-interface = "eth0"
-peers = ["10.0.0.1", "10.0.0.2"]
-
-[[group]]
-name = "g"
-home = "a"
-failure_timeout = "10s"
-
-[[group.resource]]
-name = "ip"
-type = "ipaddr"
-address = "10.0.0.100/24"
-monitor_interval = "1s"
-
-[[group.resource]]
-name = "svc"
-type = "lsb"
-script = "svc"
-monitor_interval = "2s"
-"#;
+/// Two nodes, one group of an address and an init script, no fencing (also the fuzz
+/// target's cluster: `crates/controller/fuzz`).
+pub const CONFIG: &str = include_str!("config.toml");
 
 pub const PEER: u32 = 2;
 
