@@ -116,7 +116,7 @@ impl FrameKey {
         acceptor_nonce: &[u8; 32],
         sent_by_initiator: bool,
     ) -> FrameKey {
-        let mut mac = hmac_sha256(secret);
+        let mut mac = new_mac(secret);
         mac.update(SESSION_LABEL);
         mac.update(&[u8::from(sent_by_initiator)]);
         mac.update(initiator_nonce);
@@ -141,7 +141,7 @@ impl FrameKey {
     }
 }
 
-fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
+fn new_mac(key: &[u8]) -> Hmac<Sha256> {
     match <Hmac<Sha256> as Mac>::new_from_slice(key) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC takes keys of any length"),
@@ -1106,7 +1106,7 @@ pub fn reseal(buf: &mut [u8], key: &FrameKey, seq: u64) -> bool {
 /// that opened the TCP connection; mixing it in stops a peer from reflecting our own
 /// challenge back at us and replaying our answer.
 pub fn auth_response(secret: &[u8], nonce: &[u8; 32], responder_is_initiator: bool) -> [u8; 32] {
-    let mut mac = hmac_sha256(secret);
+    let mut mac = new_mac(secret);
     mac.update(AUTH_LABEL);
     mac.update(&[u8::from(responder_is_initiator)]);
     mac.update(nonce);
@@ -1120,7 +1120,7 @@ pub fn auth_verify(
     responder_is_initiator: bool,
     mac: &[u8; 32],
 ) -> bool {
-    let mut m = hmac_sha256(secret);
+    let mut m = new_mac(secret);
     m.update(AUTH_LABEL);
     m.update(&[u8::from(responder_is_initiator)]);
     m.update(nonce);

@@ -19,5 +19,6 @@ pub mod serial;
 pub use packet::{
     AckBody, Body, DecodeError, EncodeError, HEADER_LEN, Header, HeartbeatBody, KeyError, MAC_LEN,
     MAGIC, MAX_BODY_LEN, MAX_MESSAGE_PAYLOAD_LEN, MAX_PACKET_LEN, MAX_VIEW_ENTRIES, MessageBody,
-    PacketKey, PacketKind, VERSION, ViewEntry, ViewState, decode_header, encode, open, sha256,
+    PacketKey, PacketKind, VERSION, ViewEntry, ViewState, decode_header, encode, hmac_sha256, open,
+    sha256,
 };

@@ -315,7 +315,7 @@ impl PacketKey {
         if content.len() < 16 {
             return Err(KeyError::TooShort(content.len()));
         }
-        Ok(Self(hmac_bytes(NATIVE_LABEL, &[content])))
+        Ok(Self(hmac_sha256(NATIVE_LABEL, &[content])))
     }
 
     /// Derives the key from a Heartbeat `authkeys` entry (`N method secret`):
@@ -334,7 +334,7 @@ impl PacketKey {
         if secret.len() < 16 {
             return Err(KeyError::TooShort(secret.len()));
         }
-        Ok(Self(hmac_bytes(
+        Ok(Self(hmac_sha256(
             AUTHKEYS_LABEL,
             &[method.as_bytes(), &[0], secret.as_bytes()],
         )))
@@ -346,7 +346,8 @@ impl PacketKey {
     }
 }
 
-fn hmac_bytes(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 (RFC 2104) under `key` of the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
         mac.update(p);
@@ -602,6 +603,30 @@ pub fn open(bytes: &[u8], key: &PacketKey) -> Result<(Header, Body), DecodeError
 mod tests {
     use super::*;
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2, the message in two parts.
+        assert_eq!(
+            hex(&hmac_sha256(
+                b"Jefe",
+                &[b"what do ya want ", b"for nothing?"]
+            )),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block is hashed first.
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
     fn key() -> PacketKey {
         PacketKey::from_bytes([7; 32])
     }
@@ -834,9 +859,6 @@ mod tests {
         }
     }
 
-    fn hex(k: &PacketKey) -> String {
-        k.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
 
     #[test]
     fn key_derivation() {
@@ -863,11 +885,11 @@ mod tests {
         // Pinned values, computed independently (Python's hmac module), so a change of
         // derivation is noticed: it would silently split a cluster across versions.
         assert_eq!(
-            hex(&PacketKey::from_authkeys("sha1", "0123456789abcdef").unwrap()),
+            hex(&PacketKey::from_authkeys("sha1", "0123456789abcdef").unwrap().0),
             "708c2a130b6407a9b50285c913f1b5efa5e5c197af49a6d675ac84830f23304f"
         );
         assert_eq!(
-            hex(&PacketKey::from_native_key_file(b"0123456789abcdef").unwrap()),
+            hex(&PacketKey::from_native_key_file(b"0123456789abcdef").unwrap().0),
             "5ad975194a507aaeef7f0c044d1b5af2b151735ca5d45de1134950afbba08559"
         );
         assert_eq!(format!("{s1:?}"), "PacketKey(<redacted>)");
