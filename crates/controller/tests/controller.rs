@@ -354,6 +354,37 @@ fn the_later_maintenance_switch_wins_when_the_nodes_meet_again() {
     assert_eq!(s.c.maintenance(), (false, 3_000), "the peer's is older");
 }
 
+/// A switch made after hearing the peer's wins even when the peer's clock runs far
+/// ahead: the stamp is never less than one more than the newest seen (a hybrid logical
+/// clock), so the peer, comparing stamps, takes it.
+#[test]
+fn a_maintenance_switch_after_the_peers_wins_whatever_the_clocks_say() {
+    let mut s = Shell::new(CONFIG);
+    s.idle_cluster();
+    // The peer's clock is an hour ahead of this node's (the harness starts at 1 000 000 ms).
+    let ahead = 1_000_000 + 3_600_000;
+    s.peer_says(PeerMessage::Maintenance {
+        on: true,
+        at_ms: ahead,
+    });
+    assert_eq!(s.c.maintenance(), (true, ahead));
+    let now = s.now;
+    s.c.operator(now, Operator::Maintenance(false)).unwrap();
+    let sent = s.drain().into_iter().find_map(|c| match c {
+        Command::Send {
+            message: PeerMessage::Maintenance { on, at_ms },
+            ..
+        } => Some((on, at_ms)),
+        _ => None,
+    });
+    assert_eq!(
+        sent,
+        Some((false, ahead + 1)),
+        "the switch must order after the peer's"
+    );
+    assert_eq!(s.c.maintenance(), (false, ahead + 1));
+}
+
 #[test]
 fn a_shutdown_whose_goodbye_is_not_acknowledged_exits_after_the_wait() {
     let mut s = Shell::new(CONFIG);

@@ -859,7 +859,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn key_derivation() {
         let a = PacketKey::from_native_key_file(b"0123456789abcdef0123").unwrap();
@@ -885,11 +884,15 @@ mod tests {
         // Pinned values, computed independently (Python's hmac module), so a change of
         // derivation is noticed: it would silently split a cluster across versions.
         assert_eq!(
-            hex(&PacketKey::from_authkeys("sha1", "0123456789abcdef").unwrap().0),
+            hex(&PacketKey::from_authkeys("sha1", "0123456789abcdef")
+                .unwrap()
+                .0),
             "708c2a130b6407a9b50285c913f1b5efa5e5c197af49a6d675ac84830f23304f"
         );
         assert_eq!(
-            hex(&PacketKey::from_native_key_file(b"0123456789abcdef").unwrap().0),
+            hex(&PacketKey::from_native_key_file(b"0123456789abcdef")
+                .unwrap()
+                .0),
             "5ad975194a507aaeef7f0c044d1b5af2b151735ca5d45de1134950afbba08559"
         );
         assert_eq!(format!("{s1:?}"), "PacketKey(<redacted>)");
