@@ -369,6 +369,9 @@ fn follow(
         Ok(timeline.complete())
     });
     waited.map_err(|e| {
+        if interrupt::interrupted() {
+            return e;
+        }
         let reasons: Vec<String> = clients
             .iter()
             .filter_map(|(n, c)| Some(format!("{n}: {}", c.last_failure()?)))
