@@ -83,12 +83,14 @@ impl LabCluster {
         Self::build(timing, fencing, true, edit)
     }
 
-    /// As [`LabCluster::up_with_lab`], ox1 and ox2 each with `private_dirs` of their
-    /// own besides tandem's (`/run` first: a fresh tmpfs at every power-on).
+    /// As [`LabCluster::up_with_lab`] (or [`LabCluster::up_with_witness`] when
+    /// `witness`), ox1 and ox2 each with `private_dirs` of their own besides tandem's
+    /// (`/run` first: a fresh tmpfs at every power-on).
     pub fn up_with_private_dirs(
         timing: Timing,
         fencing: &str,
         private_dirs: &[&str],
+        witness: bool,
         edit: impl FnOnce(&Lab, &mut LabConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let mut topology = Topology::whitepaper();
@@ -105,7 +107,7 @@ impl LabCluster {
             );
             h.private_dirs = dirs;
         }
-        Self::build_from(topology, timing, fencing, false, edit)
+        Self::build_from(topology, timing, fencing, witness, edit)
     }
 
     fn build(

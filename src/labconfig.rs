@@ -55,6 +55,31 @@ pub fn add_witness_host(topology: &mut Topology) {
     }
 }
 
+/// `[witness]` for the [`WITNESS`] host (tie wait one deadtime, vote retry two
+/// keepalives), and its address among the peers of each ucast link on one of its
+/// networks: what a configuration needs for a lab built with [`add_witness_host`] —
+/// the lab cluster's own, or one imported from Heartbeat's files.
+pub fn add_witness(config: &mut Config) {
+    let c = &config.cluster;
+    config.witness = Some(Witness {
+        name: WITNESS.into(),
+        tie_wait: c.deadtime,
+        vote_retry: (c.keepalive * 2).max(Duration::from_millis(100)),
+        state_file: c.state_dir.join("witness-grant.json"),
+    });
+    for link in &mut config.links {
+        let LinkKind::Ucast { peers, .. } = &mut link.kind else {
+            continue;
+        };
+        let same_net = |a: &IpAddr, w: Ipv4Addr| matches!(a, IpAddr::V4(a) if a.octets()[..3] == w.octets()[..3]);
+        for w in [WITNESS_HB, WITNESS_LAN] {
+            if peers.iter().any(|p| same_net(p, w)) && !peers.contains(&IpAddr::V4(w)) {
+                peers.push(IpAddr::V4(w));
+            }
+        }
+    }
+}
+
 /// A lab cluster's configuration under construction.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
@@ -62,6 +87,8 @@ pub struct LabConfig {
     /// Disks whose `fencing` was chosen; the others get the loader's default for where
     /// they stand (in a group or not, in a cluster that fences or not) when rendered.
     fencing_chosen: BTreeSet<String>,
+    /// Whether [`add_witness`] applies.
+    with_witness: bool,
     dir: PathBuf,
     lab: String,
 }
@@ -109,6 +136,7 @@ impl LabConfig {
                 notify: Vec::new(),
             },
             fencing_chosen: BTreeSet::new(),
+            with_witness: false,
             dir: dir.to_path_buf(),
             lab: lab.to_string(),
         }
@@ -197,16 +225,10 @@ impl LabConfig {
         self
     }
 
-    /// `[witness]` named [`WITNESS`] (the loader's defaults); its `hb` address joins the
-    /// `hb` link's peers when rendered.
+    /// With the [`WITNESS`] ([`add_witness`], applied when rendered, so that the
+    /// links and timing set before or after count).
     pub fn witness(&mut self) -> &mut Self {
-        let c = &self.config.cluster;
-        self.config.witness = Some(Witness {
-            name: WITNESS.into(),
-            tie_wait: c.deadtime,
-            vote_retry: (c.keepalive * 2).max(Duration::from_millis(100)),
-            state_file: c.state_dir.join("witness-grant.json"),
-        });
+        self.with_witness = true;
         self
     }
 
@@ -356,14 +378,8 @@ impl LabConfig {
     /// disk whose fencing was not chosen given the loader's default.
     pub fn config(&self) -> Config {
         let mut c = self.config.clone();
-        if c.witness.is_some() {
-            for link in &mut c.links {
-                if let (true, LinkKind::Ucast { peers, .. }) = (link.name == "hb", &mut link.kind)
-                    && !peers.contains(&IpAddr::V4(WITNESS_HB))
-                {
-                    peers.push(IpAddr::V4(WITNESS_HB));
-                }
-            }
+        if self.with_witness {
+            add_witness(&mut c);
         }
         let in_group: BTreeSet<String> = c
             .groups

@@ -103,3 +103,42 @@ fn a_minimal_lab_configuration_reads_back_to_the_model() {
     assert_eq!(back.disks[0].fencing, DiskFencing::ResourceOnly);
     assert_eq!(back.cluster.key_file, dir.join("otherkey"));
 }
+
+/// The whitepaper's ha.cf has one ucast link on the dedicated network: `add_witness`
+/// puts the witness's address there (not its lan address) and adds the table, and the
+/// result is a configuration the loader takes.
+#[test]
+fn a_witness_added_to_the_imported_whitepaper_cluster_joins_its_ucast_link() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config/whitepaper");
+    let files = tandem_config::import::HaFiles {
+        ha_cf: seed.join("ha.cf"),
+        haresources: seed.join("haresources"),
+        drbd_conf: Some(seed.join("drbd.conf")),
+        ..Default::default()
+    };
+    let (mut config, _) = tandem_config::import::import(&files).unwrap();
+    assert!(config.witness.is_none());
+    add_witness(&mut config);
+    let witness = config.witness.as_ref().expect("[witness]");
+    assert_eq!(witness.name, WITNESS);
+    assert_eq!(witness.tie_wait, config.cluster.deadtime);
+    let ucast: Vec<_> = config
+        .links
+        .iter()
+        .filter_map(|l| match &l.kind {
+            LinkKind::Ucast { peers, .. } => Some(peers.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ucast.len(), 1, "{:?}", config.links);
+    assert!(ucast[0].contains(&WITNESS_HB.into()), "{:?}", ucast[0]);
+    assert!(!ucast[0].contains(&WITNESS_LAN.into()), "{:?}", ucast[0]);
+    // Twice changes nothing; the rendered file reads back the same.
+    let once = config.clone();
+    add_witness(&mut config);
+    assert_eq!(config, once);
+    let text = tandem_config::to_toml(&config);
+    let (read, _) = Config::parse_str("imported.toml", &text).unwrap();
+    assert_eq!(read.witness, config.witness);
+    assert_eq!(read.links, config.links);
+}

@@ -36,19 +36,26 @@ use setup::{GROUP, VIP, say};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The data service: tandem's records service, or Debian's PostgreSQL.
-    #[arg(long, value_enum, default_value = "records")]
+    #[arg(long, value_enum, default_value = "records", conflicts_with = "stack")]
     pub service: service::Kind,
-    /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// Heartbeat interval in milliseconds (the whitepaper stack keeps its own lab
+    /// timing: 200 ms).
+    #[arg(long, default_value_t = 200, conflicts_with = "stack")]
     pub keepalive_ms: u64,
-    /// Deadtime in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    /// Deadtime in milliseconds (the whitepaper stack: 2 s).
+    #[arg(long, default_value_t = 1000, conflicts_with = "stack")]
     pub deadtime_ms: u64,
     /// Without the witness (a third machine that gives the survivor the vote to fence
     /// at once): the survivor then waits the fencing delay (5 s), as Heartbeat's and
-    /// Pacemaker's two-node clusters do.
-    #[arg(long)]
+    /// Pacemaker's two-node clusters do. (The whitepaper stack runs the seed's cluster,
+    /// which has none, unless --witness.)
+    #[arg(long, conflicts_with = "stack")]
     pub no_witness: bool,
+    /// With --stack whitepaper: add a witness to the seed's cluster (a third host
+    /// running `tandem witness`, `[witness]` in the imported configuration), so the
+    /// survivor fences at once instead of after the 5 s fencing delay.
+    #[arg(long, requires = "stack")]
+    pub witness: bool,
     /// Run a whole stack instead of one service: `whitepaper` is the Open-Xchange
     /// whitepaper's cluster (OpenLDAP, saslauthd, PostgreSQL, Cyrus, Postfix and an
     /// Open-Xchange stand-in on four replicated disks; docs/whitepaper-stack.md).
@@ -76,7 +83,7 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn run(args: Args) -> anyhow::Result<()> {
     interrupt::install()?;
     if let Some(Stack::Whitepaper) = args.stack {
-        return whitepaper::run(args.failback);
+        return whitepaper::run(args.failback, args.witness);
     }
     if args.deadtime_ms <= 2 * args.keepalive_ms {
         bail!(

@@ -125,6 +125,15 @@ timeout = "20s"
 "#,
             cluster.lab.name()
         );
+    let toml = if cluster.has_witness() {
+        say(&format!(
+            "--witness: [witness] {} added, its address among the ucast link's peers",
+            crate::labconfig::WITNESS
+        ));
+        with_witness(&toml, &cluster.config)?
+    } else {
+        toml
+    };
     std::fs::write(&cluster.config, toml)?;
     let checked = cluster.tandem("ox1", &["config", "check"])?;
     step(checked.lines().nth(1).unwrap_or(""));
@@ -428,4 +437,16 @@ fn copy_tree(cluster: &LabCluster, dir: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The imported configuration `toml` (to be written at `path`) with the lab's witness.
+fn with_witness(toml: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let name = path.display().to_string();
+    let (mut config, _) = tandem_config::Config::parse_str(&name, toml)
+        .map_err(|e| anyhow::anyhow!("the imported configuration: {e}"))?;
+    crate::labconfig::add_witness(&mut config);
+    Ok(tandem_config::to_toml_with_header(
+        &config,
+        &["imported from the whitepaper's ha.cf, haresources, drbd.conf and authkeys; the lab's witness added by tandem demo --witness".into()],
+    ))
 }

@@ -76,18 +76,27 @@ fn check_packages() -> anyhow::Result<()> {
 }
 
 /// Runs the demo; an error if any step failed or any acknowledged item is missing.
-pub fn run(failback: bool) -> anyhow::Result<()> {
+/// With `witness`, the lab has a third host running `tandem witness` and the imported
+/// configuration a `[witness]`: the survivor fences at once instead of after the
+/// fencing delay.
+pub fn run(failback: bool, witness: bool) -> anyhow::Result<()> {
     check_packages()?;
     let timing = Timing {
         keepalive: Duration::from_millis(200),
         deadtime: Duration::from_secs(2),
     };
-    say(
-        "building the lab: ox1, ox2 and a client; networks lan (public) and hb (dedicated); each node with its own /etc/ldap, /etc/postfix, /etc/cyrus, /var/lib/*, /var/spool/* and /run",
-    );
+    let machines = if witness {
+        "ox1, ox2, a client and the witness quorum"
+    } else {
+        "ox1, ox2 and a client"
+    };
+    say(&format!(
+        "building the lab: {machines}; networks lan (public) and hb (dedicated); each node with its own /etc/ldap, /etc/postfix, /etc/cyrus, /var/lib/*, /var/spool/* and /run"
+    ));
     let mut dirs = vec!["/run"];
     dirs.extend_from_slice(hosts::PRIVATE_DIRS);
-    let cluster = LabCluster::up_with_private_dirs(timing, "required", &dirs, |_, _| Ok(()))?;
+    let cluster =
+        LabCluster::up_with_private_dirs(timing, "required", &dirs, witness, |_, _| Ok(()))?;
     let name = cluster.lab.name().to_string();
     say(&format!(
         "lab {name}: namespaces tl-{name}-*, files under /var/lib/tandem-lab/{name} and /run/tandem-lab/{name}"
@@ -161,6 +170,10 @@ fn steps(cluster: &mut LabCluster, failback: bool) -> anyhow::Result<()> {
         "the cluster with group ox: {}",
         resources.join(" → ")
     ));
+    if cluster.has_witness() {
+        say("quorum: tandem witness");
+        cluster.start_witness()?;
+    }
     let t0 = crate::clock::wall_ms();
     cluster.start_daemon("ox1", &[])?;
     cluster.start_daemon("ox2", &[])?;
