@@ -197,12 +197,7 @@ pub fn disks_and_data(cluster: &mut LabCluster) -> anyhow::Result<()> {
     }
     // No group yet: the daemons only serve the disks.
     let full = std::fs::read_to_string(&cluster.config)?;
-    let group_at = full.find("\n[[group]]\n").context("the imported group")?;
-    let fence_at = full.find("\n[[fence_device]]\n").unwrap_or(full.len());
-    std::fs::write(
-        &cluster.config,
-        format!("{}{}", &full[..group_at], &full[fence_at..]),
-    )?;
+    std::fs::write(&cluster.config, without_groups(&full)?)?;
     cluster.start_daemon("ox1", &[])?;
     cluster.start_daemon("ox2", &[])?;
     for node in ["ox1", "ox2"] {
@@ -449,4 +444,66 @@ fn with_witness(toml: &str, path: &std::path::Path) -> anyhow::Result<String> {
         &config,
         &["imported from the whitepaper's ha.cf, haresources, drbd.conf and authkeys; the lab's witness added by tandem demo --witness".into()],
     ))
+}
+
+/// `toml` without its `[[group]]` tables (and their resources), the rest as written.
+fn without_groups(toml: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut in_group = false;
+    let mut groups = 0;
+    for line in toml.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_group =
+                t.starts_with("[[group]]") || t.starts_with("[[group.") || t.starts_with("[group.");
+            groups += usize::from(t.starts_with("[[group]]"));
+        }
+        if !in_group {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    anyhow::ensure!(
+        groups == 1,
+        "the imported configuration has {groups} groups, not one"
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tandem_config::import::{HaFiles, import, render};
+
+    use super::*;
+
+    /// The seed's files imported as `tandem config import` writes them, with the lab's
+    /// fence device after the group (the demo's layout) or re-emitted with a witness
+    /// (the emitter's layout): without the group, the rest is still all there.
+    #[test]
+    fn the_bootstrap_configuration_is_the_imported_one_without_its_group() {
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config/whitepaper");
+        let files = HaFiles {
+            ha_cf: seed.join("ha.cf"),
+            haresources: seed.join("haresources"),
+            drbd_conf: Some(seed.join("drbd.conf")),
+            ..Default::default()
+        };
+        let (config, warnings) = import(&files).unwrap();
+        let imported = render(&config, &files, &warnings).replace("reiserfs", "ext4")
+            + "\n[[fence_device]]\nname = \"lab-switch\"\nagent = \"fence_tandem_lab\"\n";
+        let with_witness = with_witness(&imported, Path::new("cluster.toml")).unwrap();
+        for (text, witness) in [(imported, false), (with_witness, true)] {
+            let bare = without_groups(&text).unwrap();
+            let (bare, _) = tandem_config::Config::parse_str("bare.toml", &bare)
+                .unwrap_or_else(|e| panic!("{e}\n{bare}"));
+            assert!(bare.groups.is_empty());
+            assert_eq!(bare.disks.len(), 4);
+            assert_eq!(bare.fence_devices.len(), 1);
+            assert_eq!(bare.links.len(), config.links.len());
+            assert_eq!(bare.witness.is_some(), witness);
+        }
+        assert!(without_groups("[cluster]\nname = \"x\"\n").is_err());
+    }
 }
