@@ -7,7 +7,7 @@
 //!  LabConfig::new(name, key) ─► timing, links, witness, fence device, disks, groups,
 //!                                metrics, notify (typed; `edit` for anything else)
 //!        └─► config(): the model, with the loader's context defaults resolved
-//!              └─► render(): tandem_config::to_toml — what the agents read
+//!              └─► render(): tandem_config::to_toml — what the daemons read
 //! ```
 //!
 //! The integration tests include this file as a module of their own (`tests/common`),

@@ -1,7 +1,7 @@
 //! The daemon's state directory: what must survive a restart of `tandem daemon`.
 //!
 //! That is the incarnation number and whether maintenance mode is on. It is bumped and made durable *before* the
-//! agent sends its first heartbeat, so that a peer can always tell a restarted agent
+//! daemon sends its first heartbeat, so that a peer can always tell a restarted daemon
 //! (new incarnation) from one that returns after a partition (same incarnation).
 
 use std::fs::{self, File, OpenOptions};
@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 /// The file that keeps maintenance mode across daemon restarts.
 const MAINTENANCE: &str = "maintenance";
 
-/// The state directory of one agent.
+/// The state directory of one daemon.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     path: PathBuf,

@@ -201,7 +201,7 @@ fn a_clean_move_and_a_clean_stop_unmount_before_the_disk_demotes() {
             .wait_timeout(Duration::from_secs(10))
             .unwrap()
             .is_some(),
-        "the holder on ox2 outlived the agent's clean stop"
+        "the holder on ox2 outlived the daemon's clean stop"
     );
     assert!(!mounted_in(&c, "ox2", &mnt), "still mounted on ox2");
     c.wait_group_on("ox1", "ox1", 60);

@@ -39,7 +39,7 @@ fn spawn_qemu_io(c: &Cluster, node: &str, cmds: &[&str]) -> tandem_lab::HostProc
     c.lab.spawn(node, cmd).expect("spawn qemu-io")
 }
 
-/// ox2's superblock flags as its backing file holds them (read beside the agent).
+/// ox2's superblock flags as its backing file holds them (read beside the daemon).
 fn ox2_outdated_on_disk(c: &Cluster) -> bool {
     let (_, meta) = MetaStore::open(
         &c.lab.data_dir().join("ox2-r0.img"),

@@ -90,7 +90,7 @@ fn resync_after_disconnect_moves_only_what_changed() {
         "zeroes not replicated"
     );
 
-    // The agent's status lists the disk too.
+    // The daemon's status lists the disk too.
     let out = c.tandem("ox1", &["status", "--json"]);
     let st: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["disks"][0]["name"], "r0", "{st}");
@@ -148,7 +148,7 @@ fn split_brain_is_detected_and_resolved_only_by_the_operator() {
     let log = std::fs::read_to_string(c.lab.data_dir().join("ox2.log")).unwrap();
     assert!(
         log.contains("forced primary: this copy was outdated"),
-        "the agent says what --force discards"
+        "the daemon says what --force discards"
     );
     c.qemu_io("ox1", "write -P 0x0a 1M 1M");
     c.qemu_io("ox2", "write -P 0x0b 2M 1M");
@@ -331,7 +331,7 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
     c.tandem("ox1", &["disk", "primary", "--force", "r0"]);
     c.qemu_io("ox1", "write -P 0x33 0 64k");
 
-    // Malformed requests straight at the agent's NBD socket.
+    // Malformed requests straight at the daemon's NBD socket.
     let path = c.lab.host_path("ox1", SOCK).unwrap();
     let mut s = UnixStream::connect(&path).expect("connect to the NBD socket");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -389,7 +389,7 @@ fn a_wrong_secret_never_connects_and_bad_nbd_requests_are_refused() {
     let _ = g.write_all(&[0x41; 4096]);
     drop(g);
 
-    // The agent survived and serves correctly.
+    // The daemon survived and serves correctly.
     c.qemu_io("ox1", "read -P 0x33 0 64k");
     c.qemu_io("ox1", "write -P 0x44 513 1000");
     c.qemu_io("ox1", "read -P 0x44 513 1000");

@@ -1,6 +1,6 @@
 //! The local block device of a primary (`/dev/tandem/r0`) for real: two `tandem daemon`s
 //! in lab hosts ox1 and ox2 replicate r0 (protocol C); ext4 is made, mounted and written
-//! inside ox1 on the device the agent publishes there.
+//! inside ox1 on the device the daemon publishes there.
 
 mod common;
 
@@ -42,7 +42,7 @@ fn exists_in(c: &Cluster, node: &str, path: &str) -> bool {
     c.lab.run(node, &["test", "-e", path]).is_ok()
 }
 
-fn kill_agent(c: &mut Cluster, node: &str) {
+fn kill_daemon(c: &mut Cluster, node: &str) {
     let i = c.daemons.iter().position(|(n, _)| n == node).unwrap();
     let (_, p) = c.daemons.remove(i);
     assert!(p.signal(libc::SIGKILL));
@@ -53,7 +53,7 @@ fn kill_agent(c: &mut Cluster, node: &str) {
 /// `fuse.tandem-lab-disk`).
 const LOCAL_FUSE: &str = " - fuse.tandem ";
 
-/// What a crashed publisher leaves is gone once the agent is back: no loop device of
+/// What a crashed publisher leaves is gone once the daemon is back: no loop device of
 /// the lab, no FUSE mount, no file system from the old device, no link.
 fn assert_clean_after_restart(c: &Cluster, mnt: &Path) {
     assert!(
@@ -162,7 +162,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
     let mounts = mountinfo(&c, "ox1");
     assert!(!mounts.contains(LOCAL_FUSE), "{mounts}");
 
-    // The agent killed while primary, its file system mounted: the restarted agent
+    // The daemon killed while primary, its file system mounted: the restarted daemon
     // removes the dead mounts and the loop device before anything else.
     c.tandem("ox1", &["disk", "primary", "r0"]);
     c.lab
@@ -178,7 +178,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
             ],
         )
         .unwrap();
-    kill_agent(&mut c, "ox1");
+    kill_daemon(&mut c, "ox1");
     assert_eq!(lab_loops(&data_dir).len(), 1, "{:?}", lab_loops(&data_dir));
     let mi = mountinfo(&c, "ox1");
     assert!(mi.contains(LOCAL_FUSE) && mi.contains(mnt_s), "{mi}");
@@ -206,7 +206,7 @@ fn the_local_device_exists_exactly_while_primary_and_outlives_no_agent() {
 
     // A power-off takes the host's mount namespace (and its mounts) with it but leaves
     // the loop device, bound to a file of a FUSE mount that no namespace shows any more;
-    // the next agent finds it by its name.
+    // the next daemon finds it by its name.
     c.lab.power_off("ox1").unwrap();
     c.daemons.retain(|(n, _)| n != "ox1");
     wait_for(

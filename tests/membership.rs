@@ -17,7 +17,7 @@ const KEEPALIVE_MS: u64 = 200;
 const DEADTIME_MS: u64 = 1000;
 const SECRET: &str = "lab-secret-0123456789abcdef";
 
-/// The agents' configuration: node order gives ids (ox1 = 1, ox2 = 2), link order gives
+/// The daemons' configuration: node order gives ids (ox1 = 1, ox2 = 2), link order gives
 /// link ids (hb = 0, lan = 1).
 fn cluster_toml(lab: &Lab) -> String {
     let mut c = LabConfig::new("labcluster", lab.name(), &lab.data_dir(), "authkeys");
@@ -39,7 +39,7 @@ struct Cluster {
 }
 
 impl Drop for Cluster {
-    /// On failure, the agents' logs are the first thing to read: print them before the
+    /// On failure, the daemons' logs are the first thing to read: print them before the
     /// lab (and its data directory) is torn down.
     fn drop(&mut self) {
         common::print_agent_logs_on_panic(&self.lab, 200);

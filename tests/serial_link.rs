@@ -40,7 +40,7 @@ fn openpty() -> Pty {
         .to_string_lossy()
         .into_owned();
     // SAFETY: both descriptors were just returned to us and are owned here. The slave is
-    // kept open so the line does not hang up between the agent's opens.
+    // kept open so the line does not hang up between the daemon's opens.
     unsafe {
         let master = OwnedFd::from_raw_fd(master);
         let slave = OwnedFd::from_raw_fd(slave);

@@ -7,7 +7,7 @@
 //! `deadtime - keepalive ≤ t ≤ deadtime + keepalive`.
 //!
 //! Part 2 runs a CPU hog (stress-ng, two workers per core) on both hosts while both
-//! agents run, and counts false `node_dead` events — once with the agents' real-time
+//! daemons run, and counts false `node_dead` events — once with the daemons' real-time
 //! heartbeat thread and, as the baseline measured in the same run, once with
 //! `--no-realtime` (an ordinary thread, as most HA stacks run it).
 

@@ -4,7 +4,7 @@
 //! disks on preallocated files of the same size: `r0` protocol C and `r1` protocol A,
 //! replicated over the `hb` network, and `r2` (protocol C) disconnected after its initial
 //! sync, so it writes locally only. ox1 is primary for all three; fio's `nbd` engine
-//! drives each through the agent's NBD socket (reached from outside the host through
+//! drives each through the daemon's NBD socket (reached from outside the host through
 //! `/proc/INIT/root`). As baselines, `qemu-nbd` and `nbdkit file` serve plain files in
 //! the same directory. Jobs and the table come from [`super::fio`]; every cell is
 //! the median of the rounds, and ratios are against qemu-nbd in the same run.

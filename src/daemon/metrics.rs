@@ -235,7 +235,7 @@ pub fn render(status: &Value, peer: Option<&Peer>) -> String {
     let mut e = Exposition::default();
     let node = text(&status["node"]);
     e.gauge(
-        "tandem_agent_incarnation",
+        "tandem_daemon_incarnation",
         "This daemon's incarnation (bumped at every start)",
         &[("node", node)],
         num(&status["incarnation"]).unwrap_or(0.0),

@@ -45,7 +45,7 @@ fn peer() -> Peer {
 fn a_failover_reads_as_prometheus_text_with_drbd_reactor_names() {
     let text = render(&after_failover(), Some(&peer()));
     for line in [
-        r#"tandem_agent_incarnation{node="ox2"} 7"#,
+        r#"tandem_daemon_incarnation{node="ox2"} 7"#,
         r#"tandem_node_state{node="ox1",tandem_node_state="dead"} 1"#,
         r#"tandem_node_state{node="ox1",tandem_node_state="up"} 0"#,
         r#"tandem_node_last_heard_seconds{node="ox1"} 4.5"#,
@@ -120,13 +120,13 @@ fn label_values_are_escaped_and_a_missing_disk_peer_or_group_is_not_an_error() {
                         "groups": [], "disks": []});
     let text = render(&status, None);
     assert!(
-        text.contains(r#"tandem_agent_incarnation{node="a\"b\\c\nd"} 1"#),
+        text.contains(r#"tandem_daemon_incarnation{node="a\"b\\c\nd"} 1"#),
         "{text}"
     );
     assert!(text.contains("drbd_resource_resources 0"));
-    // A document from an agent without groups or disks at all.
+    // A document from a daemon without groups or disks at all.
     let text = render(&json!({"node": "a"}), None);
-    assert!(text.contains("tandem_agent_incarnation"));
+    assert!(text.contains("tandem_daemon_incarnation"));
 }
 
 #[test]

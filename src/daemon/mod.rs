@@ -485,7 +485,7 @@ pub(crate) fn hostname() -> anyhow::Result<String> {
 ///
 /// `MCL_ONFAULT` locks each page once it is first touched instead of faulting in every
 /// mapping up front: without it every thread's whole stack reservation and every
-/// allocator arena became resident (29 MiB for an idle agent, `tandem bench
+/// allocator arena became resident (29 MiB for an idle daemon, `tandem bench
 /// footprint`), while a page the heartbeat path uses is locked all the same after its
 /// first use, which happens in the first keepalive.
 pub(crate) fn lock_memory() {

@@ -80,7 +80,7 @@ fn disk_events_are_told_on_change_and_never_on_the_first_look() {
             .map(|n| n.event)
             .collect::<Vec<_>>()
     };
-    // Already split brain when the agent starts: no news.
+    // Already split brain when the daemon starts: no news.
     assert!(look(&mut seen, "stand_alone", json!({"split_brain": {}}), 0).is_empty());
     assert!(
         look(

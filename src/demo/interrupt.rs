@@ -1,7 +1,7 @@
 //! Ctrl-C during the demo: the lab must still come down. SIGINT (and SIGTERM) only set
 //! a flag; every wait of the demo checks it and returns an error, so the lab's handle
 //! is dropped on the way out and tears down its hosts, mounts, loop devices and files.
-//! The agents and the client run in process groups of their own (they never see the
+//! The daemons and the client run in process groups of their own (they never see the
 //! terminal's Ctrl-C: only the teardown ends them).
 
 use std::sync::atomic::{AtomicBool, Ordering};

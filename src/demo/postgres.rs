@@ -4,7 +4,7 @@
 //! with `psql` (one persistent session; a new one after each failure).
 //!
 //! Everything of a node's PostgreSQL that is not data lives in that host's private
-//! `/run/tandem` (socket, log, the agent's temporary directory): the machine's
+//! `/run/tandem` (socket, log, the daemon's temporary directory): the machine's
 //! `/run/postgresql` is shared by every lab host and by the machine itself.
 
 use std::io::{BufRead, BufReader, Write};

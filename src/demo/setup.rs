@@ -83,7 +83,7 @@ pub fn create_backing(cluster: &LabCluster, size_mib: u64) -> anyhow::Result<()>
 /// The whitepaper's §4.3, with tandem's commands, then the cluster with the group:
 /// `create-md` and `up` on both nodes, `primary --force` on ox1 and the full sync,
 /// `mkfs.ext4` on `/dev/tandem/r0`, the service's data put on it, `secondary` — all
-/// outside any group; then both agents restart with the group, which ox1 starts.
+/// outside any group; then both daemons restart with the group, which ox1 starts.
 pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<()> {
     let mount = mount_point(cluster);
     say("§4.3 bootstrap, outside any group:");
@@ -154,7 +154,7 @@ pub fn bootstrap(cluster: &mut LabCluster, service: &Service) -> anyhow::Result<
     Ok(())
 }
 
-/// `tandem disk status --json r0` in `node`, if its agent answers.
+/// `tandem disk status --json r0` in `node`, if its daemon answers.
 pub fn disk_status(cluster: &LabCluster, node: &str) -> Option<Value> {
     let out = cluster
         .tandem(node, &["disk", "status", "--json", "r0"])

@@ -227,7 +227,7 @@ impl Timeline {
 
     /// The steps that happened out of order (each must follow the one before it: a
     /// service started before its disk was promoted, or an address before the fence,
-    /// would be a bug). The stamps come from different clocks of one agent (the wall
+    /// would be a bug). The stamps come from different clocks of one daemon (the wall
     /// clock, and the controller's monotonic clock anchored to it at start), so a few
     /// milliseconds backwards are tolerated. The address's stamp is its start action's
     /// end, after the gratuitous ARP went out, so the client's first acknowledgement may

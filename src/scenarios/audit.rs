@@ -2,7 +2,7 @@
 //!
 //! | check | how |
 //! |---|---|
-//! | the cluster is whole | both agents agree on the owner; r0 connected, both up to date, 0 bytes out of sync |
+//! | the cluster is whole | both daemons agree on the owner; r0 connected, both up to date, 0 bytes out of sync |
 //! | one node runs the group, all of it | every resource `started` on the owner and `stopped` on the peer; the VIP, the mount and the service process only on the owner |
 //! | one primary | r0 primary on the owner, secondary on the peer |
 //! | both copies identical | with the client paused: the data areas of both backing files have the same checksum |

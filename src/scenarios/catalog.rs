@@ -51,7 +51,7 @@ const fn fresh(name: &'static str, body: Body, what: &'static str) -> Scenario {
     }
 }
 
-/// A scenario that reconfigures the cluster (both agents restarted with the new
+/// A scenario that reconfigures the cluster (both daemons restarted with the new
 /// configuration, so no operator request stands): the cluster is discarded after it.
 const fn own(name: &'static str, body: Body, what: &'static str) -> Scenario {
     Scenario {
@@ -81,7 +81,7 @@ pub const SCENARIOS: &[Scenario] = &[
         "the owner loses power: the peer fences it and takes over",
     ),
     s(
-        "AgentKill",
+        "DaemonKill",
         Some(agent_kill),
         "SIGKILL of the owner's daemon: the peer fences the owner and takes over",
     ),
@@ -133,22 +133,22 @@ pub const SCENARIOS: &[Scenario] = &[
     s(
         "StopOneByOne",
         Some(stop_one_by_one),
-        "agents stopped cleanly one after the other: nothing serves; started together",
+        "daemons stopped cleanly one after the other: nothing serves; started together",
     ),
     s(
         "SimulStop",
         Some(simul_stop),
-        "both agents stopped at once: nothing serves; started together",
+        "both daemons stopped at once: nothing serves; started together",
     ),
     s(
         "StartOneByOne",
         Some(start_one_by_one),
-        "both agents stopped; the home node started, the peer a moment later",
+        "both daemons stopped; the home node started, the peer a moment later",
     ),
     s(
         "SimulStart",
         Some(simul_start),
-        "both agents stopped one by one, then started at the same moment",
+        "both daemons stopped one by one, then started at the same moment",
     ),
     s(
         "RestartOneByOne",
@@ -163,7 +163,7 @@ pub const SCENARIOS: &[Scenario] = &[
     s(
         "Reattach",
         Some(heal::reattach),
-        "maintenance on, restart both agents, maintenance off: nothing restarts",
+        "maintenance on, restart both daemons, maintenance off: nothing restarts",
     ),
     own(
         "PartitionHeal",
@@ -176,7 +176,7 @@ pub const SCENARIOS: &[Scenario] = &[
 pub const QUICK: &[&str] = &[
     "Standby",
     "PowerOff",
-    "AgentKill",
+    "DaemonKill",
     "ResourceRecover",
     "Freeze",
     "SplitBrain",
@@ -286,7 +286,7 @@ pub(super) fn operator_move(
     ))
 }
 
-/// The owner is gone (power, agent, freeze): the peer must fence it and take over.
+/// The owner is gone (power, daemon, freeze): the peer must fence it and take over.
 /// What the client saw.
 fn peer_fences_and_takes_over(dc: &DataCluster, gone: &str, t0: u64) -> anyhow::Result<String> {
     let survivor = peer(gone);
@@ -327,7 +327,7 @@ fn power_off(dc: &mut DataCluster) -> anyhow::Result<String> {
 fn agent_kill(dc: &mut DataCluster) -> anyhow::Result<String> {
     let a = dc.active(RECOVERY_TIMEOUT)?;
     let t0 = wall_ms();
-    dc.kill_agent(&a)?;
+    dc.kill_daemon(&a)?;
     let seen = peer_fences_and_takes_over(dc, &a, t0)?;
     if dc.cluster.lab.is_powered(&a)? {
         bail!("{a} is still powered after {} fenced it", peer(&a));
@@ -465,7 +465,7 @@ fn replication_link_fail(dc: &mut DataCluster) -> anyhow::Result<String> {
 }
 
 /// Bytes the last resync moved, as the node that received them counts them (a new
-/// agent's counter: the node just came back).
+/// daemon's counter: the node just came back).
 fn resynced(dc: &DataCluster, node: &str) -> u64 {
     dc.disk(node)
         .and_then(|d| d["resync_moved_bytes"].as_u64())
@@ -589,7 +589,7 @@ fn power_off_both(dc: &mut DataCluster) -> anyhow::Result<String> {
     ))
 }
 
-/// Stops both agents cleanly (one by one, or at once) and checks that nothing
+/// Stops both daemons cleanly (one by one, or at once) and checks that nothing
 /// serves; then starts them (one by one: the home node, the peer a moment later, within
 /// its startup grace; or at once) and waits for the cluster to be whole.
 fn stop_start(

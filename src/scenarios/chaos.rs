@@ -24,7 +24,7 @@ pub struct ChaosArgs {
     /// Seed of the fault generator (default: from the clock; printed either way).
     #[arg(long)]
     seed: Option<u64>,
-    /// Keep the agents' logs even when every round passes (they are always kept when
+    /// Keep the daemons' logs even when every round passes (they are always kept when
     /// one fails).
     #[arg(long)]
     keep_logs: bool,
@@ -37,8 +37,8 @@ enum Fault {
     PowerOff,
     /// Every process frozen.
     Freeze,
-    /// SIGKILL of the agent.
-    AgentKill,
+    /// SIGKILL of the daemon.
+    DaemonKill,
     /// The node cut from its peer on both heartbeat paths (all of hb; the node alone
     /// on lan, away from the client too).
     Partition,
@@ -49,7 +49,7 @@ enum Fault {
 const FAULTS: [Fault; 5] = [
     Fault::PowerOff,
     Fault::Freeze,
-    Fault::AgentKill,
+    Fault::DaemonKill,
     Fault::Partition,
     Fault::ReplicationCut,
 ];
@@ -168,7 +168,7 @@ fn inject(dc: &mut DataCluster, fault: Fault, node: &str) -> anyhow::Result<()> 
             say(&format!("freeze of {node} incomplete ({e:#}); thawing it"));
             dc.thaw(node)
         }),
-        Fault::AgentKill => dc.kill_agent(node),
+        Fault::DaemonKill => dc.kill_daemon(node),
         Fault::Partition => {
             dc.cut("hb", &[])?;
             dc.cut("lan", &[node])

@@ -11,7 +11,7 @@
 //! the demo's client writes numbered records through the VIP from the start to the end
 //! of the run, and a [`Sampler`] counts the moments two nodes serve. Faults name a
 //! node; [`DataCluster::restore`] undoes every fault (heals, thaws, powers on, starts
-//! agents) and [`DataCluster::wait_healthy`] waits for the cluster to be whole again.
+//! daemons) and [`DataCluster::wait_healthy`] waits for the cluster to be whole again.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -61,7 +61,7 @@ fn host_gone(e: &anyhow::Error) -> bool {
 
 /// The cluster, its client and its dual-active watch.
 pub struct DataCluster {
-    /// The lab cluster (lab, configuration, agents).
+    /// The lab cluster (lab, configuration, daemons).
     pub cluster: LabCluster,
     /// The client writing through the VIP.
     pub client: Client,
@@ -122,7 +122,7 @@ impl DataCluster {
         setup::owner(&self.cluster, node)
     }
 
-    /// The node running the group, as both agents agree (or the only one that
+    /// The node running the group, as both daemons agree (or the only one that
     /// answers), waiting up to `timeout` for it.
     pub fn active(&self, timeout: Duration) -> anyhow::Result<String> {
         let mut found = None;
@@ -142,7 +142,7 @@ impl DataCluster {
         found.context("no owner")
     }
 
-    /// Waits until every running agent sees the group started on `owner`.
+    /// Waits until every running daemon sees the group started on `owner`.
     pub fn wait_owner(&self, owner: &str, timeout: Duration) -> anyhow::Result<()> {
         let mut last = Vec::new();
         interrupt::wait(
@@ -157,7 +157,7 @@ impl DataCluster {
                 Ok(!last.is_empty() && last.iter().all(|o| o.as_deref() == Some(owner)))
             },
         )
-        .with_context(|| format!("owner as the running agents see it: {last:?}"))
+        .with_context(|| format!("owner as the running daemons see it: {last:?}"))
     }
 
     /// `tandem disk status --json r0` on `node`.
@@ -188,7 +188,7 @@ impl DataCluster {
         Ok(())
     }
 
-    /// Powers `node` on and starts its agent.
+    /// Powers `node` on and starts its daemon.
     pub fn boot(&mut self, node: &str) -> anyhow::Result<()> {
         self.cluster
             .lab
@@ -198,8 +198,8 @@ impl DataCluster {
         self.cluster.start_daemon(node, &[])
     }
 
-    /// SIGKILLs `node`'s agent (its resources keep running, unmanaged).
-    pub fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
+    /// SIGKILLs `node`'s daemon (its resources keep running, unmanaged).
+    pub fn kill_daemon(&mut self, node: &str) -> anyhow::Result<()> {
         self.cluster.signal_daemon(node, libc::SIGKILL)
     }
 
@@ -221,7 +221,7 @@ impl DataCluster {
         Ok(self.cluster.lab.partition(net, hosts)?)
     }
 
-    /// Unplugs the lab's power switch: every fence through it fails (the agent finds
+    /// Unplugs the lab's power switch: every fence through it fails (the fence agent finds
     /// no switch to talk to) until [`DataCluster::plug_switch`].
     pub fn unplug_switch(&mut self) {
         self.switch = None;
@@ -240,8 +240,8 @@ impl DataCluster {
         Ok(())
     }
 
-    /// Stops both agents cleanly (the group stops, nobody is fenced), changes the
-    /// configuration with `edit`, starts both agents at once and waits for the cluster
+    /// Stops both daemons cleanly (the group stops, nobody is fenced), changes the
+    /// configuration with `edit`, starts both daemons at once and waits for the cluster
     /// to be whole. The owner. Operator requests end with the restarts.
     pub fn reconfigure(&mut self, edit: impl FnOnce(&mut LabConfig)) -> anyhow::Result<String> {
         let a = self.active(RECOVERY_TIMEOUT)?;
@@ -258,7 +258,7 @@ impl DataCluster {
     }
 
     /// Undoes every fault: partitions healed, frozen nodes thawed, nodes powered on,
-    /// and an agent started wherever none runs.
+    /// and a daemon started wherever none runs.
     pub fn restore(&mut self) -> anyhow::Result<()> {
         self.plug_switch()?;
         if !self.cluster.lab.partitions().is_empty() {
@@ -287,7 +287,7 @@ impl DataCluster {
                     return Err(e);
                 }
                 // A fence through the lab's switch powered the node off while this undo
-                // powered it on or started its agent (chaos seed 2026, round 25: "its
+                // powered it on or started its daemon (chaos seed 2026, round 25: "its
                 // init is gone; power-cycle it"): power-cycle it, as the error says.
                 for node in NODES {
                     if self.cluster.lab.is_powered(node)? && !self.cluster.daemon_running(node) {
@@ -307,7 +307,7 @@ impl DataCluster {
         }
     }
 
-    /// Waits until the cluster is whole: both agents answer and agree on the group's
+    /// Waits until the cluster is whole: both daemons answer and agree on the group's
     /// owner, r0 is connected with both copies up to date and nothing out of sync.
     /// The owner.
     pub fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<String> {

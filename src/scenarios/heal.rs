@@ -1,7 +1,7 @@
 //! The scenarios that change how the cluster is run rather than what fails in it:
 //! PartitionHeal (every cluster path cut and healed before fencing completes, with a
 //! fence device that fails and with manual fencing), Reattach (maintenance on, both
-//! agents restarted, maintenance off) and FailbackOn (`auto_failback = "on"`).
+//! daemons restarted, maintenance off) and FailbackOn (`auto_failback = "on"`).
 //!
 //! ```text
 //!  PartitionHeal: switch unplugged → cut hb + lan → both fence, both fail → heal
@@ -170,7 +170,7 @@ fn brief(actions: &[Value]) -> String {
         .join(", ")
 }
 
-/// Reattach: maintenance on, both agents restarted, maintenance off: nothing restarts.
+/// Reattach: maintenance on, both daemons restarted, maintenance off: nothing restarts.
 pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
     let a = dc.active(RECOVERY_TIMEOUT)?;
     let pids = dc.service_pids(&a);
@@ -190,7 +190,7 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
         dc.cluster.start_daemon(n, &[])?;
     }
     let mut kept = Vec::new();
-    interrupt::wait(Duration::from_secs(30), "both agents to answer", || {
+    interrupt::wait(Duration::from_secs(30), "both daemons to answer", || {
         kept = NODES
             .iter()
             .filter_map(|n| dc.cluster.status(n).map(|s| s["maintenance"] == true))
@@ -220,12 +220,12 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
         || kept != [true, true]
     {
         bail!(
-            "resources restarted or maintenance lost: owner {a} → {owner}; service pid {pids:?}, {during:?} while the agents were stopped, {after:?} after; maintenance as the new agents came up (ox1, ox2): {kept:?}; actions since the restart: {}",
+            "resources restarted or maintenance lost: owner {a} → {owner}; service pid {pids:?}, {during:?} while the daemons were stopped, {after:?} after; maintenance as the new daemons came up (ox1, ox2): {kept:?}; actions since the restart: {}",
             restarted.join("; ")
         );
     }
     if during != pids {
-        bail!("the service did not run while both agents were stopped: {during:?}");
+        bail!("the service did not run while both daemons were stopped: {during:?}");
     }
     for n in NODES {
         let log = std::fs::read_to_string(dc.cluster.lab.data_dir().join(format!("{n}.log")))
@@ -238,7 +238,7 @@ pub fn reattach(dc: &mut DataCluster) -> anyhow::Result<String> {
         }
     }
     Ok(format!(
-        "maintenance on, both agents restarted (came up in maintenance), maintenance off: group stayed on {owner}, service pid {after:?} unchanged and running while the agents were down, no start or stop"
+        "maintenance on, both daemons restarted (came up in maintenance), maintenance off: group stayed on {owner}, service pid {after:?} unchanged and running while the daemons were down, no start or stop"
     ))
 }
 

@@ -9,7 +9,7 @@
 //!  report: scenario, result, time, what was seen and audited; exit 1 if any failed
 //! ```
 //!
-//! A failed scenario is reported with its error and the agents' log tails are kept
+//! A failed scenario is reported with its error and the daemons' log tails are kept
 //! (the lab itself always comes down); the next scenario runs on a fresh cluster.
 
 mod audit;
@@ -166,7 +166,7 @@ fn build() -> anyhow::Result<DataCluster> {
 }
 
 /// Runs one scenario and its audit; the cluster back, unless it failed (then it is
-/// taken down, its agents' logs kept).
+/// taken down, its daemons' logs kept).
 fn run_one(
     mut dc: DataCluster,
     name: &'static str,
@@ -214,7 +214,7 @@ fn run_one(
     (row, None)
 }
 
-/// Copies the agents' logs out of the lab (its teardown removes them).
+/// Copies the daemons' logs out of the lab (its teardown removes them).
 fn keep_logs(dc: &DataCluster, name: &str) {
     let dir = std::env::temp_dir()
         .join("tandem-scenarios")

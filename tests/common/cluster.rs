@@ -135,7 +135,7 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Builds the lab, writes the configuration and starts both agents.
+    /// Builds the lab, writes the configuration and starts both daemons.
     pub fn start(opts: Opts) -> Cluster {
         Self::start_with_files(opts, &[])
     }

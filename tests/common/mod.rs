@@ -28,7 +28,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Wall-clock milliseconds since the epoch (the agents stamp their events the same way).
+/// Wall-clock milliseconds since the epoch (the daemons stamp their events the same way).
 #[allow(clippy::disallowed_methods)]
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()

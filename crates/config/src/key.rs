@@ -4,7 +4,7 @@
 //! `auth N` starts a Heartbeat file, anything else is a native key. The secret's bytes
 //! are what the wire layer keys its MAC with; tandem never speaks Heartbeat's wire
 //! format, so `sha1`/`md5`/`crc` only say which line held the secret (and `crc`, which
-//! has none, is refused by the agent as it gives no authentication at all).
+//! has none, is refused by the daemon as it gives no authentication at all).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub struct Config {
     /// `[cluster]`: name, timing, policy and local paths.
     pub cluster: Cluster,
-    /// `[log]`: where the agent logs (imported from ha.cf's log directives).
+    /// `[log]`: where the daemon logs (imported from ha.cf's log directives).
     pub log: Log,
     /// `[[node]]`, in file order.
     pub nodes: Vec<Node>,
@@ -31,7 +31,7 @@ pub struct Config {
     /// `[witness]`: a third machine that gives one node the vote when the two lose each
     /// other (absent: no witness, fencing waits `fencing_delay` as before).
     pub witness: Option<Witness>,
-    /// `[metrics]`: the agent's HTTP listener for `/metrics` and `/status`.
+    /// `[metrics]`: the daemon's HTTP listener for `/metrics` and `/status`.
     pub metrics: Metrics,
     /// `[[notify]]`: commands run on cluster events, in file order.
     pub notify: Vec<Notify>,
@@ -67,7 +67,7 @@ pub struct Cluster {
     pub deadtime: Duration,
     /// Silence after which a late heartbeat is logged as a warning.
     pub warntime: Duration,
-    /// Grace period after the agent starts before the peer may be declared dead
+    /// Grace period after the daemon starts before the peer may be declared dead
     /// (networks and switches take a while to come up). Always ≥ deadtime.
     pub initdead: Duration,
     /// Whether groups move back to their home node when it returns.
@@ -78,9 +78,9 @@ pub struct Cluster {
     pub key_file: PathBuf,
     /// Whether takeover of shared data requires a successful fence.
     pub fencing: FencingPolicy,
-    /// Where the agent keeps its persistent state (incarnation, disk metadata defaults).
+    /// Where the daemon keeps its persistent state (incarnation, disk metadata defaults).
     pub state_dir: PathBuf,
-    /// The agent's Unix control socket (root-only).
+    /// The daemon's Unix control socket (root-only).
     pub control_socket: PathBuf,
     /// ipfail-style ping targets: each one is a separate reachability test.
     pub ping: Vec<IpAddr>,
@@ -131,7 +131,7 @@ pub struct PingGroup {
 /// `[metrics]`: off unless the table is present.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Metrics {
-    /// Where the agent serves `/metrics` and `/status` over HTTP; `None`: no listener.
+    /// Where the daemon serves `/metrics` and `/status` over HTTP; `None`: no listener.
     pub listen: Option<SocketAddr>,
 }
 

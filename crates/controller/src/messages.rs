@@ -1,7 +1,7 @@
 //! Cluster messages between the two nodes' controllers, carried by membership's reliable
 //! messages (delivered once, in order). Compact JSON; every message must fit one
 //! membership payload ([`MAX_PAYLOAD_BYTES`]): reports go one group per message, and
-//! `config check` (and the agent at start) refuses a group whose largest report cannot
+//! `config check` (and the daemon at start) refuses a group whose largest report cannot
 //! fit ([`oversized_reports`]); a fence record carries at most
 //! [`FENCE_TEXT_IN_MESSAGE_MAX_BYTES`] of device output (its end) and of reason, which
 //! makes it fit.
@@ -169,7 +169,7 @@ pub fn largest_report_bytes(group: &tandem_config::Group) -> usize {
 
 /// The groups of `config` whose largest report does not fit one message, with that
 /// report's size: the peer would never see their complete state. `config check` and
-/// the agent refuse such a configuration.
+/// the daemon refuse such a configuration.
 pub fn oversized_reports(config: &tandem_config::Config) -> Vec<(&tandem_config::Group, usize)> {
     config
         .groups

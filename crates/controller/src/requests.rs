@@ -119,7 +119,7 @@ impl Controller {
                 let state = match self.peer_state {
                     PeerState::Dead => "dead",
                     PeerState::LeftCleanly => "stopped (it left the cluster cleanly)",
-                    _ => "not heard since this agent started",
+                    _ => "not heard since this daemon started",
                 };
                 return Some(format!(
                     "{peer} is {state}: no node would take over {}",

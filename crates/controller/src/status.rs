@@ -215,7 +215,7 @@ impl Controller {
 pub(crate) const TRANSITION_BUCKETS_S: [f64; 10] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
-/// Monotonic counts since the agent started, for `/metrics` (docs/operations.md): what
+/// Monotonic counts since the daemon started, for `/metrics` (docs/operations.md): what
 /// the controller did, kept by it because only it knows (counting is not I/O).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Counters {

@@ -273,7 +273,7 @@ impl DriverHandle {
         self.ask(Cmd::Status).await
     }
 
-    /// Holds back (or releases) this disk's resync requests: the agent runs resync
+    /// Holds back (or releases) this disk's resync requests: the daemon runs resync
     /// groups in order with it (see `core::resync::groups_allowed`).
     pub async fn set_resync_paused(&self, paused: bool) -> Result<(), DriverError> {
         self.tx
@@ -998,7 +998,7 @@ impl Driver {
                 let _ = tx.send(self.core.promote(now, force));
             }
             Cmd::Demote(tx) => match self.core.demote(now) {
-                // Answered once the superblock says secondary: an agent that exits
+                // Answered once the superblock says secondary: a daemon that exits
                 // right after a clean stop must not leave a crashed primary behind.
                 Ok(()) => self.durable_waiters.push((self.core.metadata_ticket(), tx)),
                 Err(e) => {

@@ -1,5 +1,5 @@
 //! Metadata changes made while a disk is down (no node runs it), in the manner of
-//! drbdmeta: the agent uses them to answer the peer's outdate request for a disk it
+//! drbdmeta: the daemon uses them to answer the peer's outdate request for a disk it
 //! does not run.
 
 use std::path::Path;

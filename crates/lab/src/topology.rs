@@ -16,7 +16,7 @@ use crate::LabError;
 pub const NAME_LEN_MAX: usize = 7;
 
 /// Directories that every host gets privately by default (see [`HostSpec::private_dirs`]):
-/// the agent's socket and state, and its configuration, so that `tandem` run inside a lab
+/// the daemon's socket and state, and its configuration, so that `tandem` run inside a lab
 /// host finds *that host's* agent at the default paths; and `/dev/tandem`, where a
 /// primary publishes its disks' local devices, so that two hosts (or two labs) never
 /// meet at `/dev/tandem/r0` in the machine's shared `/dev`.

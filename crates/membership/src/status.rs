@@ -1,4 +1,4 @@
-//! Drop reasons and the status snapshot the agent serializes for `tandem status --json`.
+//! Drop reasons and the status snapshot the daemon serializes for `tandem status --json`.
 
 use serde::Serialize;
 use serde::ser::SerializeMap;

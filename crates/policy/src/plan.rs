@@ -446,7 +446,7 @@ impl<'a> Planner<'a> {
             });
             return;
         }
-        // Unknown state (agent restart): probe before deciding anything.
+        // Unknown state (daemon restart): probe before deciding anything.
         if states.contains(&ResourceState::Unknown) {
             for (r, s) in group.resources.iter().zip(&states) {
                 if *s == ResourceState::Unknown {

@@ -97,7 +97,7 @@ pub enum PeerState {
     Up,
     /// Declared dead (`NodeDead`): silent for deadtime.
     Dead,
-    /// Never heard since this agent started. Before initdead passes the planner waits;
+    /// Never heard since this daemon started. Before initdead passes the planner waits;
     /// after, it treats the peer as dead (it may be about to start groups).
     Unknown,
     /// Declared dead, then heard again with the same incarnation
@@ -236,7 +236,7 @@ pub enum ResourceState {
     FailedStop,
     /// The last monitor failed: the resource is not healthy.
     FailedMonitor,
-    /// Not known (e.g. after the agent restarted): must be probed before anything else.
+    /// Not known (e.g. after the daemon restarted): must be probed before anything else.
     Unknown,
 }
 

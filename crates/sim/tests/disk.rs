@@ -22,7 +22,7 @@
 //! membership is cut too — by fencing it (a power loss, if the run has had none yet;
 //! otherwise membership is taken to carry the outdate) under `resource-and-stonith`,
 //! or by `peer_unreachable` under `resource-only`. A failover promotes a node the way
-//! the agent would: never a node still in its startup wait (restarted, no handshake
+//! the daemon would: never a node still in its startup wait (restarted, no handshake
 //! since, not degraded: `wfc_timeout` forever), and outdating or fencing the peer first
 //! when the core asks for it.
 
@@ -674,7 +674,7 @@ impl Sim {
         }
     }
 
-    /// The primary is down: promote the other node as the agent would — not while it
+    /// The primary is down: promote the other node as the daemon would — not while it
     /// waits for its peer at startup, and after outdating or fencing the peer when the
     /// core asks for that.
     fn failover(&mut self) {

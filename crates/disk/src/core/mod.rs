@@ -547,7 +547,7 @@ impl Core {
         )
     }
 
-    /// Holds back (or releases) this disk's resync requests; the agent does this to run
+    /// Holds back (or releases) this disk's resync requests; the daemon does this to run
     /// resync groups in order (the whitepaper's `syncer { group N; }`).
     pub fn set_resync_paused(&mut self, now: Instant, paused: bool) {
         self.advance(now);

@@ -64,7 +64,7 @@ pub struct SimNode {
     pub handshaked: bool,
     /// The disk ran degraded when the node booted: its startup wait ends (the degraded
     /// wait, `degr_wfc_timeout`, is taken as over); otherwise it waits for its peer for
-    /// ever (`wfc_timeout = "0"`), as the agent does — decided at boot, as there.
+    /// ever (`wfc_timeout = "0"`), as the daemon does — decided at boot, as there.
     pub degraded_at_boot: bool,
     /// The replication connection this side believes in.
     pub conn: Option<u64>,

@@ -48,7 +48,7 @@ const PAIR_NAMES: [&str; PAIRS] = ["n1 and n2", "n1 and the witness", "n2 and th
 /// The pairs of hosts a network can be cut between, numbered by [`pair`]: n1–n2, n1–the
 /// witness, n2–the witness.
 const PAIRS: usize = 3;
-/// The group's resources that an agent runs (the disk is the disk core's business).
+/// The group's resources that a resource agent runs (the disk is the disk core's business).
 const AGENT_RESOURCES: [&str; 2] = ["svc", "vip"];
 
 /// An unsafe variant, to show the checks catch it.

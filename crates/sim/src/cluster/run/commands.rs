@@ -174,7 +174,7 @@ impl Cluster {
             Command::Notify(_) => {}
             Command::Exit => {
                 self.note(format!("{} stopped cleanly", self.nodes[i].name));
-                // The agent exits once its disks' metadata is durable (a demote answers
+                // The daemon exits once its disks' metadata is durable (a demote answers
                 // only then): let the core finish its queued metadata writes.
                 for _ in 0..1000 {
                     if self.nodes[i].ios.is_empty() {
