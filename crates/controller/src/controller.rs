@@ -394,6 +394,14 @@ impl Controller {
                 Ok(serde_json::json!({"maintenance": on}))
             }
             Operator::Status => Ok(self.status()),
+            Operator::Fence(node) | Operator::FenceConfirm(node)
+                if node != self.local && node != self.peer =>
+            {
+                return Err(format!(
+                    "{node} is not a node of this cluster (its nodes: {}, {})",
+                    self.local, self.peer
+                ));
+            }
             Operator::Fence(node) => {
                 let now = self.now;
                 self.coordinator
@@ -405,6 +413,17 @@ impl Controller {
             Operator::FenceConfirm(node) => {
                 if node == self.local {
                     return Err("a node cannot confirm that it is itself down".into());
+                }
+                // A confirmation tells the cluster the node runs nothing any more; one
+                // this node still hears is running (a partition healed, or never cut):
+                // confirming it would let its groups start here while they run there.
+                if matches!(
+                    self.peer_state,
+                    PeerState::Up | PeerState::ReturnedAfterPartition
+                ) {
+                    return Err(format!(
+                        "{node} is up: this node hears its heartbeats, so it is not down. Power it off first (or `tandem fence {node}`); confirm once it is silent"
+                    ));
                 }
                 tracing::warn!(%node, "operator confirms the node is down");
                 let now = self.now;

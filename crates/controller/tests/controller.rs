@@ -941,3 +941,38 @@ fn the_peers_requests_end_when_it_restarts() {
         );
     }
 }
+
+/// `tandem fence` and `tandem fence confirm` act only on the cluster's nodes, and a
+/// confirmation that the peer is down is refused while this node hears it: it would let
+/// the peer's groups start here while they run there.
+#[test]
+fn fencing_requests_name_a_node_and_a_heard_peer_cannot_be_confirmed_down() {
+    let mut s = Shell::new(CONFIG);
+    s.started_here();
+    let now = s.now;
+    for op in [
+        Operator::Fence("ox3".into()),
+        Operator::FenceConfirm("ox3".into()),
+    ] {
+        let why = s.c.operator(now, op).unwrap_err();
+        assert!(why.contains("not a node of this cluster"), "{why}");
+    }
+    let why =
+        s.c.operator(now, Operator::FenceConfirm("b".into()))
+            .unwrap_err();
+    assert!(why.contains("b is up"), "{why}");
+    assert_eq!(
+        s.c.status()["fencing"]["history"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0,
+        "a refused request left a record"
+    );
+    // Once the peer is silent, the operator's word is what the cluster waits for.
+    s.peer_dead();
+    let now = s.now;
+    assert!(
+        s.c.operator(now, Operator::FenceConfirm("b".into()))
+            .is_ok()
+    );
+}
