@@ -624,11 +624,17 @@ impl<'s> Walker<'s> {
         let disk_names: HashSet<String> = disks.iter().map(|d| d.name.clone()).collect();
         let mut seen = HashMap::new();
         let mut resource_names = HashMap::new();
+        let mut claimed = HashMap::new();
         let mut groups = Vec::new();
         for t in self.array_of_tables(&root, "group", "group") {
-            if let Some((group, span)) =
-                self.group(&t, &node_names, &disks, &disk_names, &mut resource_names)
-            {
+            if let Some((group, span)) = self.group(
+                &t,
+                &node_names,
+                &disks,
+                &disk_names,
+                &mut resource_names,
+                &mut claimed,
+            ) {
                 if self.unique(&mut seen, &group.name, span, "group") {
                     groups.push(group);
                 }

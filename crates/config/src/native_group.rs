@@ -14,6 +14,7 @@ impl Walker<'_> {
         all_disks: &[Disk],
         disks: &HashSet<String>,
         resource_names: &mut HashMap<String, Range<usize>>,
+        claimed: &mut HashMap<String, (String, Range<usize>)>,
     ) -> Option<(Group, Range<usize>)> {
         self.check_keys(t, GROUP_KEYS);
         let name_v = self.required(t, "name", "the group name (a string)");
@@ -70,6 +71,7 @@ impl Walker<'_> {
             resource_names.insert(candidate.clone(), t.span.clone());
             resources[i].name = candidate;
         }
+        self.one_resource_each(&resources, &table_spans, claimed);
         Some((
             Group {
                 name: name?,
@@ -80,6 +82,45 @@ impl Walker<'_> {
             },
             name_v?.span(),
         ))
+    }
+
+    /// A disk, an address and a mount point each belong to one resource of the whole
+    /// configuration: two resources for one (in one group or two) would fight over it —
+    /// two groups with different homes would each promote the disk, add the address,
+    /// mount the directory on their own node. `claimed` holds what earlier resources
+    /// took, with the resource's name and table.
+    fn one_resource_each(
+        &mut self,
+        resources: &[Resource],
+        spans: &[Range<usize>],
+        claimed: &mut HashMap<String, (String, Range<usize>)>,
+    ) {
+        for (r, span) in resources.iter().zip(spans) {
+            let what = match &r.kind {
+                ResourceKind::Disk { disk } => format!("disk `{disk}`"),
+                ResourceKind::IpAddr { address, .. } => format!("address {address}"),
+                ResourceKind::Filesystem { directory, .. } => {
+                    format!("mount point {}", directory.display())
+                }
+                _ => continue,
+            };
+            match claimed.get(&what) {
+                Some((first, at)) => {
+                    let (line, col) = self.src.position(at.start);
+                    self.err(
+                        span.clone(),
+                        format!(
+                            "resource `{}`: {what} is already managed by resource `{first}` (line {line}, column {col}): one resource per {}, or the two would fight over it",
+                            r.name,
+                            what.split(' ').next().unwrap_or("thing")
+                        ),
+                    );
+                }
+                None => {
+                    claimed.insert(what, (r.name.clone(), span.clone()));
+                }
+            }
+        }
     }
 
     /// Gives every disk without a `fencing` key its default (which depends on whether a

@@ -147,3 +147,60 @@ fn disk_fencing_defaults_follow_the_group_and_the_cluster() {
     // The emitter writes the policy, so what a node runs is what its file says.
     assert!(to_toml(&c).contains("fencing = \"dont-care\""));
 }
+
+/// A disk, an address or a mount point managed by two resources — in a second group
+/// with the other home, or twice in one — is refused at the second, with where the
+/// first is: both groups would promote the disk, add the address, mount the directory.
+#[test]
+fn a_disk_address_or_mount_point_belongs_to_one_resource() {
+    let text = testdata("example.toml")
+        + r#"
+[[group]]
+name = "twin"
+home = "ox2"
+
+[[group.resource]]
+type = "disk"
+disk = "r0"
+
+[[group.resource]]
+type = "ipaddr"
+address = "192.168.1.160/24"
+
+[[group.resource]]
+type = "filesystem"
+device = "/dev/drbd0"
+directory = "/var/lib/pgsql"
+fstype = "ext4"
+"#;
+    let errors = Config::parse_str("twin.toml", &text)
+        .unwrap_err()
+        .to_string();
+    for (what, first) in [
+        ("disk `r0`", "disk-r0"),
+        ("address 192.168.1.160", "ip-192.168.1.160"),
+        ("mount point /var/lib/pgsql", "fs-var-lib-pgsql"),
+    ] {
+        let line = errors
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no error for {what}:\n{errors}"));
+        assert!(line.starts_with("twin.toml:"), "{line}");
+        assert!(
+            line.contains(&format!("already managed by resource `{first}`")),
+            "{line}"
+        );
+    }
+    // Twice in one group is the same mistake.
+    let twice = testdata("example.toml").replace(
+        "[[group.resource]]\ntype = \"systemd\"",
+        "[[group.resource]]\ntype = \"disk\"\ndisk = \"r0\"\nname = \"again\"\n\n[[group.resource]]\ntype = \"systemd\"",
+    );
+    let errors = Config::parse_str("twice.toml", &twice)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("resource `again`: disk `r0` is already managed"),
+        "{errors}"
+    );
+}

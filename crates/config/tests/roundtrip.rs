@@ -33,6 +33,18 @@ fn params() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map(name(), text(), 0..3)
 }
 
+/// Whether `kind` takes nothing an earlier resource took (a disk, an address, a mount
+/// point belong to one resource each; `config check` refuses a second).
+fn one_each(kind: &ResourceKind, claimed: &mut std::collections::HashSet<String>) -> bool {
+    let key = match kind {
+        ResourceKind::Disk { disk } => format!("disk {disk}"),
+        ResourceKind::IpAddr { address, .. } => format!("address {address}"),
+        ResourceKind::Filesystem { directory, .. } => format!("dir {}", directory.display()),
+        _ => return true,
+    };
+    claimed.insert(key)
+}
+
 fn resource_kind() -> impl Strategy<Value = ResourceKind> {
     prop_oneof![
         (
@@ -257,6 +269,10 @@ fn config() -> impl Strategy<Value = Config> {
                         failure_timeout: deadtime,
                         resources: resources
                             .into_iter()
+                            .filter({
+                                let mut claimed = std::collections::HashSet::new();
+                                move |(kind, _, _)| one_each(kind, &mut claimed)
+                            })
                             .enumerate()
                             .map(|(i, (kind, timeout, monitor_interval))| Resource {
                                 name: format!("r{i}"),
