@@ -22,7 +22,7 @@ fn seed(file: &str) -> String {
 
 /// `tandem config import` of the seed's files as written; the native file.
 fn import(authkeys: &Path) -> String {
-    common::write_private(authkeys, "auth 1\n1 sha1 lab secret\n");
+    common::write_private(authkeys, "auth 1\n1 sha1 lab secret 0123456789\n");
     let out = Command::new(TANDEM)
         .args(["config", "import", "--ha-cf", &seed("ha.cf")])
         .args(["--haresources", &seed("haresources")])

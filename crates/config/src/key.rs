@@ -272,6 +272,8 @@ fn parse_authkeys(src: &Source<'_>) -> Result<(AuthKey, Vec<Warning>), Diagnosti
             Some((method, secret, p0)) => {
                 if *method == HeartbeatMethod::Crc {
                     sink.push(src.warning(*p0..*p0, "crc authentication has no secret and gives no security: anyone on the link can forge heartbeats; use `sha1 SECRET`"));
+                } else if secret.len() < MIN_NATIVE_SECRET_LEN {
+                    sink.push(src.warning(*p0..*p0, format!("key {n}'s secret is {} bytes: it authenticates the heartbeats and keys every replication link, and so short a secret can be guessed; use at least {MIN_NATIVE_SECRET_LEN} (e.g. `openssl rand -hex 32`)", secret.len())));
                 }
                 Some(AuthKey {
                     source: KeySource::Heartbeat {
@@ -306,7 +308,7 @@ mod tests {
     fn heartbeat_authkeys_selects_the_auth_line() {
         let (k, w) = parse(
             "authkeys",
-            "# comment\nauth 2\n1 crc\n2 sha1 Hello There # x\n3 md5 m\n",
+            "# comment\nauth 2\n1 crc\n2 sha1 Hello There, friend # x\n3 md5 m\n",
         )
         .unwrap();
         assert_eq!(
@@ -316,8 +318,23 @@ mod tests {
                 method: HeartbeatMethod::Sha1
             }
         );
-        assert_eq!(k.secret, b"Hello There");
+        assert_eq!(k.secret, b"Hello There, friend");
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_short_secret_warns() {
+        let (k, w) = parse("authkeys", "auth 1\n1 sha1 x\n").unwrap();
+        assert_eq!(k.secret, b"x");
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].to_string()
+                .starts_with("authkeys:2:1: warning: key 1's secret is 1 bytes"),
+            "{}",
+            w[0]
+        );
+        let (_, w) = parse("authkeys", "auth 1\n1 sha1 0123456789abcdef\n").unwrap();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

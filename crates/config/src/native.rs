@@ -477,16 +477,25 @@ impl<'s> Walker<'s> {
         let Some(v) = t.get(key) else {
             return (PathBuf::from(default), None);
         };
-        match self.string(v, key) {
-            Some(s) if s.starts_with('/') => (PathBuf::from(s), Some(v.span())),
-            Some(s) => {
-                self.err(
-                    v.span(),
-                    format!("`{key}` = {s:?}: expected an absolute path (starting with /)"),
-                );
-                (PathBuf::from(default), None)
-            }
+        match self.absolute(v, key, default) {
+            Some(s) => (PathBuf::from(s), Some(v.span())),
             None => (PathBuf::from(default), None),
+        }
+    }
+
+    /// The string value of `key`, which must be an absolute path (the daemon runs from
+    /// `/`, and a path relative to wherever it was started means another file after a
+    /// restart); `example` shows one in the error.
+    pub(super) fn absolute(&mut self, v: &Val<'_>, key: &str, example: &str) -> Option<String> {
+        let s = self.string(v, key)?;
+        if s.starts_with('/') {
+            Some(s)
+        } else {
+            self.err(
+                v.span(),
+                format!("`{key}` = {s:?}: expected an absolute path, e.g. \"{example}\""),
+            );
+            None
         }
     }
 

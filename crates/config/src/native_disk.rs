@@ -201,14 +201,14 @@ impl Walker<'_> {
         self.check_keys(t, DISK_HOST_KEYS);
         let device = self
             .required(t, "device", "the device path, e.g. \"/dev/drbd0\"")
-            .and_then(|v| self.string(v, "device"));
+            .and_then(|v| self.absolute(v, "device", "/dev/tandem/r0"));
         let backing = self
             .required(
                 t,
                 "backing",
                 "the backing device or file, e.g. \"/dev/sdb1\"",
             )
-            .and_then(|v| self.string(v, "backing"));
+            .and_then(|v| self.absolute(v, "backing", "/dev/sdb1"));
         let address = self
             .required(t, "address", "the replication address, e.g. \"192.168.180.20:7788\"")
             .and_then(|v| {
