@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tandem_config::{FencingPolicy, ResourceKind};
 use tandem_policy::{
-    ClusterView, Failure, GroupView, NoteLevel, PeerView, ResourceState, ResourceView,
+    ClusterView, Failure, GroupView, NoteLevel, PeerState, PeerView, ResourceState, ResourceView,
 };
 
 use crate::controller::Controller;
@@ -102,10 +102,16 @@ impl Controller {
     /// The resource part of `tandem status --json` (docs/status.md).
     pub fn status(&self) -> serde_json::Value {
         let mut groups = Vec::new();
+        // A peer that is silent and fenced (or confirmed down) runs nothing, whatever
+        // it reported last: show that, not its last report.
+        let peer_off = !matches!(
+            self.peer_state,
+            PeerState::Up | PeerState::ReturnedAfterPartition
+        ) && self.coordinator.state(&self.peer).is_down();
         for group in &self.config.groups {
             let mut resources = Vec::new();
             let mut local_states = Vec::new();
-            let peer_states = self.peer_groups.get(&group.name);
+            let peer_states = self.peer_groups.get(&group.name).filter(|_| !peer_off);
             for r in &group.resources {
                 let key = (group.name.clone(), r.name.clone());
                 let lr = self.resources.get(&key);

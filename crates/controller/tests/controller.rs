@@ -976,3 +976,38 @@ fn fencing_requests_name_a_node_and_a_heard_peer_cannot_be_confirmed_down() {
             .is_ok()
     );
 }
+
+/// A peer that is silent and known down (fenced, or confirmed by the operator) runs
+/// nothing: status stops showing its last report as running.
+#[test]
+fn status_shows_a_fenced_peer_running_nothing() {
+    let mut s = Shell::new(CONFIG);
+    s.idle_cluster();
+    let started = tandem_controller::messages::Reported {
+        state: "started".into(),
+        failures: String::new(),
+    };
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: [
+            ("ip".to_string(), started.clone()),
+            ("svc".to_string(), started),
+        ]
+        .into_iter()
+        .collect(),
+    });
+    let peer_state = |s: &Shell| s.c.status()["groups"][0]["resources"][0]["peer_state"].clone();
+    assert_eq!(peer_state(&s), "started");
+    assert_eq!(s.c.status()["groups"][0]["owner"], "b");
+    s.peer_dead();
+    assert_eq!(
+        peer_state(&s),
+        "started",
+        "dead is not down: it may still run it"
+    );
+    let now = s.now;
+    s.c.operator(now, Operator::FenceConfirm("b".into()))
+        .unwrap();
+    assert_eq!(peer_state(&s), "stopped");
+    assert_ne!(s.c.status()["groups"][0]["owner"], "b");
+}
