@@ -62,7 +62,7 @@ impl Controller {
             Event::NodeRestarted { node, .. } if node == self.peer_id => {
                 // A new incarnation has lost its state: it runs nothing until it reports.
                 self.witness.peer_back();
-                self.forget_peer_requests();
+                self.forget_requests();
                 self.peer_state = PeerState::Up;
                 self.peer_reported.clear();
                 self.peer_said_goodbye = false;

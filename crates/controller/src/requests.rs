@@ -190,16 +190,20 @@ impl Controller {
         }
     }
 
-    /// The peer restarted (a new incarnation: after a fence, a crash or a stop): its
-    /// standing requests end with its old life, which its new one has forgotten too. A
-    /// takeover it asked for must not pull a group back from the node that took it over
-    /// after the peer failed (Heartbeat's `hb_takeover` was one-shot; `auto_failback`
-    /// decides what a returning node gets). A peer merely declared dead keeps them: it
-    /// may be alive behind a partition, still holding them, and both views must agree
-    /// when it returns (cluster-sim seed 2274).
-    pub(crate) fn forget_peer_requests(&mut self) {
-        let peer = self.peer.clone();
-        self.requests.retain(|(_, r)| r.node != peer);
+    /// The peer restarted (a new incarnation: after a fence, a crash or a stop): every
+    /// standing request ends — the peer's with its old life, which its new one has
+    /// forgotten too, and this node's with the situation it was made for. Requests are
+    /// one-shot moves, as Heartbeat's `hb_standby` and `hb_takeover` were: a takeover
+    /// must not pull a group back from the node that took it over after the requester
+    /// failed, nor a standby push it away from the node that took it over after the
+    /// other failed, when that node returns; `auto_failback` alone decides what a
+    /// returning node gets. (An outside review met the second: standby on ox1, standby
+    /// on ox2, ox1 powered off and back — the group left ox2 for ox1 with
+    /// `auto_failback` off.) A peer merely declared dead keeps them all: it may be
+    /// alive behind a partition, still holding them, and both views must agree when it
+    /// returns (cluster-sim seed 2274).
+    pub(crate) fn forget_requests(&mut self) {
+        self.requests.clear();
     }
 
     /// Tells the peer every standing request (it may have missed them while down, or

@@ -1011,3 +1011,60 @@ fn status_shows_a_fenced_peer_running_nothing() {
     assert_eq!(peer_state(&s), "stopped");
     assert_ne!(s.c.status()["groups"][0]["owner"], "b");
 }
+
+/// Requests are one-shot moves (Heartbeat's hb_standby): ox2's standby that handed the
+/// group to ox1 does not push the group away from ox2 again when ox1, which failed and
+/// was taken over from, comes back — with auto_failback off, the group stays. (Before,
+/// the standby stood and the group left ox2 as soon as ox1 was back.)
+#[test]
+fn a_standby_does_not_push_the_group_away_after_the_peer_failed_and_returned() {
+    let mut s = Shell::on("b", CONFIG);
+    s.peer_up();
+    s.done(Op::Probe, "ip", not_running());
+    s.done(Op::Probe, "svc", not_running());
+    let started = tandem_controller::messages::Reported {
+        state: "started".into(),
+        failures: String::new(),
+    };
+    let running: std::collections::BTreeMap<String, _> = [
+        ("ip".to_string(), started.clone()),
+        ("svc".to_string(), started),
+    ]
+    .into_iter()
+    .collect();
+    s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: running,
+    });
+    // An operator's standby on b (its groups go to a, which runs them already).
+    let now = s.now;
+    s.c.operator(now, Operator::Request(RequestKind::Standby, Scope::All))
+        .unwrap();
+    assert_eq!(s.c.status()["requests"].as_array().map(Vec::len), Some(1));
+    // a fails; b takes the group over (no fencing in this cluster).
+    s.peer_dead();
+    s.advance(Duration::from_millis(100));
+    s.done(Op::Start, "ip", ok());
+    s.done(Op::Start, "svc", ok());
+    assert_eq!(s.c.status()["groups"][0]["owner"], "b");
+    // a comes back with a new incarnation and reports nothing running.
+    let cmds = s.feed(Input::Membership(Event::NodeRestarted {
+        node: s.peer_id,
+        incarnation: 2,
+        previous: 1,
+    }));
+    let mut seen = cmds;
+    seen.extend(s.peer_says(PeerMessage::Report {
+        group: "g".into(),
+        resources: Default::default(),
+    }));
+    for _ in 0..20 {
+        seen.extend(s.advance(Duration::from_millis(500)));
+    }
+    let stops: Vec<_> = runs(&seen)
+        .into_iter()
+        .filter(|(op, _)| *op == Op::Stop)
+        .collect();
+    assert!(stops.is_empty(), "the group was pushed away: {stops:?}");
+    assert_eq!(s.c.status()["requests"].as_array().map(Vec::len), Some(0));
+}
