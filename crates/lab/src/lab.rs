@@ -907,6 +907,7 @@ impl Lab {
             netns: File::open(&netns_file)
                 .map_err(io_err(format!("open {}", netns_file.display())))?,
             mounts,
+            hostname: host.as_bytes().to_vec(),
         };
         let started = sys::start_init(&plan)?;
         crate::reaper::register_keeper(started.keeper_pid);

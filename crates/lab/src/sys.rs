@@ -288,6 +288,10 @@ pub struct InitPlan {
     pub netns: File,
     /// Mounts made in the host's fresh mount namespace, in order.
     pub mounts: Vec<BootMount>,
+    /// The host's name, as its own UTS namespace's host name: what `hostname` and
+    /// `uname -n` say inside, so a program that finds its node by host name (as
+    /// `tandem` and Heartbeat do) finds the host's.
+    pub hostname: Vec<u8>,
 }
 
 /// What `start_init` learned.
@@ -300,7 +304,8 @@ pub struct InitStarted {
     pub init_start: u64,
 }
 
-/// Boots a host: forks a *keeper* that unshares a mount and a PID namespace and forks
+/// Boots a host: forks a *keeper* that unshares a mount, a UTS and a PID namespace (the
+/// UTS one named after the host) and forks
 /// the host's *init* (PID 1 there). The init joins the host's cgroup and network
 /// namespace, mounts /proc, /sys and the private directories, and then reaps orphans
 /// forever. The init is the only thing that holds the host's mount and PID namespaces,
@@ -388,13 +393,14 @@ pub fn start_init(plan: &InitPlan) -> Result<InitStarted, LabError> {
 
 fn step_name(step: u8) -> String {
     match step {
-        1 => "keeper: unshare mount+pid namespaces".into(),
+        1 => "keeper: unshare mount+uts+pid namespaces".into(),
         2 => "keeper: make / private".into(),
         3 => "keeper: fork the init".into(),
         4 => "init: join the host cgroup".into(),
         5 => "init: join the host network namespace".into(),
         6 => "init: mount /proc".into(),
         7 => "init: mount /sys".into(),
+        8 => "keeper: set the host name".into(),
         s => format!("init: boot mount #{}", s.saturating_sub(10)),
     }
 }
@@ -444,8 +450,11 @@ unsafe fn keeper_main(
     unsafe {
         // Leave the terminal's session: ^C on `tandem lab up` must not hit the lab.
         libc::setsid();
-        if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
+        if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWPID) != 0 {
             report(pipe, 1);
+        }
+        if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
+            report(pipe, 8);
         }
         // Mounts made inside the host must never propagate back to the machine.
         if libc::mount(
@@ -568,6 +577,8 @@ pub struct Entry {
     pub mntns: File,
     /// PID namespace (the init's).
     pub pidns: File,
+    /// UTS namespace (the init's): the host name.
+    pub utsns: File,
 }
 
 impl Entry {
@@ -585,6 +596,8 @@ impl Entry {
             )))?,
             pidns: File::open(format!("/proc/{init_pid}/ns/pid"))
                 .map_err(io_err(format!("open the PID namespace of init {init_pid}")))?,
+            utsns: File::open(format!("/proc/{init_pid}/ns/uts"))
+                .map_err(io_err(format!("open the UTS namespace of init {init_pid}")))?,
         })
     }
 }
@@ -604,6 +617,7 @@ pub fn prepare_command(
         .map_err(io_err("dup cgroup.procs"))?;
     let net = entry.netns.try_clone().map_err(io_err("dup netns"))?;
     let mnt = entry.mntns.try_clone().map_err(io_err("dup mntns"))?;
+    let uts = entry.utsns.try_clone().map_err(io_err("dup utsns"))?;
     let cwd = match cwd {
         Some(p) => Some(p.to_path_buf()),
         None => std::env::current_dir().ok(),
@@ -619,6 +633,9 @@ pub fn prepare_command(
                 return Err(std::io::Error::last_os_error());
             }
             if libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setns(uts.as_raw_fd(), libc::CLONE_NEWUTS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let ok = match &cwd {

@@ -87,6 +87,16 @@ fn hosts_ping_each_other_over_two_networks() {
     // The host's own view: its /proc shows its PID namespace (init is PID 1).
     let comm = lab.read_file("a", "/proc/1/comm").unwrap();
     assert_eq!(String::from_utf8_lossy(&comm).trim(), "tandem-lab-init");
+    // Each host is named as the lab names it (`tandem` finds its node by host name),
+    // and the machine's own name is untouched.
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for host in ["a", "b"] {
+        assert_eq!(lab.run(host, &["hostname"]).unwrap().trim(), host);
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        machine
+    );
 }
 
 #[test]
