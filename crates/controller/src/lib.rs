@@ -18,7 +18,7 @@
 //! when monitors run, which transition runs and in what order its actions start, when
 //! the peer is fenced (through [`tandem_fencing::Coordinator`]), disk fencing's side
 //! (through [`tandem_fencing::Outdater`]), and a clean shutdown's order. The daemon
-//! (`src/agent/manager.rs`) is a thin shell that carries out the commands and feeds the
+//! (`src/daemon/manager.rs`) is a thin shell that carries out the commands and feeds the
 //! results back; the cluster simulator drives the same controller.
 //!
 //! Bounded state: failures are dropped as they expire (and at most

@@ -1,7 +1,7 @@
 //! Notifications: what the controller tells the operator's `[[notify]]` commands, as
 //! [`Command::Notify`] values. It decides *that* something happened (the peer died, a
 //! fence succeeded, a group started here); the shell runs the commands, off this
-//! thread, bounded (src/agent/notify.rs).
+//! thread, bounded (src/daemon/notify.rs).
 //!
 //! Each node tells what it saw itself, so one event is told once in the cluster: the
 //! survivor tells `node_dead` and `fenced`; `group_started`, `group_stopped` and

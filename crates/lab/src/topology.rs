@@ -17,7 +17,7 @@ pub const NAME_LEN_MAX: usize = 7;
 
 /// Directories that every host gets privately by default (see [`HostSpec::private_dirs`]):
 /// the daemon's socket and state, and its configuration, so that `tandem` run inside a lab
-/// host finds *that host's* agent at the default paths; and `/dev/tandem`, where a
+/// host finds *that host's* daemon at the default paths; and `/dev/tandem`, where a
 /// primary publishes its disks' local devices, so that two hosts (or two labs) never
 /// meet at `/dev/tandem/r0` in the machine's shared `/dev`.
 pub const DEFAULT_PRIVATE_DIRS: &[&str] = &[
