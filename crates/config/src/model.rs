@@ -394,6 +394,20 @@ pub enum AfterSb0Pri {
     DiscardLeastChanges,
 }
 
+impl AfterSb0Pri {
+    /// The policy's names, in drbd.conf and in tandem's file alike.
+    pub const NAMES: &[(&str, AfterSb0Pri)] = &[
+        ("disconnect", AfterSb0Pri::Disconnect),
+        (
+            "discard-younger-primary",
+            AfterSb0Pri::DiscardYoungerPrimary,
+        ),
+        ("discard-older-primary", AfterSb0Pri::DiscardOlderPrimary),
+        ("discard-zero-changes", AfterSb0Pri::DiscardZeroChanges),
+        ("discard-least-changes", AfterSb0Pri::DiscardLeastChanges),
+    ];
+}
+
 /// `after_sb_1pri`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterSb1Pri {
@@ -405,11 +419,25 @@ pub enum AfterSb1Pri {
     DiscardSecondary,
 }
 
+impl AfterSb1Pri {
+    /// The policy's names, in drbd.conf and in tandem's file alike.
+    pub const NAMES: &[(&str, AfterSb1Pri)] = &[
+        ("disconnect", AfterSb1Pri::Disconnect),
+        ("consensus", AfterSb1Pri::Consensus),
+        ("discard-secondary", AfterSb1Pri::DiscardSecondary),
+    ];
+}
+
 /// `after_sb_2pri`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterSb2Pri {
     /// Do not resolve (the only safe choice with two primaries).
     Disconnect,
+}
+
+impl AfterSb2Pri {
+    /// The policy's names, in drbd.conf and in tandem's file alike.
+    pub const NAMES: &[(&str, AfterSb2Pri)] = &[("disconnect", AfterSb2Pri::Disconnect)];
 }
 
 /// `[disk.on.NODE]`: where a disk lives on one node.

@@ -80,32 +80,19 @@ impl Walker<'_> {
         let after_sb_0pri = self.choice(
             t,
             "after_sb_0pri",
-            &[
-                ("disconnect", AfterSb0Pri::Disconnect),
-                (
-                    "discard-younger-primary",
-                    AfterSb0Pri::DiscardYoungerPrimary,
-                ),
-                ("discard-older-primary", AfterSb0Pri::DiscardOlderPrimary),
-                ("discard-zero-changes", AfterSb0Pri::DiscardZeroChanges),
-                ("discard-least-changes", AfterSb0Pri::DiscardLeastChanges),
-            ],
+            AfterSb0Pri::NAMES,
             AfterSb0Pri::Disconnect,
         );
         let after_sb_1pri = self.choice(
             t,
             "after_sb_1pri",
-            &[
-                ("disconnect", AfterSb1Pri::Disconnect),
-                ("consensus", AfterSb1Pri::Consensus),
-                ("discard-secondary", AfterSb1Pri::DiscardSecondary),
-            ],
+            AfterSb1Pri::NAMES,
             AfterSb1Pri::Disconnect,
         );
         let after_sb_2pri = self.choice(
             t,
             "after_sb_2pri",
-            &[("disconnect", AfterSb2Pri::Disconnect)],
+            AfterSb2Pri::NAMES,
             AfterSb2Pri::Disconnect,
         );
         let fencing = t.get("fencing").map(|v| {

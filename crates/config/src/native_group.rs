@@ -96,12 +96,13 @@ impl Walker<'_> {
         claimed: &mut HashMap<String, (String, Range<usize>)>,
     ) {
         for (r, span) in resources.iter().zip(spans) {
-            let what = match &r.kind {
-                ResourceKind::Disk { disk } => format!("disk `{disk}`"),
-                ResourceKind::IpAddr { address, .. } => format!("address {address}"),
-                ResourceKind::Filesystem { directory, .. } => {
-                    format!("mount point {}", directory.display())
-                }
+            let (noun, what) = match &r.kind {
+                ResourceKind::Disk { disk } => ("disk", format!("disk `{disk}`")),
+                ResourceKind::IpAddr { address, .. } => ("address", format!("address {address}")),
+                ResourceKind::Filesystem { directory, .. } => (
+                    "mount point",
+                    format!("mount point {}", directory.display()),
+                ),
                 _ => continue,
             };
             match claimed.get(&what) {
@@ -110,9 +111,8 @@ impl Walker<'_> {
                     self.err(
                         span.clone(),
                         format!(
-                            "resource `{}`: {what} is already managed by resource `{first}` (line {line}, column {col}): one resource per {}, or the two would fight over it",
+                            "resource `{}`: {what} is already managed by resource `{first}` (line {line}, column {col}): one resource per {noun}, or the two would fight over it",
                             r.name,
-                            what.split(' ').next().unwrap_or("thing")
                         ),
                     );
                 }

@@ -261,42 +261,17 @@ fn resource(
                             d.ping_interval = seconds(src, sink, o, 1000).unwrap_or(d.ping_interval)
                         }
                         "after-sb-0pri" => {
-                            if let Some(v) = choice(
-                                src,
-                                sink,
-                                o,
-                                &[
-                                    ("disconnect", AfterSb0Pri::Disconnect),
-                                    (
-                                        "discard-younger-primary",
-                                        AfterSb0Pri::DiscardYoungerPrimary,
-                                    ),
-                                    ("discard-older-primary", AfterSb0Pri::DiscardOlderPrimary),
-                                    ("discard-zero-changes", AfterSb0Pri::DiscardZeroChanges),
-                                    ("discard-least-changes", AfterSb0Pri::DiscardLeastChanges),
-                                ],
-                            ) {
+                            if let Some(v) = choice(src, sink, o, AfterSb0Pri::NAMES) {
                                 d.after_sb_0pri = v;
                             }
                         }
                         "after-sb-1pri" => {
-                            if let Some(v) = choice(
-                                src,
-                                sink,
-                                o,
-                                &[
-                                    ("disconnect", AfterSb1Pri::Disconnect),
-                                    ("consensus", AfterSb1Pri::Consensus),
-                                    ("discard-secondary", AfterSb1Pri::DiscardSecondary),
-                                ],
-                            ) {
+                            if let Some(v) = choice(src, sink, o, AfterSb1Pri::NAMES) {
                                 d.after_sb_1pri = v;
                             }
                         }
                         "after-sb-2pri" => {
-                            if let Some(v) =
-                                choice(src, sink, o, &[("disconnect", AfterSb2Pri::Disconnect)])
-                            {
+                            if let Some(v) = choice(src, sink, o, AfterSb2Pri::NAMES) {
                                 d.after_sb_2pri = v;
                             }
                         }
